@@ -1,0 +1,150 @@
+//! `execkit exec`: run commands in one session, print results, map the
+//! outcome to an exit status (see the CLI contract in DESIGN.md).
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use execkit_core::{RunOptions, RunResult, Session, SessionConfig, SessionError};
+
+use crate::{EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE};
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Where to run: `local`, `local:/bin/sh`, `docker:NAME`, `ssh://user@host`.
+    #[arg(long, short = 't', default_value = "local")]
+    target: String,
+    /// Hard timeout per command in seconds (0: none).
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    timeout: f64,
+    /// One JSON object per line per command.
+    #[arg(long)]
+    json: bool,
+    /// Characters of output kept per command (head + tail) before capping.
+    #[arg(long, default_value_t = 30_000, value_name = "N")]
+    output_limit: usize,
+    /// Commands, run in order in one shell.
+    #[arg(required = true, value_name = "CMD", num_args = 1..)]
+    commands: Vec<String>,
+}
+
+pub fn main(args: ExecArgs) -> ExitCode {
+    if !(args.timeout.is_finite() && args.timeout >= 0.0) {
+        eprintln!("execkit: --timeout must be a non-negative number of seconds");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("execkit: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    rt.block_on(run(args))
+}
+
+async fn run(args: ExecArgs) -> ExitCode {
+    let mut config = SessionConfig::default();
+    config.output_limit = args.output_limit;
+    let mut session = match Session::open(&args.target, config).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let timeout = (args.timeout > 0.0).then(|| Duration::from_secs_f64(args.timeout));
+    let mut status = ExitCode::SUCCESS;
+    for cmd in &args.commands {
+        let opts = match timeout {
+            Some(t) => RunOptions::timeout(t),
+            None => RunOptions::default(),
+        };
+        let result = tokio::select! {
+            r = session.run(cmd, opts) => r,
+            _ = interrupted() => {
+                let _ = session.close().await;
+                eprintln!("execkit: interrupted; session closed");
+                return ExitCode::from(130);
+            }
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = session.close().await;
+                return fail(&e);
+            }
+        };
+        print_result(&result, args.json);
+        if result.session_lost {
+            eprintln!(
+                "execkit: {}",
+                result.error.as_deref().unwrap_or("the target was lost")
+            );
+            let _ = session.close().await;
+            return ExitCode::from(EXIT_UNREACHABLE);
+        }
+        status = if result.timed_out {
+            ExitCode::from(EXIT_TIMEOUT)
+        } else {
+            ExitCode::from(result.exit_code.unwrap_or(1).clamp(0, 255) as u8)
+        };
+    }
+    if let Err(e) = session.close().await {
+        eprintln!("execkit: closing the session: {e}");
+    }
+    status
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn fail(e: &SessionError) -> ExitCode {
+    eprintln!("execkit: {e}");
+    match e {
+        SessionError::Transport(t) if t.is_usage() => ExitCode::from(EXIT_USAGE),
+        SessionError::Command(_) => ExitCode::from(EXIT_USAGE),
+        _ => ExitCode::from(EXIT_UNREACHABLE),
+    }
+}
+
+fn print_result(r: &RunResult, json: bool) {
+    let mut out = std::io::stdout().lock();
+    if json {
+        let line = serde_json::to_string(r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        return;
+    }
+    if !r.output.is_empty() {
+        let _ = writeln!(out, "{}", r.output);
+    }
+    let _ = out.flush();
+    let mut notes = Vec::new();
+    if r.timed_out {
+        notes.push(format!("timed out after {:.1} s", r.duration_ms as f64 / 1000.0));
+    } else if let Some(c) = r.exit_code.filter(|c| *c != 0) {
+        notes.push(format!("exit {c}"));
+    }
+    if r.restarted {
+        notes.push("shell restarted, state reset".to_string());
+    }
+    if notes.is_empty() {
+        return;
+    }
+    notes.push(format!("{} ms", r.duration_ms));
+    let line = format!("[{}: {}]", r.command.lines().next().unwrap_or(""), notes.join(" · "));
+    let err = std::io::stderr();
+    if err.is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+        eprintln!("\x1b[2m{line}\x1b[0m");
+    } else {
+        eprintln!("{line}");
+    }
+}

@@ -1,0 +1,63 @@
+//! `execkit`: the command-line face of execkit. Thin glue over the library
+//! crates: argument parsing, transport linking, output and exit codes.
+
+mod exec;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit status when the target cannot be reached or was lost.
+pub const EXIT_UNREACHABLE: u8 = 69;
+/// Exit status for usage errors.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status when the last command timed out.
+pub const EXIT_TIMEOUT: u8 = 124;
+
+#[derive(Debug, Parser)]
+#[command(name = "execkit", version, about = "Stateful, structured, safe shell sessions for AI agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run commands in order in one session and report each result.
+    Exec(exec::ExecArgs),
+    /// List the transports this build knows.
+    Transports,
+}
+
+/// Links the transports chosen by cargo features; registering them
+/// explicitly keeps the linker from dropping their `inventory` records.
+fn link_transports() {
+    #[cfg(feature = "local")]
+    execkit_local::register();
+}
+
+fn main() -> ExitCode {
+    link_transports();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Exec(args) => exec::main(args),
+        Command::Transports => {
+            let all = execkit_core::registry();
+            if all.is_empty() {
+                eprintln!("execkit: this build has no transports (enable the `local`, `docker` or `ssh` feature)");
+                return ExitCode::from(1);
+            }
+            for t in all {
+                println!("{:<8} {}  (e.g. {})", t.scheme, t.summary, t.example);
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Head + tail output cap with a spool file for the full text.
+//!
+//! Memory stays bounded whatever the command prints: at most `limit` chars of
+//! head, `limit` chars of tail and a small write buffer. Until the text
+//! outgrows the limit it lives in memory only; past that, everything (what
+//! was buffered and all that follows) streams to a spool file.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Collects cleaned command output under a character limit.
+#[derive(Debug)]
+pub struct OutputCap {
+    limit: usize,
+    head_chars: usize,
+    tail_chars: usize,
+    /// Whole text while it fits; afterwards the first `head_chars` chars.
+    head: String,
+    head_len: usize,
+    /// Last chars seen once the limit was passed (may hold extra, trimmed lazily).
+    tail: String,
+    total_chars: u64,
+    spool_path: PathBuf,
+    spool: Option<BufWriter<File>>,
+    spool_error: Option<String>,
+}
+
+/// The capped text and where the full text went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CappedOutput {
+    /// Head, elision line, tail (or the whole text when it fit).
+    pub text: String,
+    /// Whether anything was elided.
+    pub truncated: bool,
+    /// Spool file holding the full text, when the text was capped.
+    pub spool_path: Option<PathBuf>,
+    /// Characters the command produced in all.
+    pub total_chars: u64,
+    /// Why the spool file could not be written, if it could not.
+    pub spool_error: Option<String>,
+}
+
+impl OutputCap {
+    /// A cap of `limit` characters; the full text spools to `spool_path` if needed.
+    pub fn new(limit: usize, spool_path: PathBuf) -> Self {
+        let limit = limit.max(2);
+        let head_chars = limit / 2;
+        OutputCap {
+            limit,
+            head_chars,
+            tail_chars: limit - head_chars,
+            head: String::new(),
+            head_len: 0,
+            tail: String::new(),
+            total_chars: 0,
+            spool_path,
+            spool: None,
+            spool_error: None,
+        }
+    }
+
+    /// Whether the text has outgrown the limit (and is spooling).
+    pub fn overflowed(&self) -> bool {
+        self.total_chars > self.limit as u64
+    }
+
+    /// Appends cleaned text.
+    pub fn push(&mut self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        let n = text.chars().count();
+        let was_over = self.overflowed();
+        self.total_chars += n as u64;
+        if !was_over {
+            self.head.push_str(text);
+            self.head_len += n;
+            if self.overflowed() {
+                self.start_spool();
+            }
+            return;
+        }
+        self.write_spool(text);
+        self.tail.push_str(text);
+        self.trim_tail(false);
+    }
+
+    fn start_spool(&mut self) {
+        let whole = std::mem::take(&mut self.head);
+        match open_spool(&self.spool_path) {
+            Ok(f) => self.spool = Some(BufWriter::with_capacity(64 * 1024, f)),
+            Err(e) => {
+                self.spool_error = Some(format!(
+                    "cannot write spool file {}: {e}",
+                    self.spool_path.display()
+                ))
+            }
+        }
+        self.write_spool(&whole);
+        let head_end = byte_index_of_char(&whole, self.head_chars);
+        self.head = whole[..head_end].to_string();
+        self.tail = whole[head_end..].to_string();
+        self.head_len = self.head_chars;
+        self.trim_tail(true);
+    }
+
+    fn write_spool(&mut self, text: &str) {
+        if let Some(w) = &mut self.spool {
+            if let Err(e) = w.write_all(text.as_bytes()) {
+                self.spool_error = Some(format!(
+                    "cannot write spool file {}: {e}",
+                    self.spool_path.display()
+                ));
+                self.spool = None;
+            }
+        }
+    }
+
+    /// Keeps `tail` near `tail_chars`; trimming only when it doubles keeps the
+    /// cost amortised O(1) per char.
+    fn trim_tail(&mut self, exact: bool) {
+        let threshold = if exact { self.tail_chars } else { self.tail_chars * 2 };
+        if self.tail.len() <= threshold {
+            return; // byte length bounds char count from above
+        }
+        let chars = self.tail.chars().count();
+        if chars > threshold || (exact && chars > self.tail_chars) {
+            let cut = byte_index_of_char(&self.tail, chars - self.tail_chars);
+            self.tail.drain(..cut);
+        }
+    }
+
+    /// Finishes collection: the capped text and the spool file (flushed).
+    pub fn finish(mut self) -> CappedOutput {
+        if !self.overflowed() {
+            return CappedOutput {
+                text: self.head,
+                truncated: false,
+                spool_path: None,
+                total_chars: self.total_chars,
+                spool_error: None,
+            };
+        }
+        self.trim_tail(true);
+        if let Some(mut w) = self.spool.take() {
+            if let Err(e) = w.flush() {
+                self.spool_error = Some(format!(
+                    "cannot write spool file {}: {e}",
+                    self.spool_path.display()
+                ));
+            }
+        }
+        let tail_len = self.tail.chars().count() as u64;
+        let elided = self.total_chars - self.head_len as u64 - tail_len;
+        let spooled = self.spool_error.is_none();
+        let mut text = String::with_capacity(self.head.len() + self.tail.len() + 160);
+        text.push_str(&self.head);
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        if spooled {
+            text.push_str(&format!(
+                "[… {elided} of {} characters elided; full output in {} …]\n",
+                self.total_chars,
+                self.spool_path.display()
+            ));
+        } else {
+            text.push_str(&format!(
+                "[… {elided} of {} characters elided; full output not kept …]\n",
+                self.total_chars
+            ));
+        }
+        text.push_str(&self.tail);
+        CappedOutput {
+            text,
+            truncated: true,
+            spool_path: spooled.then_some(self.spool_path),
+            total_chars: self.total_chars,
+            spool_error: self.spool_error,
+        }
+    }
+}
+
+fn open_spool(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+}
+
+/// Byte index of the `n`-th char (or the string length when shorter).
+fn byte_index_of_char(s: &str, n: usize) -> usize {
+    s.char_indices().nth(n).map_or(s.len(), |(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("execkit-cap-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn small_output_is_untouched() {
+        let mut c = OutputCap::new(100, tmp("small"));
+        c.push("hello ");
+        c.push("world");
+        let out = c.finish();
+        assert_eq!(out.text, "hello world");
+        assert!(!out.truncated);
+        assert!(out.spool_path.is_none());
+    }
+
+    #[test]
+    fn caps_head_and_tail_exactly_and_spools_everything() {
+        let path = tmp("big");
+        let full: String = (0..5000).map(|i| format!("{i}é\n")).collect();
+        let mut c = OutputCap::new(1000, path.clone());
+        let chars: Vec<char> = full.chars().collect();
+        for piece in chars.chunks(37) {
+            c.push(&piece.iter().collect::<String>());
+        }
+        let out = c.finish();
+        assert!(out.truncated);
+        let head: String = chars[..500].iter().collect();
+        let tail: String = chars[chars.len() - 500..].iter().collect();
+        assert!(out.text.starts_with(&head));
+        assert!(out.text.ends_with(&tail));
+        assert!(out.text.contains("characters elided"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), full);
+        std::fs::remove_file(path).unwrap();
+    }
+}

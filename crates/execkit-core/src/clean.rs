@@ -1,0 +1,242 @@
+//! Turns the raw bytes a terminal saw into clean text for an agent.
+//!
+//! Three streaming stages, each safe across arbitrary chunk boundaries:
+//! [`Utf8Decoder`] (invalid bytes become U+FFFD exactly as
+//! `String::from_utf8_lossy` would), [`AnsiStripper`] (CSI/OSC/DCS and other
+//! escape sequences and control characters removed, `\t` and `\n` kept) and a
+//! `\r\n` → `\n` fold. [`OutputCleaner`] chains them.
+
+/// Streaming UTF-8 decoder: never splits a character across chunks.
+#[derive(Debug, Default)]
+pub struct Utf8Decoder {
+    pending: Vec<u8>,
+}
+
+impl Utf8Decoder {
+    /// Decodes `bytes`, appending complete characters to `out`; an incomplete
+    /// trailing sequence is held back for the next call.
+    pub fn push(&mut self, bytes: &[u8], out: &mut String) {
+        if self.pending.is_empty() {
+            let rest = decode_into(bytes, out);
+            self.pending.extend_from_slice(rest);
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.pending);
+        buf.extend_from_slice(bytes);
+        let rest = decode_into(&buf, out);
+        self.pending.extend_from_slice(rest);
+    }
+
+    /// Flushes a held-back incomplete sequence at end of stream as U+FFFD.
+    pub fn finish(&mut self, out: &mut String) {
+        if !self.pending.is_empty() {
+            out.push_str(&String::from_utf8_lossy(&self.pending));
+            self.pending.clear();
+        }
+    }
+}
+
+/// Decodes as much of `bytes` as is certain; returns the unfinished tail
+/// (a prefix of a valid multi-byte sequence, at most 3 bytes).
+fn decode_into<'a>(mut bytes: &'a [u8], out: &mut String) -> &'a [u8] {
+    loop {
+        match std::str::from_utf8(bytes) {
+            Ok(s) => {
+                out.push_str(s);
+                return &[];
+            }
+            Err(e) => {
+                let (good, bad) = bytes.split_at(e.valid_up_to());
+                // SAFETY-free: `good` was just validated.
+                out.push_str(std::str::from_utf8(good).unwrap_or_default());
+                match e.error_len() {
+                    Some(n) => {
+                        out.push('\u{FFFD}');
+                        bytes = &bad[n..];
+                    }
+                    None => return bad,
+                }
+            }
+        }
+    }
+}
+
+/// Removes terminal escape sequences and control characters from text,
+/// keeping printable characters, `\t`, `\n` and `\r`.
+#[derive(Default)]
+pub struct AnsiStripper {
+    parser: vte::Parser,
+}
+
+impl std::fmt::Debug for AnsiStripper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnsiStripper").finish_non_exhaustive()
+    }
+}
+
+struct Keep<'a>(&'a mut String);
+
+impl vte::Perform for Keep<'_> {
+    fn print(&mut self, c: char) {
+        // C1 controls may arrive as characters when encoded in UTF-8.
+        if !('\u{80}'..='\u{9f}').contains(&c) {
+            self.0.push(c);
+        }
+    }
+
+    fn execute(&mut self, byte: u8) {
+        if matches!(byte, b'\n' | b'\t' | b'\r') {
+            self.0.push(byte as char);
+        }
+    }
+}
+
+impl AnsiStripper {
+    /// Strips `text`, appending what remains to `out`. Sequences split across
+    /// calls are handled: the parser keeps its state.
+    pub fn push(&mut self, text: &str, out: &mut String) {
+        self.parser.advance(&mut Keep(out), text.as_bytes());
+    }
+}
+
+/// Folds `\r\n` into `\n` across chunk boundaries.
+#[derive(Debug, Default)]
+pub struct CrLfFolder {
+    held_cr: bool,
+}
+
+impl CrLfFolder {
+    /// Appends `text` to `out` with every `\r\n` folded to `\n`.
+    pub fn push(&mut self, text: &str, out: &mut String) {
+        let mut rest = text;
+        if self.held_cr {
+            self.held_cr = false;
+            if !rest.starts_with('\n') {
+                out.push('\r');
+            }
+        }
+        if let Some(stripped) = rest.strip_suffix('\r') {
+            self.held_cr = true;
+            rest = stripped;
+        }
+        if rest.contains("\r\n") {
+            out.push_str(&rest.replace("\r\n", "\n"));
+        } else {
+            out.push_str(rest);
+        }
+    }
+
+    /// Emits a `\r` held back at the end of the stream.
+    pub fn finish(&mut self, out: &mut String) {
+        if std::mem::take(&mut self.held_cr) {
+            out.push('\r');
+        }
+    }
+}
+
+/// Raw terminal bytes in, clean text out: UTF-8 decode, strip escapes, fold
+/// `\r\n`.
+#[derive(Debug, Default)]
+pub struct OutputCleaner {
+    utf8: Utf8Decoder,
+    ansi: AnsiStripper,
+    crlf: CrLfFolder,
+    decoded: String,
+    stripped: String,
+}
+
+impl OutputCleaner {
+    /// Cleans one chunk of raw bytes, appending the text to `out`.
+    pub fn push(&mut self, bytes: &[u8], out: &mut String) {
+        self.decoded.clear();
+        self.utf8.push(bytes, &mut self.decoded);
+        self.stage2(out);
+    }
+
+    /// Flushes whatever is held back at the end of the stream.
+    pub fn finish(&mut self, out: &mut String) {
+        self.decoded.clear();
+        self.utf8.finish(&mut self.decoded);
+        self.stage2(out);
+        self.crlf.finish(out);
+    }
+
+    fn stage2(&mut self, out: &mut String) {
+        self.stripped.clear();
+        self.ansi.push(&self.decoded, &mut self.stripped);
+        self.crlf.push(&self.stripped, out);
+    }
+}
+
+/// Cleans a complete byte string in one go.
+pub fn clean(bytes: &[u8]) -> String {
+    let mut c = OutputCleaner::default();
+    let mut out = String::new();
+    c.push(bytes, &mut out);
+    c.finish(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunked(bytes: &[u8], split: usize) -> String {
+        let mut c = OutputCleaner::default();
+        let mut out = String::new();
+        for part in bytes.chunks(split.max(1)) {
+            c.push(part, &mut out);
+        }
+        c.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn strips_csi_osc_and_keeps_tabs() {
+        let raw = b"\x1b[1;31mred\x1b[0m\tplain\x1b]0;title\x07 end\x1b]8;;http://x\x1b\\link\x1b]8;;\x1b\\\n";
+        assert_eq!(clean(raw), "red\tplain endlink\n");
+    }
+
+    #[test]
+    fn folds_crlf_but_keeps_lone_cr() {
+        assert_eq!(clean(b"a\r\nb\rc\r\n"), "a\nb\rc\n");
+        for split in 1..6 {
+            assert_eq!(chunked(b"a\r\nb\rc\r\n", split), "a\nb\rc\n");
+        }
+    }
+
+    #[test]
+    fn utf8_split_everywhere_matches_lossy() {
+        let raw = "héllo → 世界 🎉".as_bytes().to_vec();
+        let mut bad = raw.clone();
+        bad.insert(3, 0xff);
+        bad.push(0xe4);
+        for input in [raw, bad] {
+            let expect = String::from_utf8_lossy(&input).into_owned();
+            for split in 1..input.len() {
+                let mut d = Utf8Decoder::default();
+                let mut out = String::new();
+                for part in input.chunks(split) {
+                    d.push(part, &mut out);
+                }
+                d.finish(&mut out);
+                assert_eq!(out, expect, "split {split}");
+            }
+        }
+    }
+
+    #[test]
+    fn drops_nul_and_other_controls() {
+        assert_eq!(clean(b"a\x00b\x07c\x08d"), "abcd");
+        // A C1 CSI arriving as a character is dropped, not interpreted.
+        assert_eq!(clean("x\u{9b}31my".as_bytes()), "x31my");
+    }
+
+    #[test]
+    fn escape_split_across_chunks() {
+        let raw = b"A\x1b[38;5;196mB\x1b[0mC";
+        for split in 1..raw.len() {
+            assert_eq!(chunked(raw, split), "ABC", "split {split}");
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! execkit-core: stateful, structured, safe shell sessions.
+//!
+//! A [`Session`] keeps one live shell on a target and answers each command
+//! with a [`RunResult`]. Targets are reached through [`Transport`]s found in
+//! the [`registry`] by URL scheme; a transport only moves bytes and knows how
+//! to spawn and kill — the sentinel protocol lives here alone.
+
+pub mod cap;
+pub mod clean;
+mod error;
+pub mod paths;
+pub mod protocol;
+pub mod registry;
+mod session;
+pub mod shell;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+pub mod transport;
+
+pub use error::{SessionError, TransportError};
+pub use registry::{connect, register, registry, TransportInfo};
+pub use session::{RunOptions, RunResult, Session, SessionConfig, COMMAND_VAR};
+pub use transport::{ExitStatus, ShellEvent, ShellProcess, Size, SpawnSpec, Transport};
+
+#[doc(hidden)]
+pub use inventory;

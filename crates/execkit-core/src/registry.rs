@@ -1,0 +1,104 @@
+//! Transports are found by URL scheme. Each transport crate submits a
+//! [`TransportInfo`] with `inventory::submit!`; library users who do not want
+//! link-time registration call [`register`].
+
+use std::sync::{Arc, Mutex};
+
+use crate::error::TransportError;
+use crate::transport::Transport;
+
+/// A registered transport: its scheme and how to build it for a target.
+#[derive(Debug)]
+pub struct TransportInfo {
+    /// URL scheme this transport handles (`local`, `docker`, `ssh`).
+    pub scheme: &'static str,
+    /// One line for `execkit transports`.
+    pub summary: &'static str,
+    /// Example target.
+    pub example: &'static str,
+    /// Parses a target of this scheme; must not touch the network.
+    pub connect: fn(&str) -> Result<Arc<dyn Transport>, TransportError>,
+}
+
+inventory::collect!(TransportInfo);
+
+static RUNTIME: Mutex<Vec<&'static TransportInfo>> = Mutex::new(Vec::new());
+
+/// Registers a transport at run time (for builds where link-time
+/// registration is not wanted or was dropped by the linker).
+pub fn register(info: &'static TransportInfo) {
+    let mut list = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+    if !list.iter().any(|i| i.scheme == info.scheme) {
+        list.push(info);
+    }
+}
+
+/// Every known transport, sorted by scheme, one per scheme (link-time
+/// registrations win over run-time ones).
+pub fn registry() -> Vec<&'static TransportInfo> {
+    let mut all: Vec<&'static TransportInfo> = inventory::iter::<TransportInfo>.into_iter().collect();
+    let runtime = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+    all.extend(runtime.iter().copied());
+    all.sort_by_key(|i| i.scheme);
+    all.dedup_by_key(|i| i.scheme);
+    all
+}
+
+/// The scheme of a target: `local`, `local:/bin/sh` → `local`;
+/// `ssh://u@h` → `ssh`.
+pub fn scheme_of(target: &str) -> Result<&str, TransportError> {
+    let scheme = target.split_once(':').map_or(target, |(s, _)| s);
+    let valid = !scheme.is_empty()
+        && scheme.as_bytes()[0].is_ascii_alphabetic()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !valid {
+        return Err(TransportError::InvalidTarget {
+            target: target.to_string(),
+            reason: "a target starts with a scheme such as `local`, `docker:NAME` or `ssh://user@host`"
+                .into(),
+        });
+    }
+    Ok(scheme)
+}
+
+/// Builds the transport for `target`, chosen by its scheme.
+pub fn connect(target: &str) -> Result<Arc<dyn Transport>, TransportError> {
+    let scheme = scheme_of(target)?;
+    let all = registry();
+    match all.iter().find(|i| i.scheme.eq_ignore_ascii_case(scheme)) {
+        Some(info) => (info.connect)(target),
+        None => Err(TransportError::UnknownScheme {
+            scheme: scheme.to_string(),
+            target: target.to_string(),
+            known: if all.is_empty() {
+                "none — it was built without transports".to_string()
+            } else {
+                all.iter().map(|i| i.scheme).collect::<Vec<_>>().join(", ")
+            },
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes() {
+        assert_eq!(scheme_of("local").unwrap(), "local");
+        assert_eq!(scheme_of("local:/bin/sh").unwrap(), "local");
+        assert_eq!(scheme_of("ssh://u@h:22").unwrap(), "ssh");
+        assert!(scheme_of("").is_err());
+        assert!(scheme_of(":x").is_err());
+        assert!(scheme_of("-rf:x").is_err());
+    }
+
+    #[test]
+    fn unknown_scheme_names_the_known_ones() {
+        let e = connect("nosuch:thing").unwrap_err();
+        assert!(matches!(e, TransportError::UnknownScheme { .. }), "{e}");
+        assert!(e.to_string().contains("nosuch"));
+    }
+}

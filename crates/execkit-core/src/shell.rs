@@ -1,0 +1,117 @@
+//! How shells are started and prepared for the sentinel protocol. Shared by
+//! every transport so a shell behaves the same on this host, in a container
+//! and over SSH.
+
+use crate::protocol;
+
+/// Environment every session shell gets (besides `EXECKIT_SID`).
+pub const BASE_ENV: &[(&str, &str)] = &[
+    ("TERM", "dumb"),
+    ("PAGER", "cat"),
+    ("GIT_PAGER", "cat"),
+    ("MANPAGER", "cat"),
+    ("SYSTEMD_PAGER", ""),
+    ("NO_COLOR", "1"),
+    ("PS1", ""),
+    ("PS2", ""),
+    ("LESS", "-FRX"),
+];
+
+/// Variables removed from an inherited environment: rc hooks, history and
+/// prompt machinery that make sessions slow, noisy or nondeterministic.
+pub const STRIP_ENV: &[&str] = &[
+    "ENV",
+    "BASH_ENV",
+    "HISTFILE",
+    "PROMPT_COMMAND",
+    "PS0",
+    "PS3",
+    "PS4",
+    "COLORTERM",
+    "CLICOLOR_FORCE",
+    "FORCE_COLOR",
+    "EXECKIT_SID",
+];
+
+/// Name of the variable that marks every process of a session.
+pub const MARKER_VAR: &str = "EXECKIT_SID";
+
+/// argv to start `shell` interactively without rc files (or with the user's
+/// profile when `load_profile`).
+pub fn startup_argv(shell: &str, load_profile: bool) -> Vec<String> {
+    let base = shell.rsplit('/').next().unwrap_or(shell);
+    let mut argv = vec![shell.to_string()];
+    match base {
+        "bash" => {
+            if !load_profile {
+                argv.extend(["--norc", "--noprofile"].map(String::from));
+            }
+            argv.extend(["--noediting", "-i"].map(String::from));
+        }
+        "busybox" => argv.extend(["sh", "-i"].map(String::from)),
+        "zsh" => {
+            if !load_profile {
+                argv.push("-f".into());
+            }
+            argv.push("-i".into());
+        }
+        _ => {
+            if load_profile {
+                argv.push("-l".into());
+            }
+            argv.push("-i".into());
+        }
+    }
+    argv
+}
+
+/// Shell source that prepares a fresh shell: terminal modes, no job
+/// control, no prompts, no history, safe pagers. Every step that some shell
+/// lacks is guarded (`command eval … 2>/dev/null`) so a failure cannot abort
+/// the line under dash or busybox.
+pub fn init_source(nonce: &str) -> Vec<u8> {
+    let mut s = String::new();
+    s.push_str("stty -echo -onlcr -ixon 2>/dev/null; ");
+    s.push_str("command eval 'set +m' 2>/dev/null; ");
+    s.push_str("PS1=''; PS2=''; PS4='+ '; ");
+    s.push_str("unset HISTFILE PROMPT_COMMAND ENV BASH_ENV 2>/dev/null; ");
+    s.push_str("command eval 'set +o history' 2>/dev/null; ");
+    // No `set +o emacs` or `bind`: they start readline in a bash running
+    // --noediting, which then blocks reading the terminal. Bracketed paste
+    // is a readline feature, so --noediting already turns it off.
+    s.push_str("command eval 'unsetopt zle' 2>/dev/null; ");
+    s.push_str("export TERM=dumb PAGER=cat GIT_PAGER=cat MANPAGER=cat NO_COLOR=1; ");
+    s.push_str(&protocol::sentinel_source(nonce, "0"));
+    s.push('\n');
+    s.into_bytes()
+}
+
+/// A busybox-portable script that kills every process whose environment
+/// holds exactly `entry` (e.g. `EXECKIT_SID=abc`), skipping itself. For
+/// transports that clean up by running a one-shot command on the target.
+pub fn kill_matching_script(entry: &str) -> String {
+    let q = protocol::shell_quote(entry);
+    // Several rounds catch children forked while we were scanning.
+    format!(
+        "e={q}; me=$$; for round in 1 2 3; do found=; \
+         for d in /proc/[0-9]*; do p=${{d#/proc/}}; [ \"$p\" = \"$me\" ] && continue; \
+         if tr '\\000' '\\n' < \"$d/environ\" 2>/dev/null | grep -qxF \"$e\"; then \
+         kill -9 \"$p\" 2>/dev/null && found=1; fi; done; \
+         [ -z \"$found\" ] && break; done; exit 0"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_per_shell() {
+        assert_eq!(
+            startup_argv("/bin/bash", false),
+            ["/bin/bash", "--norc", "--noprofile", "--noediting", "-i"]
+        );
+        assert_eq!(startup_argv("/bin/dash", false), ["/bin/dash", "-i"]);
+        assert_eq!(startup_argv("/bin/busybox", false), ["/bin/busybox", "sh", "-i"]);
+    }
+}

@@ -1,0 +1,168 @@
+//! The boundary between the engine and a backend: a [`Transport`] starts
+//! shells, a [`ShellProcess`] moves bytes and knows how to kill. Nothing here
+//! knows the sentinel protocol.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::error::TransportError;
+
+/// Terminal size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    /// Rows.
+    pub rows: u16,
+    /// Columns.
+    pub cols: u16,
+}
+
+impl Default for Size {
+    fn default() -> Self {
+        Size { rows: 24, cols: 80 }
+    }
+}
+
+/// What to start: the shell, its environment and terminal size.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SpawnSpec {
+    /// Shell to run; `None` lets the transport pick (bash if present, else sh).
+    pub shell: Option<String>,
+    /// Load the user's rc/profile files (off by default: slow, nondeterministic).
+    pub load_profile: bool,
+    /// Variables to set; they override the transport's inherited environment.
+    pub env: Vec<(String, String)>,
+    /// Initial working directory, if the caller wants one.
+    pub cwd: Option<PathBuf>,
+    /// Initial terminal size.
+    pub size: Size,
+    /// Value of `EXECKIT_SID` for every process of this shell.
+    pub marker: String,
+}
+
+impl SpawnSpec {
+    /// A spec for a shell carrying `marker`, with the protocol's base environment.
+    pub fn new(marker: impl Into<String>) -> Self {
+        let marker = marker.into();
+        let mut env: Vec<(String, String)> = crate::shell::BASE_ENV
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.push((crate::shell::MARKER_VAR.to_string(), marker.clone()));
+        SpawnSpec {
+            shell: None,
+            load_profile: false,
+            env,
+            cwd: None,
+            size: Size::default(),
+            marker,
+        }
+    }
+
+    /// Sets the shell path.
+    pub fn shell(mut self, shell: Option<String>) -> Self {
+        self.shell = shell;
+        self
+    }
+
+    /// Sets the working directory.
+    pub fn cwd(mut self, cwd: Option<PathBuf>) -> Self {
+        self.cwd = cwd;
+        self
+    }
+
+    /// Sets the terminal size.
+    pub fn size(mut self, size: Size) -> Self {
+        self.size = size;
+        self
+    }
+
+    /// Adds or replaces a variable.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        let key = key.into();
+        self.env.retain(|(k, _)| *k != key);
+        self.env.push((key, value.into()));
+        self
+    }
+
+    /// The `EXECKIT_SID=<marker>` entry as it appears in `/proc/PID/environ`.
+    pub fn marker_entry(&self) -> String {
+        format!("{}={}", crate::shell::MARKER_VAR, self.marker)
+    }
+}
+
+/// How a shell process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+    /// Ended, but the transport cannot say how.
+    Unknown,
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exited with code {c}"),
+            ExitStatus::Signal(s) => write!(f, "was killed by signal {s}"),
+            ExitStatus::Unknown => write!(f, "ended"),
+        }
+    }
+}
+
+/// One thing a shell did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShellEvent {
+    /// Bytes the terminal printed.
+    Output(Vec<u8>),
+    /// The shell process ended (all output it wrote was delivered before).
+    Exited(ExitStatus),
+    /// The target went away (container stopped, connection dropped).
+    Lost(String),
+}
+
+/// Starts shells on one target.
+#[async_trait]
+pub trait Transport: Send + Sync + fmt::Debug {
+    /// The target this transport was built for, as the user wrote it.
+    fn target(&self) -> &str;
+
+    /// Starts a shell on a terminal.
+    async fn spawn(&self, spec: &SpawnSpec) -> Result<Box<dyn ShellProcess>, TransportError>;
+
+    /// Kills every process on the target whose environment holds exactly
+    /// `entry` (`KEY=VALUE`). Used for cleanup of sessions whose owner died.
+    async fn kill_matching(&self, entry: &str) -> Result<(), TransportError>;
+}
+
+/// A live shell on a terminal. Methods take `&self` so reading and writing can
+/// proceed at once; `read` must be cancel-safe (no bytes lost when the future
+/// is dropped).
+#[async_trait]
+pub trait ShellProcess: Send + Sync + fmt::Debug {
+    /// Writes all of `data` to the terminal.
+    async fn write(&self, data: &[u8]) -> Result<(), TransportError>;
+
+    /// The next output chunk or the end of the shell. After `Exited` or
+    /// `Lost`, further calls return the same event again.
+    async fn read(&self) -> ShellEvent;
+
+    /// Resizes the terminal.
+    async fn resize(&self, size: Size) -> Result<(), TransportError>;
+
+    /// Interrupts the foreground command (Ctrl-C).
+    async fn interrupt(&self) -> Result<(), TransportError> {
+        self.write(&[0x03]).await
+    }
+
+    /// Kills every process on the target whose environment holds exactly
+    /// `entry` (`KEY=VALUE`).
+    async fn kill_matching(&self, entry: &str) -> Result<(), TransportError>;
+
+    /// Kills the shell and every process carrying its marker, and reaps it.
+    async fn terminate(&self) -> Result<(), TransportError>;
+}
