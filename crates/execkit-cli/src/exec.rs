@@ -34,7 +34,10 @@ pub fn main(args: ExecArgs) -> ExitCode {
         eprintln!("execkit: --timeout must be a non-negative number of seconds");
         return ExitCode::from(EXIT_USAGE);
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("execkit: cannot start the runtime: {e}");
@@ -97,7 +100,10 @@ async fn run(args: ExecArgs) -> ExitCode {
 /// Resolves on SIGINT or SIGTERM.
 async fn interrupted() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -129,7 +135,10 @@ fn print_result(r: &RunResult, json: bool) {
     let _ = out.flush();
     let mut notes = Vec::new();
     if r.timed_out {
-        notes.push(format!("timed out after {:.1} s", r.duration_ms as f64 / 1000.0));
+        notes.push(format!(
+            "timed out after {:.1} s",
+            r.duration_ms as f64 / 1000.0
+        ));
     } else if let Some(c) = r.exit_code.filter(|c| *c != 0) {
         notes.push(format!("exit {c}"));
     }
@@ -140,7 +149,11 @@ fn print_result(r: &RunResult, json: bool) {
         return;
     }
     notes.push(format!("{} ms", r.duration_ms));
-    let line = format!("[{}: {}]", r.command.lines().next().unwrap_or(""), notes.join(" · "));
+    let line = format!(
+        "[{}: {}]",
+        r.command.lines().next().unwrap_or(""),
+        notes.join(" · ")
+    );
     let err = std::io::stderr();
     if err.is_terminal() && std::env::var_os("NO_COLOR").is_none() {
         eprintln!("\x1b[2m{line}\x1b[0m");

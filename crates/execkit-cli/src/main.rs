@@ -15,7 +15,11 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_TIMEOUT: u8 = 124;
 
 #[derive(Debug, Parser)]
-#[command(name = "execkit", version, about = "Stateful, structured, safe shell sessions for AI agents")]
+#[command(
+    name = "execkit",
+    version,
+    about = "Stateful, structured, safe shell sessions for AI agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

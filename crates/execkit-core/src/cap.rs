@@ -120,7 +120,11 @@ impl OutputCap {
     /// Keeps `tail` near `tail_chars`; trimming only when it doubles keeps the
     /// cost amortised O(1) per char.
     fn trim_tail(&mut self, exact: bool) {
-        let threshold = if exact { self.tail_chars } else { self.tail_chars * 2 };
+        let threshold = if exact {
+            self.tail_chars
+        } else {
+            self.tail_chars * 2
+        };
         if self.tail.len() <= threshold {
             return; // byte length bounds char count from above
         }

@@ -9,6 +9,8 @@
 
 use std::fmt::Write as _;
 
+pub use crate::shell::Flavor;
+
 /// Longest physical line written to the shell. A PTY in canonical mode keeps
 /// at most 4095 bytes per line; stay well clear of it.
 const MAX_LINE: usize = 2048;
@@ -89,14 +91,26 @@ pub fn sentinel_source(nonce: &str, status: &str) -> String {
     format!("command printf '__EK''_%s:%d:%s:%s_EK__\\n' {nonce} \"{status}\" \"$PWD\" {nonce}")
 }
 
-/// The bytes to write for one command: the command evaluated in the
-/// current shell, then the sentinel. Long commands are sent in chunks into a
+/// The bytes to write for one command: the command run in the current
+/// shell, then the sentinel. Long commands are sent in chunks into a
 /// variable first so no physical line reaches the PTY line limit.
-pub fn encode_command(command: &str, nonce: &str) -> Vec<u8> {
-    let tail = format!("__ek_s=$?; {}\n", sentinel_source(nonce, "$__ek_s"));
+///
+/// POSIX shells get `command eval` (plain `eval` is a special builtin whose
+/// syntax errors abort the whole input line in dash and busybox ash). bash
+/// gets `. /dev/fd/9 9<<<…`: sourced text runs non-interactively, so bash
+/// prints no `[1] PID` notice for background jobs, yet state persists.
+pub fn encode_command(command: &str, nonce: &str, flavor: Flavor) -> Vec<u8> {
+    let tail = format!(
+        "__ek_s=$?; {CMD_VAR}=; {}\n",
+        sentinel_source(nonce, "$__ek_s")
+    );
+    let run = match flavor {
+        Flavor::Bash => format!(". /dev/fd/9 9<<<\"${CMD_VAR}\"; "),
+        Flavor::Posix => format!("command eval \"${CMD_VAR}\"; "),
+    };
     let quoted = shell_quote(command);
     if quoted.len() <= MAX_LINE {
-        return format!("command eval {quoted}; {tail}").into_bytes();
+        return format!("{CMD_VAR}={quoted}; {run}{tail}").into_bytes();
     }
     let mut out = String::with_capacity(quoted.len() + quoted.len() / 64 + 256);
     let _ = write!(out, "{CMD_VAR}=''\n");
@@ -111,7 +125,7 @@ pub fn encode_command(command: &str, nonce: &str) -> Vec<u8> {
     if !chunk.is_empty() {
         let _ = writeln!(out, "{CMD_VAR}=${CMD_VAR}'{chunk}'");
     }
-    let _ = write!(out, "command eval \"${CMD_VAR}\"; {tail}");
+    let _ = write!(out, "{run}{tail}");
     out.into_bytes()
 }
 
@@ -227,7 +241,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let first = needle[0];
     let mut i = 0;
     while i + needle.len() <= hay.len() {
-        match hay[i..=hay.len() - needle.len()].iter().position(|&b| b == first) {
+        match hay[i..=hay.len() - needle.len()]
+            .iter()
+            .position(|&b| b == first)
+        {
             None => return None,
             Some(p) => {
                 i += p;
@@ -271,14 +288,21 @@ mod tests {
     #[test]
     fn finds_sentinel_at_every_split() {
         let n = "0123456789abcdef";
-        let stream = format!("hello_world __EK_ffff:0:/x:ffff_EK__\nabc__EK_{n}:42:/tmp/a b:c:{n}_EK__\n");
+        let stream =
+            format!("hello_world __EK_ffff:0:/x:ffff_EK__\nabc__EK_{n}:42:/tmp/a b:c:{n}_EK__\n");
         for split in 1..stream.len() {
             let (out, s) = scan_all(n, stream.as_bytes(), split);
             assert_eq!(
                 String::from_utf8(out).unwrap(),
                 "hello_world __EK_ffff:0:/x:ffff_EK__\nabc"
             );
-            assert_eq!(s, Some(Sentinel { status: 42, cwd: "/tmp/a b:c".into() }));
+            assert_eq!(
+                s,
+                Some(Sentinel {
+                    status: 42,
+                    cwd: "/tmp/a b:c".into()
+                })
+            );
         }
     }
 
@@ -306,7 +330,7 @@ mod tests {
     #[test]
     fn long_commands_have_short_lines() {
         let cmd = format!("echo {}", "x'y".repeat(100_000));
-        let enc = encode_command(&cmd, "n");
+        let enc = encode_command(&cmd, "n", Flavor::Posix);
         assert!(enc.split(|&b| b == b'\n').all(|l| l.len() < 4000));
     }
 

@@ -36,7 +36,8 @@ pub fn register(info: &'static TransportInfo) {
 /// Every known transport, sorted by scheme, one per scheme (link-time
 /// registrations win over run-time ones).
 pub fn registry() -> Vec<&'static TransportInfo> {
-    let mut all: Vec<&'static TransportInfo> = inventory::iter::<TransportInfo>.into_iter().collect();
+    let mut all: Vec<&'static TransportInfo> =
+        inventory::iter::<TransportInfo>.into_iter().collect();
     let runtime = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
     all.extend(runtime.iter().copied());
     all.sort_by_key(|i| i.scheme);
@@ -56,8 +57,9 @@ pub fn scheme_of(target: &str) -> Result<&str, TransportError> {
     if !valid {
         return Err(TransportError::InvalidTarget {
             target: target.to_string(),
-            reason: "a target starts with a scheme such as `local`, `docker:NAME` or `ssh://user@host`"
-                .into(),
+            reason:
+                "a target starts with a scheme such as `local`, `docker:NAME` or `ssh://user@host`"
+                    .into(),
         });
     }
     Ok(scheme)

@@ -130,6 +130,7 @@ pub struct Session {
     cwd: String,
     seq: u64,
     leftover: Vec<u8>,
+    flavor: shell::Flavor,
 }
 
 impl Session {
@@ -153,6 +154,7 @@ impl Session {
             cwd: String::new(),
             seq: 0,
             leftover: Vec::new(),
+            flavor: shell::Flavor::Posix,
         };
         s.start_shell().await?;
         Ok(s)
@@ -216,6 +218,7 @@ impl Session {
         match outcome {
             Outcome::Sentinel(s) => {
                 self.cwd = s.cwd;
+                self.flavor = shell::Flavor::from_status(s.status);
                 self.leftover = scanner.take_after();
                 self.shell = Some(shell);
                 Ok(())
@@ -262,7 +265,11 @@ impl Session {
     /// Errors are reserved for requests that cannot be attempted (a command
     /// with a NUL byte); everything that happens to the command or the target
     /// is reported in the [`RunResult`].
-    pub async fn run(&mut self, command: &str, opts: RunOptions) -> Result<RunResult, SessionError> {
+    pub async fn run(
+        &mut self,
+        command: &str,
+        opts: RunOptions,
+    ) -> Result<RunResult, SessionError> {
         protocol::validate(command)?;
         let started = Instant::now();
         self.seq += 1;
@@ -298,7 +305,7 @@ impl Session {
         let nonce = protocol::nonce();
         let cid = protocol::nonce();
         let mut line = format!("export {COMMAND_VAR}={cid}; ").into_bytes();
-        line.extend(protocol::encode_command(command, &nonce));
+        line.extend(protocol::encode_command(command, &nonce, self.flavor));
         let mut scanner = SentinelScanner::new(&nonce);
         let deadline = opts.timeout.map(|t| started + t);
 
@@ -442,7 +449,8 @@ impl Session {
                     Ok(()) => result.restarted = true,
                     Err(e) => {
                         result.session_lost = true;
-                        result.error = Some(format!("shell exited and could not be restarted: {e}"));
+                        result.error =
+                            Some(format!("shell exited and could not be restarted: {e}"));
                     }
                 }
             }
@@ -491,6 +499,8 @@ struct Collector {
     cleaner: OutputCleaner,
     cap: OutputCap,
     text: String,
+    /// Bytes at the very start held back while they may be idle noise.
+    head: Option<Vec<u8>>,
 }
 
 impl Collector {
@@ -499,6 +509,7 @@ impl Collector {
             cleaner: OutputCleaner::default(),
             cap: OutputCap::new(limit, spool),
             text: String::new(),
+            head: Some(Vec::new()),
         }
     }
 
@@ -506,12 +517,36 @@ impl Collector {
         if bytes.is_empty() {
             return;
         }
+        if let Some(mut head) = self.head.take() {
+            head.extend_from_slice(bytes);
+            let noise = shell::IGNOREEOF_NOISE;
+            let mut start = 0;
+            while head[start..].starts_with(noise) {
+                start += noise.len();
+            }
+            let rest = &head[start..];
+            if !rest.is_empty() && noise.starts_with(rest) {
+                // Could still become noise: wait for more.
+                self.head = Some(rest.to_vec());
+                return;
+            }
+            let rest = rest.to_vec();
+            self.clean(&rest);
+            return;
+        }
+        self.clean(bytes);
+    }
+
+    fn clean(&mut self, bytes: &[u8]) {
         self.text.clear();
         self.cleaner.push(bytes, &mut self.text);
         self.cap.push(&self.text);
     }
 
     fn finish(mut self) -> crate::cap::CappedOutput {
+        if let Some(head) = self.head.take() {
+            self.clean(&head);
+        }
         self.text.clear();
         self.cleaner.finish(&mut self.text);
         self.cap.push(&self.text);
@@ -525,7 +560,7 @@ async fn pump(
     shell: &dyn ShellProcess,
     input: Option<&[u8]>,
     deadline: Option<Instant>,
-    feed: &mut dyn FnMut(&[u8]) -> Option<Sentinel>,
+    feed: &mut (dyn FnMut(&[u8]) -> Option<Sentinel> + Send),
 ) -> Outcome {
     let mut write = input.map(|d| shell.write(d));
     let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));

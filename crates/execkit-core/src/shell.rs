@@ -81,9 +81,38 @@ pub fn init_source(nonce: &str) -> Vec<u8> {
     // is a readline feature, so --noediting already turns it off.
     s.push_str("command eval 'unsetopt zle' 2>/dev/null; ");
     s.push_str("export TERM=dumb PAGER=cat GIT_PAGER=cat MANPAGER=cat NO_COLOR=1; ");
-    s.push_str(&protocol::sentinel_source(nonce, "0"));
+    // busybox ash (echo off, so no line editing) takes a read interrupted
+    // by SIGCHLD for end of input and exits; ignoreeof keeps it alive.
+    s.push_str("case $BASH_VERSION in '') command eval 'set -o ignoreeof' 2>/dev/null;; esac; ");
+    // Report the flavour in the status field: 1 = bash.
+    s.push_str("__ek_s=0; [ -n \"$BASH_VERSION\" ] && __ek_s=1; ");
+    s.push_str(&protocol::sentinel_source(nonce, "$__ek_s"));
     s.push('\n');
     s.into_bytes()
+}
+
+/// What `ignoreeof` makes busybox ash and dash print when a read was
+/// interrupted while idle; removed from the start of the next output.
+pub const IGNOREEOF_NOISE: &[u8] = b"\nUse \"exit\" to leave shell.\n";
+
+/// Which shell answered the start-up sentinel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// GNU bash.
+    Bash,
+    /// Any other POSIX shell (dash, busybox ash, …).
+    Posix,
+}
+
+impl Flavor {
+    /// Decodes the status the start-up sentinel reported.
+    pub fn from_status(status: i32) -> Self {
+        if status == 1 {
+            Flavor::Bash
+        } else {
+            Flavor::Posix
+        }
+    }
 }
 
 /// A busybox-portable script that kills every process whose environment
@@ -112,6 +141,9 @@ mod tests {
             ["/bin/bash", "--norc", "--noprofile", "--noediting", "-i"]
         );
         assert_eq!(startup_argv("/bin/dash", false), ["/bin/dash", "-i"]);
-        assert_eq!(startup_argv("/bin/busybox", false), ["/bin/busybox", "sh", "-i"]);
+        assert_eq!(
+            startup_argv("/bin/busybox", false),
+            ["/bin/busybox", "sh", "-i"]
+        );
     }
 }

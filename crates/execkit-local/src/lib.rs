@@ -130,7 +130,10 @@ mod tests {
     fn parses_targets() {
         assert!(LocalTransport::new("local").unwrap().shell.is_none());
         assert_eq!(
-            LocalTransport::new("local:/bin/dash").unwrap().shell.as_deref(),
+            LocalTransport::new("local:/bin/dash")
+                .unwrap()
+                .shell
+                .as_deref(),
             Some("/bin/dash")
         );
         assert!(LocalTransport::new("local:").is_err());

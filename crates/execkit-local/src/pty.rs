@@ -54,7 +54,11 @@ fn cstring(bytes: &[u8], what: &str) -> Result<CString, TransportError> {
 }
 
 impl PtyShell {
-    pub async fn spawn(target: &str, shell_path: &Path, spec: &SpawnSpec) -> Result<Self, TransportError> {
+    pub async fn spawn(
+        target: &str,
+        shell_path: &Path,
+        spec: &SpawnSpec,
+    ) -> Result<Self, TransportError> {
         let shell_str = shell_path.to_string_lossy().into_owned();
         let argv: Vec<CString> = shell::startup_argv(&shell_str, spec.load_profile)
             .iter()
@@ -87,7 +91,10 @@ impl PtyShell {
             env.push(cstring(format!("{k}={v}").as_bytes(), "environment")?);
         }
         let cwd = match &spec.cwd {
-            Some(c) => Some(cstring(OsStr::as_bytes(c.as_os_str()), "working directory")?),
+            Some(c) => Some(cstring(
+                OsStr::as_bytes(c.as_os_str()),
+                "working directory",
+            )?),
             None => None,
         };
         let winsize = Winsize {
@@ -97,7 +104,12 @@ impl PtyShell {
             ws_ypixel: 0,
         };
 
-        let child = ChildSpec { path, argv, env, cwd };
+        let child = ChildSpec {
+            path,
+            argv,
+            env,
+            cwd,
+        };
         let target_s = target.to_string();
         let (pid, master) = tokio::task::spawn_blocking(move || fork_shell(&child, &winsize))
             .await
@@ -114,7 +126,8 @@ impl PtyShell {
                 },
             })?;
 
-        let pidfd = pidfd_open(pid).map_err(|e| TransportError::io("pidfd_open (needs Linux 5.3+)", e))?;
+        let pidfd =
+            pidfd_open(pid).map_err(|e| TransportError::io("pidfd_open (needs Linux 5.3+)", e))?;
         let master = register(master, "registering the pty")?;
         let pidfd = register(pidfd, "registering the pidfd")?;
         Ok(PtyShell {
@@ -176,10 +189,15 @@ impl ShellProcess for PtyShell {
                 .writable()
                 .await
                 .map_err(|e| TransportError::io("waiting for the pty", e))?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref(), &data[off..]).map_err(io::Error::from)) {
+            match guard.try_io(|fd| {
+                nix::unistd::write(fd.get_ref(), &data[off..]).map_err(io::Error::from)
+            }) {
                 Ok(Ok(n)) => off += n,
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => {
-                    return Err(TransportError::Lost(format!("the shell on {} has gone", self.target)))
+                    return Err(TransportError::Lost(format!(
+                        "the shell on {} has gone",
+                        self.target
+                    )))
                 }
                 Ok(Err(e)) => return Err(TransportError::io("writing to the pty", e)),
                 Err(_would_block) => continue,
@@ -243,7 +261,10 @@ impl ShellProcess for PtyShell {
         // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
         let r = unsafe { libc::ioctl(self.master.get_ref().as_raw_fd(), libc::TIOCSWINSZ, &ws) };
         if r < 0 {
-            return Err(TransportError::io("resizing the pty", io::Error::last_os_error()));
+            return Err(TransportError::io(
+                "resizing the pty",
+                io::Error::last_os_error(),
+            ));
         }
         Ok(())
     }
@@ -271,10 +292,16 @@ impl ShellProcess for PtyShell {
                 }
             }
         };
-        if tokio::time::timeout(Duration::from_secs(5), wait).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .is_err()
+        {
             return Err(TransportError::io(
                 "terminating the shell",
-                io::Error::new(io::ErrorKind::TimedOut, "the shell did not die after SIGKILL"),
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the shell did not die after SIGKILL",
+                ),
             ));
         }
         self.lock().drained = true;
@@ -322,13 +349,18 @@ fn fork_shell(spec: &ChildSpec, winsize: &Winsize) -> Result<(Pid, OwnedFd), (u3
     // prepared above, then execs or _exits.
     let forked = unsafe { forkpty(Some(winsize), None) }.map_err(|e| (0, io::Error::from(e)))?;
     match forked {
-        ForkptyResult::Child => unsafe { child_exec(spec.path.as_ptr(), &argv, &envp, cwd, err_w_raw) },
+        ForkptyResult::Child => unsafe {
+            child_exec(spec.path.as_ptr(), &argv, &envp, cwd, err_w_raw)
+        },
         ForkptyResult::Parent { child, master } => {
             drop(err_w);
             let _ = fcntl(&master, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
             let flags = fcntl(&master, FcntlArg::F_GETFL).map_err(|e| (0, e.into()))?;
-            fcntl(&master, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK))
-                .map_err(|e| (0, e.into()))?;
+            fcntl(
+                &master,
+                FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+            )
+            .map_err(|e| (0, e.into()))?;
             let mut report = [0u8; 8];
             let mut got = 0;
             while got < report.len() {
@@ -415,7 +447,8 @@ unsafe fn report(err_fd: RawFd, stage: u32) -> ! {
 
 fn register(fd: OwnedFd, what: &str) -> Result<AsyncFd<OwnedFd>, TransportError> {
     // SAFETY: an OwnedFd is a valid open fd that stays the same until dropped.
-    unsafe { AsyncFd::register(fd) }.map_err(|e| TransportError::io(what, io::Error::other(e.to_string())))
+    unsafe { AsyncFd::register(fd) }
+        .map_err(|e| TransportError::io(what, io::Error::other(e.to_string())))
 }
 
 fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {

@@ -1,0 +1,472 @@
+//! The conformance suite every transport runs (feature `testkit`).
+//!
+//! A transport crate's `tests/conformance.rs` (with `harness = false`) builds
+//! one or more [`Fixture`]s — a target URL plus the [`Capabilities`] it
+//! has — and calls [`main`]. Each case runs against a real shell on the real
+//! target; a case the target cannot support is skipped by capability, never
+//! deleted. The run prints one line per case and ends with
+//! `conformance: N passed, N failed, N skipped`; when
+//! `EXECKIT_CONFORMANCE_REPORT` names a directory, a JSON report per fixture
+//! is written there (that is what `cargo xtask test` tabulates).
+
+mod cases;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::{RunOptions, RunResult, Session, SessionConfig};
+
+/// What a target can do; cases that need more are skipped.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Shell processes are children of this test process (signal
+    /// dispositions inherited from us matter).
+    pub host_signals: bool,
+    /// `/proc` on the target shows the session's processes (leak checks).
+    pub proc_fs: bool,
+    /// The shell understands `$'…'` quoting (bash, busybox ash; not dash).
+    pub ansi_c_quoting: bool,
+    /// Background jobs ignore SIGINT as POSIX asks of a shell without job
+    /// control (bash, dash; busybox ash lets Ctrl-C reach them).
+    pub background_ignores_sigint: bool,
+}
+
+impl Capabilities {
+    /// Everything a Linux target with a full shell offers.
+    pub fn full() -> Self {
+        Capabilities {
+            host_signals: false,
+            proc_fs: true,
+            ansi_c_quoting: true,
+            background_ignores_sigint: true,
+        }
+    }
+
+    /// Sets `background_ignores_sigint`.
+    pub fn background_ignores_sigint(mut self, on: bool) -> Self {
+        self.background_ignores_sigint = on;
+        self
+    }
+
+    /// Sets `host_signals`.
+    pub fn host_signals(mut self, on: bool) -> Self {
+        self.host_signals = on;
+        self
+    }
+
+    /// Sets `ansi_c_quoting`.
+    pub fn ansi_c_quoting(mut self, on: bool) -> Self {
+        self.ansi_c_quoting = on;
+        self
+    }
+
+    /// Sets `proc_fs`.
+    pub fn proc_fs(mut self, on: bool) -> Self {
+        self.proc_fs = on;
+        self
+    }
+}
+
+/// One column of the matrix: a named target and what it can do.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    /// Name in reports, e.g. `local (dash)`.
+    pub name: String,
+    /// Target URL.
+    pub target: String,
+    /// Capabilities.
+    pub caps: Capabilities,
+    /// Why the whole fixture cannot run here (e.g. the shell is not
+    /// installed); every case is then skipped, or failed under `CI=true`
+    /// when `required`.
+    pub unavailable: Option<String>,
+    /// Under `CI=true`, an unavailable fixture is a failure.
+    pub required: bool,
+}
+
+impl Fixture {
+    /// A fixture for `target`.
+    pub fn new(name: impl Into<String>, target: impl Into<String>, caps: Capabilities) -> Self {
+        Fixture {
+            name: name.into(),
+            target: target.into(),
+            caps,
+            unavailable: None,
+            required: true,
+        }
+    }
+
+    /// Marks the fixture as not runnable here, with the reason.
+    pub fn unavailable(mut self, reason: impl Into<String>) -> Self {
+        self.unavailable = Some(reason.into());
+        self
+    }
+}
+
+/// What a case gets: the fixture and helpers for opening sessions on it.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    fixture: Arc<Fixture>,
+    spool_dir: PathBuf,
+}
+
+/// A skip decided while running (e.g. a tool missing on the target).
+#[derive(Debug)]
+pub struct Skip(pub String);
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "skipped: {}", self.0)
+    }
+}
+
+impl std::error::Error for Skip {}
+
+impl Ctx {
+    /// The target under test.
+    pub fn target(&self) -> &str {
+        &self.fixture.target
+    }
+
+    /// Its capabilities.
+    pub fn caps(&self) -> &Capabilities {
+        &self.fixture.caps
+    }
+
+    /// A session config for this run (spool files go to a scratch dir).
+    pub fn config(&self) -> SessionConfig {
+        SessionConfig {
+            spool_dir: self.spool_dir.clone(),
+            ..SessionConfig::default()
+        }
+    }
+
+    /// Opens a session with the default config.
+    pub async fn open(&self) -> anyhow::Result<Session> {
+        self.open_with(self.config()).await
+    }
+
+    /// Opens a session with `config`.
+    pub async fn open_with(&self, config: SessionConfig) -> anyhow::Result<Session> {
+        Session::open(self.target(), config)
+            .await
+            .with_context(|| format!("opening a session on {}", self.target()))
+    }
+
+    /// Processes on the target carrying `marker`, as `(pid, cmdline)`,
+    /// found by a separate probe session.
+    pub async fn marked(&self, marker: &str) -> anyhow::Result<Vec<(u32, String)>> {
+        let mut probe = self.open().await?;
+        let script = format!(
+            "for d in /proc/[0-9]*; do if tr '\\000' '\\n' < \"$d/environ\" 2>/dev/null | grep -qxF 'EXECKIT_SID={marker}'; then \
+             printf '%s %s\\n' \"${{d#/proc/}}\" \"$(tr '\\000' ' ' < \"$d/cmdline\" 2>/dev/null)\"; fi; done"
+        );
+        let r = probe
+            .run(&script, RunOptions::timeout(Duration::from_secs(30)))
+            .await?;
+        probe.close().await?;
+        if r.exit_code != Some(0) {
+            bail!("process probe failed: {r:?}");
+        }
+        Ok(r.output
+            .lines()
+            .filter_map(|l| {
+                let (pid, cmd) = l.split_once(' ')?;
+                Some((pid.parse().ok()?, cmd.trim().to_string()))
+            })
+            .collect())
+    }
+
+    /// Marked processes other than `spare` (normally the live shell).
+    pub async fn leaked(&self, marker: &str, spare: &[u32]) -> anyhow::Result<Vec<(u32, String)>> {
+        // Killed processes may take a moment to be reaped.
+        let mut left = Vec::new();
+        for _ in 0..20 {
+            left = self.marked(marker).await?;
+            left.retain(|(p, _)| !spare.contains(p));
+            if left.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(left)
+    }
+
+    /// Kills a process on the target from outside the session under test.
+    pub async fn kill_from_outside(&self, pid: u32) -> anyhow::Result<()> {
+        let mut s = self.open().await?;
+        let r = s
+            .run(
+                &format!("kill -9 {pid}"),
+                RunOptions::timeout(Duration::from_secs(10)),
+            )
+            .await?;
+        s.close().await?;
+        if r.exit_code != Some(0) {
+            bail!("kill -9 {pid} failed: {r:?}");
+        }
+        Ok(())
+    }
+}
+
+/// Runs `cmd` with a timeout of `secs` and fails on an engine error.
+pub async fn run(s: &mut Session, cmd: &str, secs: u64) -> anyhow::Result<RunResult> {
+    s.run(cmd, RunOptions::timeout(Duration::from_secs(secs)))
+        .await
+        .with_context(|| format!("running {cmd:?}"))
+}
+
+/// Runs `cmd` and requires exit 0; returns the output.
+pub async fn ok(s: &mut Session, cmd: &str) -> anyhow::Result<String> {
+    let r = run(s, cmd, 30).await?;
+    if r.exit_code != Some(0) || r.timed_out || r.session_lost {
+        bail!("{cmd:?} did not succeed: {r:?}");
+    }
+    Ok(r.output)
+}
+
+type CaseFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// One conformance case.
+pub struct Case {
+    /// Name in reports.
+    pub name: &'static str,
+    /// Returns why the case cannot run on targets with these capabilities.
+    pub needs: fn(&Capabilities) -> Option<&'static str>,
+    /// The case itself.
+    pub run: fn(Ctx) -> CaseFuture,
+}
+
+impl std::fmt::Debug for Case {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Case").field("name", &self.name).finish()
+    }
+}
+
+/// Every case of the suite.
+pub fn cases() -> Vec<Case> {
+    cases::all()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Pass,
+    Fail,
+    Skip,
+}
+
+#[derive(Debug)]
+struct Outcome {
+    name: &'static str,
+    status: Status,
+    ms: u128,
+    message: String,
+}
+
+/// Entry point for a transport's `tests/conformance.rs`: runs every case on
+/// every fixture. Arguments: an optional name filter (substring); libtest
+/// flags are accepted and ignored.
+pub fn main(fixtures: Vec<Fixture>) -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for f in &fixtures {
+            for c in cases() {
+                println!("{}::{}: test", f.name, c.name);
+            }
+        }
+        return ExitCode::SUCCESS;
+    }
+    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let jobs: usize = std::env::var("EXECKIT_CONFORMANCE_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let spool_dir =
+        std::env::temp_dir().join(format!("execkit-conformance-{}", std::process::id()));
+    let report_dir = std::env::var_os("EXECKIT_CONFORMANCE_REPORT").map(PathBuf::from);
+
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for fixture in fixtures {
+        let fixture = Arc::new(fixture);
+        println!("\nconformance on {} ({})", fixture.name, fixture.target);
+        let selected: Vec<Case> = cases()
+            .into_iter()
+            .filter(|c| filter.is_empty() || filter.iter().any(|f| c.name.contains(f.as_str())))
+            .collect();
+        let outcomes = rt.block_on(run_fixture(&fixture, selected, jobs, ci, &spool_dir));
+        let mut counts = (0, 0, 0);
+        for o in &outcomes {
+            match o.status {
+                Status::Pass => counts.0 += 1,
+                Status::Fail => counts.1 += 1,
+                Status::Skip => counts.2 += 1,
+            }
+        }
+        println!(
+            "{}: {} passed, {} failed, {} skipped",
+            fixture.name, counts.0, counts.1, counts.2
+        );
+        passed += counts.0;
+        failed += counts.1;
+        skipped += counts.2;
+        if let Some(dir) = &report_dir {
+            write_report(dir, &fixture, &outcomes);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&spool_dir);
+    println!("\nconformance: {passed} passed, {failed} failed, {skipped} skipped");
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn run_fixture(
+    fixture: &Arc<Fixture>,
+    cases: Vec<Case>,
+    jobs: usize,
+    ci: bool,
+    spool_dir: &std::path::Path,
+) -> Vec<Outcome> {
+    if let Some(reason) = &fixture.unavailable {
+        let status = if ci && fixture.required {
+            Status::Fail
+        } else {
+            Status::Skip
+        };
+        return cases
+            .iter()
+            .map(|c| {
+                let o = Outcome {
+                    name: c.name,
+                    status,
+                    ms: 0,
+                    message: format!(
+                        "{reason}{}",
+                        if status == Status::Fail {
+                            " (required under CI=true)"
+                        } else {
+                            ""
+                        }
+                    ),
+                };
+                print_outcome(fixture, &o);
+                o
+            })
+            .collect();
+    }
+    let sem = Arc::new(tokio::sync::Semaphore::new(jobs.max(1)));
+    let mut handles = Vec::new();
+    for case in cases {
+        let ctx = Ctx {
+            fixture: fixture.clone(),
+            spool_dir: spool_dir.to_path_buf(),
+        };
+        let sem = sem.clone();
+        let fixture = fixture.clone();
+        handles.push(tokio::spawn(async move {
+            if let Some(why) = (case.needs)(ctx.caps()) {
+                let o = Outcome {
+                    name: case.name,
+                    status: Status::Skip,
+                    ms: 0,
+                    message: format!("needs {why}"),
+                };
+                print_outcome(&fixture, &o);
+                return o;
+            }
+            let _permit = sem.acquire().await;
+            let start = Instant::now();
+            let fut = tokio::spawn((case.run)(ctx));
+            let res = tokio::time::timeout(Duration::from_secs(180), fut).await;
+            let (status, message) = match res {
+                Err(_) => (Status::Fail, "case did not finish within 180 s".to_string()),
+                Ok(Err(join)) => (Status::Fail, format!("case panicked: {join}")),
+                Ok(Ok(Ok(()))) => (Status::Pass, String::new()),
+                Ok(Ok(Err(e))) => match e.downcast_ref::<Skip>() {
+                    Some(s) => (Status::Skip, s.0.clone()),
+                    None => (Status::Fail, format!("{e:#}")),
+                },
+            };
+            let o = Outcome {
+                name: case.name,
+                status,
+                ms: start.elapsed().as_millis(),
+                message,
+            };
+            print_outcome(&fixture, &o);
+            o
+        }));
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        if let Ok(o) = h.await {
+            out.push(o);
+        }
+    }
+    out
+}
+
+fn print_outcome(fixture: &Fixture, o: &Outcome) {
+    let word = match o.status {
+        Status::Pass => "ok",
+        Status::Fail => "FAILED",
+        Status::Skip => "skipped",
+    };
+    let msg = if o.message.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", o.message)
+    };
+    println!(
+        "test {}::{} ... {word} ({} ms){msg}",
+        fixture.name, o.name, o.ms
+    );
+}
+
+fn write_report(dir: &std::path::Path, fixture: &Fixture, outcomes: &[Outcome]) {
+    let slug: String = fixture
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let cases: Vec<serde_json::Value> = outcomes
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "name": o.name,
+                "status": match o.status { Status::Pass => "pass", Status::Fail => "fail", Status::Skip => "skip" },
+                "ms": o.ms as u64,
+                "message": o.message,
+            })
+        })
+        .collect();
+    let count = |s| outcomes.iter().filter(|o| o.status == s).count();
+    let report = serde_json::json!({
+        "fixture": fixture.name,
+        "target": fixture.target,
+        "passed": count(Status::Pass),
+        "failed": count(Status::Fail),
+        "skipped": count(Status::Skip),
+        "cases": cases,
+    });
+    let _ = std::fs::create_dir_all(dir);
+    let path = dir.join(format!("{slug}.json"));
+    if let Err(e) = std::fs::write(&path, report.to_string()) {
+        eprintln!("cannot write {}: {e}", path.display());
+    }
+}
