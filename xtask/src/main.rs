@@ -1,1 +1,295 @@
-fn main() {}
+//! `cargo xtask`: the project's own automation.
+//!
+//! `cargo xtask test [--transport local|docker|ssh|all]` provisions what the
+//! tests need (installing system packages when missing), checks that a CLI
+//! built with only one transport feature lists exactly that transport, runs
+//! `cargo test --workspace` with conformance reports switched on, prints a
+//! table per transport and ends with `N passed, N failed, N skipped`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+const TRANSPORTS: &[&str] = &["local", "docker", "ssh"];
+/// Transports whose crates exist yet; the others show as "not built yet".
+const BUILT: &[&str] = &["local"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask test [--transport local|docker|ssh|all]");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+#[derive(Default, Debug, Clone, Copy)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, o: Counts) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+        self.skipped += o.skipped;
+    }
+}
+
+fn test(args: &[String]) -> Result<bool> {
+    let mut which = "all".to_string();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--transport" => which = it.next().context("--transport needs a value")?.clone(),
+            s if s.starts_with("--transport=") => which = s["--transport=".len()..].to_string(),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    let selected: Vec<&str> = match which.as_str() {
+        "all" => TRANSPORTS.to_vec(),
+        t if TRANSPORTS.contains(&t) => vec![t],
+        t => bail!("unknown transport {t} (local, docker, ssh or all)"),
+    };
+    for t in &selected {
+        if !BUILT.contains(t) && which != "all" {
+            bail!("the {t} transport is not built yet");
+        }
+    }
+
+    let root = root();
+    let out_dir = root.join("target/xtask");
+    let report_dir = out_dir.join("conformance");
+    let _ = std::fs::remove_dir_all(&report_dir);
+    std::fs::create_dir_all(&report_dir)?;
+
+    if selected.contains(&"local") {
+        provision_local_shells()?;
+    }
+
+    let mut total = Counts::default();
+    let mut rows: Vec<(String, String)> = Vec::new();
+
+    // 1. Single-feature builds list exactly what they were built with.
+    let features = feature_builds(&root, &out_dir)?;
+    total += features;
+    rows.push(("cli feature builds".into(), fmt_counts(features)));
+
+    // 2. Unit, integration and conformance tests.
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(&root)
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .env("EXECKIT_CONFORMANCE_REPORT", &report_dir);
+    let unit = run_cargo_test(cmd)?;
+
+    let mut conformance = Counts::default();
+    for t in TRANSPORTS {
+        if !selected.contains(t) {
+            continue;
+        }
+        if !BUILT.contains(t) {
+            rows.push((t.to_string(), "not built yet".into()));
+            continue;
+        }
+        let mut found = false;
+        for report in reports(&report_dir)? {
+            let name = report["fixture"].as_str().unwrap_or("?").to_string();
+            if !name.starts_with(t) {
+                continue;
+            }
+            found = true;
+            let c = Counts {
+                passed: report["passed"].as_u64().unwrap_or(0),
+                failed: report["failed"].as_u64().unwrap_or(0),
+                skipped: report["skipped"].as_u64().unwrap_or(0),
+            };
+            conformance += c;
+            rows.push((name, fmt_counts(c)));
+        }
+        if !found {
+            rows.push((t.to_string(), "FAILED: no conformance report".into()));
+            conformance.failed += 1;
+        }
+    }
+    // Unit tests count from libtest's lines, conformance from its reports.
+    total += unit.libtest;
+    total += conformance;
+    if !unit.success && total.failed == 0 {
+        // cargo failed without a failing test: a build error or a crash.
+        println!("xtask: cargo test failed without a failing test (build error?)");
+        total.failed += 1;
+    }
+    rows.insert(1, ("unit + integration tests".into(), fmt_counts(unit.libtest)));
+
+    println!("\n{:<28} {}", "suite", "result");
+    println!("{}", "-".repeat(60));
+    for (name, res) in &rows {
+        println!("{name:<28} {res}");
+    }
+    println!();
+    println!("{} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);
+    Ok(total.failed == 0 && unit.success)
+}
+
+fn fmt_counts(c: Counts) -> String {
+    format!("{} passed, {} failed, {} skipped", c.passed, c.failed, c.skipped)
+}
+
+/// Installs what the local matrix needs: dash and busybox.
+fn provision_local_shells() -> Result<()> {
+    let missing: Vec<&str> = [("dash", "/bin/dash"), ("busybox-static", "/bin/busybox")]
+        .into_iter()
+        .filter(|(_, p)| !Path::new(p).exists())
+        .map(|(pkg, _)| pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing {} with apt-get", missing.join(" "));
+    if let Err(e) = apt_install(&missing) {
+        if ci() {
+            return Err(e.context("provisioning the local shells (required under CI=true)"));
+        }
+        eprintln!("xtask: warning: {e:#}; their conformance columns will be skipped");
+    }
+    Ok(())
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    let sudo: &[&str] = if nix_is_root() { &[] } else { &["sudo", "-n"] };
+    let run = |args: &[&str]| -> Result<()> {
+        let mut all: Vec<&str> = sudo.to_vec();
+        all.extend_from_slice(args);
+        let st = Command::new(all[0])
+            .args(&all[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .status()
+            .with_context(|| format!("running {}", all.join(" ")))?;
+        if !st.success() {
+            bail!("`{}` failed with {st}", all.join(" "));
+        }
+        Ok(())
+    };
+    run(&["apt-get", "update", "-qq"])?;
+    let mut args = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    args.extend_from_slice(pkgs);
+    run(&args)
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// Builds the CLI with one transport feature (and with none) and checks
+/// `execkit transports` lists exactly what was linked.
+fn feature_builds(root: &Path, out_dir: &Path) -> Result<Counts> {
+    let mut c = Counts::default();
+    for (features, expect) in [("local", Some("local")), ("", None)] {
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(root)
+            .args(["build", "--quiet", "-p", "execkit-cli", "--no-default-features"]);
+        if !features.is_empty() {
+            cmd.args(["--features", features]);
+        }
+        let st = cmd.status().context("cargo build")?;
+        if !st.success() {
+            bail!("building execkit-cli with features [{features}] failed");
+        }
+        let bin = out_dir.join(format!("execkit-features-{}", if features.is_empty() { "none" } else { features }));
+        std::fs::copy(root.join("target/debug/execkit"), &bin)?;
+        let out = Command::new(&bin).arg("transports").output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let schemes: Vec<&str> = stdout.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        let ok = match expect {
+            Some(s) => out.status.success() && schemes == [s],
+            None => !out.status.success() && schemes.is_empty(),
+        };
+        let label = if features.is_empty() { "no features" } else { features };
+        if ok {
+            println!("xtask: feature build [{label}]: transports = {schemes:?} ok");
+            c.passed += 1;
+        } else {
+            println!(
+                "xtask: feature build [{label}]: FAILED: transports printed {stdout:?} (status {})",
+                out.status
+            );
+            c.failed += 1;
+        }
+    }
+    Ok(c)
+}
+
+struct CargoTest {
+    libtest: Counts,
+    success: bool,
+}
+
+/// Runs `cargo test`, streaming its output, and sums libtest result lines.
+fn run_cargo_test(mut cmd: Command) -> Result<CargoTest> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let stdout = child.stdout.take().context("cargo stdout")?;
+    let mut counts = Counts::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            // test result: ok. 15 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; ...
+            for part in rest.split(';') {
+                let words: Vec<&str> = part.split_whitespace().collect();
+                let n = words.iter().find_map(|w| w.parse::<u64>().ok()).unwrap_or(0);
+                if part.contains(" passed") {
+                    counts.passed += n;
+                } else if part.contains(" failed") {
+                    counts.failed += n;
+                } else if part.contains(" ignored") {
+                    counts.skipped += n;
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    Ok(CargoTest {
+        libtest: counts,
+        success: status.success(),
+    })
+}
+
+fn reports(dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let text = std::fs::read_to_string(e.path())?;
+        out.push(serde_json::from_str(&text).with_context(|| format!("parsing {}", e.path().display()))?);
+    }
+    Ok(out)
+}

@@ -113,7 +113,7 @@ pub fn encode_command(command: &str, nonce: &str, flavor: Flavor) -> Vec<u8> {
         return format!("{CMD_VAR}={quoted}; {run}{tail}").into_bytes();
     }
     let mut out = String::with_capacity(quoted.len() + quoted.len() / 64 + 256);
-    let _ = write!(out, "{CMD_VAR}=''\n");
+    let _ = writeln!(out, "{CMD_VAR}=''");
     let mut chunk = String::with_capacity(MAX_LINE + 64);
     for c in command.chars() {
         push_quoted_piece(&mut chunk, c);

@@ -1,0 +1,127 @@
+//! The CLI contract (DESIGN.md), tested from outside against the real binary.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn execkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args(args)
+        .env("XDG_STATE_HOME", std::env::temp_dir().join("execkit-cli-tests"))
+        .output()
+        .expect("run execkit")
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn json_results_share_one_session() {
+    let out = execkit(&["exec", "--json", "cd /tmp", "export A=1", "echo $A; pwd", "false"]);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    let codes: Vec<i64> = lines.iter().map(|l| l["exit_code"].as_i64().unwrap()).collect();
+    assert_eq!(codes, [0, 0, 0, 1]);
+    assert_eq!(lines[2]["output"], "1\n/tmp");
+    for l in &lines {
+        assert_eq!(l["cwd"], "/tmp");
+        for field in ["command", "output", "timed_out", "truncated", "restarted", "duration_ms", "output_path"] {
+            assert!(l.get(field).is_some(), "missing {field} in {l}");
+        }
+    }
+    assert_eq!(out.status.code(), Some(1));
+}
+
+fn sleeping(arg: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            if cmd == format!("sleep\0{arg}\0").as_bytes() {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+#[test]
+fn timeout_returns_quickly_and_leaves_nothing() {
+    let t = Instant::now();
+    let out = execkit(&["exec", "--json", "--timeout", "1", "sleep 31.7", "echo ok"]);
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["timed_out"], true);
+    assert!(lines[0]["exit_code"].is_null());
+    assert_eq!(lines[1]["output"], "ok");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(sleeping("31.7").is_empty(), "sleep survived");
+}
+
+#[test]
+fn exit_status_is_the_last_commands() {
+    assert_eq!(execkit(&["exec", "false", "(exit 5)"]).status.code(), Some(5));
+    assert_eq!(execkit(&["exec", "false", "true"]).status.code(), Some(0));
+    assert_eq!(execkit(&["exec", "--timeout", "0.5", "true", "sleep 9.3"]).status.code(), Some(124));
+}
+
+#[test]
+fn human_output_and_status_line() {
+    let out = execkit(&["exec", "echo hi"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+    let out = execkit(&["exec", "echo no; false"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "no\n");
+    assert!(stderr(&out).contains("exit 1"), "{}", stderr(&out));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = execkit(&["exec"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = execkit(&["exec", "--target", "nosuch:thing", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("nosuch") && !err.contains("panicked"), "{err}");
+    let out = execkit(&["exec", "--timeout", "-1", "true"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = execkit(&["exec", "echo a\u{1}b", ""]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
+fn unreachable_target_exits_69() {
+    let out = execkit(&["exec", "--target", "local:/nonexistent/shell", "true"]);
+    assert_eq!(out.status.code(), Some(69));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/shell") && err.contains("No such file"), "{err}");
+}
+
+#[test]
+fn output_cap_spools_full_text() {
+    let out = execkit(&["exec", "--json", "--output-limit", "100", "seq 1 10000"]);
+    let l = &json_lines(&out)[0];
+    assert_eq!(l["truncated"], true);
+    let path = l["output_path"].as_str().expect("output_path");
+    let full = std::fs::read_to_string(path).unwrap();
+    let expected: String = (1..=10000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(full, expected);
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn transports_lists_local() {
+    let out = execkit(&["transports"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("local"));
+}
