@@ -16,6 +16,33 @@ const TRANSPORTS: &[&str] = &["local", "docker", "ssh"];
 /// Transports whose crates exist yet; the others show as "not built yet".
 const BUILT: &[&str] = &["local"];
 
+/// What provisioning a transport's test infrastructure produced: variables
+/// telling its `tests/conformance.rs` where the target is, and how to tear
+/// the infrastructure down again (by PID, only what we started).
+#[derive(Default)]
+pub struct Provision {
+    /// Set for `cargo test` (e.g. `EXECKIT_TEST_DOCKER_CONTAINER`).
+    pub env: Vec<(String, String)>,
+    /// Runs after the tests, pass or fail.
+    pub teardown: Option<Box<dyn FnOnce()>>,
+}
+
+/// Provisions the infrastructure of one transport (daemons, images, keys).
+/// Under `CI=true` a failure is fatal; otherwise the transport's fixtures
+/// report themselves unavailable and are skipped.
+fn provision(transport: &str, out_dir: &Path) -> Result<Provision> {
+    match transport {
+        "local" => {
+            provision_local_shells()?;
+            Ok(Provision::default())
+        }
+        _ => {
+            let _ = out_dir;
+            Ok(Provision::default())
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -85,8 +112,15 @@ fn test(args: &[String]) -> Result<bool> {
     let _ = std::fs::remove_dir_all(&report_dir);
     std::fs::create_dir_all(&report_dir)?;
 
-    if selected.contains(&"local") {
-        provision_local_shells()?;
+    let mut provisions = Vec::new();
+    for t in &selected {
+        if BUILT.contains(t) {
+            match provision(t, &out_dir) {
+                Ok(p) => provisions.push(p),
+                Err(e) if !ci() => eprintln!("xtask: warning: cannot provision {t}: {e:#}"),
+                Err(e) => return Err(e.context(format!("provisioning {t} (required under CI=true)"))),
+            }
+        }
     }
 
     let mut total = Counts::default();
@@ -102,7 +136,16 @@ fn test(args: &[String]) -> Result<bool> {
     cmd.current_dir(&root)
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("EXECKIT_CONFORMANCE_REPORT", &report_dir);
-    let unit = run_cargo_test(cmd)?;
+    for p in &provisions {
+        cmd.envs(p.env.iter().map(|(k, v)| (k, v)));
+    }
+    let unit = run_cargo_test(cmd);
+    for p in provisions {
+        if let Some(t) = p.teardown {
+            t();
+        }
+    }
+    let unit = unit?;
 
     let mut conformance = Counts::default();
     for t in TRANSPORTS {
