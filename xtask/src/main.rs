@@ -20,11 +20,11 @@ const BUILT: &[&str] = &["local"];
 /// telling its `tests/conformance.rs` where the target is, and how to tear
 /// the infrastructure down again (by PID, only what we started).
 #[derive(Default)]
-pub struct Provision {
+struct Provision {
     /// Set for `cargo test` (e.g. `EXECKIT_TEST_DOCKER_CONTAINER`).
-    pub env: Vec<(String, String)>,
+    env: Vec<(String, String)>,
     /// Runs after the tests, pass or fail.
-    pub teardown: Option<Box<dyn FnOnce()>>,
+    teardown: Option<Box<dyn FnOnce()>>,
 }
 
 /// Provisions the infrastructure of one transport (daemons, images, keys).
@@ -67,7 +67,10 @@ fn ci() -> bool {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -118,7 +121,9 @@ fn test(args: &[String]) -> Result<bool> {
             match provision(t, &out_dir) {
                 Ok(p) => provisions.push(p),
                 Err(e) if !ci() => eprintln!("xtask: warning: cannot provision {t}: {e:#}"),
-                Err(e) => return Err(e.context(format!("provisioning {t} (required under CI=true)"))),
+                Err(e) => {
+                    return Err(e.context(format!("provisioning {t} (required under CI=true)")))
+                }
             }
         }
     }
@@ -184,20 +189,29 @@ fn test(args: &[String]) -> Result<bool> {
         println!("xtask: cargo test failed without a failing test (build error?)");
         total.failed += 1;
     }
-    rows.insert(1, ("unit + integration tests".into(), fmt_counts(unit.libtest)));
+    rows.insert(
+        1,
+        ("unit + integration tests".into(), fmt_counts(unit.libtest)),
+    );
 
-    println!("\n{:<28} {}", "suite", "result");
+    println!("\n{:<28} result", "suite");
     println!("{}", "-".repeat(60));
     for (name, res) in &rows {
         println!("{name:<28} {res}");
     }
     println!();
-    println!("{} passed, {} failed, {} skipped", total.passed, total.failed, total.skipped);
+    println!(
+        "{} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.skipped
+    );
     Ok(total.failed == 0 && unit.success)
 }
 
 fn fmt_counts(c: Counts) -> String {
-    format!("{} passed, {} failed, {} skipped", c.passed, c.failed, c.skipped)
+    format!(
+        "{} passed, {} failed, {} skipped",
+        c.passed, c.failed, c.skipped
+    )
 }
 
 /// Installs what the local matrix needs: dash and busybox.
@@ -245,7 +259,11 @@ fn apt_install(pkgs: &[&str]) -> Result<()> {
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -255,8 +273,13 @@ fn feature_builds(root: &Path, out_dir: &Path) -> Result<Counts> {
     let mut c = Counts::default();
     for (features, expect) in [("local", Some("local")), ("", None)] {
         let mut cmd = Command::new("cargo");
-        cmd.current_dir(root)
-            .args(["build", "--quiet", "-p", "execkit-cli", "--no-default-features"]);
+        cmd.current_dir(root).args([
+            "build",
+            "--quiet",
+            "-p",
+            "execkit-cli",
+            "--no-default-features",
+        ]);
         if !features.is_empty() {
             cmd.args(["--features", features]);
         }
@@ -264,16 +287,30 @@ fn feature_builds(root: &Path, out_dir: &Path) -> Result<Counts> {
         if !st.success() {
             bail!("building execkit-cli with features [{features}] failed");
         }
-        let bin = out_dir.join(format!("execkit-features-{}", if features.is_empty() { "none" } else { features }));
+        let bin = out_dir.join(format!(
+            "execkit-features-{}",
+            if features.is_empty() {
+                "none"
+            } else {
+                features
+            }
+        ));
         std::fs::copy(root.join("target/debug/execkit"), &bin)?;
         let out = Command::new(&bin).arg("transports").output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let schemes: Vec<&str> = stdout.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        let schemes: Vec<&str> = stdout
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
         let ok = match expect {
             Some(s) => out.status.success() && schemes == [s],
             None => !out.status.success() && schemes.is_empty(),
         };
-        let label = if features.is_empty() { "no features" } else { features };
+        let label = if features.is_empty() {
+            "no features"
+        } else {
+            features
+        };
         if ok {
             println!("xtask: feature build [{label}]: transports = {schemes:?} ok");
             c.passed += 1;
@@ -308,7 +345,10 @@ fn run_cargo_test(mut cmd: Command) -> Result<CargoTest> {
             // test result: ok. 15 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; ...
             for part in rest.split(';') {
                 let words: Vec<&str> = part.split_whitespace().collect();
-                let n = words.iter().find_map(|w| w.parse::<u64>().ok()).unwrap_or(0);
+                let n = words
+                    .iter()
+                    .find_map(|w| w.parse::<u64>().ok())
+                    .unwrap_or(0);
                 if part.contains(" passed") {
                     counts.passed += n;
                 } else if part.contains(" failed") {
@@ -332,7 +372,10 @@ fn reports(dir: &Path) -> Result<Vec<serde_json::Value>> {
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let text = std::fs::read_to_string(e.path())?;
-        out.push(serde_json::from_str(&text).with_context(|| format!("parsing {}", e.path().display()))?);
+        out.push(
+            serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}", e.path().display()))?,
+        );
     }
     Ok(out)
 }

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 fn execkit(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_execkit"))
         .args(args)
-        .env("XDG_STATE_HOME", std::env::temp_dir().join("execkit-cli-tests"))
+        .env(
+            "XDG_STATE_HOME",
+            std::env::temp_dir().join("execkit-cli-tests"),
+        )
         .output()
         .expect("run execkit")
 }
@@ -24,15 +27,33 @@ fn stderr(out: &Output) -> String {
 
 #[test]
 fn json_results_share_one_session() {
-    let out = execkit(&["exec", "--json", "cd /tmp", "export A=1", "echo $A; pwd", "false"]);
+    let out = execkit(&[
+        "exec",
+        "--json",
+        "cd /tmp",
+        "export A=1",
+        "echo $A; pwd",
+        "false",
+    ]);
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 4, "{lines:?}");
-    let codes: Vec<i64> = lines.iter().map(|l| l["exit_code"].as_i64().unwrap()).collect();
+    let codes: Vec<i64> = lines
+        .iter()
+        .map(|l| l["exit_code"].as_i64().unwrap())
+        .collect();
     assert_eq!(codes, [0, 0, 0, 1]);
     assert_eq!(lines[2]["output"], "1\n/tmp");
     for l in &lines {
         assert_eq!(l["cwd"], "/tmp");
-        for field in ["command", "output", "timed_out", "truncated", "restarted", "duration_ms", "output_path"] {
+        for field in [
+            "command",
+            "output",
+            "timed_out",
+            "truncated",
+            "restarted",
+            "duration_ms",
+            "output_path",
+        ] {
             assert!(l.get(field).is_some(), "missing {field} in {l}");
         }
     }
@@ -42,7 +63,9 @@ fn json_results_share_one_session() {
 fn sleeping(arg: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
             if cmd == format!("sleep\0{arg}\0").as_bytes() {
                 pids.push(pid);
@@ -68,9 +91,17 @@ fn timeout_returns_quickly_and_leaves_nothing() {
 
 #[test]
 fn exit_status_is_the_last_commands() {
-    assert_eq!(execkit(&["exec", "false", "(exit 5)"]).status.code(), Some(5));
+    assert_eq!(
+        execkit(&["exec", "false", "(exit 5)"]).status.code(),
+        Some(5)
+    );
     assert_eq!(execkit(&["exec", "false", "true"]).status.code(), Some(0));
-    assert_eq!(execkit(&["exec", "--timeout", "0.5", "true", "sleep 9.3"]).status.code(), Some(124));
+    assert_eq!(
+        execkit(&["exec", "--timeout", "0.5", "true", "sleep 9.3"])
+            .status
+            .code(),
+        Some(124)
+    );
 }
 
 #[test]
@@ -104,7 +135,10 @@ fn unreachable_target_exits_69() {
     assert_eq!(out.status.code(), Some(69));
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("/nonexistent/shell") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("/nonexistent/shell") && err.contains("No such file"),
+        "{err}"
+    );
 }
 
 #[test]
