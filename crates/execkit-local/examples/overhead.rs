@@ -1,0 +1,50 @@
+//! Per-command overhead of a local session next to spawning `bash -c true`.
+//!
+//! `cargo run --release -p execkit-local --example overhead [N]`
+
+use std::time::{Duration, Instant};
+
+use execkit_core::{RunOptions, Session, SessionConfig};
+
+fn stats(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    (ms(v[v.len() / 2]), ms(v[v.len() * 99 / 100]))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    execkit_local::register();
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
+
+    let t = Instant::now();
+    let mut s = Session::open("local:/bin/bash", SessionConfig::default()).await?;
+    let first = s.run("true", RunOptions::default()).await?;
+    let start = t.elapsed();
+    anyhow::ensure!(first.exit_code == Some(0));
+
+    let mut rt = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = s.run("true", RunOptions::default()).await?;
+        rt.push(t.elapsed());
+        anyhow::ensure!(r.exit_code == Some(0));
+    }
+    s.close().await?;
+
+    let mut spawn = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let st = std::process::Command::new("bash").args(["-c", "true"]).status()?;
+        spawn.push(t.elapsed());
+        anyhow::ensure!(st.success());
+    }
+
+    let (p50, p99) = stats(rt);
+    let (s50, s99) = stats(spawn);
+    println!("session start to first result: {:.2} ms", start.as_secs_f64() * 1000.0);
+    println!("execkit local (bash), {n} x true: p50 {p50:.3} ms, p99 {p99:.3} ms");
+    println!("bash -c true spawn,   {n} x:      p50 {s50:.3} ms, p99 {s99:.3} ms");
+    println!("ratio (spawn / execkit p50): {:.1}x", s50 / p50);
+    Ok(())
+}
