@@ -21,7 +21,7 @@ pub struct OutputCap {
     /// Last chars seen once the limit was passed (may hold extra, trimmed lazily).
     tail: String,
     total_chars: u64,
-    spool_path: PathBuf,
+    spool_path: Option<PathBuf>,
     spool: Option<BufWriter<File>>,
     spool_error: Option<String>,
 }
@@ -44,6 +44,15 @@ pub struct CappedOutput {
 impl OutputCap {
     /// A cap of `limit` characters; the full text spools to `spool_path` if needed.
     pub fn new(limit: usize, spool_path: PathBuf) -> Self {
+        Self::build(limit, Some(spool_path))
+    }
+
+    /// A cap that keeps head and tail only, with no spool file.
+    pub fn memory_only(limit: usize) -> Self {
+        Self::build(limit, None)
+    }
+
+    fn build(limit: usize, spool_path: Option<PathBuf>) -> Self {
         let limit = limit.max(2);
         let head_chars = limit / 2;
         OutputCap {
@@ -88,13 +97,13 @@ impl OutputCap {
 
     fn start_spool(&mut self) {
         let whole = std::mem::take(&mut self.head);
-        match open_spool(&self.spool_path) {
-            Ok(f) => self.spool = Some(BufWriter::with_capacity(64 * 1024, f)),
-            Err(e) => {
-                self.spool_error = Some(format!(
-                    "cannot write spool file {}: {e}",
-                    self.spool_path.display()
-                ))
+        if let Some(path) = &self.spool_path {
+            match open_spool(path) {
+                Ok(f) => self.spool = Some(BufWriter::with_capacity(64 * 1024, f)),
+                Err(e) => {
+                    self.spool_error =
+                        Some(format!("cannot write spool file {}: {e}", path.display()))
+                }
             }
         }
         self.write_spool(&whole);
@@ -108,10 +117,7 @@ impl OutputCap {
     fn write_spool(&mut self, text: &str) {
         if let Some(w) = &mut self.spool {
             if let Err(e) = w.write_all(text.as_bytes()) {
-                self.spool_error = Some(format!(
-                    "cannot write spool file {}: {e}",
-                    self.spool_path.display()
-                ));
+                self.spool_error = Some(spool_failure(&self.spool_path, &e));
                 self.spool = None;
             }
         }
@@ -149,40 +155,47 @@ impl OutputCap {
         self.trim_tail(true);
         if let Some(mut w) = self.spool.take() {
             if let Err(e) = w.flush() {
-                self.spool_error = Some(format!(
-                    "cannot write spool file {}: {e}",
-                    self.spool_path.display()
-                ));
+                self.spool_error = Some(spool_failure(&self.spool_path, &e));
             }
         }
         let tail_len = self.tail.chars().count() as u64;
         let elided = self.total_chars - self.head_len as u64 - tail_len;
-        let spooled = self.spool_error.is_none();
+        let spool_path = self
+            .spool_path
+            .take()
+            .filter(|_| self.spool_error.is_none());
         let mut text = String::with_capacity(self.head.len() + self.tail.len() + 160);
         text.push_str(&self.head);
         if !text.ends_with('\n') {
             text.push('\n');
         }
-        if spooled {
-            text.push_str(&format!(
-                "[… {elided} of {} characters elided; full output in {} …]\n",
-                self.total_chars,
-                self.spool_path.display()
-            ));
-        } else {
-            text.push_str(&format!(
-                "[… {elided} of {} characters elided; full output not kept …]\n",
-                self.total_chars
-            ));
-        }
+        let total = self.total_chars;
+        text.push_str(&match (&spool_path, &self.spool_error) {
+            (Some(p), _) => format!(
+                "[… {elided} of {total} characters elided; full output in {} …]\n",
+                p.display()
+            ),
+            (None, Some(_)) => {
+                format!("[… {elided} of {total} characters elided; full output not kept …]\n")
+            }
+            (None, None) => format!("[… {elided} of {total} characters elided …]\n"),
+        });
         text.push_str(&self.tail);
         CappedOutput {
             text,
             truncated: true,
-            spool_path: spooled.then_some(self.spool_path),
+            spool_path,
             total_chars: self.total_chars,
             spool_error: self.spool_error,
         }
+    }
+}
+
+fn spool_failure(path: &Option<PathBuf>, e: &std::io::Error) -> String {
+    let shown = path.as_deref().map(Path::display);
+    match shown {
+        Some(p) => format!("cannot write spool file {p}: {e}"),
+        None => format!("cannot write spool file: {e}"),
     }
 }
 

@@ -104,6 +104,9 @@ pub enum SessionError {
     #[error("the session is closed")]
     Closed,
     /// Another command is still running in this session.
-    #[error("a command is still running in this session")]
+    #[error("a command is still running in this session (poll, send input or interrupt it first)")]
     Busy,
+    /// No command is running (nothing to poll, feed or interrupt).
+    #[error("no command is running in this session")]
+    Idle,
 }

@@ -7,17 +7,23 @@
 
 pub mod cap;
 pub mod clean;
+pub mod console;
 mod error;
+pub mod journal;
+pub mod observer;
 pub mod paths;
 pub mod protocol;
+pub mod redact;
 pub mod registry;
 mod session;
+pub mod sessions;
 pub mod shell;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transport;
 
 pub use error::{SessionError, TransportError};
+pub use observer::Observer;
 pub use registry::{connect, register, registry, TransportInfo};
 pub use session::{RunOptions, RunResult, Session, SessionConfig, COMMAND_VAR};
 pub use transport::{ExitStatus, ShellEvent, ShellProcess, Size, SpawnSpec, Transport};

@@ -16,7 +16,10 @@ use tokio::time::Instant;
 
 use crate::cap::OutputCap;
 use crate::clean::OutputCleaner;
+use crate::console::{ConsoleEvent, LineBuffer};
 use crate::error::{SessionError, TransportError};
+use crate::fields;
+use crate::observer::Observer;
 use crate::protocol::{self, Sentinel, SentinelScanner};
 use crate::shell;
 use crate::transport::{ExitStatus, ShellEvent, ShellProcess, Size, SpawnSpec, Transport};
@@ -47,6 +50,8 @@ pub struct SessionConfig {
     pub start_timeout: Duration,
     /// How long to wait for the shell after Ctrl-C before killing it.
     pub interrupt_grace: Duration,
+    /// Journal and console to report to.
+    pub observer: Option<Arc<Observer>>,
 }
 
 impl Default for SessionConfig {
@@ -61,6 +66,7 @@ impl Default for SessionConfig {
             spool_dir: crate::paths::spool_dir(),
             start_timeout: Duration::from_secs(20),
             interrupt_grace: Duration::from_secs(2),
+            observer: None,
         }
     }
 }
@@ -71,6 +77,9 @@ impl Default for SessionConfig {
 pub struct RunOptions {
     /// Hard timeout; `None` waits forever.
     pub timeout: Option<Duration>,
+    /// Return with `running: true` and the output so far if the command is
+    /// still going after this long; continue with [`Session::poll`].
+    pub yield_after: Option<Duration>,
 }
 
 impl RunOptions {
@@ -78,7 +87,14 @@ impl RunOptions {
     pub fn timeout(timeout: Duration) -> Self {
         RunOptions {
             timeout: Some(timeout),
+            yield_after: None,
         }
+    }
+
+    /// Sets `yield_after`.
+    pub fn yield_after(mut self, after: Option<Duration>) -> Self {
+        self.yield_after = after;
+        self
     }
 }
 
@@ -108,6 +124,10 @@ pub struct RunResult {
     pub cwd: String,
     /// Spool file with the full output, when it was capped.
     pub output_path: Option<PathBuf>,
+    /// The command is still running (it yielded); `output` is what it printed
+    /// since the last read. Continue with `poll`, `send_input` or `interrupt`.
+    #[serde(default)]
+    pub running: bool,
 }
 
 /// How a wait on the shell ended.
@@ -116,7 +136,21 @@ enum Outcome {
     Exited(ExitStatus),
     Lost(String),
     Deadline,
+    Yield,
     WriteFailed(TransportError),
+}
+
+/// A command in flight.
+#[derive(Debug)]
+struct Pending {
+    command: String,
+    started: Instant,
+    deadline: Option<Instant>,
+    cid: String,
+    scanner: SentinelScanner,
+    collector: Collector,
+    /// The command line was fully written.
+    sent: bool,
 }
 
 /// A stateful shell on one target.
@@ -131,6 +165,8 @@ pub struct Session {
     seq: u64,
     leftover: Vec<u8>,
     flavor: shell::Flavor,
+    pending: Option<Pending>,
+    console_line: LineBuffer,
 }
 
 impl Session {
@@ -155,8 +191,17 @@ impl Session {
             seq: 0,
             leftover: Vec::new(),
             flavor: shell::Flavor::Posix,
+            pending: None,
+            console_line: LineBuffer::default(),
         };
-        s.start_shell().await?;
+        // Recorded before the shell starts: a kill -9 at any later point
+        // leaves a record for `gc` to clean up by.
+        crate::sessions::write_record(&s.marker, s.transport.target());
+        if let Err(e) = s.start_shell().await {
+            crate::sessions::remove_record(&s.marker);
+            return Err(e);
+        }
+        s.record("session_open", fields! {"cwd" => s.cwd});
         Ok(s)
     }
 
@@ -206,13 +251,20 @@ impl Session {
         let mut scanner = SentinelScanner::new(&nonce);
         let mut seen = Vec::new();
         let deadline = Instant::now() + self.config.start_timeout;
-        let outcome = pump(&*shell, Some(&init), Some(deadline), &mut |b| {
-            let scan = scanner.push(b);
-            if seen.len() < 4096 {
-                seen.extend_from_slice(&scan.output);
-            }
-            scan.sentinel
-        })
+        let outcome = pump(
+            &*shell,
+            Some(&init),
+            Some(deadline),
+            None,
+            &mut false,
+            &mut |b| {
+                let scan = scanner.push(b);
+                if seen.len() < 4096 {
+                    seen.extend_from_slice(&scan.output);
+                }
+                scan.sentinel
+            },
+        )
         .await;
         let target = self.transport.target().to_string();
         match outcome {
@@ -244,6 +296,7 @@ impl Session {
                 })
             }
             Outcome::Lost(msg) => Err(TransportError::Lost(msg).into()),
+            Outcome::Yield => unreachable!("start-up never yields"),
             Outcome::WriteFailed(e) => {
                 let _ = shell.terminate().await;
                 Err(e.into())
@@ -260,93 +313,229 @@ impl Session {
         self.start_shell().await
     }
 
-    /// Runs one command to completion (or timeout) and returns its result.
+    /// Runs one command and returns its result: when it finishes, times out,
+    /// or — with `yield_after` — as soon as that passes, with `running: true`
+    /// and the output so far (then continue with [`Session::poll`]).
     ///
     /// Errors are reserved for requests that cannot be attempted (a command
-    /// with a NUL byte); everything that happens to the command or the target
-    /// is reported in the [`RunResult`].
+    /// with a NUL byte, another command still running); everything that
+    /// happens to the command or the target is reported in the [`RunResult`].
     pub async fn run(
         &mut self,
         command: &str,
         opts: RunOptions,
     ) -> Result<RunResult, SessionError> {
         protocol::validate(command)?;
+        if self.pending.is_some() {
+            return Err(SessionError::Busy);
+        }
         let started = Instant::now();
         self.seq += 1;
-        let mut result = RunResult {
+        self.record("command", fields! {"command" => command});
+        self.publish(ConsoleEvent::Header {
+            session: self.id.clone(),
+            target: self.target().to_string(),
             command: command.to_string(),
-            exit_code: None,
-            output: String::new(),
-            timed_out: false,
-            truncated: false,
-            restarted: false,
-            session_lost: false,
-            error: None,
-            duration_ms: 0,
-            cwd: self.cwd.clone(),
-            output_path: None,
-        };
+        });
+        let mut restarted = false;
         if self.shell.is_none() {
             // The previous command lost the shell; try a fresh one.
             if let Err(e) = self.restart().await {
-                result.session_lost = true;
-                result.error = Some(e.to_string());
-                result.duration_ms = started.elapsed().as_millis() as u64;
-                return Ok(result);
+                let mut r = self.blank_result(command, started);
+                r.session_lost = true;
+                r.error = Some(e.to_string());
+                self.report(&r);
+                return Ok(r);
             }
-            result.restarted = true;
+            restarted = true;
         }
-
         let spool = self
             .config
             .spool_dir
             .join(format!("{}-{}.out", self.id, self.seq));
-        let mut collector = Collector::new(self.config.output_limit, spool);
         let nonce = protocol::nonce();
         let cid = protocol::nonce();
+        let mut pending = Pending {
+            command: command.to_string(),
+            started,
+            deadline: opts.timeout.map(|t| started + t),
+            cid: cid.clone(),
+            scanner: SentinelScanner::new(&nonce),
+            collector: Collector::new(self.config.output_limit, spool),
+            sent: false,
+        };
+        pending.collector.restarted = restarted;
         let mut line = format!("export {COMMAND_VAR}={cid}; ").into_bytes();
         line.extend(protocol::encode_command(command, &nonce, self.flavor));
-        let mut scanner = SentinelScanner::new(&nonce);
-        let deadline = opts.timeout.map(|t| started + t);
+        self.pending = Some(pending);
 
+        // Bytes that followed the previous sentinel belong to this command.
         let leftover = std::mem::take(&mut self.leftover);
-        let mut outcome = None;
         if !leftover.is_empty() {
-            let scan = scanner.push(&leftover);
-            collector.push(&scan.output);
-            outcome = scan.sentinel.map(Outcome::Sentinel);
+            if let Some(s) = self.feed_pending(&leftover) {
+                // Cannot happen (fresh nonce), but finish cleanly if it did.
+                return Ok(self.finish(Outcome::Sentinel(s)).await);
+            }
         }
-        let shell = self.shell.as_deref().expect("shell present");
-        let outcome = match outcome {
-            Some(o) => o,
-            None => {
-                pump(shell, Some(&line), deadline, &mut |b| {
+        let yield_at = opts.yield_after.map(|y| started + y);
+        self.drive(Some(line), yield_at).await
+    }
+
+    /// Continues a yielded command for up to `wait`; returns what it printed
+    /// since the last read and, once it ended, its exit code and status.
+    pub async fn poll(&mut self, wait: Duration) -> Result<RunResult, SessionError> {
+        if self.pending.is_none() {
+            return Err(SessionError::Idle);
+        }
+        self.drive(None, Some(Instant::now() + wait)).await
+    }
+
+    /// Sends `text` as typed input to the running command (answers a
+    /// prompt, feeds `read`, drives a REPL). Include the newline.
+    pub async fn send_input(&mut self, text: &str) -> Result<(), SessionError> {
+        if self.pending.is_none() {
+            return Err(SessionError::Idle);
+        }
+        if text.contains('\0') {
+            return Err(crate::protocol::CommandError::Nul {
+                offset: text.find('\0').unwrap_or(0),
+            }
+            .into());
+        }
+        self.record("input", fields! {"text" => text});
+        self.publish(ConsoleEvent::Input {
+            session: self.id.clone(),
+            text: text.to_string(),
+        });
+        let shell = self.shell.as_deref().ok_or(SessionError::Idle)?;
+        shell.write(text.as_bytes()).await?;
+        Ok(())
+    }
+
+    /// Interrupts the running command (Ctrl-C, then resync; the shell is
+    /// restarted if it does not come back) and returns its final result.
+    pub async fn interrupt(&mut self) -> Result<RunResult, SessionError> {
+        if self.pending.is_none() {
+            return Err(SessionError::Idle);
+        }
+        self.record("interrupt", fields! {});
+        let mut r = self.finish(Outcome::Deadline).await;
+        r.timed_out = false;
+        if r.exit_code.is_none() && r.error.is_none() {
+            r.error = Some("interrupted".into());
+        }
+        Ok(r)
+    }
+
+    /// Whether a command is in flight (it yielded and has not ended).
+    pub fn is_running(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Writes `input` (if any) and reads until the command ends, its
+    /// deadline passes, or `yield_at` passes (after the input was written).
+    async fn drive(
+        &mut self,
+        input: Option<Vec<u8>>,
+        yield_at: Option<Instant>,
+    ) -> Result<RunResult, SessionError> {
+        let outcome = {
+            let Session {
+                shell,
+                pending,
+                config,
+                console_line,
+                id,
+                ..
+            } = self;
+            let observer = &config.observer;
+            let (Some(shell), Some(p)) = (shell.as_deref(), pending.as_mut()) else {
+                return Err(SessionError::Idle);
+            };
+            let console = observer
+                .as_deref()
+                .map(|o| &o.console)
+                .filter(|c| c.watched());
+            let Pending {
+                scanner,
+                collector,
+                deadline,
+                sent,
+                ..
+            } = p;
+            if input.is_none() {
+                *sent = true;
+            }
+            pump(
+                shell,
+                input.as_deref(),
+                *deadline,
+                yield_at,
+                sent,
+                &mut |b| {
                     let scan = scanner.push(b);
                     collector.push(&scan.output);
+                    if let Some(c) = console {
+                        if let Some(line) = console_line.push(&scan.output) {
+                            c.publish(ConsoleEvent::Output {
+                                session: id.clone(),
+                                bytes: line,
+                            });
+                        }
+                    }
                     scan.sentinel
-                })
-                .await
-            }
+                },
+            )
+            .await
         };
+        if let Outcome::Yield = outcome {
+            let p = self.pending.as_mut().expect("pending");
+            let mut r = blank(&p.command, p.started, &self.cwd);
+            r.running = true;
+            r.output = p.collector.take_delta();
+            return Ok(r);
+        }
+        Ok(self.finish(outcome).await)
+    }
 
+    /// Feeds bytes to the pending command outside `drive` (leftovers).
+    fn feed_pending(&mut self, bytes: &[u8]) -> Option<Sentinel> {
+        let p = self.pending.as_mut()?;
+        let scan = p.scanner.push(bytes);
+        p.collector.push(&scan.output);
+        scan.sentinel
+    }
+
+    /// Ends the pending command according to `outcome` and builds its result.
+    async fn finish(&mut self, outcome: Outcome) -> RunResult {
+        let mut p = self.pending.take().expect("pending command");
+        let mut result = blank(&p.command, p.started, &self.cwd);
+        result.restarted = p.collector.restarted;
         match outcome {
             Outcome::Sentinel(s) => {
                 result.exit_code = Some(s.status);
                 self.cwd = s.cwd;
-                self.leftover = scanner.take_after();
+                self.leftover = p.scanner.take_after();
             }
             Outcome::Deadline => {
                 result.timed_out = true;
-                self.recover_from_timeout(&mut scanner, &mut collector, &cid, &mut result)
+                self.recover_from_timeout(&mut p.scanner, &mut p.collector, &p.cid, &mut result)
                     .await;
             }
             Outcome::Exited(status) => self.after_death(status, &mut result).await,
             Outcome::Lost(msg) => self.after_loss(msg, &mut result).await,
             Outcome::WriteFailed(e) => self.after_loss(e.to_string(), &mut result).await,
+            Outcome::Yield => unreachable!("yield is handled by drive"),
         }
-
-        let capped = collector.finish();
-        result.output = capped.text;
+        if let Some(bytes) = self.console_line.flush() {
+            self.publish(ConsoleEvent::Output {
+                session: self.id.clone(),
+                bytes,
+            });
+        }
+        let yielded = p.collector.yielded;
+        let (capped, delta) = p.collector.finish();
+        result.output = if yielded { delta } else { capped.text };
         if result.output.ends_with('\n') {
             result.output.pop();
         }
@@ -356,8 +545,57 @@ impl Session {
             result.error = Some(e);
         }
         result.cwd = self.cwd.clone();
-        result.duration_ms = started.elapsed().as_millis() as u64;
-        Ok(result)
+        result.duration_ms = p.started.elapsed().as_millis() as u64;
+        self.report(&result);
+        result
+    }
+
+    fn blank_result(&self, command: &str, started: Instant) -> RunResult {
+        let mut r = blank(command, started, &self.cwd);
+        r.duration_ms = started.elapsed().as_millis() as u64;
+        r
+    }
+
+    fn record(&self, event: &str, mut fields: serde_json::Map<String, serde_json::Value>) {
+        if let Some(o) = &self.config.observer {
+            fields.insert("session".into(), self.id.clone().into());
+            fields.insert("target".into(), self.target().into());
+            o.record(event, fields);
+        }
+    }
+
+    fn publish(&self, event: ConsoleEvent) {
+        if let Some(o) = &self.config.observer {
+            o.console.publish(event);
+        }
+    }
+
+    /// Journals and mirrors the end of a command.
+    fn report(&self, r: &RunResult) {
+        let mut f = fields! {
+            "command" => r.command,
+            "exit_code" => r.exit_code,
+            "duration_ms" => r.duration_ms,
+            "timed_out" => r.timed_out,
+            "truncated" => r.truncated,
+            "restarted" => r.restarted,
+            "session_lost" => r.session_lost,
+            "cwd" => r.cwd,
+        };
+        if let Some(e) = &r.error {
+            f.insert("error".into(), e.clone().into());
+        }
+        match &r.output_path {
+            Some(p) => f.insert("output_path".into(), p.display().to_string().into()),
+            None => f.insert("output".into(), r.output.clone().into()),
+        };
+        self.record("result", f);
+        self.publish(ConsoleEvent::Footer {
+            session: self.id.clone(),
+            exit_code: r.exit_code,
+            duration_ms: r.duration_ms,
+            timed_out: r.timed_out,
+        });
     }
 
     /// Ctrl-C, then wait for a fresh sentinel; if the shell does not answer,
@@ -378,30 +616,37 @@ impl Session {
             Ok(()) => {
                 let deadline = Instant::now() + self.config.interrupt_grace;
                 let mut finished_late = None;
-                let o = pump(shell, Some(resync.as_bytes()), Some(deadline), &mut |b| {
-                    // The command may still print its own sentinel (it ended
-                    // just as we interrupted); what precedes the fresh one is
-                    // still this command's output.
-                    let first = if old.is_done() {
-                        crate::protocol::Scan {
-                            output: b.to_vec(),
-                            sentinel: None,
+                let o = pump(
+                    shell,
+                    Some(resync.as_bytes()),
+                    Some(deadline),
+                    None,
+                    &mut false,
+                    &mut |b| {
+                        // The command may still print its own sentinel (it ended
+                        // just as we interrupted); what precedes the fresh one is
+                        // still this command's output.
+                        let first = if old.is_done() {
+                            crate::protocol::Scan {
+                                output: b.to_vec(),
+                                sentinel: None,
+                            }
+                        } else {
+                            old.push(b)
+                        };
+                        if let Some(s) = first.sentinel {
+                            finished_late = Some(s);
+                            let mut bytes = first.output;
+                            bytes.extend(old.take_after());
+                            let scan = fresh.push(&bytes);
+                            collector.push(&scan.output);
+                            return scan.sentinel;
                         }
-                    } else {
-                        old.push(b)
-                    };
-                    if let Some(s) = first.sentinel {
-                        finished_late = Some(s);
-                        let mut bytes = first.output;
-                        bytes.extend(old.take_after());
-                        let scan = fresh.push(&bytes);
+                        let scan = fresh.push(&first.output);
                         collector.push(&scan.output);
-                        return scan.sentinel;
-                    }
-                    let scan = fresh.push(&first.output);
-                    collector.push(&scan.output);
-                    scan.sentinel
-                })
+                        scan.sentinel
+                    },
+                )
                 .await;
                 if let (Outcome::Sentinel(_), Some(s)) = (&o, finished_late) {
                     // It completed after all: report its real status.
@@ -424,7 +669,7 @@ impl Session {
             Outcome::Exited(status) => self.after_death(status, result).await,
             Outcome::Lost(msg) => self.after_loss(msg, result).await,
             Outcome::WriteFailed(e) => self.after_loss(e.to_string(), result).await,
-            Outcome::Deadline => {
+            Outcome::Deadline | Outcome::Yield => {
                 // The shell is wedged (raw-mode program, SIGINT ignored):
                 // kill the marked tree and start over.
                 match self.restart().await {
@@ -487,20 +732,31 @@ impl Session {
 
     /// Closes the session: the shell and every process it started are killed.
     pub async fn close(mut self) -> Result<(), SessionError> {
+        self.pending = None;
+        self.record("session_close", fields! {});
         if let Some(shell) = self.shell.take() {
             shell.terminate().await?;
         }
+        crate::sessions::remove_record(&self.marker);
         Ok(())
     }
 }
 
-/// Raw bytes → clean, capped text.
+/// Raw bytes → clean, capped text (whole output, plus what arrived since
+/// the last read for yielded commands).
+#[derive(Debug)]
 struct Collector {
     cleaner: OutputCleaner,
     cap: OutputCap,
+    delta: OutputCap,
+    limit: usize,
     text: String,
     /// Bytes at the very start held back while they may be idle noise.
     head: Option<Vec<u8>>,
+    /// The shell was replaced before this command ran.
+    restarted: bool,
+    /// Partial output was handed out; the final result carries the rest only.
+    yielded: bool,
 }
 
 impl Collector {
@@ -508,9 +764,20 @@ impl Collector {
         Collector {
             cleaner: OutputCleaner::default(),
             cap: OutputCap::new(limit, spool),
+            delta: OutputCap::memory_only(limit),
+            limit,
             text: String::new(),
             head: Some(Vec::new()),
+            restarted: false,
+            yielded: false,
         }
+    }
+
+    /// What arrived since the last call (capped), final newline kept.
+    fn take_delta(&mut self) -> String {
+        self.yielded = true;
+        let fresh = std::mem::replace(&mut self.delta, OutputCap::memory_only(self.limit));
+        fresh.finish().text
     }
 
     fn push(&mut self, bytes: &[u8]) {
@@ -541,16 +808,19 @@ impl Collector {
         self.text.clear();
         self.cleaner.push(bytes, &mut self.text);
         self.cap.push(&self.text);
+        self.delta.push(&self.text);
     }
 
-    fn finish(mut self) -> crate::cap::CappedOutput {
+    /// The whole capped output and the unread rest.
+    fn finish(mut self) -> (crate::cap::CappedOutput, String) {
         if let Some(head) = self.head.take() {
             self.clean(&head);
         }
         self.text.clear();
         self.cleaner.finish(&mut self.text);
         self.cap.push(&self.text);
-        self.cap.finish()
+        self.delta.push(&self.text);
+        (self.cap.finish(), self.delta.finish().text)
     }
 }
 
@@ -560,11 +830,15 @@ async fn pump(
     shell: &dyn ShellProcess,
     input: Option<&[u8]>,
     deadline: Option<Instant>,
+    yield_at: Option<Instant>,
+    sent: &mut bool,
     feed: &mut (dyn FnMut(&[u8]) -> Option<Sentinel> + Send),
 ) -> Outcome {
     let mut write = input.map(|d| shell.write(d));
     let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
     tokio::pin!(sleep);
+    let yield_sleep = tokio::time::sleep_until(yield_at.unwrap_or_else(far_future));
+    tokio::pin!(yield_sleep);
     loop {
         tokio::select! {
             biased;
@@ -579,12 +853,33 @@ async fn pump(
             },
             r = maybe(&mut write) => {
                 write = None;
+                *sent = true;
                 if let Err(e) = r {
                     return Outcome::WriteFailed(e);
                 }
             }
             _ = &mut sleep, if deadline.is_some() => return Outcome::Deadline,
+            // A half-written command line cannot be resumed: yield only after it is out.
+            _ = &mut yield_sleep, if yield_at.is_some() && *sent => return Outcome::Yield,
         }
+    }
+}
+
+/// A result with nothing happened yet.
+fn blank(command: &str, started: Instant, cwd: &str) -> RunResult {
+    RunResult {
+        command: command.to_string(),
+        exit_code: None,
+        output: String::new(),
+        timed_out: false,
+        truncated: false,
+        restarted: false,
+        session_lost: false,
+        error: None,
+        duration_ms: started.elapsed().as_millis() as u64,
+        cwd: cwd.to_string(),
+        output_path: None,
+        running: false,
     }
 }
 
