@@ -9,6 +9,7 @@ pub mod cap;
 pub mod clean;
 pub mod console;
 mod error;
+pub mod host;
 pub mod journal;
 pub mod observer;
 pub mod paths;

@@ -63,6 +63,7 @@ pub(super) fn all() -> Vec<Case> {
         case!(send_input_feeds_read),
         case!(interrupt_running_command),
         case!(python_repl_through_input),
+        case!(host_drives_yielded_commands),
     ]
 }
 
@@ -727,6 +728,57 @@ async fn python_repl_through_input(ctx: Ctx) -> anyhow::Result<()> {
     ensure!(!r.running && r.exit_code == Some(0), "{r:?}");
     ensure!(ok(&mut s, "echo back").await? == "back");
     s.close().await?;
+    Ok(())
+}
+
+async fn host_drives_yielded_commands(ctx: Ctx) -> anyhow::Result<()> {
+    use crate::host::{Host, HostConfig, OpenRequest};
+    let mut config = HostConfig::default();
+    config.session = ctx.config();
+    config.allow_targets = vec![ctx.target().to_string()];
+    let host = Host::new(config, std::sync::Arc::new(crate::Observer::default()));
+    match host
+        .open(OpenRequest {
+            target: Some("elsewhere:x".into()),
+            ..Default::default()
+        })
+        .await
+    {
+        Err(crate::host::HostError::TargetNotAllowed { .. }) => {}
+        other => bail!("a target outside the allow list was opened: {other:?}"),
+    }
+    let open = |name: &str| OpenRequest {
+        name: Some(name.into()),
+        target: Some(ctx.target().into()),
+        ..Default::default()
+    };
+    host.open(open("a")).await?;
+    host.open(open("b")).await?;
+    ensure!(host.list().len() == 2);
+    // Output and the result arrive while nobody polls.
+    let r = host
+        .run("a", "echo one; sleep 0.5; echo two", yielding(30, 100))
+        .await?;
+    ensure!(r.running && r.output == "one\n", "{r:?}");
+    // The hard timeout fires without a poll, too.
+    let r = host.run("b", "sleep 30", yielding(1, 100)).await?;
+    ensure!(r.running, "{r:?}");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let a = host.poll("a", Duration::from_millis(10)).await?;
+    ensure!(
+        !a.running && a.exit_code == Some(0) && a.output == "two",
+        "{a:?}"
+    );
+    let b = host.poll("b", Duration::from_millis(10)).await?;
+    ensure!(!b.running && b.timed_out, "{b:?}");
+    ensure!(
+        host.run("a", "echo again", RunOptions::default())
+            .await?
+            .output
+            == "again"
+    );
+    host.shutdown().await;
+    ensure!(host.list().is_empty());
     Ok(())
 }
 
