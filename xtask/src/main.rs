@@ -12,9 +12,13 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+mod bench;
+mod docker;
+mod ssh;
+
 const TRANSPORTS: &[&str] = &["local", "docker", "ssh"];
 /// Transports whose crates exist yet; the others show as "not built yet".
-const BUILT: &[&str] = &["local"];
+const BUILT: &[&str] = &["local", "docker", "ssh"];
 
 /// What provisioning a transport's test infrastructure produced: variables
 /// telling its `tests/conformance.rs` where the target is, and how to tear
@@ -36,6 +40,8 @@ fn provision(transport: &str, out_dir: &Path) -> Result<Provision> {
             provision_local_shells()?;
             Ok(Provision::default())
         }
+        "docker" => docker::provision(out_dir),
+        "ssh" => ssh::provision(out_dir),
         _ => {
             let _ = out_dir;
             Ok(Provision::default())
@@ -47,8 +53,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test [--transport local|docker|ssh|all]");
+            eprintln!("usage: cargo xtask test [--transport local|docker|ssh|all]\n       cargo xtask bench [--quick] [--transport local|docker|ssh|all]");
             return ExitCode::from(2);
         }
     };
@@ -111,7 +118,8 @@ fn test(args: &[String]) -> Result<bool> {
 
     let root = root();
     let out_dir = root.join("target/xtask");
-    let report_dir = out_dir.join("conformance");
+    // Per run, so two runs at once cannot wipe each other's reports.
+    let report_dir = out_dir.join(format!("conformance-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&report_dir);
     std::fs::create_dir_all(&report_dir)?;
 
@@ -128,8 +136,19 @@ fn test(args: &[String]) -> Result<bool> {
         }
     }
 
+    match mcp_client(&out_dir) {
+        Ok(p) => provisions.push(p),
+        Err(e) if !ci() => eprintln!("xtask: warning: no MCP Python client: {e:#}"),
+        Err(e) => {
+            return Err(e.context("installing the MCP Python client (required under CI=true)"))
+        }
+    }
+
     let mut total = Counts::default();
     let mut rows: Vec<(String, String)> = Vec::new();
+
+    // execkit-ssh links the system OpenSSL: every build needs its headers.
+    ssh::ensure_build_deps()?;
 
     // 1. Single-feature builds list exactly what they were built with.
     let features = feature_builds(&root, &out_dir)?;
@@ -181,6 +200,7 @@ fn test(args: &[String]) -> Result<bool> {
             conformance.failed += 1;
         }
     }
+    let _ = std::fs::remove_dir_all(&report_dir);
     // Unit tests count from libtest's lines, conformance from its reports.
     total += unit.libtest;
     total += conformance;
@@ -214,6 +234,47 @@ fn fmt_counts(c: Counts) -> String {
     )
 }
 
+/// A venv with the official MCP Python client (`pip install mcp`), for the
+/// `execkit mcp` integration test.
+fn mcp_client(out_dir: &Path) -> Result<Provision> {
+    let venv = out_dir.join("mcp-venv");
+    let python = venv.join("bin/python");
+    let ready = Command::new(&python)
+        .args(["-c", "import mcp.client.stdio"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ready {
+        println!(
+            "xtask: creating {} with the MCP Python client",
+            venv.display()
+        );
+        let st = Command::new("python3")
+            .arg("-m")
+            .arg("venv")
+            .arg(&venv)
+            .status()
+            .context("python3 -m venv")?;
+        if !st.success() {
+            bail!("python3 -m venv failed ({st}); install python3-venv");
+        }
+        let st = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "mcp"])
+            .status()
+            .context("pip install mcp")?;
+        if !st.success() {
+            bail!("pip install mcp failed ({st})");
+        }
+    }
+    Ok(Provision {
+        env: vec![(
+            "EXECKIT_TEST_MCP_PYTHON".into(),
+            python.display().to_string(),
+        )],
+        teardown: None,
+    })
+}
+
 /// Installs what the local matrix needs: dash and busybox.
 fn provision_local_shells() -> Result<()> {
     let missing: Vec<&str> = [("dash", "/bin/dash"), ("busybox-static", "/bin/busybox")]
@@ -234,7 +295,7 @@ fn provision_local_shells() -> Result<()> {
     Ok(())
 }
 
-fn apt_install(pkgs: &[&str]) -> Result<()> {
+pub(crate) fn apt_install(pkgs: &[&str]) -> Result<()> {
     let sudo: &[&str] = if nix_is_root() { &[] } else { &["sudo", "-n"] };
     let run = |args: &[&str]| -> Result<()> {
         let mut all: Vec<&str> = sudo.to_vec();
@@ -271,7 +332,12 @@ fn nix_is_root() -> bool {
 /// `execkit transports` lists exactly what was linked.
 fn feature_builds(root: &Path, out_dir: &Path) -> Result<Counts> {
     let mut c = Counts::default();
-    for (features, expect) in [("local", Some("local")), ("", None)] {
+    for (features, expect) in [
+        ("local", Some("local")),
+        ("docker", Some("docker")),
+        ("ssh", Some("ssh")),
+        ("", None),
+    ] {
         let mut cmd = Command::new("cargo");
         cmd.current_dir(root).args([
             "build",

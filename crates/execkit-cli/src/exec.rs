@@ -5,9 +5,12 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use clap::Args;
 use execkit_core::{RunOptions, RunResult, Session, SessionConfig, SessionError};
 
+use crate::observe::JournalArgs;
 use crate::{EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE};
 
 #[derive(Debug, Args)]
@@ -24,6 +27,22 @@ pub struct ExecArgs {
     /// Characters of output kept per command (head + tail) before capping.
     #[arg(long, default_value_t = 30_000, value_name = "N")]
     output_limit: usize,
+    /// Run in the named session of a running `execkit serve` (opened on
+    /// --target if it does not exist yet; it stays open afterwards).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["fresh", "stdin"])]
+    session: Option<String>,
+    /// Socket of the server for --session.
+    #[arg(long, value_name = "PATH", requires = "session")]
+    socket: Option<PathBuf>,
+    /// Run each command in its own new shell: no state carried over.
+    #[arg(long)]
+    fresh: bool,
+    /// Feed this file (`-`: our stdin) to each command's stdin through a
+    /// pipe; output still comes through the terminal. Local targets only.
+    #[arg(long, value_name = "FILE|-")]
+    stdin: Option<String>,
+    #[command(flatten)]
+    journal: JournalArgs,
     /// Commands, run in order in one shell.
     #[arg(required = true, value_name = "CMD", num_args = 1..)]
     commands: Vec<String>,
@@ -44,33 +63,93 @@ pub fn main(args: ExecArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    rt.block_on(run(args))
+    rt.block_on(crate::gc::alongside(run(args)))
 }
 
 async fn run(args: ExecArgs) -> ExitCode {
+    if let Some(name) = &args.session {
+        return crate::remote::exec(
+            &args.target,
+            name,
+            args.socket.clone(),
+            &args.commands,
+            args.timeout,
+            args.json,
+        )
+        .await;
+    }
+    let observer = match args.journal.observer() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("execkit: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let stdin = match &args.stdin {
+        None => None,
+        Some(_) if !args.target.starts_with("local") => {
+            eprintln!("execkit: --stdin works with local targets only");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Some(src) => match crate::stdin_pipe::StdinSource::load(src) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("execkit: --stdin {src}: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
     let mut config = SessionConfig::default();
     config.output_limit = args.output_limit;
-    let mut session = match Session::open(&args.target, config).await {
+    config.observer = Some(observer);
+    let mut session = match Session::open(&args.target, config.clone()).await {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
     let timeout = (args.timeout > 0.0).then(|| Duration::from_secs_f64(args.timeout));
     let mut status = ExitCode::SUCCESS;
+    let mut first = true;
     for cmd in &args.commands {
         let opts = match timeout {
             Some(t) => RunOptions::timeout(t),
             None => RunOptions::default(),
         };
+        if args.fresh && !first {
+            let fresh = match Session::open(&args.target, config.clone()).await {
+                Ok(s) => s,
+                Err(e) => return fail(&e),
+            };
+            let _ = std::mem::replace(&mut session, fresh).close().await;
+        }
+        first = false;
+        let pipe = match &stdin {
+            Some(src) => match src.pipe() {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("execkit: cannot set up --stdin: {e}");
+                    return ExitCode::from(1);
+                }
+            },
+            None => None,
+        };
+        let text = match &pipe {
+            Some(p) => p.wrap(cmd),
+            None => cmd.clone(),
+        };
         let result = tokio::select! {
-            r = session.run(cmd, opts) => r,
+            r = session.run(&text, opts) => r,
             _ = interrupted() => {
                 let _ = session.close().await;
                 eprintln!("execkit: interrupted; session closed");
                 return ExitCode::from(130);
             }
         };
+        drop(pipe);
         let result = match result {
-            Ok(r) => r,
+            Ok(mut r) => {
+                r.command = cmd.clone();
+                r
+            }
             Err(e) => {
                 let _ = session.close().await;
                 return fail(&e);
@@ -121,7 +200,7 @@ fn fail(e: &SessionError) -> ExitCode {
     }
 }
 
-fn print_result(r: &RunResult, json: bool) {
+pub fn print_result(r: &RunResult, json: bool) {
     let mut out = std::io::stdout().lock();
     if json {
         let line = serde_json::to_string(r).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));

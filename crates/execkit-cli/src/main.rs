@@ -1,7 +1,18 @@
 //! `execkit`: the command-line face of execkit. Thin glue over the library
 //! crates: argument parsing, transport linking, output and exit codes.
 
+mod client;
 mod exec;
+mod gc;
+mod journal_cmd;
+mod mcp;
+mod observe;
+mod proto;
+mod remote;
+mod repl;
+mod serve;
+mod stdin_pipe;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -31,13 +42,29 @@ enum Command {
     Exec(exec::ExecArgs),
     /// List the transports this build knows.
     Transports,
+    /// Interactive shell for a person on any target.
+    Shell(repl::ShellArgs),
+    /// Per-user daemon holding named sessions (Unix socket).
+    Serve(serve::ServeArgs),
+    /// Watch the live console of a running `execkit serve`.
+    Watch(watch::WatchArgs),
+    /// Read the journal.
+    Journal(journal_cmd::JournalCmdArgs),
+    /// MCP server on stdio exposing sessions as tools.
+    Mcp(mcp::McpArgs),
+    /// Clean up sessions whose owner died (kill their marked processes).
+    Gc,
 }
 
 /// Links the transports chosen by cargo features; registering them
 /// explicitly keeps the linker from dropping their `inventory` records.
 fn link_transports() {
+    #[cfg(feature = "docker")]
+    execkit_docker::register();
     #[cfg(feature = "local")]
     execkit_local::register();
+    #[cfg(feature = "ssh")]
+    execkit_ssh::register();
 }
 
 fn main() -> ExitCode {
@@ -52,6 +79,12 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Exec(args) => exec::main(args),
+        Command::Gc => gc::main(),
+        Command::Shell(args) => repl::main(args),
+        Command::Serve(args) => serve::main(args),
+        Command::Watch(args) => watch::main(args),
+        Command::Journal(args) => journal_cmd::main(args),
+        Command::Mcp(args) => mcp::main(args),
         Command::Transports => {
             let all = execkit_core::registry();
             if all.is_empty() {

@@ -123,20 +123,29 @@ impl OutputCap {
         }
     }
 
-    /// Keeps `tail` near `tail_chars`; trimming only when it doubles keeps the
-    /// cost amortised O(1) per char.
+    /// Keeps `tail` near `tail_chars`; trimming only when it has grown to
+    /// several times that keeps the cost amortised O(1) per char.
     fn trim_tail(&mut self, exact: bool) {
         let threshold = if exact {
             self.tail_chars
         } else {
-            self.tail_chars * 2
+            self.tail_chars * 4
         };
         if self.tail.len() <= threshold {
             return; // byte length bounds char count from above
         }
-        let chars = self.tail.chars().count();
+        let chars = if self.tail.is_ascii() {
+            self.tail.len()
+        } else {
+            self.tail.chars().count()
+        };
         if chars > threshold || (exact && chars > self.tail_chars) {
-            let cut = byte_index_of_char(&self.tail, chars - self.tail_chars);
+            let excess = chars - self.tail_chars;
+            let cut = if self.tail.is_ascii() {
+                excess
+            } else {
+                byte_index_of_char(&self.tail, excess)
+            };
             self.tail.drain(..cut);
         }
     }

@@ -143,6 +143,9 @@ pub struct OutputCleaner {
     crlf: CrLfFolder,
     decoded: String,
     stripped: String,
+    /// An escape or control character has been seen: the terminal parser
+    /// may be inside a sequence, so every later chunk goes through it.
+    escaped: bool,
 }
 
 impl OutputCleaner {
@@ -162,10 +165,28 @@ impl OutputCleaner {
     }
 
     fn stage2(&mut self, out: &mut String) {
+        if !self.escaped && is_plain(&self.decoded) {
+            // Fast path: nothing the parser would remove, and it is known
+            // to be in its ground state.
+            self.crlf.push(&self.decoded, out);
+            return;
+        }
+        self.escaped = true;
         self.stripped.clear();
         self.ansi.push(&self.decoded, &mut self.stripped);
         self.crlf.push(&self.stripped, out);
     }
+}
+
+/// Text with no escape, no control character but `\t` `\n` `\r`, and no C1
+/// control (U+0080–U+009F, encoded as 0xC2 0x80–0x9F).
+fn is_plain(text: &str) -> bool {
+    let b = text.as_bytes();
+    !b.iter().enumerate().any(|(i, &c)| {
+        (c < 0x20 && !matches!(c, b'\n' | b'\t' | b'\r'))
+            || c == 0x7f
+            || (c == 0xc2 && b.get(i + 1).is_some_and(|&n| (0x80..=0x9f).contains(&n)))
+    })
 }
 
 /// Cleans a complete byte string in one go.
@@ -230,6 +251,22 @@ mod tests {
         assert_eq!(clean(b"a\x00b\x07c\x08d"), "abcd");
         // A C1 CSI arriving as a character is dropped, not interpreted.
         assert_eq!(clean("x\u{9b}31my".as_bytes()), "x31my");
+    }
+
+    #[test]
+    fn fast_path_matches_parser() {
+        let plain = "plain text\twith tabs\r\nand é ü 世界\n";
+        assert!(is_plain(plain));
+        assert!(!is_plain("a\x1b[0m"));
+        assert!(!is_plain("a\u{9b}b"));
+        assert!(!is_plain("a\x07"));
+        let mut p = AnsiStripper::default();
+        let mut via_parser = String::new();
+        p.push(plain, &mut via_parser);
+        assert_eq!(via_parser, plain);
+        // Once an escape was seen, later plain chunks still go through the
+        // parser: here an unterminated OSC swallows them.
+        assert_eq!(chunked(b"a\x1b]0;title still going", 3), "a");
     }
 
     #[test]

@@ -365,6 +365,7 @@ impl Session {
             sent: false,
         };
         pending.collector.restarted = restarted;
+        pending.collector.track_delta = opts.yield_after.is_some();
         let mut line = format!("export {COMMAND_VAR}={cid}; ").into_bytes();
         line.extend(protocol::encode_command(command, &nonce, self.flavor));
         self.pending = Some(pending);
@@ -757,6 +758,8 @@ struct Collector {
     restarted: bool,
     /// Partial output was handed out; the final result carries the rest only.
     yielded: bool,
+    /// Keep the unread-delta copy (only commands that may yield need it).
+    track_delta: bool,
 }
 
 impl Collector {
@@ -770,6 +773,7 @@ impl Collector {
             head: Some(Vec::new()),
             restarted: false,
             yielded: false,
+            track_delta: true,
         }
     }
 
@@ -808,7 +812,9 @@ impl Collector {
         self.text.clear();
         self.cleaner.push(bytes, &mut self.text);
         self.cap.push(&self.text);
-        self.delta.push(&self.text);
+        if self.track_delta {
+            self.delta.push(&self.text);
+        }
     }
 
     /// The whole capped output and the unread rest.

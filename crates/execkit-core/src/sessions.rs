@@ -160,43 +160,54 @@ pub async fn gc() -> GcReport {
 /// its record (for a week) so a later gc can try again.
 pub async fn gc_in(dir: &Path) -> GcReport {
     let mut report = GcReport::default();
+    // Targets are cleaned concurrently: one slow engine must not hold up
+    // the others.
+    let mut tasks = tokio::task::JoinSet::new();
     for (path, rec) in list_in(dir) {
         if rec.owner_alive() {
             report.live += 1;
             continue;
         }
-        let result = async {
-            let transport = crate::registry::connect(&rec.target).map_err(|e| e.to_string())?;
-            match tokio::time::timeout(TARGET_TIMEOUT, transport.kill_matching(&rec.marker_entry()))
-                .await
-            {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!(
-                    "cleanup on {} did not finish within {} s",
-                    rec.target,
-                    TARGET_TIMEOUT.as_secs()
-                )),
-            }
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                let _ = std::fs::remove_file(&path);
-                report.cleaned.push(rec);
-            }
-            Err(why) => {
-                let age = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-                    .saturating_sub(rec.created);
-                if age > GIVE_UP_AFTER.as_secs() {
+        tasks.spawn(async move {
+            let result = clean(&rec).await;
+            match &result {
+                Ok(()) => {
                     let _ = std::fs::remove_file(&path);
                 }
-                report.failed.push((rec, why));
+                Err(_) => {
+                    let age = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                        .saturating_sub(rec.created);
+                    if age > GIVE_UP_AFTER.as_secs() {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
             }
+            (rec, result)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok((rec, Ok(()))) => report.cleaned.push(rec),
+            Ok((rec, Err(why))) => report.failed.push((rec, why)),
+            Err(e) => tracing::warn!("session cleanup task failed: {e}"),
         }
     }
     report
+}
+
+/// Kills the marked processes of one orphaned session on its target.
+async fn clean(rec: &SessionRecord) -> Result<(), String> {
+    let transport = crate::registry::connect(&rec.target).map_err(|e| e.to_string())?;
+    match tokio::time::timeout(TARGET_TIMEOUT, transport.kill_matching(&rec.marker_entry())).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "cleanup on {} did not finish within {} s",
+            rec.target,
+            TARGET_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -120,19 +120,61 @@ impl Flavor {
 /// transports that clean up by running a one-shot command on the target.
 pub fn kill_matching_script(entry: &str) -> String {
     let q = protocol::shell_quote(entry);
-    // Several rounds catch children forked while we were scanning.
+    // Several rounds catch children forked while we were scanning. Where
+    // grep reads NUL-separated input (`-z`: GNU, busybox), one grep scans
+    // every environ at once; else one `tr | grep` per process (two forks
+    // each: slow with hundreds of processes, but portable).
     format!(
-        "e={q}; me=$$; for round in 1 2 3; do found=; \
+        "e={q}; me=$$; \
+         if printf 'x\\000' | grep -qzxF x 2>/dev/null; then \
+         for round in 1 2 3; do found=; \
+         for f in $(grep -lszxF \"$e\" /proc/[0-9]*/environ 2>/dev/null); do \
+         p=${{f#/proc/}}; p=${{p%/environ}}; [ \"$p\" = \"$me\" ] && continue; \
+         kill -9 \"$p\" 2>/dev/null && found=1; done; \
+         [ -z \"$found\" ] && break; done; \
+         else \
+         for round in 1 2 3; do found=; \
          for d in /proc/[0-9]*; do p=${{d#/proc/}}; [ \"$p\" = \"$me\" ] && continue; \
          if tr '\\000' '\\n' < \"$d/environ\" 2>/dev/null | grep -qxF \"$e\"; then \
          kill -9 \"$p\" 2>/dev/null && found=1; fi; done; \
-         [ -z \"$found\" ] && break; done; exit 0"
+         [ -z \"$found\" ] && break; done; \
+         fi; exit 0"
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kill_matching_script_kills_only_marked_processes() {
+        use std::process::{Command, Stdio};
+        let marker = format!("killtest{}", std::process::id());
+        let spawn = |m: &str| {
+            Command::new("sleep")
+                .arg("30")
+                .env(MARKER_VAR, m)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("sleep")
+        };
+        let mut marked = spawn(&marker);
+        let mut other = spawn(&format!("{marker}x"));
+        let st = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(kill_matching_script(&format!("{MARKER_VAR}={marker}")))
+            .status()
+            .expect("sh");
+        assert!(st.success());
+        let t = std::time::Instant::now();
+        while marked.try_wait().expect("wait").is_none() {
+            assert!(t.elapsed().as_secs() < 5, "marked process survived");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(other.try_wait().expect("wait").is_none(), "unmarked killed");
+        let _ = other.kill();
+        let _ = other.wait();
+    }
 
     #[test]
     fn argv_per_shell() {

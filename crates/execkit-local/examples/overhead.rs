@@ -15,7 +15,10 @@ fn stats(mut v: Vec<Duration>) -> (f64, f64) {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     execkit_local::register();
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(200);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200);
 
     let t = Instant::now();
     let mut s = Session::open("local:/bin/bash", SessionConfig::default()).await?;
@@ -35,14 +38,19 @@ async fn main() -> anyhow::Result<()> {
     let mut spawn = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
-        let st = std::process::Command::new("bash").args(["-c", "true"]).status()?;
+        let st = std::process::Command::new("bash")
+            .args(["-c", "true"])
+            .status()?;
         spawn.push(t.elapsed());
         anyhow::ensure!(st.success());
     }
 
     let (p50, p99) = stats(rt);
     let (s50, s99) = stats(spawn);
-    println!("session start to first result: {:.2} ms", start.as_secs_f64() * 1000.0);
+    println!(
+        "session start to first result: {:.2} ms",
+        start.as_secs_f64() * 1000.0
+    );
     println!("execkit local (bash), {n} x true: p50 {p50:.3} ms, p99 {p99:.3} ms");
     println!("bash -c true spawn,   {n} x:      p50 {s50:.3} ms, p99 {s99:.3} ms");
     println!("ratio (spawn / execkit p50): {:.1}x", s50 / p50);

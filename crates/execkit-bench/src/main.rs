@@ -1,0 +1,564 @@
+//! execkit-bench: measures execkit next to the ways agents run commands
+//! today, in one run so ratios are fair on a noisy shared machine. Run it
+//! through `cargo xtask bench [--quick] [--transport …]`, which builds it in
+//! release mode, provisions dockerd/sshd and writes `docs/BENCHMARKS.md`.
+
+mod baselines;
+mod floor;
+mod report;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use execkit_core::{RunOptions, Session, SessionConfig};
+use serde::{Deserialize, Serialize};
+
+/// Latency samples of one system.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Latency {
+    pub system: String,
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Latency {
+    fn from(system: &str, mut v: Vec<Duration>) -> Latency {
+        v.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let p99 = v[((v.len() * 99).div_ceil(100))
+            .saturating_sub(1)
+            .min(v.len() - 1)];
+        Latency {
+            system: system.to_string(),
+            samples: v.len(),
+            p50_ms: ms(v[v.len() / 2]),
+            p99_ms: ms(p99),
+        }
+    }
+}
+
+/// Everything one run measured.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Results {
+    pub quick: bool,
+    pub round_trip: Vec<Latency>,
+    pub start: Vec<Latency>,
+    pub throughput: Vec<Throughput>,
+    pub concurrent: Option<Concurrent>,
+    pub serve_idle: Option<ServeIdle>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Throughput {
+    pub system: String,
+    pub bytes: u64,
+    pub mb_per_s: f64,
+    pub peak_rss_mb: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Concurrent {
+    pub sessions: usize,
+    pub commands_each: usize,
+    pub wall_s: f64,
+    pub all_correct: bool,
+    pub kb_per_session: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServeIdle {
+    pub sessions: usize,
+    pub rss_mb: f64,
+    pub kb_per_session: f64,
+    pub cpu_ms_over_10s: f64,
+}
+
+struct Args {
+    quick: bool,
+    transports: Vec<String>,
+    execkit: Option<PathBuf>,
+    out: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut a = Args {
+        quick: false,
+        transports: vec!["local".into(), "docker".into(), "ssh".into()],
+        execkit: None,
+        out: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--quick" => a.quick = true,
+            "--transport" => {
+                let t = it.next().context("--transport needs a value")?;
+                a.transports = if t == "all" { a.transports } else { vec![t] };
+            }
+            "--execkit" => a.execkit = Some(it.next().context("--execkit needs a path")?.into()),
+            "--out" => a.out = Some(it.next().context("--out needs a directory")?.into()),
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> Result<()> {
+    raise_fd_limit();
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("--child") {
+        return child(&argv[2..]);
+    }
+    execkit_local::register();
+    execkit_docker::register();
+    execkit_ssh::register();
+    let args = parse_args()?;
+    // One thread, as `execkit exec` runs.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut r = Results {
+        quick: args.quick,
+        ..Results::default()
+    };
+    let n = if args.quick { 100 } else { 500 };
+
+    // Round trips of `true`, local systems first.
+    println!("round trip of `true` ({n} per system)…");
+    let mut floor = floor::RawPty::start()?;
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(floor.round_trip("true")?.0);
+    }
+    r.round_trip.push(Latency::from("raw-pty-floor", v));
+    drop(floor);
+
+    let local = rt.block_on(execkit_round_trips("local:/bin/bash", n))?;
+    r.round_trip.push(Latency::from("execkit local", local));
+
+    let v = (0..n)
+        .map(|_| baselines::fresh_bash_c())
+        .collect::<Result<Vec<_>>>()?;
+    r.round_trip.push(Latency::from("fresh-bash-c", v));
+
+    match baselines::Tmux::start() {
+        Ok(mut t) => {
+            let v = (0..n.min(200))
+                .map(|_| t.round_trip("true", Duration::from_millis(10)))
+                .collect::<Result<Vec<_>>>()?;
+            r.round_trip.push(Latency::from("tmux-poll-10ms", v));
+            let m = if args.quick { 10 } else { 40 };
+            let v = (0..m)
+                .map(|_| t.round_trip("true", Duration::from_millis(500)))
+                .collect::<Result<Vec<_>>>()?;
+            r.round_trip.push(Latency::from("tmux-poll-500ms", v));
+        }
+        Err(e) => r.notes.push(format!("tmux baselines skipped: {e:#}")),
+    }
+
+    // Session start to first result.
+    let starts = if args.quick { 10 } else { 50 };
+    let v = rt.block_on(execkit_starts("local:/bin/bash", starts))?;
+    r.start.push(Latency::from("execkit local", v));
+
+    remote_rows(&rt, &args, n, starts, &mut r);
+
+    // Throughput, each in a child process so its peak RSS is its own.
+    let bytes: u64 = if args.quick { 20_000_000 } else { 100_000_000 };
+    println!("throughput ({} MB)…", bytes / 1_000_000);
+    for system in ["raw-pty-floor", "execkit local"] {
+        r.throughput.push(run_child::<Throughput>(&[
+            "throughput",
+            system,
+            &bytes.to_string(),
+        ])?);
+    }
+
+    // Many concurrent local sessions.
+    let sessions = if args.quick { 200 } else { 1000 };
+    println!("{sessions} concurrent local sessions…");
+    r.concurrent = Some(run_child::<Concurrent>(&[
+        "concurrent",
+        &sessions.to_string(),
+    ])?);
+
+    // Idle sessions held by `execkit serve`.
+    if let Some(bin) = &args.execkit {
+        println!("{sessions} idle sessions in execkit serve…");
+        match serve_idle(bin, sessions) {
+            Ok(s) => r.serve_idle = Some(s),
+            Err(e) => r.notes.push(format!("serve idle skipped: {e:#}")),
+        }
+    }
+
+    let _ = std::fs::remove_dir_all(bench_config().spool_dir);
+    let table = report::table(&r);
+    println!("\n{table}");
+    if let Some(dir) = &args.out {
+        report::write(dir, &r)?;
+        println!("wrote {}", dir.join("BENCHMARKS.md").display());
+    }
+    Ok(())
+}
+
+/// Docker and SSH rows, when their targets were provisioned.
+fn remote_rows(
+    rt: &tokio::runtime::Runtime,
+    args: &Args,
+    n: usize,
+    starts: usize,
+    r: &mut Results,
+) {
+    let want = |t: &str| args.transports.iter().any(|x| x == t);
+    if want("docker") {
+        match std::env::var("EXECKIT_TEST_DOCKER_CONTAINER") {
+            Ok(c) => {
+                let target = format!("docker:{c}");
+                let res = (|| -> Result<()> {
+                    if execkit_core::connect(&target).is_err() {
+                        bail!("this build has no docker transport");
+                    }
+                    let v = rt.block_on(execkit_round_trips(&target, n))?;
+                    r.round_trip.push(Latency::from("execkit docker", v));
+                    let v = (0..n.min(100))
+                        .map(|_| baselines::docker_exec_oneshot(&c))
+                        .collect::<Result<Vec<_>>>()?;
+                    r.round_trip.push(Latency::from("docker-exec-oneshot", v));
+                    let v = rt.block_on(execkit_starts(&target, starts))?;
+                    r.start.push(Latency::from("execkit docker", v));
+                    Ok(())
+                })();
+                if let Err(e) = res {
+                    r.notes.push(format!("docker rows skipped: {e:#}"));
+                }
+            }
+            Err(_) => r
+                .notes
+                .push("docker rows skipped: no test container (run via cargo xtask bench)".into()),
+        }
+    }
+    if want("ssh") {
+        match std::env::var("EXECKIT_TEST_SSH_URL") {
+            Ok(url) => {
+                let res = (|| -> Result<()> {
+                    if execkit_core::connect(&url).is_err() {
+                        bail!("this build has no ssh transport");
+                    }
+                    let v = rt.block_on(execkit_round_trips(&url, n))?;
+                    r.round_trip.push(Latency::from("execkit ssh", v));
+                    let args = ssh_oneshot_args(&url)?;
+                    let v = (0..n.min(100))
+                        .map(|_| baselines::ssh_oneshot(&args))
+                        .collect::<Result<Vec<_>>>()?;
+                    r.round_trip.push(Latency::from("ssh-oneshot", v));
+                    let v = rt.block_on(execkit_starts(&url, starts))?;
+                    r.start.push(Latency::from("execkit ssh", v));
+                    Ok(())
+                })();
+                if let Err(e) = res {
+                    r.notes.push(format!("ssh rows skipped: {e:#}"));
+                }
+            }
+            Err(_) => r
+                .notes
+                .push("ssh rows skipped: no test sshd (run via cargo xtask bench)".into()),
+        }
+    }
+}
+
+/// OpenSSH client arguments equivalent to an execkit ssh:// target.
+fn ssh_oneshot_args(url: &str) -> Result<Vec<String>> {
+    let rest = url.strip_prefix("ssh://").context("not an ssh:// URL")?;
+    let (authority, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (user_host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p),
+        None => (authority, "22"),
+    };
+    let mut args = vec![
+        "-p".to_string(),
+        port.to_string(),
+        "-o".into(),
+        "BatchMode=yes".into(),
+    ];
+    for kv in query.split('&').filter(|s| !s.is_empty()) {
+        match kv.split_once('=') {
+            Some(("identity", v)) => args.extend([
+                "-i".to_string(),
+                v.to_string(),
+                "-o".into(),
+                "IdentitiesOnly=yes".into(),
+            ]),
+            Some(("known_hosts", v)) => {
+                args.extend(["-o".to_string(), format!("UserKnownHostsFile={v}")])
+            }
+            _ => {}
+        }
+    }
+    args.push(user_host.to_string());
+    Ok(args)
+}
+
+fn bench_config() -> SessionConfig {
+    let mut c = SessionConfig::default();
+    c.spool_dir = std::env::temp_dir().join(format!("execkit-bench-spool-{}", std::process::id()));
+    c
+}
+
+async fn execkit_round_trips(target: &str, n: usize) -> Result<Vec<Duration>> {
+    let mut s = Session::open(target, bench_config()).await?;
+    for _ in 0..20 {
+        s.run("true", RunOptions::default()).await?; // warm up
+    }
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let res = s.run("true", RunOptions::default()).await?;
+        v.push(t.elapsed());
+        ensure!(res.exit_code == Some(0), "true failed on {target}: {res:?}");
+    }
+    s.close().await?;
+    Ok(v)
+}
+
+async fn execkit_starts(target: &str, n: usize) -> Result<Vec<Duration>> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut s = Session::open(target, bench_config()).await?;
+        let res = s.run("true", RunOptions::default()).await?;
+        v.push(t.elapsed());
+        ensure!(res.exit_code == Some(0));
+        s.close().await?;
+    }
+    Ok(v)
+}
+
+fn run_child<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Result<T> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .arg("--child")
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "child {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("child {args:?} output"))
+}
+
+/// Child modes: one measurement in a fresh process, JSON on stdout.
+fn child(args: &[String]) -> Result<()> {
+    execkit_local::register();
+    // Like `execkit exec`: one thread. (The concurrent case builds its own.)
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let value = match args.first().map(String::as_str) {
+        Some("throughput") => {
+            let system = args.get(1).context("system")?;
+            let bytes: u64 = args.get(2).context("bytes")?.parse()?;
+            // Lines of 50 bytes, like real logs.
+            let cmd =
+                format!("yes 0123456789012345678901234567890123456789012345678 | head -c {bytes}");
+            let secs = match system.as_str() {
+                "raw-pty-floor" => {
+                    let mut p = floor::RawPty::start()?;
+                    let (d, got) = p.round_trip(&cmd)?;
+                    ensure!(got == bytes, "floor got {got} bytes");
+                    d.as_secs_f64()
+                }
+                _ => rt.block_on(async {
+                    let mut s = Session::open("local:/bin/bash", bench_config()).await?;
+                    let t = Instant::now();
+                    let res = s.run(&cmd, RunOptions::default()).await?;
+                    let d = t.elapsed().as_secs_f64();
+                    ensure!(
+                        res.exit_code == Some(0) && res.truncated,
+                        "{:?}",
+                        res.exit_code
+                    );
+                    if let Some(p) = &res.output_path {
+                        let len = std::fs::metadata(p)?.len();
+                        ensure!(len == bytes, "spooled {len} bytes");
+                        std::fs::remove_file(p)?;
+                    }
+                    s.close().await?;
+                    anyhow::Ok(d)
+                })?,
+            };
+            serde_json::to_value(Throughput {
+                system: system.clone(),
+                bytes,
+                mb_per_s: bytes as f64 / 1e6 / secs,
+                peak_rss_mb: status_kb("VmHWM") as f64 / 1024.0,
+            })?
+        }
+        Some("concurrent") => {
+            let n: usize = args.get(1).context("n")?.parse()?;
+            let before = status_kb("VmRSS");
+            let t = Instant::now();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let (ok, sessions) = rt.block_on(async {
+                let mut tasks = Vec::new();
+                for i in 0..n {
+                    tasks.push(tokio::spawn(async move {
+                        let mut s = Session::open("local:/bin/bash", bench_config()).await?;
+                        let mut ok = true;
+                        for k in 0..10 {
+                            let r = s
+                                .run(&format!("echo $(({i} + {k}))"), RunOptions::default())
+                                .await?;
+                            ok &= r.output == (i + k).to_string();
+                        }
+                        anyhow::Ok((ok, s))
+                    }));
+                }
+                let mut all = true;
+                let mut held = Vec::new();
+                for t in tasks {
+                    let (ok, s) = t.await??;
+                    all &= ok;
+                    held.push(s);
+                }
+                anyhow::Ok((all, held))
+            })?;
+            let wall = t.elapsed().as_secs_f64();
+            let after = status_kb("VmRSS");
+            rt.block_on(async {
+                for s in sessions {
+                    let _ = s.close().await;
+                }
+            });
+            serde_json::to_value(Concurrent {
+                sessions: n,
+                commands_each: 10,
+                wall_s: wall,
+                all_correct: ok,
+                kb_per_session: after.saturating_sub(before) as f64 / n as f64,
+            })?
+        }
+        Some("floor-cmd") => {
+            // Profiling aid: the floor running an arbitrary command line.
+            let cmd = args.get(1).context("cmd")?;
+            let mut p = floor::RawPty::start()?;
+            let v = (0..500)
+                .map(|_| p.round_trip(cmd).map(|r| r.0))
+                .collect::<Result<Vec<_>>>()?;
+            serde_json::to_value(Latency::from(cmd, v))?
+        }
+        other => bail!("unknown child mode {other:?}"),
+    };
+    let _ = std::fs::remove_dir_all(bench_config().spool_dir);
+    println!("{value}");
+    Ok(())
+}
+
+/// A `/proc/self/status` field in kB.
+fn status_kb(field: &str) -> u64 {
+    proc_status_kb("self", field)
+}
+
+fn proc_status_kb(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in milliseconds.
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf is always safe to call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks * 1000.0 / hz
+}
+
+fn serve_idle(bin: &std::path::Path, n: usize) -> Result<ServeIdle> {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = std::env::temp_dir().join(format!("execkit-bench-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("run/execkit.sock");
+    let mut child = std::process::Command::new(bin)
+        .args(["serve", "--no-journal", "--socket"])
+        .arg(&socket)
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let result = (|| -> Result<ServeIdle> {
+        let t = Instant::now();
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(&socket) {
+                Ok(s) => break s,
+                Err(_) if t.elapsed() < Duration::from_secs(20) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => bail!("serve did not come up: {e}"),
+            }
+        };
+        let mut w = stream.try_clone()?;
+        let mut r = BufReader::new(stream);
+        let base = proc_status_kb(&child.id().to_string(), "VmRSS");
+        for i in 0..n {
+            writeln!(w, "{{\"op\":\"open\",\"name\":\"idle{i}\"}}")?;
+            let mut line = String::new();
+            r.read_line(&mut line)?;
+            ensure!(line.contains("\"ok\":true"), "open failed: {line}");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let pid = child.id();
+        let rss = proc_status_kb(&pid.to_string(), "VmRSS");
+        let c0 = cpu_ms(pid);
+        std::thread::sleep(Duration::from_secs(10));
+        let c1 = cpu_ms(pid);
+        Ok(ServeIdle {
+            sessions: n,
+            rss_mb: rss as f64 / 1024.0,
+            kb_per_session: rss.saturating_sub(base) as f64 / n as f64,
+            cpu_ms_over_10s: c1 - c0,
+        })
+    })();
+    // SIGTERM: serve closes every session with cleanup.
+    // SAFETY: signalling our own child by PID.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let t = Instant::now();
+    while child.try_wait()?.is_none() {
+        if t.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// 1,000 sessions need more than the usual 1,024 descriptors.
+fn raise_fd_limit() {
+    // SAFETY: plain getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! `execkit gc`, and the same cleanup at start-up: sessions whose owner
+//! died (`kill -9`, a crash) still have processes on their targets; their
+//! records in the state dir say where, and the marker says which.
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use execkit_core::sessions::{self, GcReport};
+
+/// How long a command waits at its end for the start-up cleanup.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// `execkit gc`: cleans now and reports what it did.
+pub fn main() -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("execkit: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let report = rt.block_on(sessions::gc());
+    for rec in &report.cleaned {
+        println!(
+            "cleaned session {} on {} (owner pid {} is gone)",
+            rec.marker, rec.target, rec.owner_pid
+        );
+    }
+    for (rec, why) in &report.failed {
+        eprintln!(
+            "execkit: cannot clean session {} on {} yet: {why}",
+            rec.marker, rec.target
+        );
+    }
+    println!(
+        "gc: {} cleaned, {} failed, {} live",
+        report.cleaned.len(),
+        report.failed.len(),
+        report.live
+    );
+    if report.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Runs `work` with a dead-owner cleanup alongside it (so a `kill -9`ed
+/// run leaks nothing for longer than until the next run), then gives the
+/// cleanup a bounded time to finish.
+pub async fn alongside<F: Future>(work: F) -> F::Output {
+    let gc = tokio::spawn(sessions::gc());
+    let out = work.await;
+    match tokio::time::timeout(SETTLE, gc).await {
+        Ok(Ok(report)) => log(&report),
+        Ok(Err(_)) => {}
+        // A slow target must not hold every run up; `execkit gc` finishes it.
+        Err(_) => {}
+    }
+    out
+}
+
+fn log(report: &GcReport) {
+    if std::env::var_os("EXECKIT_DEBUG_GC").is_some() {
+        eprintln!(
+            "execkit: gc: {} cleaned, {} failed, {} live",
+            report.cleaned.len(),
+            report.failed.len(),
+            report.live
+        );
+    }
+}

@@ -1,0 +1,87 @@
+//! The `execkit serve` wire protocol: one JSON object per line each way
+//! (documented in docs/protocol.md).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest request line accepted (a 1 MB command, quoted, fits easily).
+pub const MAX_REQUEST: usize = 8 * 1024 * 1024;
+
+/// A request from a client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Liveness and version.
+    Ping,
+    /// Opens a named session.
+    Open(execkit_core::host::OpenRequest),
+    /// Runs a command.
+    Run {
+        session: String,
+        command: String,
+        #[serde(default)]
+        timeout_secs: Option<f64>,
+        #[serde(default)]
+        yield_after_secs: Option<f64>,
+    },
+    /// New output and, once finished, the result.
+    Poll {
+        session: String,
+        #[serde(default)]
+        wait_secs: Option<f64>,
+    },
+    /// Types text into the running command.
+    Input { session: String, text: String },
+    /// Ctrl-C to the running command.
+    Interrupt { session: String },
+    /// Closes a session.
+    Close { session: String },
+    /// Lists sessions.
+    List,
+    /// Turns this connection into a read-only console stream.
+    Watch,
+}
+
+/// A request with the client's correlation id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Echoed in the response.
+    #[serde(default)]
+    pub id: Value,
+    /// The request.
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// A response line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id.
+    #[serde(default)]
+    pub id: Value,
+    /// Whether it worked.
+    pub ok: bool,
+    /// The result when `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// One line saying what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `${XDG_RUNTIME_DIR:-/tmp/execkit-$UID}/execkit.sock`.
+pub fn default_socket() -> PathBuf {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("/tmp/execkit-{}", nix_uid())));
+    dir.join("execkit.sock")
+}
+
+/// This process's effective uid.
+pub fn nix_uid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}

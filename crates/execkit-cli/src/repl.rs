@@ -1,0 +1,152 @@
+//! `execkit shell`: an interactive REPL for a person on any target, with
+//! line editing and history, live output, exit codes and timings. Ctrl-C
+//! interrupts the running command; Ctrl-D or `exit` leaves.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use execkit_core::{RunOptions, RunResult, Session, SessionConfig};
+use rustyline::error::ReadlineError;
+
+use crate::observe::JournalArgs;
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Where to run: `local`, `local:/bin/sh`, `docker:NAME`, `ssh://user@host`.
+    #[arg(long, short = 't', default_value = "local")]
+    pub target: String,
+    /// Hard timeout per command in seconds (0: none).
+    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+    pub timeout: f64,
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+pub fn main(args: ShellArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("execkit: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let observer = match args.journal.observer() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("execkit: {e}");
+            return ExitCode::from(crate::EXIT_USAGE);
+        }
+    };
+    let mut config = SessionConfig::default();
+    config.observer = Some(observer);
+    let mut session = match rt.block_on(Session::open(&args.target, config)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("execkit: {e}");
+            return ExitCode::from(crate::EXIT_UNREACHABLE);
+        }
+    };
+    let mut editor = match rustyline::DefaultEditor::new() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("execkit: cannot start line editing: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let history = execkit_core::paths::state_dir().join("shell_history");
+    let _ = editor.load_history(&history);
+    let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    eprintln!(
+        "execkit shell on {} — Ctrl-C interrupts, Ctrl-D leaves",
+        args.target
+    );
+    let timeout = (args.timeout > 0.0).then(|| Duration::from_secs_f64(args.timeout));
+    loop {
+        let prompt = format!("{}:{}$ ", args.target, session.cwd());
+        let line = match editor.readline(&prompt) {
+            Ok(l) => l,
+            Err(ReadlineError::Interrupted) => continue,
+            Err(ReadlineError::Eof) => break,
+            Err(e) => {
+                eprintln!("execkit: {e}");
+                break;
+            }
+        };
+        let cmd = line.trim();
+        if cmd.is_empty() {
+            continue;
+        }
+        if cmd == "exit" || cmd == "quit" {
+            break;
+        }
+        let _ = editor.add_history_entry(cmd);
+        match rt.block_on(run_live(&mut session, cmd, timeout)) {
+            Ok(r) => status_line(&r, color),
+            Err(e) => eprintln!("execkit: {e}"),
+        }
+    }
+    let _ = std::fs::create_dir_all(execkit_core::paths::state_dir());
+    let _ = editor.save_history(&history);
+    let _ = rt.block_on(session.close());
+    ExitCode::SUCCESS
+}
+
+/// Runs a command, printing its output as it arrives; Ctrl-C interrupts.
+async fn run_live(
+    session: &mut Session,
+    cmd: &str,
+    timeout: Option<Duration>,
+) -> Result<RunResult, execkit_core::SessionError> {
+    let mut opts = RunOptions::default();
+    opts.timeout = timeout;
+    opts.yield_after = Some(Duration::from_millis(50));
+    let mut r = session.run(cmd, opts).await?;
+    let mut out = std::io::stdout();
+    loop {
+        let _ = out.write_all(r.output.as_bytes());
+        if !r.running {
+            if !r.output.is_empty() {
+                let _ = out.write_all(b"\n");
+            }
+            let _ = out.flush();
+            return Ok(r);
+        }
+        let _ = out.flush();
+        r = tokio::select! {
+            r = session.poll(Duration::from_millis(100)) => r?,
+            _ = tokio::signal::ctrl_c() => session.interrupt().await?,
+        };
+    }
+}
+
+fn status_line(r: &RunResult, color: bool) {
+    let status = if r.timed_out {
+        "timed out".to_string()
+    } else if r.session_lost {
+        format!("target lost: {}", r.error.as_deref().unwrap_or(""))
+    } else {
+        match r.exit_code {
+            Some(c) => format!("exit {c}"),
+            None => "interrupted".to_string(),
+        }
+    };
+    let mut line = format!("[{status} · {} ms", r.duration_ms);
+    if r.restarted {
+        line.push_str(" · shell restarted");
+    }
+    if let Some(p) = &r.output_path {
+        line.push_str(&format!(" · full output: {}", p.display()));
+    }
+    line.push(']');
+    if color {
+        let tint = if r.exit_code == Some(0) { "2" } else { "2;31" };
+        eprintln!("\x1b[{tint}m{line}\x1b[0m");
+    } else {
+        eprintln!("{line}");
+    }
+}

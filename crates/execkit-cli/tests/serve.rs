@@ -1,0 +1,301 @@
+//! `execkit serve` against real clients on a temp socket: concurrency, the
+//! console, the journal, crash cleanup and the peer-uid check.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+struct Server {
+    child: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+    journal: PathBuf,
+}
+
+impl Server {
+    fn start(name: &str) -> Server {
+        let dir = std::env::temp_dir().join(format!("execkit-serve-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("run/execkit.sock");
+        let journal = dir.join("journal.jsonl");
+        let child = Command::new(env!("CARGO_BIN_EXE_execkit"))
+            .args(["serve", "--socket"])
+            .arg(&socket)
+            .arg("--journal")
+            .arg(&journal)
+            .env("XDG_STATE_HOME", dir.join("state"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start execkit serve");
+        let t = Instant::now();
+        while UnixStream::connect(&socket).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "serve did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Server {
+            child,
+            dir,
+            socket,
+            journal,
+        }
+    }
+
+    fn execkit(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_execkit"))
+            .args(args)
+            .env("XDG_STATE_HOME", self.dir.join("state"))
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Conn {
+    r: BufReader<UnixStream>,
+    w: UnixStream,
+}
+
+impl Conn {
+    fn new(socket: &Path) -> Conn {
+        let s = UnixStream::connect(socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        Conn {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+
+    fn line(&mut self) -> Value {
+        let mut l = String::new();
+        self.r.read_line(&mut l).unwrap();
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}"))
+    }
+
+    fn call(&mut self, req: Value) -> Value {
+        let mut line = serde_json::to_vec(&req).unwrap();
+        line.push(b'\n');
+        self.w.write_all(&line).unwrap();
+        let resp = self.line();
+        assert_eq!(resp["ok"], true, "{req} -> {resp}");
+        resp["result"].clone()
+    }
+}
+
+#[test]
+fn two_clients_two_sessions_watch_and_journal() {
+    let srv = Server::start("pair");
+    let mut watcher = Conn::new(&srv.socket);
+    watcher.call(json!({"op": "watch"}));
+    let clients: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let socket = srv.socket.clone();
+            std::thread::spawn(move || {
+                let mut c = Conn::new(&socket);
+                c.call(json!({"op": "open", "name": name}));
+                let mut outs = Vec::new();
+                for i in 0..3 {
+                    let r = c.call(json!({"op": "run", "session": name, "command": format!("sleep 0.1; echo {name}{i}")}));
+                    outs.push(r["output"].as_str().unwrap().to_string());
+                }
+                outs
+            })
+        })
+        .collect();
+    for (t, name) in clients.into_iter().zip(["a", "b"]) {
+        assert_eq!(t.join().unwrap(), [0, 1, 2].map(|i| format!("{name}{i}")));
+    }
+    // Both sessions' headers, each session's in order.
+    let mut headers = Vec::new();
+    while headers.len() < 6 {
+        let ev = watcher.line();
+        if ev["kind"] == "header" {
+            headers.push(ev["command"].as_str().unwrap().to_string());
+        }
+    }
+    for name in ["a", "b"] {
+        let mine: Vec<&String> = headers
+            .iter()
+            .filter(|h| {
+                h.ends_with(&format!("echo {name}0")) || h.contains(&format!("echo {name}"))
+            })
+            .collect();
+        let expect: Vec<String> = (0..3)
+            .map(|i| format!("sleep 0.1; echo {name}{i}"))
+            .collect();
+        assert_eq!(mine, expect.iter().collect::<Vec<_>>(), "{headers:?}");
+    }
+    let text = std::fs::read_to_string(&srv.journal).unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.iter().filter(|e| e["event"] == "result").count(), 6);
+    assert!(events
+        .iter()
+        .all(|e| e["ts"].is_string() && e["session"].is_string()));
+}
+
+#[test]
+fn python_repl_through_the_server() {
+    if Command::new("python3").arg("-V").output().is_err() {
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let srv = Server::start("py");
+    let mut c = Conn::new(&srv.socket);
+    c.call(json!({"op": "open", "name": "py"}));
+    let r = c.call(
+        json!({"op": "run", "session": "py", "command": "python3 -i -q", "yield_after_secs": 1.0}),
+    );
+    assert_eq!(r["running"], true, "{r}");
+    c.call(json!({"op": "input", "session": "py", "text": "1+1\n"}));
+    let mut out = String::new();
+    for _ in 0..20 {
+        let r = c.call(json!({"op": "poll", "session": "py", "wait_secs": 0.25}));
+        out.push_str(r["output"].as_str().unwrap());
+        if out
+            .lines()
+            .any(|l| l.trim().trim_start_matches(">>>").trim() == "2")
+        {
+            break;
+        }
+    }
+    assert!(
+        out.lines()
+            .any(|l| l.trim().trim_start_matches(">>>").trim() == "2"),
+        "{out:?}"
+    );
+    let r = c.call(json!({"op": "interrupt", "session": "py"}));
+    assert_eq!(r["running"], false);
+}
+
+#[test]
+fn malformed_requests_get_errors_and_a_second_server_refuses() {
+    let srv = Server::start("bad");
+    let mut c = Conn::new(&srv.socket);
+    c.w.write_all(b"not json\n{\"id\":3,\"op\":\"nope\"}\n")
+        .unwrap();
+    let a = c.line();
+    let b = c.line();
+    assert_eq!(
+        (a["ok"].clone(), b["ok"].clone(), b["id"].clone()),
+        (json!(false), json!(false), json!(3))
+    );
+    let r = c.call(json!({"op": "ping"}));
+    assert!(r["pid"].is_u64());
+    let out = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args(["serve", "--socket"])
+        .arg(&srv.socket)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+}
+
+fn marked(marker: &str) -> Vec<u32> {
+    let needle = format!("EXECKIT_SID={marker}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let env = std::fs::read(e.path().join("environ")).ok()?;
+            env.split(|&b| b == 0)
+                .any(|v| v == needle.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_of_serve_leaves_parseable_journal_and_gc_cleans() {
+    let mut srv = Server::start("crash");
+    let mut c = Conn::new(&srv.socket);
+    c.call(json!({"op": "open", "name": "k"}));
+    let r = c.call(json!({"op": "run", "session": "k", "command": "echo $EXECKIT_SID"}));
+    let marker = r["output"].as_str().unwrap().to_string();
+    // A process that survives the terminal hang-up a dead server causes
+    // (the shell itself gets SIGHUP when the PTY master closes).
+    c.call(json!({"op": "run", "session": "k", "command": "setsid sleep 300 >/dev/null 2>&1 < /dev/null &"}));
+    let r = c.call(
+        json!({"op": "run", "session": "k", "command": "sleep 300", "yield_after_secs": 0.3}),
+    );
+    assert_eq!(r["running"], true);
+    assert!(marked(&marker).len() >= 3, "{:?}", marked(&marker));
+    srv.child.kill().unwrap(); // SIGKILL, mid-command
+    srv.child.wait().unwrap();
+    let text = std::fs::read_to_string(&srv.journal).unwrap();
+    for l in text.lines() {
+        serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("torn journal line {l:?}: {e}"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !marked(&marker).is_empty(),
+        "the setsid'd process should outlive the server"
+    );
+    let out = srv.execkit(&["gc"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Instant::now();
+    while !marked(&marker).is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "gc left {:?}",
+            marked(&marker)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn another_uid_is_refused() {
+    let srv = Server::start("uid");
+    // Open the path up so only the server's own SO_PEERCRED check stands
+    // between another user and the sessions.
+    let dir = srv.socket.parent().unwrap();
+    for p in [srv.dir.as_path(), dir, srv.socket.as_path()] {
+        Command::new("chmod").arg("a+rwx").arg(p).status().unwrap();
+    }
+    // The client, where user 65534 can run it.
+    let bin = srv.dir.join("execkit");
+    std::fs::copy(env!("CARGO_BIN_EXE_execkit"), &bin).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["exec", "--session", "intruder", "--socket"])
+        .arg(&srv.socket)
+        .arg("id -u")
+        .env("XDG_STATE_HOME", srv.dir.join("nobody-state"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(
+        err.contains("permission denied") && err.contains("uid 65534"),
+        "{err}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

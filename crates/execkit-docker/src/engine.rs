@@ -1,0 +1,468 @@
+//! Talking to the Docker engine: `bollard` for the JSON API (inspect,
+//! exec create / resize / inspect), and a raw HTTP upgrade for the exec's
+//! terminal stream.
+//!
+//! Why not bollard's `start_exec`: its TTY attach decoder treats a chunk
+//! whose first byte is 0x00–0x02 as the header of a multiplexed frame
+//! (stdin/stdout/stderr), so such output is corrupted or stalls. A TTY exec
+//! stream is plain bytes both ways; we upgrade the connection ourselves
+//! (`POST /exec/ID/start`, `Connection: Upgrade`, `Upgrade: tcp`) and then
+//! read and write it as a byte stream.
+
+use std::io;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+use bollard::exec::{CreateExecOptions, ResizeExecOptions};
+use bollard::{ClientVersion, Docker};
+use execkit_core::{Size, TransportError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::Endpoint;
+
+/// Seconds bollard waits for any one API request.
+const API_TIMEOUT: u64 = 30;
+/// How long the engine may take to answer the version handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a marker cleanup may run in the container (a loaded engine
+/// with a hundred sessions closing at once is slow to start execs).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// API versions already negotiated, per endpoint: every session opens its
+/// own transport, and the handshake is a round trip each time otherwise.
+static NEGOTIATED: Mutex<Vec<(Endpoint, ClientVersion)>> = Mutex::new(Vec::new());
+/// Largest HTTP response head we accept before the raw stream starts.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// A byte stream to the engine (Unix socket or TCP).
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// Boxed stream halves of an upgraded exec connection.
+pub(crate) type ReadHalf = tokio::io::ReadHalf<Box<dyn Stream>>;
+/// The writing half.
+pub(crate) type WriteHalf = tokio::io::WriteHalf<Box<dyn Stream>>;
+
+/// A started exec's terminal: bytes the engine sent along with the
+/// response head, then the stream halves.
+pub(crate) struct Attached {
+    pub initial: Vec<u8>,
+    pub read: ReadHalf,
+    pub write: WriteHalf,
+}
+
+/// What an inspect says about the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ContainerState {
+    /// Running; its full id.
+    Running { id: String },
+    /// Exists but is stopped, paused, restarting…
+    NotRunning { status: String },
+    /// No such container.
+    Missing,
+}
+
+/// What an exec inspect says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ExecState {
+    pub running: bool,
+    pub exit_code: Option<i64>,
+}
+
+/// One engine endpoint with a negotiated API version.
+pub(crate) struct Engine {
+    endpoint: Endpoint,
+    target: String,
+    docker: Docker,
+    /// `v1.41`, as negotiated.
+    api: String,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("endpoint", &self.endpoint)
+            .field("api", &self.api)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Builds a client for `endpoint` and negotiates the API version.
+    pub async fn connect(endpoint: Endpoint, target: &str) -> Result<Engine, TransportError> {
+        let unreachable = |reason: String| TransportError::Unreachable {
+            target: target.to_string(),
+            reason,
+        };
+        let known = NEGOTIATED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(e, _)| *e == endpoint)
+            .map(|(_, v)| *v);
+        let version = known.as_ref().unwrap_or(bollard::API_DEFAULT_VERSION);
+        let docker = match &endpoint {
+            Endpoint::Unix(path) => {
+                if !path.exists() {
+                    return Err(unreachable(format!(
+                        "no Docker engine at {endpoint} (socket not found; is dockerd running? DOCKER_HOST selects another engine)"
+                    )));
+                }
+                Docker::connect_with_unix(&path.to_string_lossy(), API_TIMEOUT, version)
+            }
+            Endpoint::Tcp(addr) => {
+                Docker::connect_with_http(&format!("http://{addr}"), API_TIMEOUT, version)
+            }
+        }
+        .map_err(|e| unreachable(format!("cannot use the Docker engine at {endpoint}: {e}")))?;
+        let docker = if known.is_some() {
+            docker
+        } else {
+            let docker =
+                match tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version()).await {
+                    Ok(Ok(d)) => d,
+                    Ok(Err(e)) => {
+                        return Err(unreachable(format!(
+                            "the Docker engine at {endpoint} does not answer: {}",
+                            one_line(&e)
+                        )))
+                    }
+                    Err(_) => {
+                        return Err(unreachable(format!(
+                            "the Docker engine at {endpoint} did not answer within {} s",
+                            CONNECT_TIMEOUT.as_secs()
+                        )))
+                    }
+                };
+            let mut cache = NEGOTIATED.lock().unwrap_or_else(|e| e.into_inner());
+            if !cache.iter().any(|(e, _)| *e == endpoint) {
+                cache.push((endpoint.clone(), docker.client_version()));
+            }
+            docker
+        };
+        let v = docker.client_version();
+        Ok(Engine {
+            api: format!("v{}.{}", v.major_version, v.minor_version),
+            endpoint,
+            target: target.to_string(),
+            docker,
+        })
+    }
+
+    /// Maps a bollard error of `what` to a transport error.
+    fn error(&self, what: &str, e: BollardError) -> TransportError {
+        match e {
+            BollardError::DockerResponseServerError {
+                status_code,
+                message,
+            } => TransportError::Spawn {
+                target: self.target.clone(),
+                reason: format!(
+                    "{what}: the engine answered {status_code}: {}",
+                    message.trim()
+                ),
+            },
+            other => TransportError::Unreachable {
+                target: self.target.clone(),
+                reason: format!(
+                    "{what}: the Docker engine at {} does not answer: {}",
+                    self.endpoint,
+                    one_line(&other)
+                ),
+            },
+        }
+    }
+
+    /// Inspects the container.
+    pub async fn container_state(&self, name: &str) -> Result<ContainerState, TransportError> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => {
+                let state = c.state.unwrap_or_default();
+                let running = state.running == Some(true)
+                    && state.paused != Some(true)
+                    && state.restarting != Some(true);
+                match (running, c.id) {
+                    (true, Some(id)) => Ok(ContainerState::Running { id }),
+                    _ => Ok(ContainerState::NotRunning {
+                        status: if state.paused == Some(true) {
+                            "paused".into()
+                        } else {
+                            state
+                                .status
+                                .map_or_else(|| "status unknown".into(), |s| s.to_string())
+                        },
+                    }),
+                }
+            }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(ContainerState::Missing),
+            Err(e) => Err(self.error(&format!("inspecting container {name}"), e)),
+        }
+    }
+
+    /// Creates an exec in the container; returns its id.
+    pub async fn create_exec(
+        &self,
+        container: &str,
+        cmd: Vec<String>,
+        env: Vec<String>,
+        tty: bool,
+        working_dir: Option<String>,
+    ) -> Result<String, BollardError> {
+        let opts = CreateExecOptions::<String> {
+            attach_stdin: Some(tty),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(tty),
+            // The default detach keys (Ctrl-P Ctrl-Q) would make the engine
+            // hold back every Ctrl-P typed; NUL never appears in input.
+            detach_keys: Some("ctrl-@".into()),
+            env: Some(env),
+            cmd: Some(cmd),
+            working_dir,
+            ..Default::default()
+        };
+        Ok(self.docker.create_exec(container, opts).await?.id)
+    }
+
+    /// Resizes an exec's terminal.
+    pub async fn resize(&self, exec_id: &str, size: Size) -> Result<(), TransportError> {
+        self.docker
+            .resize_exec(
+                exec_id,
+                ResizeExecOptions {
+                    height: size.rows,
+                    width: size.cols,
+                },
+            )
+            .await
+            .map_err(|e| self.error("resizing the terminal", e))
+    }
+
+    /// Inspects an exec.
+    pub async fn exec_state(&self, exec_id: &str) -> Result<ExecState, BollardError> {
+        let r = self.docker.inspect_exec(exec_id).await?;
+        Ok(ExecState {
+            running: r.running.unwrap_or(false),
+            exit_code: r.exit_code,
+        })
+    }
+
+    async fn open(&self) -> io::Result<Box<dyn Stream>> {
+        match &self.endpoint {
+            Endpoint::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
+            Endpoint::Tcp(addr) => {
+                let s = tokio::net::TcpStream::connect(addr.as_str()).await?;
+                s.set_nodelay(true)?;
+                Ok(Box::new(s))
+            }
+        }
+    }
+
+    /// Starts an exec and takes over its connection as a raw byte stream.
+    pub async fn start_raw(&self, exec_id: &str, tty: bool) -> Result<Attached, TransportError> {
+        let io_err = |what: &str, e: io::Error| TransportError::Unreachable {
+            target: self.target.clone(),
+            reason: format!("{what} the Docker engine at {}: {e}", self.endpoint),
+        };
+        let mut stream = self
+            .open()
+            .await
+            .map_err(|e| io_err("cannot connect to", e))?;
+        let body = format!("{{\"Detach\":false,\"Tty\":{tty}}}");
+        let host = match &self.endpoint {
+            Endpoint::Unix(_) => "docker",
+            Endpoint::Tcp(a) => a.as_str(),
+        };
+        let request = format!(
+            "POST /{}/exec/{exec_id}/start HTTP/1.1\r\nHost: {host}\r\nUser-Agent: execkit\r\n\
+             Content-Type: application/json\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            self.api,
+            body.len()
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| io_err("writing to", e))?;
+        stream.flush().await.map_err(|e| io_err("writing to", e))?;
+
+        let mut head = Vec::with_capacity(1024);
+        let end = loop {
+            if let Some(i) = find(&head, b"\r\n\r\n") {
+                break i + 4;
+            }
+            if head.len() > MAX_HEAD {
+                return Err(self.spawn_err("the engine sent an oversized response head"));
+            }
+            let mut buf = [0u8; 4096];
+            let n = stream
+                .read(&mut buf)
+                .await
+                .map_err(|e| io_err("reading from", e))?;
+            if n == 0 {
+                return Err(io_err(
+                    "reading from",
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"),
+                ));
+            }
+            head.extend_from_slice(&buf[..n]);
+        };
+        let rest = head.split_off(end);
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if status == 101 || status == 200 {
+            let (read, write) = tokio::io::split(stream);
+            return Ok(Attached {
+                initial: rest,
+                read,
+                write,
+            });
+        }
+        // An error: the JSON body says why.
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0)
+            .min(MAX_HEAD);
+        let mut body = rest;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 4096];
+            while body.len() < len {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => body.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+        let reason = format!("starting the exec: the engine answered {status}: {message}");
+        Err(if status == 404 || status == 409 {
+            TransportError::Unreachable {
+                target: self.target.clone(),
+                reason,
+            }
+        } else {
+            self.spawn_err(&reason)
+        })
+    }
+
+    fn spawn_err(&self, reason: &str) -> TransportError {
+        TransportError::Spawn {
+            target: self.target.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Kills every process in the container whose environment holds
+    /// exactly `entry`, by a one-shot exec of the portable marker-kill
+    /// script; waits until it finished. A container that stopped or went
+    /// away runs nothing, so that counts as done.
+    pub async fn kill_matching(
+        &self,
+        container_id: &str,
+        name: &str,
+        entry: &str,
+    ) -> Result<(), TransportError> {
+        let cmd = vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            execkit_core::shell::kill_matching_script(entry),
+        ];
+        let exec_id = match self
+            .create_exec(container_id, cmd, Vec::new(), false, None)
+            .await
+        {
+            Ok(id) => id,
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => return Ok(()),
+            Err(e) => return Err(self.error(&format!("marker cleanup in container {name}"), e)),
+        };
+        let cleanup = async {
+            let mut att = self.start_raw(&exec_id, false).await?;
+            // The stream ends when the script does; its output is discarded.
+            let mut buf = [0u8; 4096];
+            loop {
+                match att.read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            Ok::<_, TransportError>(())
+        };
+        let failed = |why: String| {
+            TransportError::io(
+                format!("marker cleanup in container {name}"),
+                io::Error::other(why),
+            )
+        };
+        match tokio::time::timeout(CLEANUP_TIMEOUT, cleanup).await {
+            Err(_) => {
+                return Err(failed(format!(
+                    "did not finish within {} s",
+                    CLEANUP_TIMEOUT.as_secs()
+                )))
+            }
+            Ok(Err(TransportError::Unreachable { reason, .. })) if reason.contains(" 409:") => {
+                return Ok(())
+            }
+            Ok(r) => r?,
+        }
+        // The stream can end a moment before the engine records the exit.
+        for _ in 0..50 {
+            match self.exec_state(&exec_id).await {
+                Ok(ExecState {
+                    running: false,
+                    exit_code,
+                }) => {
+                    return match exit_code {
+                        Some(0) | None => Ok(()),
+                        Some(c) => Err(failed(format!("the kill script exited with code {c}"))),
+                    }
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok(()),
+                Err(e) => return Err(self.error(&format!("marker cleanup in container {name}"), e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// An error as one line (hyper errors chain their causes).
+pub(crate) fn one_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s.replace('\n', " ")
+}

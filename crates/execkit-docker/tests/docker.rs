@@ -1,0 +1,615 @@
+//! Docker-only cases, against the engine and container `cargo xtask test`
+//! provisions (`DOCKER_HOST`, `EXECKIT_TEST_DOCKER_CONTAINER`,
+//! `EXECKIT_TEST_DOCKER_IMAGE`, `EXECKIT_TEST_DOCKER_TCP`).
+//!
+//! Own runner (`harness = false`): without a test container every case is
+//! reported as ignored — or failed under `CI=true` — never silently passed.
+//! The summary line has libtest's shape so `cargo xtask test` counts it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::{Command, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use execkit_core::sessions::{self, SessionRecord};
+use execkit_core::{
+    RunOptions, Session, SessionConfig, SessionError, ShellEvent, ShellProcess, SpawnSpec,
+    Transport, TransportError,
+};
+use execkit_docker::DockerTransport;
+
+#[derive(Debug, Clone)]
+struct Env {
+    container: String,
+    image: Option<String>,
+    tcp: Option<String>,
+}
+
+impl Env {
+    fn target(&self) -> String {
+        format!("docker:{}", self.container)
+    }
+}
+
+type CaseFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+struct Case {
+    name: &'static str,
+    /// Why the case cannot run with this environment, if it cannot.
+    needs: fn(&Env) -> Option<&'static str>,
+    run: fn(Env) -> CaseFuture,
+}
+
+macro_rules! case {
+    ($name:ident) => {
+        case!($name, |_| None)
+    };
+    ($name:ident, $needs:expr) => {
+        Case {
+            name: stringify!($name),
+            needs: $needs,
+            run: |env| Box::pin($name(env)),
+        }
+    };
+}
+
+fn needs_image(e: &Env) -> Option<&'static str> {
+    e.image
+        .is_none()
+        .then_some("EXECKIT_TEST_DOCKER_IMAGE (run cargo xtask test)")
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        case!(raw_low_bytes_arrive_intact),
+        case!(low_bytes_do_not_stall_a_session),
+        case!(cwd_round_trip),
+        case!(stopped_container_is_session_lost, needs_image),
+        case!(removed_container_is_session_lost, needs_image),
+        case!(drop_leaves_no_process),
+        case!(dropped_run_leaves_no_process),
+        case!(timed_out_sleep_leaves_no_process),
+        case!(orphaned_session_is_cleaned_by_gc),
+        case!(remote_engine_over_tcp, |e: &Env| e.tcp.is_none().then_some(
+            "EXECKIT_TEST_DOCKER_TCP (an engine on a loopback TCP port)"
+        )),
+        case!(unknown_container_is_unreachable),
+        case!(unreachable_engine_is_unreachable),
+    ]
+}
+
+fn main() -> ExitCode {
+    execkit_docker::register();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for c in cases() {
+            println!("{}: test", c.name);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let env = std::env::var("EXECKIT_TEST_DOCKER_CONTAINER")
+        .ok()
+        .filter(|c| !c.is_empty())
+        .map(|container| Env {
+            container,
+            image: std::env::var("EXECKIT_TEST_DOCKER_IMAGE")
+                .ok()
+                .filter(|v| !v.is_empty()),
+            tcp: std::env::var("EXECKIT_TEST_DOCKER_TCP")
+                .ok()
+                .filter(|v| !v.is_empty()),
+        });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let started = Instant::now();
+    let (mut passed, mut failed, mut ignored, mut filtered) = (0, 0, 0, 0);
+    let selected: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| {
+            let keep = filter.is_empty() || filter.iter().any(|f| c.name.contains(f.as_str()));
+            if !keep {
+                filtered += 1;
+            }
+            keep
+        })
+        .collect();
+    println!("\nrunning {} tests", selected.len());
+    for case in selected {
+        let why_not = match &env {
+            None => Some("no test container; run cargo xtask test"),
+            Some(e) => (case.needs)(e),
+        };
+        if let Some(why) = why_not {
+            if ci {
+                println!(
+                    "test {} ... FAILED: {why} (required under CI=true)",
+                    case.name
+                );
+                failed += 1;
+            } else {
+                println!("test {} ... ignored, {why}", case.name);
+                ignored += 1;
+            }
+            continue;
+        }
+        let env = env.clone().expect("env");
+        let t = Instant::now();
+        let res = rt.block_on(async {
+            match tokio::time::timeout(Duration::from_secs(120), tokio::spawn((case.run)(env)))
+                .await
+            {
+                Err(_) => Err(anyhow::anyhow!("did not finish within 120 s")),
+                Ok(Err(join)) => Err(anyhow::anyhow!("panicked: {join}")),
+                Ok(Ok(r)) => r,
+            }
+        });
+        match res {
+            Ok(()) => {
+                println!("test {} ... ok ({} ms)", case.name, t.elapsed().as_millis());
+                passed += 1;
+            }
+            Err(e) => {
+                println!("test {} ... FAILED: {e:#}", case.name);
+                failed += 1;
+            }
+        }
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed; {ignored} ignored; 0 measured; {filtered} filtered out; finished in {:.2}s\n",
+        if failed == 0 { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+fn config() -> SessionConfig {
+    let mut c = SessionConfig::default();
+    c.spool_dir = std::env::temp_dir().join(format!("execkit-docker-tests-{}", std::process::id()));
+    c
+}
+
+async fn open(target: &str) -> anyhow::Result<Session> {
+    Session::open(target, config())
+        .await
+        .with_context(|| format!("opening {target}"))
+}
+
+async fn ok(s: &mut Session, cmd: &str) -> anyhow::Result<String> {
+    let r = s
+        .run(cmd, RunOptions::timeout(Duration::from_secs(30)))
+        .await?;
+    ensure!(
+        r.exit_code == Some(0) && !r.timed_out && !r.session_lost,
+        "{cmd:?} failed: {r:?}"
+    );
+    Ok(r.output)
+}
+
+/// Marked processes in the container, as `(pid, cmdline)`.
+async fn marked(target: &str, marker: &str) -> anyhow::Result<Vec<(u32, String)>> {
+    let mut probe = open(target).await?;
+    let script = format!(
+        "for d in /proc/[0-9]*; do if tr '\\000' '\\n' < \"$d/environ\" 2>/dev/null | grep -qxF 'EXECKIT_SID={marker}'; then \
+         printf '%s %s\\n' \"${{d#/proc/}}\" \"$(tr '\\000' ' ' < \"$d/cmdline\" 2>/dev/null)\"; fi; done"
+    );
+    let out = ok(&mut probe, &script).await?;
+    probe.close().await?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let (pid, cmd) = l.split_once(' ')?;
+            Some((pid.parse().ok()?, cmd.trim().to_string()))
+        })
+        .collect())
+}
+
+/// Waits (briefly) for every marked process but `spare` to be gone;
+/// returns survivors.
+async fn leaked_but(
+    target: &str,
+    marker: &str,
+    spare: &[u32],
+) -> anyhow::Result<Vec<(u32, String)>> {
+    let mut left = Vec::new();
+    for _ in 0..30 {
+        left = marked(target, marker).await?;
+        left.retain(|(p, _)| !spare.contains(p));
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(left)
+}
+
+async fn leaked(target: &str, marker: &str) -> anyhow::Result<Vec<(u32, String)>> {
+    leaked_but(target, marker, &[]).await
+}
+
+fn docker_cli(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .context("running the docker CLI")?;
+    if !out.status.success() {
+        bail!(
+            "docker {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A throwaway container of the test image, removed on drop.
+struct Scratch(String);
+
+impl Scratch {
+    fn start(env: &Env, tag: &str) -> anyhow::Result<Scratch> {
+        let name = format!("execkit-{tag}-{}", std::process::id());
+        let _ = docker_cli(&["rm", "-f", &name]);
+        let image = env.image.as_deref().context("no test image")?;
+        docker_cli(&[
+            "run",
+            "-d",
+            "--init",
+            "--network",
+            "none",
+            "--name",
+            &name,
+            image,
+            "sleep",
+            "infinity",
+        ])?;
+        Ok(Scratch(name))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = docker_cli(&["rm", "-f", &self.0]);
+    }
+}
+
+/// Reads from a raw shell until `want` shows up (or `limit` passes).
+async fn read_until(
+    shell: &dyn ShellProcess,
+    seen: &mut Vec<u8>,
+    firsts: &mut Vec<u8>,
+    want: &[u8],
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !seen.windows(want.len()).any(|w| w == want) {
+        match tokio::time::timeout_at(deadline, shell.read()).await {
+            Err(_) => bail!(
+                "no {:?} within {limit:?}; got {:?}",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(seen)
+            ),
+            Ok(ShellEvent::Output(b)) => {
+                if let Some(f) = b.first() {
+                    firsts.push(*f);
+                }
+                seen.extend_from_slice(&b);
+            }
+            Ok(other) => bail!(
+                "shell ended: {other:?}; got {:?}",
+                String::from_utf8_lossy(seen)
+            ),
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ cases
+
+/// bollard's TTY attach decoder takes a chunk starting with 0x00–0x02 for a
+/// multiplexed frame header; our raw stream must hand such bytes over as
+/// they are, at once.
+async fn raw_low_bytes_arrive_intact(env: Env) -> anyhow::Result<()> {
+    let transport = DockerTransport::new(&env.target())?;
+    let spec = SpawnSpec::new(format!("rawtest{}", std::process::id()));
+    let shell = transport.spawn(&spec).await?;
+    let mut seen = Vec::new();
+    let mut firsts = Vec::new();
+    shell
+        .write(b"stty -echo -onlcr 2>/dev/null; PS1=''; echo RE''ADY\n")
+        .await?;
+    read_until(
+        &*shell,
+        &mut seen,
+        &mut firsts,
+        b"READY\n",
+        Duration::from_secs(10),
+    )
+    .await?;
+    // Each printf runs after a pause, so its bytes start a chunk of their own.
+    seen.clear();
+    firsts.clear();
+    let t = Instant::now();
+    shell
+        .write(
+            b"sleep 0.3; printf '\\001\\002abc'; sleep 0.3; printf '\\002\\000\\001xyz'; \
+              sleep 0.3; printf '\\000\\001\\002end'; echo; echo DO''NE\n",
+        )
+        .await?;
+    read_until(
+        &*shell,
+        &mut seen,
+        &mut firsts,
+        b"DONE\n",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let took = t.elapsed();
+    // The engine's terminal passes NUL through; compare without it in case
+    // a runtime's line discipline drops it.
+    let got: Vec<u8> = seen.iter().copied().filter(|b| *b != 0).collect();
+    let want: &[u8] = b"\x01\x02abc\x02\x01xyz\x01\x02end\nDONE\n";
+    ensure!(
+        got == want,
+        "bytes changed on the way: {seen:?} (first bytes of chunks: {firsts:?})"
+    );
+    ensure!(took < Duration::from_secs(3), "took {took:?}: stalled");
+    ensure!(
+        firsts.iter().any(|b| *b <= 2),
+        "no chunk started with 0x00-0x02, the case proved nothing: {firsts:?}"
+    );
+    shell.terminate().await?;
+    Ok(())
+}
+
+async fn low_bytes_do_not_stall_a_session(env: Env) -> anyhow::Result<()> {
+    let mut s = open(&env.target()).await?;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let out = ok(&mut s, "printf '\\001\\002abc'; echo def").await?;
+        ensure!(out == "abcdef", "{out:?}");
+        let out = ok(&mut s, "printf '\\000\\001\\002abc'").await?;
+        ensure!(out == "abc", "{out:?}");
+        ensure!(
+            t.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+    s.close().await?;
+    Ok(())
+}
+
+async fn cwd_round_trip(env: Env) -> anyhow::Result<()> {
+    let mut s = open(&env.target()).await?;
+    ok(&mut s, "cd /tmp").await?;
+    let r = s.run("pwd", RunOptions::default()).await?;
+    ensure!(r.output == "/tmp" && r.cwd == "/tmp", "{r:?}");
+    // No bash in the busybox image: the transport fell back to /bin/sh.
+    let out = ok(&mut s, "echo ${BASH_VERSION:-none} $0").await?;
+    ensure!(out == "none /bin/sh", "{out:?}");
+    s.close().await?;
+    Ok(())
+}
+
+async fn lost_mid_command(env: Env, tag: &str, action: &[&str]) -> anyhow::Result<()> {
+    let scratch = Scratch::start(&env, tag)?;
+    let name = scratch.0.clone();
+    let mut s = open(&format!("docker:{name}")).await?;
+    ensure!(ok(&mut s, "echo up").await? == "up");
+    let mut args: Vec<String> = action.iter().map(|a| a.to_string()).collect();
+    args.push(name.clone());
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            docker_cli(&args).map(|_| ())
+        })
+        .await
+        .context("join")?
+    });
+    let t = Instant::now();
+    let r = s
+        .run(
+            "echo started; sleep 60",
+            RunOptions::timeout(Duration::from_secs(90)),
+        )
+        .await?;
+    let took = t.elapsed();
+    killer.await??;
+    ensure!(
+        r.session_lost && r.exit_code.is_none() && !r.timed_out,
+        "{r:?}"
+    );
+    let want = format!("container {name} is not running");
+    ensure!(
+        r.error.as_deref().is_some_and(|e| e.contains(&want)),
+        "error should say {want:?}: {r:?}"
+    );
+    ensure!(took < Duration::from_secs(10), "detected after {took:?}");
+    // The next command reports the loss again, quickly, instead of hanging.
+    let t = Instant::now();
+    let r = s
+        .run("echo again", RunOptions::timeout(Duration::from_secs(30)))
+        .await?;
+    ensure!(r.session_lost && r.error.is_some(), "{r:?}");
+    ensure!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    let _ = s.close().await;
+    drop(scratch);
+    Ok(())
+}
+
+async fn stopped_container_is_session_lost(env: Env) -> anyhow::Result<()> {
+    lost_mid_command(env, "stop", &["stop", "-t", "1"]).await
+}
+
+async fn removed_container_is_session_lost(env: Env) -> anyhow::Result<()> {
+    lost_mid_command(env, "rm", &["rm", "-f"]).await
+}
+
+async fn drop_leaves_no_process(env: Env) -> anyhow::Result<()> {
+    let target = env.target();
+    let mut s = open(&target).await?;
+    ok(
+        &mut s,
+        "sleep 300 >/dev/null 2>&1 & (sleep 301 >/dev/null 2>&1 &)",
+    )
+    .await?;
+    let marker = s.marker().to_string();
+    let before = marked(&target, &marker).await?;
+    ensure!(before.len() >= 3, "setup: {before:?}");
+    drop(s);
+    let left = leaked(&target, &marker).await?;
+    ensure!(left.is_empty(), "survived drop: {left:?}");
+    Ok(())
+}
+
+async fn dropped_run_leaves_no_process(env: Env) -> anyhow::Result<()> {
+    let target = env.target();
+    let mut s = open(&target).await?;
+    let marker = s.marker().to_string();
+    // The caller gives up on a running command (its future is dropped),
+    // then drops the session.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(800),
+        s.run("sleep 30", RunOptions::default()),
+    )
+    .await;
+    ensure!(gave_up.is_err(), "sleep 30 finished? {gave_up:?}");
+    ensure!(
+        marked(&target, &marker)
+            .await?
+            .iter()
+            .any(|(_, c)| c.starts_with("sleep 30")),
+        "setup: sleep 30 not running"
+    );
+    drop(s);
+    let left = leaked(&target, &marker).await?;
+    ensure!(left.is_empty(), "survived drop: {left:?}");
+    Ok(())
+}
+
+async fn timed_out_sleep_leaves_no_process(env: Env) -> anyhow::Result<()> {
+    let target = env.target();
+    let mut s = open(&target).await?;
+    let marker = s.marker().to_string();
+    let shell_pid: u32 = ok(&mut s, "echo $$").await?.trim().parse()?;
+    let r = s
+        .run("sleep 30", RunOptions::timeout(Duration::from_secs(1)))
+        .await?;
+    ensure!(r.timed_out, "{r:?}");
+    let left = leaked_but(&target, &marker, &[shell_pid]).await?;
+    ensure!(left.is_empty(), "survived the timeout: {left:?}");
+    s.close().await?;
+    ensure!(leaked(&target, &marker).await?.is_empty(), "survived close");
+    Ok(())
+}
+
+/// The owner died without closing (`kill -9`): the shell lives on in the
+/// container until gc kills it through the registry by its marker.
+async fn orphaned_session_is_cleaned_by_gc(env: Env) -> anyhow::Result<()> {
+    let target = env.target();
+    let mut s = open(&target).await?;
+    ok(&mut s, "sleep 300 >/dev/null 2>&1 &").await?;
+    let marker = s.marker().to_string();
+    // As if the process had been killed: nothing runs the cleanup.
+    std::mem::forget(s);
+    ensure!(
+        marked(&target, &marker).await?.len() >= 2,
+        "setup: the orphaned shell is not running"
+    );
+    let dir = std::env::temp_dir().join(format!("execkit-docker-gc-{}", std::process::id()));
+    let rec = SessionRecord {
+        owner_pid: u32::MAX - 7,
+        ..SessionRecord::new(&marker, &target)
+    };
+    sessions::write_record_in(&dir, &rec)?;
+    let report = sessions::gc_in(&dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    ensure!(
+        report.cleaned.len() == 1 && report.failed.is_empty(),
+        "{report:?}"
+    );
+    let left = leaked(&target, &marker).await?;
+    ensure!(left.is_empty(), "survived gc: {left:?}");
+    Ok(())
+}
+
+async fn remote_engine_over_tcp(env: Env) -> anyhow::Result<()> {
+    let tcp = env.tcp.as_deref().context("no tcp")?;
+    let target = format!("docker://{tcp}/{}", env.container);
+    let mut s = open(&target).await?;
+    ok(&mut s, "cd /tmp").await?;
+    let r = s.run("pwd", RunOptions::default()).await?;
+    ensure!(r.output == "/tmp" && r.cwd == "/tmp", "{r:?}");
+    let out = ok(&mut s, "printf '\\001\\002abc'; echo def").await?;
+    ensure!(out == "abcdef", "{out:?}");
+    ok(&mut s, "sleep 300 >/dev/null 2>&1 &").await?;
+    let marker = s.marker().to_string();
+    s.close().await?;
+    let left = leaked(&env.target(), &marker).await?;
+    ensure!(left.is_empty(), "survived close over tcp: {left:?}");
+    Ok(())
+}
+
+fn unreachable(r: Result<Session, SessionError>) -> anyhow::Result<String> {
+    match r {
+        Err(SessionError::Transport(e @ TransportError::Unreachable { .. })) => {
+            let msg = e.to_string();
+            ensure!(!msg.contains('\n'), "not one line: {msg:?}");
+            Ok(msg)
+        }
+        other => bail!("expected Unreachable, got {other:?}"),
+    }
+}
+
+async fn unknown_container_is_unreachable(_env: Env) -> anyhow::Result<()> {
+    let name = format!("execkit-no-such-{}", std::process::id());
+    let msg = unreachable(Session::open(&format!("docker:{name}"), config()).await)?;
+    ensure!(msg.contains(&name), "{msg}");
+    let t = DockerTransport::new(&format!("docker:{name}"))?;
+    // Cleanup of a container that does not exist has nothing to do.
+    t.kill_matching("EXECKIT_SID=x").await?;
+    Ok(())
+}
+
+async fn unreachable_engine_is_unreachable(env: Env) -> anyhow::Result<()> {
+    // A loopback port nothing listens on.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let target = format!("docker://127.0.0.1:{port}/{}", env.container);
+    let t = Instant::now();
+    let msg = unreachable(Session::open(&target, config()).await)?;
+    ensure!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
+    ensure!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    let transport: Arc<dyn Transport> = Arc::new(DockerTransport::new(&target)?);
+    ensure!(
+        matches!(
+            transport.kill_matching("EXECKIT_SID=x").await,
+            Err(TransportError::Unreachable { .. })
+        ),
+        "gc must keep records of an unreachable engine"
+    );
+    Ok(())
+}

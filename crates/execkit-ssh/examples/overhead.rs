@@ -1,0 +1,94 @@
+//! Costs of an SSH session next to one-shot `ssh`: connect + first command,
+//! a second session on the shared connection, the warm round trip, and
+//! close.
+//!
+//! `cargo run --release -p execkit-ssh --example overhead -- URL [N]`
+//! (URL as `EXECKIT_TEST_SSH_URL`; defaults to that variable).
+
+use std::time::{Duration, Instant};
+
+use execkit_core::{RunOptions, Session, SessionConfig};
+
+fn median(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1000.0
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    execkit_ssh::register();
+    let mut args = std::env::args().skip(1);
+    let url = match args.next() {
+        Some(u) => u,
+        None => std::env::var("EXECKIT_TEST_SSH_URL")?,
+    };
+    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
+    let t = execkit_ssh::SshTarget::parse(&url)?;
+
+    let t0 = Instant::now();
+    let mut s = Session::open(&url, SessionConfig::default()).await?;
+    let first = s.run("true", RunOptions::default()).await?;
+    let connect_first = t0.elapsed();
+    anyhow::ensure!(first.exit_code == Some(0), "{first:?}");
+
+    let t1 = Instant::now();
+    let mut s2 = Session::open(&url, SessionConfig::default()).await?;
+    let second_open = t1.elapsed();
+    let conns = execkit_ssh::live_connections(&t);
+    let r = s2.run("true", RunOptions::default()).await?;
+    anyhow::ensure!(r.exit_code == Some(0), "{r:?}");
+
+    let mut rt = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = s.run("true", RunOptions::default()).await?;
+        rt.push(t.elapsed());
+        anyhow::ensure!(r.exit_code == Some(0), "{r:?}");
+    }
+    let t2 = Instant::now();
+    s2.close().await?;
+    let close = t2.elapsed();
+    s.close().await?;
+
+    // One-shot OpenSSH client, same host, key and known_hosts.
+    let identity = t.identity.clone().unwrap_or_default();
+    let known = t.known_hosts_path().unwrap_or_default();
+    let mut oneshot = Vec::new();
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        let st = std::process::Command::new("ssh")
+            .arg("-i")
+            .arg(&identity)
+            .arg("-p")
+            .arg(t.port.to_string())
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known.display()))
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+            .arg(format!("{}@{}", t.user, t.host))
+            .arg("true")
+            .stdin(std::process::Stdio::null())
+            .status()?;
+        oneshot.push(t0.elapsed());
+        anyhow::ensure!(st.success(), "ssh exited with {st}");
+    }
+
+    println!(
+        "connect + first command:            {:8.2} ms",
+        ms(connect_first)
+    );
+    println!(
+        "second session open (shared conn):  {:8.2} ms  (live connections: {conns})",
+        ms(second_open)
+    );
+    println!("warm round trip, {n} x true, median: {:8.3} ms", median(rt));
+    println!("session close (marker cleanup):     {:8.2} ms", ms(close));
+    println!(
+        "one-shot `ssh host true`, 20 x, median: {:8.2} ms",
+        median(oneshot)
+    );
+    Ok(())
+}

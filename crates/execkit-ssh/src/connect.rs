@@ -1,0 +1,425 @@
+//! Establishing one authenticated SSH connection (blocking; runs on a
+//! blocking thread): TCP with a connect timeout, handshake, host-key
+//! verification against known_hosts, key and agent authentication.
+
+use std::io::Write as _;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use execkit_core::TransportError;
+use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, MethodType, Session};
+
+use crate::target::{home, HostKeyPolicy, SshTarget};
+
+/// How long a TCP connect, the handshake and authentication may each take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Host key algorithms in OpenSSH's default order, so the key we verify is
+/// the one OpenSSH would have recorded in known_hosts.
+const HOST_KEY_PREFS: &[&str] = &[
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+    "ssh-rsa",
+];
+
+/// Environment variable holding the passphrase of an encrypted identity.
+pub const PASSPHRASE_VAR: &str = "EXECKIT_SSH_PASSPHRASE";
+
+/// A connected, verified and authenticated session (still blocking).
+pub(crate) struct Established {
+    pub session: Session,
+    pub stream: TcpStream,
+}
+
+impl std::fmt::Debug for Established {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Established").finish_non_exhaustive()
+    }
+}
+
+/// The session's view of the socket: the fd without ownership (the
+/// connection thread keeps the `TcpStream` and closes it last).
+struct BorrowedSocket(std::os::fd::RawFd);
+
+impl AsRawFd for BorrowedSocket {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.0
+    }
+}
+
+pub(crate) fn unreachable(target: &str, reason: impl Into<String>) -> TransportError {
+    TransportError::Unreachable {
+        target: target.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Connects, verifies the host key and authenticates.
+pub(crate) fn establish(t: &SshTarget, target: &str) -> Result<Established, TransportError> {
+    if let Some(id) = &t.identity {
+        if !id.is_file() {
+            return Err(unreachable(
+                target,
+                format!("identity file {} does not exist", id.display()),
+            ));
+        }
+    }
+    let stream = tcp_connect(t, target)?;
+    let mut session = Session::new()
+        .map_err(|e| unreachable(target, format!("cannot create an SSH session: {e}")))?;
+    // libssh2 uses the same fd; `stream` owns it and outlives the session.
+    session.set_tcp_stream(BorrowedSocket(stream.as_raw_fd()));
+    session.set_timeout(CONNECT_TIMEOUT.as_millis() as u32);
+    if let Ok(supported) = session.supported_algs(MethodType::HostKey) {
+        let prefs: Vec<&str> = HOST_KEY_PREFS
+            .iter()
+            .copied()
+            .filter(|a| supported.contains(a))
+            .collect();
+        if !prefs.is_empty() {
+            let _ = session.method_pref(MethodType::HostKey, &prefs.join(","));
+        }
+    }
+    session.handshake().map_err(|e| {
+        unreachable(
+            target,
+            format!("SSH handshake with {} failed: {}", t.addr(), e.message()),
+        )
+    })?;
+    verify_host_key(&session, t, target)?;
+    authenticate(&session, t, target)?;
+    session.set_keepalive(true, 15);
+    Ok(Established { session, stream })
+}
+
+fn tcp_connect(t: &SshTarget, target: &str) -> Result<TcpStream, TransportError> {
+    let addrs: Vec<_> = match (t.host.as_str(), t.port).to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            return Err(unreachable(
+                target,
+                format!("cannot resolve host `{}`: {}", t.host, dns_reason(&e)),
+            ))
+        }
+    };
+    if addrs.is_empty() {
+        return Err(unreachable(
+            target,
+            format!("cannot resolve host `{}`: no addresses", t.host),
+        ));
+    }
+    let mut last = String::new();
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                tune_socket(&s);
+                return Ok(s);
+            }
+            Err(e) => {
+                last = match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => {
+                        format!("connection refused by {}", t.addr())
+                    }
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => format!(
+                        "connection to {} timed out after {} s",
+                        t.addr(),
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
+                    _ => format!("cannot connect to {}: {e}", t.addr()),
+                }
+            }
+        }
+    }
+    Err(unreachable(target, last))
+}
+
+fn dns_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    // "failed to lookup address information: Name or service not known"
+    s.strip_prefix("failed to lookup address information: ")
+        .unwrap_or(&s)
+        .to_string()
+}
+
+/// TCP keepalive and a user timeout, so a peer that vanished without a FIN
+/// is noticed in about a minute even while we are only sending.
+fn tune_socket(s: &TcpStream) {
+    let fd = s.as_raw_fd();
+    let set = |level: libc::c_int, opt: libc::c_int, val: libc::c_int| {
+        // SAFETY: setsockopt on a valid socket with a c_int option value.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                opt,
+                (&val as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    #[cfg(target_os = "linux")]
+    {
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 30);
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
+        set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
+        set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 60_000);
+    }
+}
+
+/// `SHA256:<base64>` as OpenSSH prints host key fingerprints.
+pub(crate) fn fingerprint(session: &Session) -> String {
+    match session.host_key_hash(HashType::Sha256) {
+        Some(h) => format!("SHA256:{}", base64(h, false)),
+        None => "SHA256:?".to_string(),
+    }
+}
+
+fn key_kind(kind: HostKeyType) -> &'static str {
+    match kind {
+        HostKeyType::Rsa => "RSA",
+        HostKeyType::Dss => "DSA",
+        HostKeyType::Ecdsa256 | HostKeyType::Ecdsa384 | HostKeyType::Ecdsa521 => "ECDSA",
+        HostKeyType::Ed25519 => "ED25519",
+        _ => "unknown",
+    }
+}
+
+/// The algorithm name at the start of an SSH public key blob.
+fn key_algorithm(blob: &[u8]) -> Option<&str> {
+    let len = u32::from_be_bytes(blob.get(..4)?.try_into().ok()?) as usize;
+    std::str::from_utf8(blob.get(4..4 + len)?).ok()
+}
+
+fn verify_host_key(session: &Session, t: &SshTarget, target: &str) -> Result<(), TransportError> {
+    let (key, kind) = session
+        .host_key()
+        .ok_or_else(|| unreachable(target, "the server sent no host key"))?;
+    let fp = fingerprint(session);
+    let kind = key_kind(kind);
+    let name = t.known_hosts_name();
+    let path = t.known_hosts_path();
+    let mut kh = session
+        .known_hosts()
+        .map_err(|e| unreachable(target, format!("cannot check host keys: {e}")))?;
+    let shown = path
+        .as_ref()
+        .map_or_else(|| "known_hosts".to_string(), |p| p.display().to_string());
+    if let Some(p) = &path {
+        load_known_hosts(&mut kh, p);
+    }
+    match kh.check_port(&t.host, t.port, key) {
+        CheckResult::Match => Ok(()),
+        CheckResult::Mismatch => Err(unreachable(
+            target,
+            format!(
+                "host key for {name} has CHANGED: the server offered {kind} key {fp}, \
+                 which does not match the one in {shown}; refusing to connect \
+                 (possible man-in-the-middle; remove the old entry if the change is expected)"
+            ),
+        )),
+        CheckResult::NotFound | CheckResult::Failure => match (t.host_key, &path) {
+            (HostKeyPolicy::AcceptNew, Some(p)) => {
+                let alg = key_algorithm(key)
+                    .ok_or_else(|| unreachable(target, "the server's host key is malformed"))?;
+                let line = format!("{name} {alg} {}\n", base64(key, true));
+                append_known_host(p, &line).map_err(|e| {
+                    unreachable(
+                        target,
+                        format!("cannot record the host key of {name} in {shown}: {e}"),
+                    )
+                })?;
+                tracing::info!("recorded {kind} host key {fp} of {name} in {shown}");
+                Ok(())
+            }
+            _ => Err(unreachable(
+                target,
+                format!(
+                    "host {name} is not in {shown}: the server offered {kind} key {fp}; \
+                     refusing to connect (verify the fingerprint and add the key to \
+                     known_hosts, or opt in with host_key=accept_new)"
+                ),
+            )),
+        },
+    }
+}
+
+/// Loads known_hosts line by line so one line libssh2 cannot parse (an
+/// unsupported key type, a marker) does not hide the others.
+fn load_known_hosts(kh: &mut ssh2::KnownHosts, path: &Path) {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('@') {
+            continue;
+        }
+        let _ = kh.read_str(line, KnownHostFileKind::OpenSSH);
+    }
+}
+
+fn append_known_host(path: &Path, line: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+            }
+        }
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    f.write_all(line.as_bytes())
+}
+
+fn authenticate(session: &Session, t: &SshTarget, target: &str) -> Result<(), TransportError> {
+    let user = &t.user;
+    let passphrase = std::env::var(PASSPHRASE_VAR).ok().filter(|p| !p.is_empty());
+    let mut tried: Vec<String> = Vec::new();
+    let try_key = |path: &Path, tried: &mut Vec<String>| -> bool {
+        match session.userauth_pubkey_file(user, None, path, passphrase.as_deref()) {
+            Ok(()) if session.authenticated() => true,
+            Ok(()) => {
+                tried.push(format!("key {} (not accepted)", path.display()));
+                false
+            }
+            Err(e) => {
+                let why = match e.code() {
+                    ssh2::ErrorCode::Session(-18) | ssh2::ErrorCode::Session(-19) => {
+                        "not accepted by the server".to_string()
+                    }
+                    ssh2::ErrorCode::Session(-16) | ssh2::ErrorCode::Session(-48)
+                        if passphrase.is_none() =>
+                    {
+                        format!(
+                            "cannot read it ({}; if it is encrypted, set {PASSPHRASE_VAR})",
+                            e.message()
+                        )
+                    }
+                    _ => e.message().to_string(),
+                };
+                tried.push(format!("key {}: {why}", path.display()));
+                false
+            }
+        }
+    };
+    if let Some(id) = &t.identity {
+        if try_key(id, &mut tried) {
+            return Ok(());
+        }
+    }
+    match try_agent(session, user) {
+        Ok(true) => return Ok(()),
+        Ok(false) => tried.push("ssh-agent: no identity accepted".into()),
+        Err(e) => tried.push(format!("ssh-agent: {e}")),
+    }
+    if t.identity.is_none() {
+        for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+            let Some(p) = home().map(|h| h.join(".ssh").join(name)) else {
+                break;
+            };
+            if p.is_file() && try_key(&p, &mut tried) {
+                return Ok(());
+            }
+        }
+    }
+    Err(unreachable(
+        target,
+        format!(
+            "authentication failed for {user}@{} (tried {})",
+            t.addr(),
+            tried.join("; ")
+        ),
+    ))
+}
+
+fn try_agent(session: &Session, user: &str) -> Result<bool, String> {
+    if std::env::var_os("SSH_AUTH_SOCK").is_none_or(|s| s.is_empty()) {
+        return Err("not running (SSH_AUTH_SOCK is unset)".into());
+    }
+    let mut agent = session.agent().map_err(|e| e.message().to_string())?;
+    agent.connect().map_err(|e| e.message().to_string())?;
+    agent
+        .list_identities()
+        .map_err(|e| e.message().to_string())?;
+    let ids = agent.identities().map_err(|e| e.message().to_string())?;
+    if ids.is_empty() {
+        let _ = agent.disconnect();
+        return Err("no identities".into());
+    }
+    let mut ok = false;
+    for id in &ids {
+        if agent.userauth(user, id).is_ok() && session.authenticated() {
+            ok = true;
+            break;
+        }
+    }
+    let _ = agent.disconnect();
+    Ok(ok)
+}
+
+/// Standard base64 (with or without `=` padding).
+pub(crate) fn base64(data: &[u8], pad: bool) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = [
+            T[(n >> 18) as usize & 63],
+            T[(n >> 12) as usize & 63],
+            T[(n >> 6) as usize & 63],
+            T[n as usize & 63],
+        ];
+        let keep = chunk.len() + 1;
+        for (i, c) in chars.iter().enumerate() {
+            if i < keep {
+                out.push(*c as char);
+            } else if pad {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b"", true), "");
+        assert_eq!(base64(b"f", true), "Zg==");
+        assert_eq!(base64(b"fo", true), "Zm8=");
+        assert_eq!(base64(b"foo", true), "Zm9v");
+        assert_eq!(base64(b"foob", false), "Zm9vYg");
+        assert_eq!(base64(b"fooba", false), "Zm9vYmE");
+    }
+
+    #[test]
+    fn key_algorithm_from_blob() {
+        let mut blob = vec![0, 0, 0, 11];
+        blob.extend_from_slice(b"ssh-ed25519");
+        blob.extend_from_slice(&[0, 0, 0, 32]);
+        assert_eq!(key_algorithm(&blob), Some("ssh-ed25519"));
+        assert_eq!(key_algorithm(&[0, 0, 1]), None);
+        assert_eq!(key_algorithm(&[0, 0, 0, 9, b'x']), None);
+    }
+}

@@ -1,0 +1,409 @@
+//! execkit transport `ssh`: a shell on a remote host over SSH (libssh2 via
+//! the `ssh2` crate).
+//!
+//! Target: `ssh://user@host[:port][?identity=PATH&known_hosts=PATH&host_key=accept_new]`.
+//!
+//! - Host keys are verified against known_hosts (default
+//!   `~/.ssh/known_hosts`); an unknown or changed key is refused with its
+//!   SHA256 fingerprint, unless `host_key=accept_new` (unknown keys only are
+//!   then recorded). Authentication: the identity file (passphrase from
+//!   `EXECKIT_SSH_PASSPHRASE`), then ssh-agent, then the default keys.
+//! - Each session is a PTY channel running `env EXECKIT_SID=… SHELL -i`
+//!   (servers refuse `setenv` without AcceptEnv). Sessions to the same
+//!   user@host:port share one authenticated connection, driven by one OS
+//!   thread (see `actor`); it closes with its last session.
+//! - Cleanup runs the portable marker-kill script on a second channel.
+
+mod actor;
+mod connect;
+mod pool;
+mod target;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use execkit_core::protocol::shell_quote;
+use execkit_core::{
+    ShellEvent, ShellProcess, Size, SpawnSpec, Transport, TransportError, TransportInfo,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use actor::{Conn, OpenError, Req, HIGH_WATER};
+pub use connect::PASSPHRASE_VAR;
+pub use pool::live_connections;
+pub use target::{HostKeyPolicy, SshTarget};
+
+/// How long marker cleanup may take before `terminate` gives up on it.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The `ssh` transport for one target.
+#[derive(Debug)]
+pub struct SshTransport {
+    target: String,
+    parsed: SshTarget,
+}
+
+impl SshTransport {
+    /// Parses an `ssh://` target (no network access).
+    pub fn new(target: &str) -> Result<Self, TransportError> {
+        Ok(SshTransport {
+            target: target.to_string(),
+            parsed: SshTarget::parse(target)?,
+        })
+    }
+
+    /// The parsed target.
+    pub fn parsed(&self) -> &SshTarget {
+        &self.parsed
+    }
+}
+
+/// The remote command that starts the session shell. It runs under the
+/// user's login shell (`$SHELL -c`), so it must be plain POSIX sh.
+fn shell_command(spec: &SpawnSpec) -> String {
+    let mut s = String::new();
+    s.push_str("unset");
+    for v in execkit_core::shell::STRIP_ENV {
+        s.push(' ');
+        s.push_str(v);
+    }
+    s.push_str(" 2>/dev/null; ");
+    if let Some(cwd) = &spec.cwd {
+        s.push_str(&format!(
+            "cd {} || exit 1; ",
+            shell_quote(&cwd.to_string_lossy())
+        ));
+    }
+    let mut env = String::from("env");
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            continue;
+        }
+        env.push(' ');
+        env.push_str(&shell_quote(&format!("{k}={v}")));
+    }
+    let argv = |shell: &str| -> String {
+        execkit_core::shell::startup_argv(shell, spec.load_profile)
+            .iter()
+            .map(|a| shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    match &spec.shell {
+        Some(sh) => s.push_str(&format!("exec {env} {}", argv(sh))),
+        None => s.push_str(&format!(
+            "if command -v bash >/dev/null 2>&1; then exec {env} {}; else exec {env} {}; fi",
+            argv("bash"),
+            argv("/bin/sh")
+        )),
+    }
+    s
+}
+
+fn log_cleanup(out: &actor::ExecOutput) {
+    if out.status != execkit_core::ExitStatus::Code(0) {
+        tracing::warn!(
+            "marker cleanup {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.output).trim()
+        );
+    }
+}
+
+/// The marker-kill command run on a second channel (core's portable
+/// script, under `sh` whatever the login shell is).
+fn kill_command(entry: &str) -> String {
+    format!(
+        "exec sh -c {} 2>&1",
+        shell_quote(&execkit_core::shell::kill_matching_script(entry))
+    )
+}
+
+#[async_trait]
+impl Transport for SshTransport {
+    fn target(&self) -> &str {
+        &self.target
+    }
+
+    async fn spawn(&self, spec: &SpawnSpec) -> Result<Box<dyn ShellProcess>, TransportError> {
+        let command = shell_command(spec);
+        let mut last = String::new();
+        for _ in 0..32 {
+            let conn = pool::get(&self.parsed, &self.target).await?;
+            let (events_tx, events_rx) = mpsc::unbounded_channel();
+            let inflight = Arc::new(AtomicUsize::new(0));
+            let id = conn.next_id();
+            let (reply, rx) = oneshot::channel();
+            let sent = conn.send(Req::OpenShell {
+                id,
+                command: command.clone(),
+                size: spec.size,
+                events: events_tx,
+                inflight: inflight.clone(),
+                reply,
+            });
+            let result = match sent {
+                Ok(()) => rx
+                    .await
+                    .unwrap_or_else(|_| Err(OpenError::Lost(conn.lost_message()))),
+                Err(m) => Err(OpenError::Lost(m)),
+            };
+            match result {
+                Ok(()) => {
+                    return Ok(Box::new(SshShell {
+                        target: self.target.clone(),
+                        parsed: self.parsed.clone(),
+                        conn,
+                        id,
+                        events: tokio::sync::Mutex::new(events_rx),
+                        end: Mutex::new(None),
+                        inflight,
+                        marker_entry: spec.marker_entry(),
+                        closed: AtomicBool::new(false),
+                    }))
+                }
+                Err(OpenError::Refused(m)) => {
+                    last = format!("the server refused a new session channel: {m}");
+                    // MaxSessions reached: the next try gets another connection.
+                    if !conn.shared.refused() {
+                        break;
+                    }
+                }
+                Err(OpenError::Lost(m)) => last = m,
+                Err(OpenError::Failed(m)) => {
+                    return Err(TransportError::Spawn {
+                        target: self.target.clone(),
+                        reason: m,
+                    })
+                }
+            }
+        }
+        Err(TransportError::Spawn {
+            target: self.target.clone(),
+            reason: last,
+        })
+    }
+
+    async fn kill_matching(&self, entry: &str) -> Result<(), TransportError> {
+        let cmd = kill_command(entry);
+        let out = pool::exec(&self.parsed, &self.target, None, &cmd).await?;
+        log_cleanup(&out);
+        Ok(())
+    }
+}
+
+/// A shell on a PTY channel of a shared connection.
+#[derive(Debug)]
+pub struct SshShell {
+    target: String,
+    parsed: SshTarget,
+    conn: Arc<Conn>,
+    id: u64,
+    events: tokio::sync::Mutex<mpsc::UnboundedReceiver<ShellEvent>>,
+    /// The final event (`Exited`/`Lost`), repeated once seen.
+    end: Mutex<Option<ShellEvent>>,
+    inflight: Arc<AtomicUsize>,
+    marker_entry: String,
+    closed: AtomicBool,
+}
+
+impl SshShell {
+    fn ended(&self) -> Option<ShellEvent> {
+        self.end.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_end(&self, e: ShellEvent) -> ShellEvent {
+        let mut g = self.end.lock().unwrap_or_else(|e| e.into_inner());
+        g.get_or_insert(e).clone()
+    }
+
+    async fn request(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<(), String>>) -> Req,
+    ) -> Result<(), TransportError> {
+        let (done, rx) = oneshot::channel();
+        self.conn.send(make(done)).map_err(TransportError::Lost)?;
+        match rx.await {
+            Ok(r) => r.map_err(TransportError::Lost),
+            Err(_) => Err(TransportError::Lost(self.conn.lost_message())),
+        }
+    }
+
+    async fn cleanup(&self, entry: &str) -> Result<(), TransportError> {
+        let cmd = kill_command(entry);
+        match tokio::time::timeout(
+            CLEANUP_TIMEOUT,
+            pool::exec(&self.parsed, &self.target, Some(&self.conn), &cmd),
+        )
+        .await
+        {
+            Ok(r) => r.map(|out| log_cleanup(&out)),
+            Err(_) => Err(TransportError::Lost(format!(
+                "marker cleanup on {} did not finish within {} s",
+                self.conn.label,
+                CLEANUP_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl ShellProcess for SshShell {
+    async fn write(&self, data: &[u8]) -> Result<(), TransportError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let id = self.id;
+        let data = data.to_vec();
+        self.request(|done| Req::Write { id, data, done }).await
+    }
+
+    async fn read(&self) -> ShellEvent {
+        if let Some(e) = self.ended() {
+            return e;
+        }
+        let mut rx = self.events.lock().await;
+        if let Some(e) = self.ended() {
+            return e;
+        }
+        match rx.recv().await {
+            Some(ShellEvent::Output(b)) => {
+                let before = self.inflight.fetch_sub(b.len(), Ordering::Relaxed);
+                if before >= HIGH_WATER && before - b.len() < HIGH_WATER {
+                    self.conn.wake();
+                }
+                ShellEvent::Output(b)
+            }
+            Some(e) => self.set_end(e),
+            None => self.set_end(ShellEvent::Lost(self.conn.lost_message())),
+        }
+    }
+
+    async fn resize(&self, size: Size) -> Result<(), TransportError> {
+        let id = self.id;
+        self.request(|done| Req::Resize { id, size, done }).await
+    }
+
+    async fn kill_matching(&self, entry: &str) -> Result<(), TransportError> {
+        self.cleanup(entry).await
+    }
+
+    async fn terminate(&self) -> Result<(), TransportError> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let entry = self.marker_entry.clone();
+        let r = if self.conn.is_lost() {
+            // The processes may still run if only the connection dropped:
+            // try once on a fresh connection, briefly.
+            match tokio::time::timeout(Duration::from_secs(5), self.cleanup(&entry)).await {
+                Ok(Err(e)) => tracing::debug!("cleanup after loss failed: {e}"),
+                Err(_) => tracing::debug!("cleanup after loss timed out"),
+                Ok(Ok(())) => {}
+            }
+            Ok(())
+        } else {
+            self.cleanup(&entry).await
+        };
+        let _ = self.conn.send(Req::Close { id: self.id });
+        r
+    }
+}
+
+impl Drop for SshShell {
+    fn drop(&mut self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Best effort, without blocking the caller: a thread runs the
+        // cleanup and then closes the channel (it holds the connection open
+        // until then).
+        let conn = self.conn.clone();
+        let parsed = self.parsed.clone();
+        let target = self.target.clone();
+        let id = self.id;
+        let cmd = kill_command(&self.marker_entry);
+        let spawned = std::thread::Builder::new()
+            .name("execkit-ssh cleanup".into())
+            .spawn(move || {
+                if let Err(e) = pool::exec_blocking(&parsed, &target, &conn, &cmd) {
+                    tracing::debug!("cleanup of a dropped ssh session failed: {e}");
+                }
+                let _ = conn.send(Req::Close { id });
+            });
+        if spawned.is_err() {
+            let _ = self.conn.send(Req::Close { id: self.id });
+        }
+    }
+}
+
+fn connect(target: &str) -> Result<Arc<dyn Transport>, TransportError> {
+    Ok(Arc::new(SshTransport::new(target)?))
+}
+
+const INFO_VALUE: TransportInfo = TransportInfo {
+    scheme: "ssh",
+    summary: "a shell on a remote host over SSH (host keys verified, key/agent auth)",
+    example: "ssh://user@host:22?identity=~/.ssh/id_ed25519",
+    connect,
+};
+
+/// Registration record of this transport.
+pub static INFO: TransportInfo = INFO_VALUE;
+
+inventory::submit!(INFO_VALUE);
+
+/// Registers the `ssh` transport explicitly (link-time registration
+/// already does this when the crate is linked and referenced).
+pub fn register() {
+    execkit_core::register(&INFO);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_quotes_env_and_picks_a_shell() {
+        let spec = SpawnSpec::new("m1").env("A", "it's");
+        let c = shell_command(&spec);
+        assert!(c.starts_with("unset ENV BASH_ENV"), "{c}");
+        assert!(c.contains("'EXECKIT_SID=m1'"), "{c}");
+        assert!(c.contains(r#"'A=it'\''s'"#), "{c}");
+        assert!(
+            c.contains("'bash' '--norc' '--noprofile' '--noediting' '-i'"),
+            "{c}"
+        );
+        assert!(c.contains("'/bin/sh' '-i'"), "{c}");
+        let c = shell_command(&SpawnSpec::new("m").shell(Some("/bin/dash".into())));
+        assert!(c.ends_with("'/bin/dash' '-i'"), "{c}");
+    }
+
+    #[test]
+    fn kill_command_kills_marked_processes() {
+        let marker = format!("EXECKIT_SID=killtest{}", std::process::id());
+        let (k, v) = marker.split_once('=').unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .env(k, v)
+            .spawn()
+            .unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(kill_command(&marker))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let st = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(st.signal(), Some(9), "{st:?}");
+    }
+
+    #[test]
+    fn connect_parses_only() {
+        assert!(connect("ssh://u@h.invalid:2222").is_ok());
+        assert!(connect("ssh://u@h?bogus=1").is_err());
+    }
+}

@@ -1,0 +1,274 @@
+//! Parsing `ssh://user@host[:port][?identity=PATH&known_hosts=PATH&host_key=accept_new]`.
+
+use std::path::PathBuf;
+
+use execkit_core::TransportError;
+
+/// What to do with a host key that is not in `known_hosts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HostKeyPolicy {
+    /// Unknown and changed keys are refused.
+    Strict,
+    /// Unknown keys are recorded and trusted; changed keys are refused.
+    AcceptNew,
+}
+
+/// A parsed `ssh://` target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    /// Login name.
+    pub user: String,
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Private key to authenticate with.
+    pub identity: Option<PathBuf>,
+    /// known_hosts file (default `~/.ssh/known_hosts`).
+    pub known_hosts: Option<PathBuf>,
+    /// Host key policy.
+    pub host_key: HostKeyPolicy,
+}
+
+impl SshTarget {
+    /// Parses a target; never touches the network or the file system.
+    pub fn parse(target: &str) -> Result<Self, TransportError> {
+        let invalid = |reason: String| TransportError::InvalidTarget {
+            target: target.to_string(),
+            reason,
+        };
+        let rest = match target.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("ssh") => rest,
+            _ => {
+                return Err(invalid(
+                    "expected ssh://user@host[:port][?identity=PATH&known_hosts=PATH&host_key=accept_new]"
+                        .into(),
+                ))
+            }
+        };
+        if rest.contains('\0') {
+            return Err(invalid("the target contains a NUL byte".into()));
+        }
+        let (authority, query) = match rest.split_once('?') {
+            Some((a, q)) => (a, Some(q)),
+            None => (rest, None),
+        };
+        let authority = authority.strip_suffix('/').unwrap_or(authority);
+        if authority.contains('/') {
+            return Err(invalid("a path after the host is not supported".into()));
+        }
+        let (user, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(percent_decode(u).map_err(&invalid)?), h),
+            None => (None, authority),
+        };
+        let user = match user {
+            Some(u) if u.is_empty() => return Err(invalid("empty user name before `@`".into())),
+            Some(u) => u,
+            None => std::env::var("USER")
+                .ok()
+                .filter(|u| !u.is_empty())
+                .ok_or_else(|| invalid("no user name (write ssh://USER@HOST)".into()))?,
+        };
+        let (host, port) = if let Some(after) = hostport.strip_prefix('[') {
+            let (h, tail) = after
+                .split_once(']')
+                .ok_or_else(|| invalid("unclosed `[` in the host".into()))?;
+            let port = match tail {
+                "" => None,
+                t => Some(
+                    t.strip_prefix(':')
+                        .ok_or_else(|| invalid(format!("unexpected `{t}` after the host")))?,
+                ),
+            };
+            (h.to_string(), port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (hostport.to_string(), None),
+            }
+        };
+        if host.is_empty() {
+            return Err(invalid("no host name".into()));
+        }
+        if host
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '@')
+        {
+            return Err(invalid(format!("`{host}` is not a host name")));
+        }
+        let port = match port {
+            None => 22,
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(invalid(format!("`{p}` is not a port number"))),
+            },
+        };
+        let mut t = SshTarget {
+            user,
+            host,
+            port,
+            identity: None,
+            known_hosts: None,
+            host_key: HostKeyPolicy::Strict,
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_decode(v).map_err(&invalid)?;
+            match k {
+                "identity" | "identity_file" => {
+                    if v.is_empty() {
+                        return Err(invalid("identity= needs a path".into()));
+                    }
+                    t.identity = Some(expand_home(&v));
+                }
+                "known_hosts" => {
+                    if v.is_empty() {
+                        return Err(invalid("known_hosts= needs a path".into()));
+                    }
+                    t.known_hosts = Some(expand_home(&v));
+                }
+                "host_key" => {
+                    t.host_key = match v.as_str() {
+                        "accept_new" | "accept-new" => HostKeyPolicy::AcceptNew,
+                        "strict" | "yes" => HostKeyPolicy::Strict,
+                        other => {
+                            return Err(invalid(format!(
+                                "host_key={other} is not supported (use host_key=accept_new)"
+                            )))
+                        }
+                    }
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "unknown parameter `{other}` (known: identity, known_hosts, host_key)"
+                    )))
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    /// `host:port` for messages.
+    pub fn addr(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The host as known_hosts names it: `host`, or `[host]:port` off port 22.
+    pub fn known_hosts_name(&self) -> String {
+        if self.port == 22 {
+            self.host.clone()
+        } else {
+            format!("[{}]:{}", self.host, self.port)
+        }
+    }
+
+    /// The known_hosts file in use.
+    pub fn known_hosts_path(&self) -> Option<PathBuf> {
+        self.known_hosts
+            .clone()
+            .or_else(|| home().map(|h| h.join(".ssh/known_hosts")))
+    }
+}
+
+pub(crate) fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+}
+
+fn expand_home(p: &str) -> PathBuf {
+    match (p.strip_prefix("~/"), home()) {
+        (Some(rest), Some(h)) => h.join(rest),
+        _ => PathBuf::from(p),
+    }
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent escape in `{s}`"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    let out = String::from_utf8(out).map_err(|_| format!("`{s}` is not UTF-8 once decoded"))?;
+    if out.contains('\0') {
+        return Err("a parameter contains a NUL byte".into());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_targets() {
+        let t = SshTarget::parse(
+            "ssh://root@127.0.0.1:2222?identity=/tmp/k%20ey&known_hosts=/tmp/kh&host_key=accept_new",
+        )
+        .unwrap();
+        assert_eq!(t.user, "root");
+        assert_eq!(t.host, "127.0.0.1");
+        assert_eq!(t.port, 2222);
+        assert_eq!(
+            t.identity.as_deref(),
+            Some(std::path::Path::new("/tmp/k ey"))
+        );
+        assert_eq!(
+            t.known_hosts.as_deref(),
+            Some(std::path::Path::new("/tmp/kh"))
+        );
+        assert_eq!(t.host_key, HostKeyPolicy::AcceptNew);
+        assert_eq!(t.known_hosts_name(), "[127.0.0.1]:2222");
+        assert_eq!(t.addr(), "127.0.0.1:2222");
+    }
+
+    #[test]
+    fn defaults_and_ipv6() {
+        let t = SshTarget::parse("ssh://u@example.com").unwrap();
+        assert_eq!((t.port, t.host_key), (22, HostKeyPolicy::Strict));
+        assert_eq!(t.known_hosts_name(), "example.com");
+        let t = SshTarget::parse("ssh://u@[::1]:2200").unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 2200));
+        assert_eq!(t.addr(), "[::1]:2200");
+    }
+
+    #[test]
+    fn rejects_bad_targets() {
+        for bad in [
+            "ssh://",
+            "ssh://u@",
+            "ssh://@h",
+            "ssh://u@h:0",
+            "ssh://u@h:99999",
+            "ssh://u@h:x",
+            "ssh://u@h/path",
+            "ssh://u@h?nope=1",
+            "ssh://u@h?host_key=trust_all",
+            "ssh://u@h?identity=",
+            "ssh://u@[::1",
+            "ssh:u@h",
+        ] {
+            let e = SshTarget::parse(bad);
+            assert!(
+                matches!(e, Err(TransportError::InvalidTarget { .. })),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! SSH-only cases against the test sshd that `cargo xtask test` provisions
+//! (`EXECKIT_TEST_SSH_*`). Without it every case returns early (skipped);
+//! under `CI=true` a missing sshd is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use execkit_core::{RunOptions, Session, SessionConfig, SessionError, TransportError};
+use execkit_ssh::SshTarget;
+
+struct Env {
+    url: String,
+    target: SshTarget,
+    dir: PathBuf,
+}
+
+fn env() -> Option<Env> {
+    execkit_ssh::register();
+    let url = std::env::var("EXECKIT_TEST_SSH_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let Some(url) = url else {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("no test sshd (EXECKIT_TEST_SSH_URL) under CI=true; run cargo xtask test");
+        }
+        eprintln!("skipped: no test sshd; run cargo xtask test");
+        return None;
+    };
+    let dir = PathBuf::from(std::env::var("EXECKIT_TEST_SSH_DIR").expect("EXECKIT_TEST_SSH_DIR"));
+    let target = SshTarget::parse(&url).expect("test URL parses");
+    Some(Env { url, target, dir })
+}
+
+impl Env {
+    fn url_with(&self, identity: &Path, known_hosts: &Path, extra: &str) -> String {
+        format!(
+            "ssh://{}@{}:{}?identity={}&known_hosts={}{extra}",
+            self.target.user,
+            self.target.host,
+            self.target.port,
+            identity.display(),
+            known_hosts.display()
+        )
+    }
+
+    fn key(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// A private copy of known_hosts, so the pool gives this test its own
+    /// connection.
+    fn own_known_hosts(&self, name: &str) -> PathBuf {
+        let p = scratch(name).join("known_hosts");
+        std::fs::copy(self.key("known_hosts"), &p).unwrap();
+        p
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("execkit-ssh-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn config() -> SessionConfig {
+    let mut c = SessionConfig::default();
+    c.spool_dir = std::env::temp_dir().join("execkit-ssh-test-spool");
+    c
+}
+
+async fn open(url: &str) -> Result<Session, SessionError> {
+    Session::open(url, config()).await
+}
+
+fn unreachable_reason(r: Result<Session, SessionError>) -> String {
+    match r {
+        Err(SessionError::Transport(TransportError::Unreachable { reason, .. })) => reason,
+        Err(e) => panic!("expected Unreachable, got {e:?}"),
+        Ok(_) => panic!("expected Unreachable, got a session"),
+    }
+}
+
+/// `SHA256:…` of a public key file, as OpenSSH prints it.
+fn fingerprint(pubkey: &Path) -> String {
+    let out = Command::new("ssh-keygen")
+        .args(["-l", "-E", "sha256", "-f"])
+        .arg(pubkey)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find(|w| w.starts_with("SHA256:"))
+        .unwrap_or_else(|| panic!("no fingerprint in {text:?}"))
+        .to_string()
+}
+
+async fn run_ok(s: &mut Session, cmd: &str) -> String {
+    let r = s
+        .run(cmd, RunOptions::timeout(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, Some(0), "{r:?}");
+    r.output
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_and_rsa_keys_work() {
+    let Some(e) = env() else { return };
+    let mut s = open(&e.url).await.unwrap();
+    assert_eq!(run_ok(&mut s, "echo ed25519").await, "ed25519");
+    s.close().await.unwrap();
+    let url = e.url_with(&e.key("user_rsa"), &e.own_known_hosts("rsa"), "");
+    let mut s = open(&url).await.unwrap();
+    assert_eq!(run_ok(&mut s, "echo rsa").await, "rsa");
+    s.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_is_refused() {
+    let Some(e) = env() else { return };
+    let url = e.url_with(&e.key("wrong_ed25519"), &e.key("known_hosts"), "");
+    let reason = unreachable_reason(open(&url).await);
+    assert!(reason.contains("authentication failed"), "{reason}");
+    assert!(reason.contains("wrong_ed25519"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_identity_is_a_clear_error() {
+    let Some(e) = env() else { return };
+    let url = e.url_with(Path::new("/nonexistent/key"), &e.key("known_hosts"), "");
+    let reason = unreachable_reason(open(&url).await);
+    assert!(
+        reason.contains("/nonexistent/key") && reason.contains("does not exist"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_host_key_is_refused_with_its_fingerprint() {
+    let Some(e) = env() else { return };
+    // known_hosts claims another key for this host:port.
+    let dir = scratch("mismatch");
+    let kh = dir.join("known_hosts");
+    let other = std::fs::read_to_string(e.key("wrong_ed25519.pub")).unwrap();
+    let mut f = other.split_whitespace();
+    std::fs::write(
+        &kh,
+        format!(
+            "[127.0.0.1]:{} {} {}\n",
+            e.target.port,
+            f.next().unwrap(),
+            f.next().unwrap()
+        ),
+    )
+    .unwrap();
+    let expected = fingerprint(&e.key("host_ed25519.pub"));
+    for extra in ["", "&host_key=accept_new"] {
+        let url = e.url_with(&e.key("user_ed25519"), &kh, extra);
+        let reason = unreachable_reason(open(&url).await);
+        assert!(reason.contains("CHANGED"), "{reason}");
+        assert!(reason.contains(&expected), "{reason} lacks {expected}");
+        assert!(
+            reason.contains(&format!("[127.0.0.1]:{}", e.target.port)),
+            "{reason}"
+        );
+    }
+    // Nothing was recorded.
+    assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_host_is_refused_unless_accept_new() {
+    let Some(e) = env() else { return };
+    let dir = scratch("accept-new");
+    let kh = dir.join("sub/known_hosts");
+    let expected = fingerprint(&e.key("host_ed25519.pub"));
+    let strict = e.url_with(&e.key("user_ed25519"), &kh, "");
+    let reason = unreachable_reason(open(&strict).await);
+    assert!(
+        reason.contains("is not in") && reason.contains(&expected),
+        "{reason}"
+    );
+    assert!(reason.contains("host_key=accept_new"), "{reason}");
+    assert!(!kh.exists(), "a refused key must not be recorded");
+
+    let url = e.url_with(&e.key("user_ed25519"), &kh, "&host_key=accept_new");
+    let mut s = open(&url).await.unwrap();
+    assert_eq!(run_ok(&mut s, "echo trusted").await, "trusted");
+    s.close().await.unwrap();
+    let text = std::fs::read_to_string(&kh).unwrap();
+    let host_pub = std::fs::read_to_string(e.key("host_ed25519.pub")).unwrap();
+    let key_b64 = host_pub.split_whitespace().nth(1).unwrap();
+    assert!(
+        text.contains(&format!(
+            "[127.0.0.1]:{} ssh-ed25519 {key_b64}",
+            e.target.port
+        )),
+        "{text}"
+    );
+    // Now known: a strict open succeeds with the same file.
+    let mut s = open(&strict).await.unwrap();
+    assert_eq!(run_ok(&mut s, "echo known").await, "known");
+    s.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_refused_and_dns_failure_are_clear() {
+    let Some(e) = env() else { return };
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!(
+        "ssh://{}@127.0.0.1:{port}?identity={}",
+        e.target.user,
+        e.key("user_ed25519").display()
+    );
+    let t = Instant::now();
+    let reason = unreachable_reason(open(&url).await);
+    assert!(reason.contains("connection refused"), "{reason}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+
+    let url = format!(
+        "ssh://{}@no-such-host.invalid:22?identity={}",
+        e.target.user,
+        e.key("user_ed25519").display()
+    );
+    let reason = unreachable_reason(open(&url).await);
+    assert!(
+        reason.contains("cannot resolve host `no-such-host.invalid`"),
+        "{reason}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_share_one_connection_that_closes_with_the_last() {
+    let Some(e) = env() else { return };
+    let kh = e.own_known_hosts("share");
+    let url = e.url_with(&e.key("user_ed25519"), &kh, "");
+    let t = SshTarget::parse(&url).unwrap();
+    let t0 = Instant::now();
+    let mut a = open(&url).await.unwrap();
+    let first = t0.elapsed();
+    let t1 = Instant::now();
+    let mut b = open(&url).await.unwrap();
+    let second = t1.elapsed();
+    eprintln!("first session open {first:?}, second (shared connection) {second:?}");
+    assert_eq!(execkit_ssh::live_connections(&t), 1);
+    assert_eq!(run_ok(&mut a, "echo a").await, "a");
+    assert_eq!(run_ok(&mut b, "echo b").await, "b");
+    // Both shells hang off the same sshd connection process.
+    let pa: u32 = run_ok(&mut a, "echo $PPID").await.parse().unwrap();
+    let pb: u32 = run_ok(&mut b, "echo $PPID").await.parse().unwrap();
+    assert_eq!(parent_of(pa), parent_of(pb), "different sshd connections");
+    a.close().await.unwrap();
+    assert_eq!(execkit_ssh::live_connections(&t), 1);
+    b.close().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while execkit_ssh::live_connections(&t) != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(execkit_ssh::live_connections(&t), 0);
+}
+
+/// Parent pid from /proc (the test sshd runs on this host).
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Local pids whose environment holds `entry` (the test sshd is local).
+fn marked(entry: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = d.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(d.path().join("environ")) {
+            if env.split(|b| *b == 0).any(|e| e == entry.as_bytes()) {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_session_leaves_no_process() {
+    let Some(e) = env() else { return };
+    let mut s = open(&e.url).await.unwrap();
+    run_ok(
+        &mut s,
+        "sleep 300 >/dev/null 2>&1 & (sleep 301 >/dev/null 2>&1 &)",
+    )
+    .await;
+    let entry = format!("EXECKIT_SID={}", s.marker());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while marked(&entry).len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(marked(&entry).len() >= 3, "setup: {:?}", marked(&entry));
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !marked(&entry).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        marked(&entry).is_empty(),
+        "survived drop: {:?}",
+        marked(&entry)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_megabytes_out_and_one_megabyte_in_do_not_deadlock() {
+    let Some(e) = env() else { return };
+    // Its own connection (a private known_hosts is a different pool key).
+    // Known issue, open: sharing the connection with other tests' channel
+    // churn makes libssh2 fail reading now and then (-41, "packet length
+    // out of bounds"); that is reported as a lost session, not a hang.
+    let url = e.url_with(&e.key("user_ed25519"), &e.own_known_hosts("bulk"), "");
+    let mut s = open(&url).await.unwrap();
+    let payload = "y".repeat(1 << 20);
+    let cmd = format!(
+        "printf %s '{payload}' | wc -c; head -c 20000000 /dev/zero | tr '\\000' x; echo; echo end"
+    );
+    let t = Instant::now();
+    let r = s
+        .run(&cmd, RunOptions::timeout(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    eprintln!("1 MB in + 20 MB out: {:?}", t.elapsed());
+    assert_eq!(
+        r.exit_code,
+        Some(0),
+        "{:?}",
+        (r.timed_out, r.session_lost, &r.error)
+    );
+    assert!(r.truncated);
+    assert!(
+        r.output.trim_start().starts_with("1048576"),
+        "{}",
+        &r.output[..80]
+    );
+    assert!(r.output.ends_with("end"));
+    let full = std::fs::metadata(r.output_path.as_ref().unwrap())
+        .unwrap()
+        .len();
+    assert!(full >= 20_000_000, "spooled {full} bytes");
+    assert_eq!(run_ok(&mut s, "echo still-alive").await, "still-alive");
+    s.close().await.unwrap();
+}
+
+/// A second, private sshd (same keys, own port and pidfile), stopped by PID.
+struct PrivateSshd {
+    child: Child,
+    port: u16,
+    known_hosts: PathBuf,
+}
+
+impl PrivateSshd {
+    fn start(e: &Env) -> PrivateSshd {
+        let base = std::env::var("EXECKIT_TEST_SSH_CONFIG").expect("EXECKIT_TEST_SSH_CONFIG");
+        let text = std::fs::read_to_string(base).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dir = scratch("private-sshd");
+        let config: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("Port ") {
+                    format!("Port {port}")
+                } else if l.starts_with("PidFile ") {
+                    format!("PidFile {}", dir.join("sshd.pid").display())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = dir.join("sshd_config");
+        std::fs::write(&cfg, config + "\n").unwrap();
+        let mut known = String::new();
+        for k in ["host_ed25519.pub", "host_rsa.pub"] {
+            let p = std::fs::read_to_string(e.key(k)).unwrap();
+            let mut f = p.split_whitespace();
+            known.push_str(&format!(
+                "[127.0.0.1]:{port} {} {}\n",
+                f.next().unwrap(),
+                f.next().unwrap()
+            ));
+        }
+        let known_hosts = dir.join("known_hosts");
+        std::fs::write(&known_hosts, known).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "private sshd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        PrivateSshd {
+            child,
+            port,
+            known_hosts,
+        }
+    }
+}
+
+impl Drop for PrivateSshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sshd_killed_mid_command_is_reported_promptly() {
+    let Some(e) = env() else { return };
+    let mut daemon = PrivateSshd::start(&e);
+    let url = format!(
+        "ssh://{}@127.0.0.1:{}?identity={}&known_hosts={}",
+        e.target.user,
+        daemon.port,
+        e.key("user_ed25519").display(),
+        daemon.known_hosts.display()
+    );
+    let mut s = open(&url).await.unwrap();
+    let shell: u32 = run_ok(&mut s, "echo $$").await.parse().unwrap();
+    // The sshd processes between the shell and our daemon serve this
+    // connection: kill them and the daemon, as a crashing server would go.
+    let listener = daemon.child.id();
+    let mut victims = vec![listener];
+    let mut p = parent_of(shell);
+    while p != listener {
+        assert!(
+            p > 1 && victims.len() < 5,
+            "shell {shell} is not under our sshd"
+        );
+        victims.push(p);
+        p = parent_of(p);
+    }
+    let killer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for pid in victims {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    });
+    let t = Instant::now();
+    let r = s
+        .run("sleep 30", RunOptions::timeout(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    killer.await.unwrap();
+    let took = t.elapsed();
+    let _ = daemon.child.wait();
+    assert!(r.session_lost && r.exit_code.is_none(), "{r:?}");
+    let msg = r.error.clone().unwrap_or_default();
+    assert_eq!(
+        msg,
+        format!("connection to 127.0.0.1:{} closed", daemon.port)
+    );
+    assert!(took < Duration::from_secs(5), "detected after {took:?}");
+    // The next command reports the loss again, quickly and clearly.
+    let t = Instant::now();
+    let r = s
+        .run("echo again", RunOptions::timeout(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(r.session_lost, "{r:?}");
+    assert!(r.error.unwrap_or_default().contains("connection refused"));
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let _ = s.close().await;
+}

@@ -1,0 +1,257 @@
+//! Test infrastructure for the `ssh` transport: a private `sshd` on a free
+//! loopback port with freshly generated host and user keys, its own config,
+//! pidfile and known_hosts. Stopped by PID after the tests.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::{apt_install, ci, Provision};
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+/// The build of `execkit-ssh` needs OpenSSL headers (`ssh2` links the
+/// system OpenSSL); install them when missing.
+pub(crate) fn ensure_build_deps() -> Result<()> {
+    let have_ssl = Path::new("/usr/include/openssl/ssl.h").exists();
+    let have_pkg_config = which("pkg-config").is_some();
+    let mut missing = Vec::new();
+    if !have_ssl {
+        missing.push("libssl-dev");
+    }
+    if !have_pkg_config {
+        missing.push("pkg-config");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing {} with apt-get", missing.join(" "));
+    match apt_install(&missing) {
+        Ok(()) => Ok(()),
+        Err(e) if ci() => Err(e.context("installing the build dependencies of execkit-ssh")),
+        Err(e) => {
+            eprintln!("xtask: warning: {e:#}; execkit-ssh may not build");
+            Ok(())
+        }
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn keygen(path: &Path, kind: &str, comment: &str) -> Result<()> {
+    let mut cmd = Command::new("ssh-keygen");
+    cmd.args(["-q", "-t", kind, "-N", "", "-C", comment, "-f"])
+        .arg(path);
+    if kind == "rsa" {
+        cmd.args(["-b", "2048"]);
+    }
+    run(&mut cmd)
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn user_name() -> Result<String> {
+    let out = Command::new("id")
+        .arg("-un")
+        .output()
+        .context("running id -un")?;
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || name.is_empty() {
+        bail!("cannot tell the current user name");
+    }
+    Ok(name)
+}
+
+/// The sshd_config for a test daemon. Key-only auth, loopback only.
+/// `SHLVL=1` keeps Debian's bash from sourcing the test user's ~/.bashrc
+/// for every channel (it does so when SSH_CLIENT is set and SHLVL < 2): a
+/// developer's rc file (pyenv init, say) must not make the tests slow or
+/// nondeterministic.
+pub(crate) fn sshd_config(dir: &Path, port: u16, pidfile: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "Port {port}\n\
+         ListenAddress 127.0.0.1\n\
+         HostKey {d}/host_ed25519\n\
+         HostKey {d}/host_rsa\n\
+         PidFile {}\n\
+         AuthorizedKeysFile {d}/authorized_keys\n\
+         PubkeyAuthentication yes\n\
+         PasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\n\
+         UsePAM no\n\
+         StrictModes no\n\
+         PermitRootLogin prohibit-password\n\
+         X11Forwarding no\n\
+         AllowAgentForwarding no\n\
+         AllowTcpForwarding no\n\
+         PrintMotd no\n\
+         PrintLastLog no\n\
+         UseDNS no\n\
+         SetEnv SHLVL=1\n\
+         MaxStartups 100:30:200\n\
+         LogLevel ERROR\n",
+        pidfile.display()
+    )
+}
+
+/// Starts `sshd -D -e -f CONFIG` and waits until its port accepts.
+pub(crate) fn start_sshd(config: &Path, port: u16, log: &Path) -> Result<Child> {
+    let _ = std::fs::create_dir_all("/run/sshd");
+    run(Command::new(SSHD).arg("-t").arg("-f").arg(config)).context("checking the sshd config")?;
+    let log_file = std::fs::File::create(log)?;
+    let mut child = Command::new(SSHD)
+        .args(["-D", "-e", "-f"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .context("starting sshd")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(st) = child.try_wait()? {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            bail!("sshd exited with {st}: {}", text.trim());
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            stop(&mut child);
+            bail!("sshd did not accept connections on 127.0.0.1:{port} within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops a daemon we started, by its PID: SIGTERM, then SIGKILL.
+pub(crate) fn stop(child: &mut Child) {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Installs openssh-server if needed, makes keys, starts a private sshd
+/// and tells the tests where it is.
+pub(crate) fn provision(out_dir: &Path) -> Result<Provision> {
+    if !Path::new(SSHD).exists() || which("ssh-keygen").is_none() {
+        println!("xtask: installing openssh-server with apt-get");
+        apt_install(&["openssh-server", "openssh-client"])?;
+    }
+    if !Path::new(SSHD).exists() {
+        bail!("{SSHD} is missing after installing openssh-server");
+    }
+    // Per run: concurrent `cargo xtask test` runs must not swap keys.
+    let dir = out_dir.join(format!("sshd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
+    for (name, kind) in [
+        ("host_ed25519", "ed25519"),
+        ("host_rsa", "rsa"),
+        ("user_ed25519", "ed25519"),
+        ("user_rsa", "rsa"),
+        ("wrong_ed25519", "ed25519"),
+    ] {
+        keygen(&dir.join(name), kind, &format!("execkit-test-{name}"))?;
+    }
+    let mut authorized = String::new();
+    for k in ["user_ed25519.pub", "user_rsa.pub"] {
+        authorized.push_str(&std::fs::read_to_string(dir.join(k))?);
+    }
+    std::fs::write(dir.join("authorized_keys"), authorized)?;
+
+    let port = free_port()?;
+    let pidfile = dir.join("sshd.pid");
+    let config = dir.join("sshd_config");
+    std::fs::write(&config, sshd_config(&dir, port, &pidfile))?;
+    let mut known = String::new();
+    for k in ["host_ed25519.pub", "host_rsa.pub"] {
+        let pubkey = std::fs::read_to_string(dir.join(k))?;
+        let mut fields = pubkey.split_whitespace();
+        let (Some(alg), Some(key)) = (fields.next(), fields.next()) else {
+            bail!("unexpected public key format in {k}");
+        };
+        known.push_str(&format!("[127.0.0.1]:{port} {alg} {key}\n"));
+    }
+    let known_hosts = dir.join("known_hosts");
+    std::fs::write(&known_hosts, known)?;
+
+    let child = start_sshd(&config, port, &dir.join("sshd.log"))?;
+    let pid = child.id();
+    println!("xtask: sshd (pid {pid}) listening on 127.0.0.1:{port}");
+    let user = user_name()?;
+    let url = format!(
+        "ssh://{user}@127.0.0.1:{port}?identity={}&known_hosts={}",
+        dir.join("user_ed25519").display(),
+        known_hosts.display()
+    );
+    let env = vec![
+        ("EXECKIT_TEST_SSH_URL".to_string(), url),
+        (
+            "EXECKIT_TEST_SSH_DIR".to_string(),
+            dir.display().to_string(),
+        ),
+        (
+            "EXECKIT_TEST_SSH_RSA_KEY".to_string(),
+            dir.join("user_rsa").display().to_string(),
+        ),
+        (
+            "EXECKIT_TEST_SSH_WRONG_KEY".to_string(),
+            dir.join("wrong_ed25519").display().to_string(),
+        ),
+        (
+            "EXECKIT_TEST_SSH_CONFIG".to_string(),
+            config.display().to_string(),
+        ),
+    ];
+    let mut child = child;
+    let dir = dir.clone();
+    Ok(Provision {
+        env,
+        teardown: Some(Box::new(move || {
+            stop(&mut child);
+            println!("xtask: sshd (pid {pid}) stopped");
+            let _ = std::fs::remove_dir_all(&dir);
+        })),
+    })
+}
