@@ -165,6 +165,11 @@ impl OutputCleaner {
     }
 
     fn stage2(&mut self, out: &mut String) {
+        if !self.escaped && !self.crlf.held_cr && is_simple(&self.decoded) {
+            // Fastest path: printable ASCII, `\n` and `\t` only.
+            out.push_str(&self.decoded);
+            return;
+        }
         if !self.escaped && is_plain(&self.decoded) {
             // Fast path: nothing the parser would remove, and it is known
             // to be in its ground state.
@@ -176,6 +181,14 @@ impl OutputCleaner {
         self.ansi.push(&self.decoded, &mut self.stripped);
         self.crlf.push(&self.stripped, out);
     }
+}
+
+/// Printable ASCII plus `\n` and `\t`: nothing to strip or fold. Written
+/// as one branch-free pass so it vectorises.
+fn is_simple(text: &str) -> bool {
+    text.bytes().fold(true, |ok, c| {
+        ok & (((0x20..0x7f).contains(&c)) | (c == b'\n') | (c == b'\t'))
+    })
 }
 
 /// Text with no escape, no control character but `\t` `\n` `\r`, and no C1

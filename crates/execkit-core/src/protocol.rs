@@ -186,14 +186,29 @@ impl SentinelScanner {
     /// Feeds a chunk; returns output released by it and the sentinel if it
     /// completed in this chunk.
     pub fn push(&mut self, chunk: &[u8]) -> Scan {
+        let mut output = Vec::new();
+        let sentinel = self.feed(chunk, &mut |b| output.extend_from_slice(b));
+        Scan { output, sentinel }
+    }
+
+    /// Like [`push`](Self::push), handing output to `sink` without copying
+    /// it when the chunk cannot hold a sentinel (the common case).
+    pub fn feed(&mut self, chunk: &[u8], sink: &mut dyn FnMut(&[u8])) -> Option<Sentinel> {
+        if self.done.is_none() && self.buf.is_empty() && !chunk.contains(&b'_') {
+            sink(chunk);
+            return None;
+        }
+        let scan = self.push_slow(chunk);
+        if !scan.output.is_empty() {
+            sink(&scan.output);
+        }
+        scan.sentinel
+    }
+
+    fn push_slow(&mut self, chunk: &[u8]) -> Scan {
         let mut scan = Scan::default();
         if self.done.is_some() {
             self.after.extend_from_slice(chunk);
-            return scan;
-        }
-        // Fast path: nothing held back and no '_' that could start a sentinel.
-        if self.buf.is_empty() && !chunk.contains(&b'_') {
-            scan.output = chunk.to_vec();
             return scan;
         }
         self.buf.extend_from_slice(chunk);

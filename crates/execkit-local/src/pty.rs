@@ -163,14 +163,27 @@ impl PtyShell {
 
     /// One non-blocking read of the master. `Ok(None)`: would block.
     fn read_now(&self) -> io::Result<Option<Vec<u8>>> {
-        let mut buf = [0u8; 16 * 1024];
-        match nix::unistd::read(self.master.get_ref(), &mut buf) {
-            Ok(0) => Ok(Some(Vec::new())),
-            Ok(n) => Ok(Some(buf[..n].to_vec())),
-            Err(Errno::EAGAIN) => Ok(None),
-            Err(Errno::EIO) => Ok(Some(Vec::new())), // slave closed everywhere
-            Err(e) => Err(e.into()),
+        const CHUNK: usize = 16 * 1024;
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+        // SAFETY: read(2) writes at most CHUNK bytes into the spare
+        // capacity; the length is set to what it reports, no more.
+        let n = unsafe {
+            libc::read(
+                self.master.get_ref().as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                CHUNK,
+            )
+        };
+        if n < 0 {
+            return match Errno::last() {
+                Errno::EAGAIN => Ok(None),
+                Errno::EIO => Ok(Some(Vec::new())), // slave closed everywhere
+                e => Err(e.into()),
+            };
         }
+        // SAFETY: the kernel initialised the first n bytes.
+        unsafe { buf.set_len(n as usize) };
+        Ok(Some(buf))
     }
 
     fn kill_all(&self) {
