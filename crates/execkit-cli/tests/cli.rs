@@ -160,3 +160,118 @@ fn transports_lists_local() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.lines().any(|l| l.starts_with("local ")), "{stdout}");
 }
+
+#[test]
+fn fresh_carries_no_state() {
+    let out = execkit(&[
+        "exec",
+        "--json",
+        "--fresh",
+        "export Y=5; cd /",
+        "echo ${Y:-unset}; pwd",
+    ]);
+    let lines = json_lines(&out);
+    assert_eq!(
+        lines[1]["output"],
+        format!("unset\n{}", std::env::current_dir().unwrap().display())
+    );
+}
+
+#[test]
+fn stdin_is_fed_through_a_pipe() {
+    let dir = std::env::temp_dir().join(format!("execkit-stdin-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in.txt");
+    std::fs::write(&input, "b\na\nc\n").unwrap();
+    let out = execkit(&[
+        "exec",
+        "--json",
+        "--stdin",
+        input.to_str().unwrap(),
+        "sort",
+        "wc -l",
+    ]);
+    let lines = json_lines(&out);
+    assert_eq!(lines[0]["output"], "a\nb\nc");
+    assert_eq!(lines[0]["command"], "sort");
+    assert_eq!(lines[1]["output"].as_str().unwrap().trim(), "3");
+    // Output still comes through the terminal while stdin is the pipe.
+    let out = execkit(&[
+        "exec",
+        "--json",
+        "--stdin",
+        input.to_str().unwrap(),
+        "[ -t 1 ] && ! [ -t 0 ] && echo tty-out-pipe-in",
+    ]);
+    assert_eq!(json_lines(&out)[0]["output"], "tty-out-pipe-in");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn journal_records_and_reads_back() {
+    let dir = std::env::temp_dir().join(format!("execkit-journal-test-{}", std::process::id()));
+    let journal = dir.join("j.jsonl");
+    let j = journal.to_str().unwrap();
+    let out = execkit(&["exec", "--journal", j, "echo token=hunter2secret", "false"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "session_open",
+            "command",
+            "result",
+            "command",
+            "result",
+            "session_close"
+        ]
+    );
+    assert!(!text.contains("hunter2secret"), "secret journaled: {text}");
+    assert_eq!(events[4]["exit_code"], 1);
+    let out = execkit(&["journal", "--journal", j, "--tail", "2"]);
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(human.lines().count(), 2, "{human}");
+    assert!(human.contains("exit 1"), "{human}");
+    let out = execkit(&["exec", "--no-journal", "--journal", j, "true"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--journal and --no-journal conflict"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn shell_repl_without_a_terminal() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args(["shell", "--no-journal"])
+        .env(
+            "XDG_STATE_HOME",
+            std::env::temp_dir().join("execkit-cli-tests"),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"cd /tmp\npwd\nfalse\nexit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/tmp\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("[exit 0") && err.contains("[exit 1"), "{err}");
+}

@@ -299,3 +299,63 @@ fn another_uid_is_refused() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn idle_sessions_expire_and_sigterm_cleans_up() {
+    let dir = std::env::temp_dir().join(format!("execkit-serve-{}-idle", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("run/execkit.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args(["serve", "--no-journal", "--idle-timeout", "1", "--socket"])
+        .arg(&socket)
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while UnixStream::connect(&socket).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Conn::new(&socket);
+    c.call(json!({"op": "open", "name": "idle"}));
+    let idle_marker = c
+        .call(json!({"op": "run", "session": "idle", "command": "echo $EXECKIT_SID"}))["output"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        c.call(json!({"op": "list"})),
+        json!([]),
+        "idle session not expired"
+    );
+    assert!(
+        marked(&idle_marker).is_empty(),
+        "expired session left processes"
+    );
+
+    c.call(json!({"op": "open", "name": "busy"}));
+    let marker = c.call(json!({"op": "run", "session": "busy", "command": "echo $EXECKIT_SID"}))
+        ["output"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.call(
+        json!({"op": "run", "session": "busy", "command": "sleep 300", "yield_after_secs": 0.2}),
+    );
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "serve did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(marked(&marker).is_empty(), "SIGTERM left processes");
+    assert!(!socket.exists(), "socket not removed");
+    let _ = std::fs::remove_dir_all(dir);
+}
