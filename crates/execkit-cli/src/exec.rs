@@ -53,15 +53,9 @@ pub fn main(args: ExecArgs) -> ExitCode {
         eprintln!("execkit: --timeout must be a non-negative number of seconds");
         return ExitCode::from(EXIT_USAGE);
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("execkit: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     rt.block_on(crate::gc::alongside(run(args)))
 }

@@ -13,15 +13,9 @@ const SETTLE: Duration = Duration::from_secs(2);
 
 /// `execkit gc`: cleans now and reports what it did.
 pub fn main() -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("execkit: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let report = rt.block_on(sessions::gc());
     for rec in &report.cleaned {

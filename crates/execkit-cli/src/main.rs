@@ -56,6 +56,25 @@ enum Command {
     Gc,
 }
 
+/// A tokio runtime for one command (`multi`: two workers, for servers), or
+/// the exit code after telling the user why there is none.
+pub fn runtime(multi: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let built = if multi {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    built.map_err(|e| {
+        eprintln!("execkit: cannot start the runtime: {e}");
+        ExitCode::from(1)
+    })
+}
+
 /// Links the transports chosen by cargo features; registering them
 /// explicitly keeps the linker from dropping their `inventory` records.
 fn link_transports() {

@@ -310,16 +310,9 @@ impl ServerHandler for ExecKitMcp {
 }
 
 pub fn main(args: McpArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime(true) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("execkit: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let observer = match args.journal.observer() {
         Ok(o) => o,

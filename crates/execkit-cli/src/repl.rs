@@ -25,15 +25,9 @@ pub struct ShellArgs {
 }
 
 pub fn main(args: ShellArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("execkit: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let observer = match args.journal.observer() {
         Ok(o) => o,

@@ -41,16 +41,9 @@ pub struct ServeArgs {
 }
 
 pub fn main(args: ServeArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::runtime(true) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("execkit: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(serve(args)) {
         Ok(()) => ExitCode::SUCCESS,

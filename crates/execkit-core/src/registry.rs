@@ -22,6 +22,41 @@ pub struct TransportInfo {
 
 inventory::collect!(TransportInfo);
 
+/// Declares a transport crate's registration: a `pub static INFO`, its
+/// link-time `inventory` record, and a `pub fn register()` for explicit
+/// registration (binaries call it so the linker cannot drop the record).
+///
+/// ```ignore
+/// execkit_core::register_transport! {
+///     scheme: "local",
+///     summary: "a PTY on this host",
+///     example: "local, local:/bin/dash",
+///     connect: connect,
+/// }
+/// ```
+#[macro_export]
+macro_rules! register_transport {
+    (scheme: $scheme:expr, summary: $summary:expr, example: $example:expr, connect: $connect:expr $(,)?) => {
+        const __EXECKIT_TRANSPORT: $crate::TransportInfo = $crate::TransportInfo {
+            scheme: $scheme,
+            summary: $summary,
+            example: $example,
+            connect: $connect,
+        };
+
+        /// Registration record of this transport.
+        pub static INFO: $crate::TransportInfo = __EXECKIT_TRANSPORT;
+
+        $crate::inventory::submit!(__EXECKIT_TRANSPORT);
+
+        /// Registers this transport explicitly (link-time registration
+        /// already does this when the crate is linked and referenced).
+        pub fn register() {
+            $crate::register(&INFO);
+        }
+    };
+}
+
 static RUNTIME: Mutex<Vec<&'static TransportInfo>> = Mutex::new(Vec::new());
 
 /// Registers a transport at run time (for builds where link-time

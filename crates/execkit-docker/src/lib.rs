@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use execkit_core::{ShellProcess, SpawnSpec, Transport, TransportError, TransportInfo};
+use execkit_core::{ShellProcess, SpawnSpec, Transport, TransportError};
 use tokio::sync::OnceCell;
 
 use crate::engine::{ContainerState, Engine};
@@ -277,22 +277,11 @@ fn connect(target: &str) -> Result<Arc<dyn Transport>, TransportError> {
     Ok(Arc::new(DockerTransport::new(target)?))
 }
 
-const INFO_VALUE: TransportInfo = TransportInfo {
+execkit_core::register_transport! {
     scheme: "docker",
     summary: "a shell in a running container (DOCKER_HOST honoured)",
     example: "docker:web, docker://127.0.0.1:2375/web",
-    connect,
-};
-
-/// Registration record of this transport.
-pub static INFO: TransportInfo = INFO_VALUE;
-
-inventory::submit!(INFO_VALUE);
-
-/// Registers the `docker` transport explicitly (link-time registration
-/// already does this when the crate is linked and referenced).
-pub fn register() {
-    execkit_core::register(&INFO);
+    connect: connect,
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use execkit_core::{ShellProcess, SpawnSpec, Transport, TransportError, TransportInfo};
+use execkit_core::{ShellProcess, SpawnSpec, Transport, TransportError};
 
 pub use procs::kill_matching;
 
@@ -104,22 +104,11 @@ fn connect(target: &str) -> Result<Arc<dyn Transport>, TransportError> {
     Ok(Arc::new(LocalTransport::new(target)?))
 }
 
-const INFO_VALUE: TransportInfo = TransportInfo {
+execkit_core::register_transport! {
     scheme: "local",
     summary: "a PTY on this host (bash if installed, else /bin/sh)",
     example: "local, local:/bin/dash",
-    connect,
-};
-
-/// Registration record of this transport.
-pub static INFO: TransportInfo = INFO_VALUE;
-
-inventory::submit!(INFO_VALUE);
-
-/// Registers the `local` transport explicitly (link-time registration
-/// already does this when the crate is linked and referenced).
-pub fn register() {
-    execkit_core::register(&INFO);
+    connect: connect,
 }
 
 #[cfg(test)]

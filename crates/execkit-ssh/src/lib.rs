@@ -25,9 +25,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use execkit_core::protocol::shell_quote;
-use execkit_core::{
-    ShellEvent, ShellProcess, Size, SpawnSpec, Transport, TransportError, TransportInfo,
-};
+use execkit_core::{ShellEvent, ShellProcess, Size, SpawnSpec, Transport, TransportError};
 use tokio::sync::{mpsc, oneshot};
 
 use actor::{Conn, OpenError, Req, HIGH_WATER};
@@ -343,22 +341,11 @@ fn connect(target: &str) -> Result<Arc<dyn Transport>, TransportError> {
     Ok(Arc::new(SshTransport::new(target)?))
 }
 
-const INFO_VALUE: TransportInfo = TransportInfo {
+execkit_core::register_transport! {
     scheme: "ssh",
     summary: "a shell on a remote host over SSH (host keys verified, key/agent auth)",
     example: "ssh://user@host:22?identity=~/.ssh/id_ed25519",
-    connect,
-};
-
-/// Registration record of this transport.
-pub static INFO: TransportInfo = INFO_VALUE;
-
-inventory::submit!(INFO_VALUE);
-
-/// Registers the `ssh` transport explicitly (link-time registration
-/// already does this when the crate is linked and referenced).
-pub fn register() {
-    execkit_core::register(&INFO);
+    connect: connect,
 }
 
 #[cfg(test)]
