@@ -160,6 +160,12 @@ fn test(args: &[String]) -> Result<bool> {
     cmd.current_dir(&root)
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("EXECKIT_CONFORMANCE_REPORT", &report_dir);
+    if which != "all" {
+        // Only the chosen transport was provisioned (and failing to do so
+        // already failed the run); the others' tests skip instead of
+        // treating their missing infrastructure as a CI failure.
+        cmd.env_remove("CI");
+    }
     for p in &provisions {
         cmd.envs(p.env.iter().map(|(k, v)| (k, v)));
     }

@@ -26,7 +26,7 @@ inventory::collect!(TransportInfo);
 /// link-time `inventory` record, and a `pub fn register()` for explicit
 /// registration (binaries call it so the linker cannot drop the record).
 ///
-/// ```ignore
+/// ```text
 /// execkit_core::register_transport! {
 ///     scheme: "local",
 ///     summary: "a PTY on this host",

@@ -7,6 +7,13 @@ use anyhow::{bail, ensure, Context as _};
 use super::{ok, run, Capabilities, Case, Ctx, Skip};
 use crate::{RunOptions, Session};
 
+/// Cases that load the target enough to disturb others; they run alone.
+pub(super) const HEAVY: &[&str] = &[
+    "hundred_sessions_concurrently",
+    "big_output_is_capped_and_spooled",
+    "one_megabyte_command",
+];
+
 macro_rules! case {
     ($name:ident) => {
         case!($name, |_| None)
@@ -284,7 +291,8 @@ async fn timeout_escalates_when_sigint_ignored(ctx: Ctx) -> anyhow::Result<()> {
     let r = run(&mut s, "trap '' INT; sleep 60", 1).await?;
     let took = t.elapsed();
     ensure!(r.timed_out && r.restarted && r.exit_code.is_none(), "{r:?}");
-    ensure!(took < Duration::from_secs(15), "took {took:?}");
+    // Bounded well below the 60 s the command would take: no hang.
+    ensure!(took < Duration::from_secs(30), "took {took:?}");
     let pid = shell_pid(&mut s).await?;
     let leaked = ctx.leaked(s.marker(), &[pid]).await?;
     ensure!(
