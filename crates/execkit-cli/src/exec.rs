@@ -150,24 +150,36 @@ async fn run(args: ExecArgs) -> ExitCode {
             }
         };
         print_result(&result, args.json);
-        if result.session_lost {
-            eprintln!(
-                "execkit: {}",
-                result.error.as_deref().unwrap_or("the target was lost")
-            );
-            let _ = session.close().await;
-            return ExitCode::from(EXIT_UNREACHABLE);
+        match exit_status(&result) {
+            Ok(code) => status = code,
+            Err(lost) => {
+                let _ = session.close().await;
+                return lost;
+            }
         }
-        status = if result.timed_out {
-            ExitCode::from(EXIT_TIMEOUT)
-        } else {
-            ExitCode::from(result.exit_code.unwrap_or(1).clamp(0, 255) as u8)
-        };
     }
     if let Err(e) = session.close().await {
         eprintln!("execkit: closing the session: {e}");
     }
     status
+}
+
+/// The process exit status a result maps to (CLI contract): its exit code,
+/// 124 on timeout; `Err(69)` when the target was lost, after saying why on
+/// stderr — the caller stops there.
+pub fn exit_status(r: &RunResult) -> Result<ExitCode, ExitCode> {
+    if r.session_lost {
+        eprintln!(
+            "execkit: {}",
+            r.error.as_deref().unwrap_or("the target was lost")
+        );
+        return Err(ExitCode::from(EXIT_UNREACHABLE));
+    }
+    Ok(if r.timed_out {
+        ExitCode::from(EXIT_TIMEOUT)
+    } else {
+        ExitCode::from(r.exit_code.unwrap_or(1).clamp(0, 255) as u8)
+    })
 }
 
 /// Resolves on SIGINT or SIGTERM.

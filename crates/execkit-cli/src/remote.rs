@@ -7,7 +7,7 @@ use execkit_core::RunResult;
 
 use crate::client::{Client, ClientError};
 use crate::proto::{self, Request};
-use crate::{EXIT_TIMEOUT, EXIT_UNREACHABLE};
+use crate::EXIT_UNREACHABLE;
 
 pub async fn exec(
     target: &str,
@@ -80,18 +80,10 @@ pub async fn exec(
             }
         };
         crate::exec::print_result(&result, json);
-        if result.session_lost {
-            eprintln!(
-                "execkit: {}",
-                result.error.as_deref().unwrap_or("the target was lost")
-            );
-            return ExitCode::from(EXIT_UNREACHABLE);
+        match crate::exec::exit_status(&result) {
+            Ok(code) => status = code,
+            Err(lost) => return lost,
         }
-        status = if result.timed_out {
-            ExitCode::from(EXIT_TIMEOUT)
-        } else {
-            ExitCode::from(result.exit_code.unwrap_or(1).clamp(0, 255) as u8)
-        };
     }
     status
 }
