@@ -93,15 +93,7 @@ pub(crate) async fn get(t: &SshTarget, target: &str) -> Result<Arc<Conn>, Transp
     let est = tokio::task::spawn_blocking(move || connect::establish(&t2, &target2))
         .await
         .map_err(|e| TransportError::io("connecting", std::io::Error::other(e.to_string())))??;
-    let conn = Conn::start(t.addr(), est.session, est.stream)
-        .map_err(|e| TransportError::io("starting the ssh connection thread", e))?;
-    with_pool(|pool| {
-        pool.entry(key)
-            .or_default()
-            .conns
-            .push(Arc::downgrade(&conn))
-    });
-    Ok(conn)
+    adopt(key, t, est)
 }
 
 /// Blocking variant of [`get`] for threads outside the runtime; never
@@ -112,6 +104,11 @@ pub(crate) fn get_blocking(t: &SshTarget, target: &str) -> Result<Arc<Conn>, Tra
         return Ok(c);
     }
     let est = connect::establish(t, target)?;
+    adopt(key, t, est)
+}
+
+/// Starts the thread of a fresh connection and lists it in the pool.
+fn adopt(key: Key, t: &SshTarget, est: connect::Established) -> Result<Arc<Conn>, TransportError> {
     let conn = Conn::start(t.addr(), est.session, est.stream)
         .map_err(|e| TransportError::io("starting the ssh connection thread", e))?;
     with_pool(|pool| {
