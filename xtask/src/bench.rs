@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{ci, provision, root, Provision, BUILT, TRANSPORTS};
+use crate::{provision_all, root, teardown_all, BUILT, TRANSPORTS};
 
 pub fn bench(args: &[String]) -> Result<bool> {
     let mut quick = false;
@@ -35,17 +35,11 @@ pub fn bench(args: &[String]) -> Result<bool> {
             eprintln!("xtask: warning: no tmux, its baselines will be skipped: {e:#}");
         }
     }
-    let mut provisions: Vec<Provision> = Vec::new();
-    for t in selected
+    let remote = selected
         .iter()
-        .filter(|t| **t != "local" && BUILT.contains(t))
-    {
-        match provision(t, &out_dir) {
-            Ok(p) => provisions.push(p),
-            Err(e) if !ci() => eprintln!("xtask: warning: cannot provision {t}: {e:#}"),
-            Err(e) => return Err(e.context(format!("provisioning {t} for the bench"))),
-        }
-    }
+        .copied()
+        .filter(|t| *t != "local" && BUILT.contains(t));
+    let provisions = provision_all(remote, &out_dir)?;
     let result = (|| -> Result<bool> {
         let st = Command::new("cargo")
             .current_dir(&root)
@@ -88,11 +82,7 @@ pub fn bench(args: &[String]) -> Result<bool> {
         );
         Ok(st.success())
     })();
-    for p in provisions {
-        if let Some(t) = p.teardown {
-            t();
-        }
-    }
+    teardown_all(provisions);
     result
 }
 

@@ -49,6 +49,36 @@ fn provision(transport: &str, out_dir: &Path) -> Result<Provision> {
     }
 }
 
+/// Provisions each transport in turn. A failure is a warning, except under
+/// `CI=true`, where what was already provisioned is torn down and the run
+/// fails.
+fn provision_all<'a>(
+    transports: impl IntoIterator<Item = &'a str>,
+    out_dir: &Path,
+) -> Result<Vec<Provision>> {
+    let mut done = Vec::new();
+    for t in transports {
+        match provision(t, out_dir) {
+            Ok(p) => done.push(p),
+            Err(e) if !ci() => eprintln!("xtask: warning: cannot provision {t}: {e:#}"),
+            Err(e) => {
+                teardown_all(done);
+                return Err(e.context(format!("provisioning {t} (required under CI=true)")));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Stops (by PID) everything the provisions started.
+fn teardown_all(provisions: Vec<Provision>) {
+    for p in provisions {
+        if let Some(t) = p.teardown {
+            t();
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -123,24 +153,15 @@ fn test(args: &[String]) -> Result<bool> {
     let _ = std::fs::remove_dir_all(&report_dir);
     std::fs::create_dir_all(&report_dir)?;
 
-    let mut provisions = Vec::new();
-    for t in &selected {
-        if BUILT.contains(t) {
-            match provision(t, &out_dir) {
-                Ok(p) => provisions.push(p),
-                Err(e) if !ci() => eprintln!("xtask: warning: cannot provision {t}: {e:#}"),
-                Err(e) => {
-                    return Err(e.context(format!("provisioning {t} (required under CI=true)")))
-                }
-            }
-        }
-    }
+    let built = selected.iter().copied().filter(|t| BUILT.contains(t));
+    let mut provisions = provision_all(built, &out_dir)?;
 
     match mcp_client(&out_dir) {
         Ok(p) => provisions.push(p),
         Err(e) if !ci() => eprintln!("xtask: warning: no MCP Python client: {e:#}"),
         Err(e) => {
-            return Err(e.context("installing the MCP Python client (required under CI=true)"))
+            teardown_all(provisions);
+            return Err(e.context("installing the MCP Python client (required under CI=true)"));
         }
     }
 
@@ -170,11 +191,7 @@ fn test(args: &[String]) -> Result<bool> {
         cmd.envs(p.env.iter().map(|(k, v)| (k, v)));
     }
     let unit = run_cargo_test(cmd);
-    for p in provisions {
-        if let Some(t) = p.teardown {
-            t();
-        }
-    }
+    teardown_all(provisions);
     let unit = unit?;
 
     let mut conformance = Counts::default();
