@@ -84,8 +84,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
+        Some("with") => with(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test [--transport local|docker|ssh|all]\n       cargo xtask bench [--quick] [--transport local|docker|ssh|all]");
+            eprintln!("usage: cargo xtask test [--transport local|docker|ssh|all]\n       cargo xtask bench [--quick] [--transport local|docker|ssh|all]\n       cargo xtask with local|docker|ssh|all -- COMMAND...");
             return ExitCode::from(2);
         }
     };
@@ -97,6 +98,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask with ssh -- cargo test -p execkit-ssh NAME`: provisions a
+/// transport's infrastructure, runs one command with its variables set, and
+/// tears it down again (by PID). For debugging one test against real daemons.
+fn with(args: &[String]) -> Result<bool> {
+    let (which, rest) = args.split_first().context("with needs a transport")?;
+    let cmd = match rest.split_first() {
+        Some((dash, cmd)) if dash == "--" && !cmd.is_empty() => cmd,
+        _ => bail!("usage: cargo xtask with TRANSPORT -- COMMAND..."),
+    };
+    let selected: Vec<&str> = match which.as_str() {
+        "all" => TRANSPORTS.to_vec(),
+        t if TRANSPORTS.contains(&t) => vec![t],
+        t => bail!("unknown transport {t} (local, docker, ssh or all)"),
+    };
+    let out_dir = root().join("target/xtask");
+    let provisions = provision_all(selected, &out_dir)?;
+    let mut c = Command::new(&cmd[0]);
+    c.args(&cmd[1..]);
+    for p in &provisions {
+        c.envs(p.env.iter().map(|(k, v)| (k, v)));
+    }
+    let status = c.status();
+    teardown_all(provisions);
+    Ok(status
+        .with_context(|| format!("running {}", cmd[0]))?
+        .success())
 }
 
 fn ci() -> bool {

@@ -293,8 +293,17 @@ impl Conn {
 }
 
 /// Terminal modes for the remote PTY: sane defaults, never copied from a
-/// local terminal. No echo, no `\n` → `\r\n`, no XON/XOFF; canonical mode
-/// and signals kept so Ctrl-C interrupts the foreground command.
+/// local terminal. No echo, no `\n` → `\r\n`, no XON/XOFF; signals kept so
+/// Ctrl-C interrupts the foreground command.
+///
+/// Not canonical, unlike the local and Docker PTYs: with ECHO off and ICANON
+/// on, OpenSSH's sshd answers every write into the PTY with an
+/// `SSH_MSG_IGNORE` as long as the data written ("simulated echo" against
+/// traffic analysis). A large input becomes one such packet per PTY write,
+/// up to ~64 KB, and libssh2 drops the connection on any packet over 35,000
+/// bytes (seen as "packet length out of bounds"). Without ICANON no IGNORE
+/// is sent, and no 4095-byte line limit applies either. The cost: `^D` is
+/// passed through as a byte, not turned into end-of-file.
 fn pty_modes() -> PtyModes {
     let mut m = PtyModes::new();
     m.set_character(PtyModeOpcode::VINTR, Some('\x03'));
@@ -303,7 +312,7 @@ fn pty_modes() -> PtyModes {
     m.set_character(PtyModeOpcode::VKILL, Some('\x15'));
     m.set_character(PtyModeOpcode::VEOF, Some('\x04'));
     m.set_character(PtyModeOpcode::VSUSP, Some('\x1a'));
-    m.set_boolean(PtyModeOpcode::ICANON, true);
+    m.set_boolean(PtyModeOpcode::ICANON, false);
     m.set_boolean(PtyModeOpcode::ISIG, true);
     m.set_boolean(PtyModeOpcode::IEXTEN, true);
     m.set_boolean(PtyModeOpcode::ECHO, false);
@@ -487,7 +496,7 @@ impl Actor {
     }
 
     fn lost(&self, what: &str, detail: &str) -> Lost {
-        lost(&self.label, what, detail)
+        lost(&self.label, self.stream.as_raw_fd(), what, detail)
     }
 
     fn connection_dead(&self) -> bool {
@@ -654,7 +663,7 @@ impl Actor {
                     }
                     Err(e) => {
                         if fatal(code(&e)) || dead(fd) {
-                            return Err(lost(&label, "opening a channel", e.message()));
+                            return Err(lost(&label, fd, "opening a channel", e.message()));
                         }
                         Err(OpenError::Refused(e.message().to_string()))
                     }
@@ -677,7 +686,7 @@ impl Actor {
                         Err(e) if code(&e) == EAGAIN => Ok(false),
                         Err(e) => {
                             if fatal(code(&e)) || dead(fd) {
-                                return Err(lost(&label, "requesting a PTY", e.message()));
+                                return Err(lost(&label, fd, "requesting a PTY", e.message()));
                             }
                             Err(OpenError::Failed(format!(
                                 "the server refused a terminal: {}",
@@ -699,7 +708,7 @@ impl Actor {
                         Err(e) if code(&e) == EAGAIN => Ok(false),
                         Err(e) => {
                             if fatal(code(&e)) || dead(fd) {
-                                return Err(lost(&label, "starting a command", e.message()));
+                                return Err(lost(&label, fd, "starting a command", e.message()));
                             }
                             Err(OpenError::Failed(format!(
                                 "the server refused to run the shell: {}",
@@ -798,6 +807,10 @@ impl Actor {
             if let Some(detail) = dead {
                 let last = ssh2::Error::last_session_error(&self.sess).map(|e| code(&e));
                 trace!("shell {id} error {detail}: last={last:?}");
+                let detail = match last {
+                    Some(c) => format!("{detail} (libssh2 error {c})"),
+                    None => detail,
+                };
                 if last.is_some_and(fatal) || self.connection_dead() {
                     return Err(self.lost("serving a shell", &detail));
                 }
@@ -839,7 +852,7 @@ impl Actor {
                         let detail = err.to_string();
                         let last = ssh2::Error::last_session_error(&self.sess).map(|e| code(&e));
                         if last.is_some_and(fatal) || dead(fd) {
-                            return Err(lost(&self.label, "running a command", &detail));
+                            return Err(lost(&self.label, fd, "running a command", &detail));
                         }
                         finished = Some(Err(OpenError::Failed(detail)));
                         break;
@@ -990,9 +1003,17 @@ fn fatal(code: i32) -> bool {
     )
 }
 
-fn lost(label: &str, what: &str, detail: &str) -> Lost {
+/// The message for a connection that failed: plain when the peer closed
+/// the socket, with libssh2's reason when the stream itself broke.
+fn lost(label: &str, fd: RawFd, what: &str, detail: &str) -> Lost {
     tracing::debug!("ssh connection {label} lost while {what}: {detail}");
-    Lost(format!("connection to {label} closed"))
+    if dead(fd) {
+        Lost(format!("connection to {label} closed"))
+    } else {
+        Lost(format!(
+            "connection to {label} failed while {what}: {detail}"
+        ))
+    }
 }
 
 /// After an error that is not EAGAIN: is the whole connection gone?

@@ -92,6 +92,12 @@ pub(crate) fn establish(t: &SshTarget, target: &str) -> Result<Established, Tran
             format!("SSH handshake with {} failed: {}", t.addr(), e.message()),
         )
     })?;
+    tracing::debug!(
+        "ssh {}: cipher {:?}, kex {:?}",
+        t.addr(),
+        session.methods(MethodType::CryptSc),
+        session.methods(MethodType::Kex)
+    );
     verify_host_key(&session, t, target)?;
     authenticate(&session, t, target)?;
     session.set_keepalive(true, 15);
