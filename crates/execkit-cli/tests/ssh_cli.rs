@@ -1,0 +1,134 @@
+//! The CLI against an `ssh://` target, from outside: state persists across
+//! the commands of one call, and every connection fault is one clear line on
+//! stderr with exit status 69, promptly. Needs the test sshd that
+//! `cargo xtask test` provisions (`EXECKIT_TEST_SSH_*`); without it the cases
+//! are skipped, and under `CI=true` that is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+struct Env {
+    url: String,
+    dir: PathBuf,
+    user: String,
+    port: u16,
+}
+
+fn env() -> Option<Env> {
+    let Some(url) = std::env::var("EXECKIT_TEST_SSH_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("no test sshd (EXECKIT_TEST_SSH_URL) under CI=true; run cargo xtask test");
+        }
+        eprintln!("skipped: no test sshd; run cargo xtask test");
+        return None;
+    };
+    let dir = PathBuf::from(std::env::var("EXECKIT_TEST_SSH_DIR").expect("EXECKIT_TEST_SSH_DIR"));
+    // ssh://USER@127.0.0.1:PORT?...
+    let rest = url.strip_prefix("ssh://").expect("ssh URL");
+    let (user, rest) = rest.split_once('@').expect("user in URL");
+    let port = rest
+        .split_once(':')
+        .and_then(|(_, p)| p.split('?').next())
+        .and_then(|p| p.parse().ok())
+        .expect("port in URL");
+    Some(Env {
+        user: user.to_string(),
+        url,
+        dir,
+        port,
+    })
+}
+
+impl Env {
+    fn url_with(&self, host: &str, port: u16, identity: &Path, known_hosts: &Path) -> String {
+        format!(
+            "ssh://{}@{host}:{port}?identity={}&known_hosts={}",
+            self.user,
+            identity.display(),
+            known_hosts.display()
+        )
+    }
+}
+
+fn execkit(args: &[&str]) -> (Output, Duration) {
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args(args)
+        .env(
+            "XDG_STATE_HOME",
+            std::env::temp_dir().join("execkit-cli-ssh-tests"),
+        )
+        .output()
+        .expect("run execkit");
+    (out, t.elapsed())
+}
+
+/// Exit 69, exactly one line on stderr containing `needle`, no panic, fast.
+fn assert_unavailable(args: &[&str], needle: &str) {
+    let (out, took) = execkit(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: want {needle:?} in {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(took < Duration::from_secs(15), "{args:?} took {took:?}");
+}
+
+#[test]
+fn state_persists_within_one_call() {
+    let Some(e) = env() else { return };
+    let (out, _) = execkit(&[
+        "exec",
+        "--target",
+        &e.url,
+        "cd /tmp",
+        "export A=42",
+        "echo $A; pwd",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("42\n/tmp"), "{stdout}");
+}
+
+#[test]
+fn connection_faults_exit_69_with_one_line() {
+    let Some(e) = env() else { return };
+    let key = e.dir.join("user_ed25519");
+    let known = e.dir.join("known_hosts");
+
+    // Nothing listens on a port we bound and closed.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = e.url_with("127.0.0.1", closed, &key, &known);
+    assert_unavailable(&["exec", "--target", &url, "true"], "connection refused");
+
+    // `.invalid` never resolves (RFC 2606).
+    let url = e.url_with("no-such-host.invalid", 22, &key, &known);
+    assert_unavailable(&["exec", "--target", &url, "true"], "cannot resolve");
+
+    // A key the server does not authorise.
+    let url = e.url_with("127.0.0.1", e.port, &e.dir.join("wrong_ed25519"), &known);
+    assert_unavailable(&["exec", "--target", &url, "true"], "wrong_ed25519");
+
+    // known_hosts names another key for this host: refused, fingerprint shown.
+    let scratch = std::env::temp_dir().join(format!("execkit-cli-ssh-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let forged = scratch.join("known_hosts");
+    let other = std::fs::read_to_string(e.dir.join("wrong_ed25519.pub")).unwrap();
+    let mut f = other.split_whitespace();
+    let (alg, blob) = (f.next().unwrap(), f.next().unwrap());
+    std::fs::write(&forged, format!("[127.0.0.1]:{} {alg} {blob}\n", e.port)).unwrap();
+    let url = e.url_with("127.0.0.1", e.port, &key, &forged);
+    assert_unavailable(&["exec", "--target", &url, "true"], "SHA256:");
+    let _ = std::fs::remove_dir_all(&scratch);
+}
