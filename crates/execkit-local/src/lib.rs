@@ -42,6 +42,14 @@ impl LocalTransport {
                 if rest.contains('\0') {
                     return Err(invalid("the shell path contains a NUL byte"));
                 }
+                if rest.starts_with('-') {
+                    return Err(invalid(
+                        "the shell starts with `-` (a path or a name, not an option)",
+                    ));
+                }
+                if rest.chars().any(char::is_control) {
+                    return Err(invalid("the shell path contains a control character"));
+                }
                 Some(rest.to_string())
             }
         };
@@ -126,6 +134,10 @@ mod tests {
             Some("/bin/dash")
         );
         assert!(LocalTransport::new("local:").is_err());
+        assert!(LocalTransport::new("local:-i").is_err());
+        assert!(LocalTransport::new("local:/bin/sh\n").is_err());
+        // Never handed to a shell: a path with spaces is just a path.
+        assert!(LocalTransport::new("local:/opt/my shells/sh").is_ok());
         assert!(LocalTransport::new("localhost").is_err());
     }
 }

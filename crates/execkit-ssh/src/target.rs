@@ -90,11 +90,15 @@ impl SshTarget {
         if host.is_empty() {
             return Err(invalid("no host name".into()));
         }
-        if host
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '@')
-        {
-            return Err(invalid(format!("`{host}` is not a host name")));
+        if !valid_user(&user) {
+            return Err(invalid(format!(
+                "`{user}` is not a user name (letters, digits, `.`, `_`, `-`, `@`; not starting with `-`)"
+            )));
+        }
+        if !valid_host(&host) {
+            return Err(invalid(format!(
+                "`{host}` is not a host name or address (letters, digits, `.`, `-`, `_`, or [IPv6]; not starting with `-`)"
+            )));
         }
         let port = match port {
             None => 22,
@@ -187,6 +191,33 @@ fn expand_home(p: &str) -> PathBuf {
     }
 }
 
+/// Login names: portable POSIX names plus `@` (directory accounts). Never
+/// starting with `-`, so no tool could read one as an option.
+fn valid_user(u: &str) -> bool {
+    !u.starts_with('-')
+        && u.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+}
+
+/// DNS names and IPv4 addresses (letters, digits, `.`, `-`, `_`), or IPv6
+/// addresses as written inside brackets (hex digits, `:`, `.`, `%zone`).
+fn valid_host(h: &str) -> bool {
+    if h.starts_with('-') || h.is_empty() {
+        return false;
+    }
+    if h.contains(':') {
+        let (addr, zone) = h.split_once('%').unwrap_or((h, ""));
+        return addr
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '.'))
+            && zone
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    }
+    h.chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 fn percent_decode(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -249,6 +280,19 @@ mod tests {
     }
 
     #[test]
+    fn accepts_real_names() {
+        for good in [
+            "ssh://deploy@build-01.example.com",
+            "ssh://first.last@10.0.0.7:2222",
+            "ssh://svc_account@my_host",
+            "ssh://u@[fe80::1%eth0]:22",
+            "ssh://user%40corp@h",
+        ] {
+            assert!(SshTarget::parse(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
     fn rejects_bad_targets() {
         for bad in [
             "ssh://",
@@ -263,6 +307,16 @@ mod tests {
             "ssh://u@h?identity=",
             "ssh://u@[::1",
             "ssh:u@h",
+            // Metacharacters and option look-alikes, in user and host.
+            "ssh://-oProxyCommand=id@h",
+            "ssh://us;er@h",
+            "ssh://u%20x@h",
+            "ssh://$(id)@h",
+            "ssh://u@-h",
+            "ssh://u@h;id",
+            "ssh://u@ho$st",
+            "ssh://u@h%0a",
+            "ssh://u@[::1;id]",
         ] {
             let e = SshTarget::parse(bad);
             assert!(
