@@ -201,7 +201,7 @@ fn fail(e: &SessionError) -> ExitCode {
     eprintln!("execkit: {e}");
     match e {
         SessionError::Transport(t) if t.is_usage() => ExitCode::from(EXIT_USAGE),
-        SessionError::Command(_) => ExitCode::from(EXIT_USAGE),
+        SessionError::Command(_) | SessionError::InvalidConfig(_) => ExitCode::from(EXIT_USAGE),
         _ => ExitCode::from(EXIT_UNREACHABLE),
     }
 }

@@ -130,6 +130,35 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn hostile_targets_and_bytes_are_usage_errors() {
+    for target in [
+        "docker:web;rm -rf /",
+        "docker:-H",
+        "docker:$(id)",
+        "ssh://-oProxyCommand=id@h",
+        "ssh://us;er@h",
+        "ssh://u@-h",
+        "ssh://u@h`id`",
+        "local:-i",
+    ] {
+        let out = execkit(&["exec", "--target", target, "true"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{target}: {err}");
+        assert_eq!(err.lines().count(), 1, "{target}: {err}");
+        assert!(err.contains("invalid target"), "{target}: {err}");
+    }
+    // Arguments that are not UTF-8 never reach a shell.
+    use std::os::unix::ffi::OsStrExt;
+    let out = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .arg("exec")
+        .arg(std::ffi::OsStr::from_bytes(b"echo \xff\xfe"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("UTF-8"), "{}", stderr(&out));
+}
+
+#[test]
 fn unreachable_target_exits_69() {
     let out = execkit(&["exec", "--target", "local:/nonexistent/shell", "true"]);
     assert_eq!(out.status.code(), Some(69));

@@ -18,6 +18,10 @@ struct Server {
 
 impl Server {
     fn start(name: &str) -> Server {
+        Server::start_with(name, &[])
+    }
+
+    fn start_with(name: &str, extra: &[&str]) -> Server {
         let dir = std::env::temp_dir().join(format!("execkit-serve-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -28,6 +32,7 @@ impl Server {
             .arg(&socket)
             .arg("--journal")
             .arg(&journal)
+            .args(extra)
             .env("XDG_STATE_HOME", dir.join("state"))
             .stderr(Stdio::null())
             .spawn()
@@ -84,6 +89,16 @@ impl Conn {
         let mut l = String::new();
         self.r.read_line(&mut l).unwrap();
         serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}"))
+    }
+
+    /// Sends a request that must be refused; returns the error text.
+    fn refused(&mut self, req: Value) -> String {
+        let mut line = serde_json::to_vec(&req).unwrap();
+        line.push(b'\n');
+        self.w.write_all(&line).unwrap();
+        let resp = self.line();
+        assert_eq!(resp["ok"], false, "{req} -> {resp}");
+        resp["error"].as_str().unwrap_or_default().to_string()
     }
 
     fn call(&mut self, req: Value) -> Value {
@@ -206,6 +221,67 @@ fn malformed_requests_get_errors_and_a_second_server_refuses() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+}
+
+#[test]
+fn hostile_requests_are_refused_and_serving_goes_on() {
+    let srv = Server::start_with("hostile", &["--allow-target", "local*"]);
+    let mut c = Conn::new(&srv.socket);
+    // Outside the allow list, whatever the scheme.
+    for target in [
+        "docker:web",
+        "ssh://root@127.0.0.1:22",
+        "docker://127.0.0.1:2375/web",
+    ] {
+        let e = c.refused(json!({"op": "open", "target": target}));
+        assert!(e.contains("not allowed"), "{target}: {e}");
+    }
+    // Names and settings a shell or a CLI could misread.
+    let e = c.refused(json!({"op": "open", "name": "-rf"}));
+    assert!(e.contains("not a session name"), "{e}");
+    let e = c.refused(json!({"op": "open", "name": "a;b"}));
+    assert!(e.contains("not a session name"), "{e}");
+    let e = c.refused(json!({"op": "open", "env": {"A;id": "1"}}));
+    assert!(e.contains("not an environment variable name"), "{e}");
+    let e = c.refused(json!({"op": "open", "env": {"A": "x\u{0}y"}}));
+    assert!(e.contains("NUL"), "{e}");
+    let e = c.refused(json!({"op": "open", "env": {"EXECKIT_SID": "x"}}));
+    assert!(e.contains("set by execkit"), "{e}");
+    // Allowed target; a NUL in a command is refused, a 1 MB command runs.
+    c.call(json!({"op": "open", "name": "ok", "target": "local"}));
+    let e = c.refused(json!({"op": "run", "session": "ok", "command": "echo a\u{0}b"}));
+    assert!(e.contains("NUL"), "{e}");
+    let big = format!("printf %s '{}' | wc -c", "z".repeat(1 << 20));
+    let r = c.call(json!({"op": "run", "session": "ok", "command": big}));
+    assert_eq!(r["output"].as_str().unwrap().trim(), "1048576");
+    // Bytes that are not UTF-8 are a malformed request, not a crash.
+    c.w.write_all(b"{\"op\":\"ping\",\"x\":\"\xff\xfe\"}\n")
+        .unwrap();
+    let resp = c.line();
+    assert_eq!(resp["ok"], false, "{resp}");
+    assert!(
+        resp["error"].as_str().unwrap().contains("malformed"),
+        "{resp}"
+    );
+    // A request over the size limit (8 MiB) ends that connection with an
+    // error; the server itself serves the next client.
+    let mut huge = Conn::new(&srv.socket);
+    let mut line = br#"{"op":"run","session":"ok","command":""#.to_vec();
+    line.extend(std::iter::repeat_n(b'q', 9 << 20));
+    line.extend_from_slice(b"\"}\n");
+    let _ = huge.w.write_all(&line);
+    let resp = huge.line();
+    assert!(
+        resp["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("longer than"),
+        "{resp}"
+    );
+    let mut next = Conn::new(&srv.socket);
+    assert!(next.call(json!({"op": "ping"}))["pid"].is_u64());
+    let r = next.call(json!({"op": "run", "session": "ok", "command": "echo still"}));
+    assert_eq!(r["output"], "still");
 }
 
 fn marked(marker: &str) -> Vec<u32> {

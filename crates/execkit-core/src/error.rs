@@ -100,6 +100,10 @@ pub enum SessionError {
         /// What it printed, prefixed with `: `, if anything.
         output: String,
     },
+    /// The session settings cannot be passed to a shell safely (an
+    /// environment variable name that is not a name, a NUL byte, …).
+    #[error("invalid session settings: {0}")]
+    InvalidConfig(String),
     /// The session was closed.
     #[error("the session is closed")]
     Closed,

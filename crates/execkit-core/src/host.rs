@@ -26,6 +26,9 @@ pub enum HostError {
     /// A session with that name is already open.
     #[error("a session named `{0}` is already open")]
     NameTaken(String),
+    /// The session name is not 1–64 of `[A-Za-z0-9._-]`, or starts with `-`.
+    #[error("`{0}` is not a session name (1 to 64 letters, digits, `.`, `_` or `-`; not starting with `-`)")]
+    InvalidName(String),
     /// The target is not in the allow list.
     #[error("target `{target}` is not allowed here (allowed: {allowed})")]
     TargetNotAllowed {
@@ -208,6 +211,9 @@ impl Host {
                 format!("s{}", *c)
             }
         };
+        if !valid_name(&name) {
+            return Err(HostError::InvalidName(name.escape_debug().to_string()));
+        }
         if self.lock().contains_key(&name) {
             return Err(HostError::NameTaken(name));
         }
@@ -453,9 +459,37 @@ async fn handle(session: &mut Session, req: Req, unread: &mut Option<Unread>) ->
     false
 }
 
+/// Session names travel in CLI arguments, journal lines and messages: a
+/// short word that no tool could read as an option.
+fn valid_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && !n.starts_with('-')
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::target_matches;
+    use super::{target_matches, valid_name};
+
+    #[test]
+    fn session_names() {
+        for ok in ["s1", "build", "web-01", "a.b_c", &"x".repeat(64)] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-rf",
+            "a b",
+            "a;b",
+            "$(id)",
+            "a/b",
+            "é",
+            &"x".repeat(65),
+        ] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn globs() {
