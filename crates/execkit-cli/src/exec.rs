@@ -76,7 +76,7 @@ async fn run(args: ExecArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!("execkit: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return e.exit_code();
         }
     };
     let stdin = match &args.stdin {

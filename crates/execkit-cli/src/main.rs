@@ -24,6 +24,9 @@ pub const EXIT_UNREACHABLE: u8 = 69;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status when the last command timed out.
 pub const EXIT_TIMEOUT: u8 = 124;
+/// Exit status when a file execkit must write (the journal) cannot be
+/// created (sysexits' EX_CANTCREAT).
+pub const EXIT_CANTCREAT: u8 = 73;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -318,7 +318,7 @@ pub fn main(args: McpArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!("execkit mcp: {e}");
-            return ExitCode::from(crate::EXIT_USAGE);
+            return e.exit_code();
         }
     };
     let mut session = SessionConfig::default();

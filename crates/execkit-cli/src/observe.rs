@@ -27,21 +27,56 @@ impl JournalArgs {
         self.journal.clone().unwrap_or_else(Journal::default_path)
     }
 
-    /// Builds the observer; errors are one line for the user.
-    pub fn observer(&self) -> Result<Arc<Observer>, String> {
-        let redactor =
-            Redactor::with_patterns(&self.redact).map_err(|e| format!("--redact: {e}"))?;
+    /// Builds the observer; errors are one line for the user. A journal
+    /// that cannot be created is refused here, before any command runs
+    /// (exit 73): running unjournaled must be asked for (`--no-journal`).
+    pub fn observer(&self) -> Result<Arc<Observer>, ObserverError> {
+        let redactor = Redactor::with_patterns(&self.redact)
+            .map_err(|e| ObserverError::Usage(format!("--redact: {e}")))?;
         let journal = if self.no_journal {
             Journal::disabled()
         } else {
             let path = self.path();
             Journal::open(&path, redactor).map_err(|e| {
-                format!(
+                ObserverError::CantCreate(format!(
                     "cannot open the journal {}: {e} (use --journal PATH or --no-journal)",
                     path.display()
-                )
+                ))
             })?
         };
         Ok(Arc::new(Observer::new(journal)))
+    }
+}
+
+/// Why the journal and console could not be set up.
+#[derive(Debug)]
+pub enum ObserverError {
+    /// A bad flag (`--redact` pattern): exit 2.
+    Usage(String),
+    /// The journal file cannot be created or opened: exit 73 (EX_CANTCREAT).
+    CantCreate(String),
+}
+
+impl ObserverError {
+    /// The process exit status this error maps to.
+    pub fn exit_code(&self) -> std::process::ExitCode {
+        std::process::ExitCode::from(match self {
+            ObserverError::Usage(_) => crate::EXIT_USAGE,
+            ObserverError::CantCreate(_) => crate::EXIT_CANTCREAT,
+        })
+    }
+}
+
+impl std::fmt::Display for ObserverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObserverError::Usage(m) | ObserverError::CantCreate(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<ObserverError> for String {
+    fn from(e: ObserverError) -> String {
+        e.to_string()
     }
 }

@@ -33,7 +33,7 @@ pub fn main(args: ShellArgs) -> ExitCode {
         Ok(o) => o,
         Err(e) => {
             eprintln!("execkit: {e}");
-            return ExitCode::from(crate::EXIT_USAGE);
+            return e.exit_code();
         }
     };
     let mut config = SessionConfig::default();

@@ -4,6 +4,12 @@
 //! head, `limit` chars of tail and a small write buffer. Until the text
 //! outgrows the limit it lives in memory only; past that, everything (what
 //! was buffered and all that follows) streams to a spool file.
+//!
+//! A spool that cannot be written (directory not creatable, disk full) never
+//! stops the command: head and tail are still kept in memory, the spool
+//! file is removed (a partial file is no use and may be what filled the
+//! disk), and [`CappedOutput::spool_error`] says why, in one sentence naming
+//! the path and the OS error.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -100,10 +106,7 @@ impl OutputCap {
         if let Some(path) = &self.spool_path {
             match open_spool(path) {
                 Ok(f) => self.spool = Some(BufWriter::with_capacity(64 * 1024, f)),
-                Err(e) => {
-                    self.spool_error =
-                        Some(format!("cannot write spool file {}: {e}", path.display()))
-                }
+                Err(why) => self.spool_error = Some(why),
             }
         }
         self.write_spool(&whole);
@@ -117,9 +120,22 @@ impl OutputCap {
     fn write_spool(&mut self, text: &str) {
         if let Some(w) = &mut self.spool {
             if let Err(e) = w.write_all(text.as_bytes()) {
-                self.spool_error = Some(spool_failure(&self.spool_path, &e));
-                self.spool = None;
+                self.spool_failed(&e);
             }
+        }
+    }
+
+    /// Gives up on the spool file after a write error: the partial file
+    /// is removed (it may be what filled the disk).
+    fn spool_failed(&mut self, e: &std::io::Error) {
+        self.spool_error = Some(spool_failure(&self.spool_path, e));
+        if let Some(w) = self.spool.take() {
+            // Dropping the writer retries the flush; it fails again or
+            // writes into a file that is removed next.
+            drop(w);
+        }
+        if let Some(p) = &self.spool_path {
+            let _ = std::fs::remove_file(p);
         }
     }
 
@@ -164,7 +180,8 @@ impl OutputCap {
         self.trim_tail(true);
         if let Some(mut w) = self.spool.take() {
             if let Err(e) = w.flush() {
-                self.spool_error = Some(spool_failure(&self.spool_path, &e));
+                self.spool = Some(w);
+                self.spool_failed(&e);
             }
         }
         let tail_len = self.tail.chars().count() as u64;
@@ -200,17 +217,27 @@ impl OutputCap {
     }
 }
 
+/// What the result says when the full output could not be kept.
+const NOT_KEPT: &str = "the full output was not kept";
+
 fn spool_failure(path: &Option<PathBuf>, e: &std::io::Error) -> String {
     let shown = path.as_deref().map(Path::display);
     match shown {
-        Some(p) => format!("cannot write spool file {p}: {e}"),
-        None => format!("cannot write spool file: {e}"),
+        Some(p) => format!("cannot write the spool file {p}: {e}; {NOT_KEPT}"),
+        None => format!("cannot write the spool file: {e}; {NOT_KEPT}"),
     }
 }
 
-fn open_spool(path: &Path) -> std::io::Result<File> {
+/// Creates the spool file (and its directory); the error is one sentence
+/// for the result, naming what could not be created.
+fn open_spool(path: &Path) -> Result<File, String> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            format!(
+                "cannot create the spool directory {}: {e}; {NOT_KEPT}",
+                dir.display()
+            )
+        })?;
     }
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -219,7 +246,12 @@ fn open_spool(path: &Path) -> std::io::Result<File> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    opts.open(path)
+    opts.open(path).map_err(|e| {
+        format!(
+            "cannot create the spool file {}: {e}; {NOT_KEPT}",
+            path.display()
+        )
+    })
 }
 
 /// Byte index of the `n`-th char (or the string length when shorter).
@@ -264,5 +296,36 @@ mod tests {
         assert!(out.text.contains("characters elided"));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), full);
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn unwritable_spool_keeps_head_and_tail_and_says_why() {
+        // A directory under a regular file cannot exist, even for root.
+        let file = tmp("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let dir = file.join("spool");
+        let full: String = (0..3000).map(|i| format!("{i}\n")).collect();
+        let mut c = OutputCap::new(200, dir.join("a.out"));
+        c.push(&full);
+        let out = c.finish();
+        assert!(out.truncated);
+        assert_eq!(out.spool_path, None);
+        let why = out.spool_error.unwrap();
+        assert!(
+            why.starts_with(&format!(
+                "cannot create the spool directory {}: ",
+                dir.display()
+            )) && why.contains("Not a directory")
+                && why.ends_with("the full output was not kept"),
+            "{why}"
+        );
+        assert!(out.text.starts_with(&full[..100]), "{}", out.text);
+        assert!(
+            out.text.ends_with(&full[full.len() - 100..]),
+            "{}",
+            out.text
+        );
+        assert!(out.text.contains("full output not kept"), "{}", out.text);
+        std::fs::remove_file(file).unwrap();
     }
 }

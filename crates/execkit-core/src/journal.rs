@@ -2,10 +2,17 @@
 //! single `write(2)` per line, so concurrent writers never interleave within
 //! a line and a `kill -9` can at worst lose the line being written, never
 //! tear an earlier one. Secrets are masked before anything touches disk.
+//!
+//! A full disk: the space for each line is reserved first (`fallocate`
+//! past the end, size unchanged), so on `ENOSPC` nothing is written rather
+//! than half a line. The first write that fails stops the journal for the
+//! rest of the process with one warning line on stderr; commands and their
+//! results are not affected.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
@@ -17,6 +24,8 @@ use crate::redact::Redactor;
 pub struct Journal {
     sink: Option<(PathBuf, File)>,
     redactor: Redactor,
+    /// A write failed: the journal has stopped.
+    stopped: AtomicBool,
 }
 
 impl Journal {
@@ -36,6 +45,7 @@ impl Journal {
         Ok(Journal {
             sink: Some((path.to_path_buf(), file)),
             redactor,
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -44,6 +54,7 @@ impl Journal {
         Journal {
             sink: None,
             redactor: Redactor::default(),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -62,12 +73,39 @@ impl Journal {
         &self.redactor
     }
 
+    /// Whether a write failed and the journal stopped.
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
     /// Appends one event: `ts` and `event` first, then `fields`, with every
-    /// string value redacted.
+    /// string value redacted. The first failure stops the journal (later
+    /// calls do nothing) and is reported once on stderr.
     pub fn append(&self, event: &str, fields: Map<String, Value>) -> std::io::Result<()> {
-        let Some((_, file)) = &self.sink else {
+        let Some((path, file)) = &self.sink else {
             return Ok(());
         };
+        if self.stopped() {
+            return Ok(());
+        }
+        let r = self.write_line(file, event, fields);
+        if let Err(e) = &r {
+            if !self.stopped.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "execkit: warning: cannot write the journal {}: {e}; journaling stopped, commands go on",
+                    path.display()
+                );
+            }
+        }
+        r
+    }
+
+    fn write_line(
+        &self,
+        file: &File,
+        event: &str,
+        fields: Map<String, Value>,
+    ) -> std::io::Result<()> {
         let mut line = Map::new();
         line.insert("ts".into(), Value::String(rfc3339(SystemTime::now())));
         line.insert("event".into(), Value::String(event.into()));
@@ -76,6 +114,7 @@ impl Journal {
         }
         let mut buf = serde_json::to_vec(&Value::Object(line)).map_err(std::io::Error::other)?;
         buf.push(b'\n');
+        reserve(file, buf.len())?;
         // One write call per line; O_APPEND makes it atomic against other writers.
         let mut f: &File = file;
         f.write_all(&buf)
@@ -93,6 +132,32 @@ impl Journal {
             other => other,
         }
     }
+}
+
+/// Reserves `len` bytes past the end of `file` without changing its size,
+/// so a full disk fails the line before any of it is written. Filesystems
+/// without `fallocate` just go on to the write.
+fn reserve(file: &File, len: usize) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let end = file.metadata()?.len();
+        let (Ok(end), Ok(len)) = (libc::off_t::try_from(end), libc::off_t::try_from(len)) else {
+            return Ok(());
+        };
+        // SAFETY: fallocate on an open fd we own; KEEP_SIZE leaves the
+        // file's length (and so O_APPEND's offset) as it is.
+        let rc = unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, end, len) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+                return Err(e);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, len);
+    Ok(())
 }
 
 /// Formats a time as RFC 3339 in UTC with milliseconds.
