@@ -206,6 +206,9 @@ pub struct Session {
     flavor: shell::Flavor,
     pending: Option<Pending>,
     console_line: LineBuffer,
+    /// A replaced or lost shell's processes could not be killed (a paused
+    /// container…): `close` keeps the record on disk for `gc`.
+    cleanup_pending: bool,
 }
 
 impl Session {
@@ -233,6 +236,7 @@ impl Session {
             flavor: shell::Flavor::Posix,
             pending: None,
             console_line: LineBuffer::default(),
+            cleanup_pending: false,
         };
         // Recorded before the shell starts: a kill -9 at any later point
         // leaves a record for `gc` to clean up by.
@@ -347,7 +351,7 @@ impl Session {
     /// Kills what is left of the current shell and starts a new one.
     async fn restart(&mut self) -> Result<(), SessionError> {
         if let Some(old) = self.shell.take() {
-            let _ = old.terminate().await;
+            self.retire(old).await;
         }
         self.leftover.clear();
         self.start_shell().await
@@ -744,7 +748,7 @@ impl Session {
                 // Killed from outside: report the loss; the next command
                 // gets a fresh shell.
                 if let Some(old) = self.shell.take() {
-                    let _ = old.terminate().await;
+                    self.retire(old).await;
                 }
                 result.session_lost = true;
                 result.error = Some(format!("the shell on {} {status}", self.transport.target()));
@@ -755,11 +759,20 @@ impl Session {
     /// The target went away during a command.
     async fn after_loss(&mut self, msg: String, result: &mut RunResult) {
         if let Some(old) = self.shell.take() {
-            let _ = old.terminate().await;
+            self.retire(old).await;
         }
         result.session_lost = true;
         result.exit_code = None;
         result.error = Some(msg);
+    }
+
+    /// Kills a shell that is being replaced or was lost. If its processes
+    /// cannot be killed now, the record stays for `gc` (see `close`).
+    async fn retire(&mut self, old: Box<dyn ShellProcess>) {
+        if let Err(e) = old.terminate().await {
+            tracing::debug!("cleanup of a replaced shell failed: {e}");
+            self.cleanup_pending = true;
+        }
     }
 
     /// Resizes the terminal.
@@ -778,7 +791,9 @@ impl Session {
         if let Some(shell) = self.shell.take() {
             shell.terminate().await?;
         }
-        crate::sessions::remove_record(&self.marker);
+        if !self.cleanup_pending {
+            crate::sessions::remove_record(&self.marker);
+        }
         Ok(())
     }
 }

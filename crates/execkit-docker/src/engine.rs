@@ -57,7 +57,10 @@ pub(crate) struct Attached {
 pub(crate) enum ContainerState {
     /// Running; its full id.
     Running { id: String },
-    /// Exists but is stopped, paused, restarting…
+    /// Frozen by `docker pause`: its processes exist but nothing can be
+    /// exec'd into it (so nothing can be killed) until it is unpaused.
+    Paused { id: String },
+    /// Exists but is stopped, restarting…
     NotRunning { status: String },
     /// No such container.
     Missing,
@@ -179,19 +182,14 @@ impl Engine {
         match self.docker.inspect_container(name, None).await {
             Ok(c) => {
                 let state = c.state.unwrap_or_default();
-                let running = state.running == Some(true)
-                    && state.paused != Some(true)
-                    && state.restarting != Some(true);
-                match (running, c.id) {
-                    (true, Some(id)) => Ok(ContainerState::Running { id }),
+                let running = state.running == Some(true) && state.restarting != Some(true);
+                match (running, state.paused == Some(true), c.id) {
+                    (true, false, Some(id)) => Ok(ContainerState::Running { id }),
+                    (true, true, Some(id)) => Ok(ContainerState::Paused { id }),
                     _ => Ok(ContainerState::NotRunning {
-                        status: if state.paused == Some(true) {
-                            "paused".into()
-                        } else {
-                            state
-                                .status
-                                .map_or_else(|| "status unknown".into(), |s| s.to_string())
-                        },
+                        status: state
+                            .status
+                            .map_or_else(|| "status unknown".into(), |s| s.to_string()),
                     }),
                 }
             }
@@ -372,13 +370,27 @@ impl Engine {
     /// Kills every process in the container whose environment holds
     /// exactly `entry`, by a one-shot exec of the portable marker-kill
     /// script; waits until it finished. A container that stopped or went
-    /// away runs nothing, so that counts as done.
+    /// away runs nothing, so that counts as done; a paused one is an error
+    /// ([`paused_error`]): its processes live on, frozen.
     pub async fn kill_matching(
         &self,
         container_id: &str,
         name: &str,
         entry: &str,
     ) -> Result<(), TransportError> {
+        match self.try_kill_matching(container_id, name, entry).await? {
+            Killed::Done => Ok(()),
+            Killed::Paused => Err(paused_error(&self.target, name)),
+        }
+    }
+
+    /// [`Engine::kill_matching`], telling a paused container apart.
+    pub async fn try_kill_matching(
+        &self,
+        container_id: &str,
+        name: &str,
+        entry: &str,
+    ) -> Result<Killed, TransportError> {
         let cmd = vec![
             "/bin/sh".to_string(),
             "-c".to_string(),
@@ -392,7 +404,7 @@ impl Engine {
             Err(BollardError::DockerResponseServerError {
                 status_code: 404 | 409,
                 ..
-            }) => return Ok(()),
+            }) => return self.why_no_exec(container_id).await,
             Err(e) => return Err(self.error(&format!("marker cleanup in container {name}"), e)),
         };
         let cleanup = async {
@@ -421,7 +433,7 @@ impl Engine {
                 )))
             }
             Ok(Err(TransportError::Unreachable { reason, .. })) if reason.contains(" 409:") => {
-                return Ok(())
+                return self.why_no_exec(container_id).await
             }
             Ok(r) => r?,
         }
@@ -433,18 +445,130 @@ impl Engine {
                     exit_code,
                 }) => {
                     return match exit_code {
-                        Some(0) | None => Ok(()),
+                        Some(0) | None => Ok(Killed::Done),
                         Some(c) => Err(failed(format!("the kill script exited with code {c}"))),
                     }
                 }
                 Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                 Err(BollardError::DockerResponseServerError {
                     status_code: 404, ..
-                }) => return Ok(()),
+                }) => return Ok(Killed::Done),
                 Err(e) => return Err(self.error(&format!("marker cleanup in container {name}"), e)),
             }
         }
-        Ok(())
+        Ok(Killed::Done)
+    }
+
+    /// The engine refused an exec (404/409): a stopped or removed
+    /// container runs nothing, so that counts as done; a paused one does not.
+    async fn why_no_exec(&self, container_id: &str) -> Result<Killed, TransportError> {
+        match self.container_state(container_id).await? {
+            ContainerState::Paused { .. } => Ok(Killed::Paused),
+            _ => Ok(Killed::Done),
+        }
+    }
+
+    /// Waits until the container is no longer paused (unpaused, stopped or
+    /// removed) or `deadline` passes, by following the engine's event
+    /// stream for it — no polling. Returns whether it left the paused state.
+    pub async fn wait_unpaused(
+        &self,
+        container_id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, TransportError> {
+        if !container_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(self.spawn_err("a container id is not hexadecimal"));
+        }
+        let io_err = |what: &str, e: io::Error| TransportError::Unreachable {
+            target: self.target.clone(),
+            reason: format!("{what} the Docker engine at {}: {e}", self.endpoint),
+        };
+        // Events since a moment before the state check below are replayed,
+        // so an unpause between the check and the subscription is not missed.
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .saturating_sub(1);
+        if !matches!(
+            self.container_state(container_id).await?,
+            ContainerState::Paused { .. }
+        ) {
+            return Ok(true);
+        }
+        // filters={"container":["ID"],"event":["unpause","die","destroy"]}
+        let filters = format!(
+            "%7B%22container%22%3A%5B%22{container_id}%22%5D%2C%22event%22%3A%5B%22unpause%22%2C%22die%22%2C%22destroy%22%5D%7D"
+        );
+        let host = match &self.endpoint {
+            Endpoint::Unix(_) => "docker",
+            Endpoint::Tcp(a) => a.as_str(),
+        };
+        let request = format!(
+            "GET /{}/events?since={since}&filters={filters} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: execkit\r\n\r\n",
+            self.api
+        );
+        let watch = async {
+            let mut stream = self
+                .open()
+                .await
+                .map_err(|e| io_err("cannot connect to", e))?;
+            stream
+                .write_all(request.as_bytes())
+                .await
+                .map_err(|e| io_err("writing to", e))?;
+            // Any body after the response head is one of the filtered
+            // events for this container.
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = stream
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| io_err("reading from", e))?;
+                if n == 0 {
+                    return Err(io_err(
+                        "reading events from",
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"),
+                    ));
+                }
+                seen.extend_from_slice(&buf[..n]);
+                if let Some(end) = find(&seen, b"\r\n\r\n") {
+                    if !seen.starts_with(b"HTTP/1.1 200") && !seen.starts_with(b"HTTP/1.0 200") {
+                        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                        return Err(self.spawn_err(&format!(
+                            "watching container events: the engine answered {}",
+                            head.lines().next().unwrap_or("")
+                        )));
+                    }
+                    if seen.len() > end + 4 {
+                        return Ok(true);
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, watch).await {
+            Ok(r) => r,
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+/// Whether a marker cleanup ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Killed {
+    /// Done (or nothing to do: the container is stopped or gone).
+    Done,
+    /// The container is paused: nothing can run in it, its processes live on.
+    Paused,
+}
+
+/// The error for a cleanup that has to wait for an unpause.
+pub(crate) fn paused_error(target: &str, name: &str) -> TransportError {
+    TransportError::Unreachable {
+        target: target.to_string(),
+        reason: format!(
+            "container {name} is paused; its session processes are killed once it is unpaused"
+        ),
     }
 }
 

@@ -10,7 +10,9 @@
 //! Dropping the attach does not stop a process in a container, so every
 //! cleanup (close, drop, timeout escalation, restart, dead-owner gc) runs a
 //! one-shot exec of [`execkit_core::shell::kill_matching_script`] that kills
-//! every process carrying the session marker.
+//! every process carrying the session marker. A paused container takes no
+//! exec: the cleanup of a shell dropped then waits on the engine's event
+//! stream for the unpause and runs then; `gc` keeps the record meanwhile.
 
 mod engine;
 mod shell;
@@ -240,6 +242,15 @@ impl Transport for DockerTransport {
         let engine = self.engine().await?;
         let id = match engine.container_state(&self.container).await? {
             ContainerState::Running { id } => id,
+            ContainerState::Paused { .. } => {
+                return Err(TransportError::Unreachable {
+                    target: self.target.clone(),
+                    reason: format!(
+                        "container {} is paused (docker unpause {0})",
+                        self.container
+                    ),
+                })
+            }
             ContainerState::NotRunning { status } => {
                 return Err(TransportError::Unreachable {
                     target: self.target.clone(),
@@ -267,6 +278,11 @@ impl Transport for DockerTransport {
             // A stopped or removed container runs nothing: nothing to kill.
             ContainerState::Running { id } => {
                 engine.kill_matching(&id, &self.container, entry).await
+            }
+            // Frozen processes cannot be killed from inside: an error, so
+            // gc keeps the record and tries again after the unpause.
+            ContainerState::Paused { .. } => {
+                Err(engine::paused_error(&self.target, &self.container))
             }
             ContainerState::NotRunning { .. } | ContainerState::Missing => Ok(()),
         }

@@ -11,10 +11,13 @@ use execkit_core::{shell, ExitStatus, ShellEvent, ShellProcess, Size, SpawnSpec,
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::engine::{ContainerState, Engine, ExecState, ReadHalf, WriteHalf};
+use crate::engine::{ContainerState, Engine, ExecState, Killed, ReadHalf, WriteHalf};
 
 /// How long `Drop` waits for its cleanup exec before leaving it to run on.
 const DROP_WAIT: Duration = Duration::from_secs(10);
+/// How long the cleanup of a shell dropped in a paused container waits
+/// for the unpause (a thread blocked on the engine's event stream).
+const UNPAUSE_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// How often a read blocked on a quiet terminal asks whether the shell runs.
 const EXIT_POLL: Duration = Duration::from_millis(1000);
 /// After the shell exited: the stream counts as drained once quiet this long…
@@ -231,7 +234,7 @@ impl DockerShell {
             };
         loop {
             match self.engine.container_state(&self.container_id).await {
-                Ok(ContainerState::Running { .. }) => {
+                Ok(ContainerState::Running { .. } | ContainerState::Paused { .. }) => {
                     if Instant::now() >= settle {
                         break;
                     }
@@ -281,7 +284,9 @@ impl DockerShell {
     }
 
     /// Runs the marker cleanup on a thread of its own (usable from `Drop`,
-    /// in or out of a runtime) and waits a bounded time for it.
+    /// in or out of a runtime) and waits a bounded time for it. In a paused
+    /// container the first attempt cannot run: the caller is released and
+    /// the thread waits for the unpause, then kills.
     fn cleanup_detached(&self) {
         let engine = self.engine.clone();
         let id = self.container_id.clone();
@@ -295,11 +300,39 @@ impl DockerShell {
                     .enable_all()
                     .build();
                 match rt {
-                    Ok(rt) => {
-                        if let Err(e) = rt.block_on(engine.kill_matching(&id, &name, &entry)) {
-                            tracing::warn!("cleanup of a dropped shell in container {name}: {e}");
+                    Ok(rt) => rt.block_on(async {
+                        let deadline = Instant::now() + UNPAUSE_WAIT;
+                        loop {
+                            match engine.try_kill_matching(&id, &name, &entry).await {
+                                Ok(Killed::Done) => break,
+                                Ok(Killed::Paused) => {
+                                    let _ = tx.send(());
+                                    tracing::debug!(
+                                        "container {name} is paused: cleanup waits for the unpause"
+                                    );
+                                    match engine.wait_unpaused(&id, deadline).await {
+                                        Ok(true) => {
+                                            tokio::time::sleep(Duration::from_millis(100)).await
+                                        }
+                                        Ok(false) => {
+                                            tracing::warn!("container {name} stayed paused; its session processes were not killed");
+                                            break;
+                                        }
+                                        Err(e) => {
+                                            tracing::warn!("waiting for container {name} to be unpaused: {e}");
+                                            break;
+                                        }
+                                    }
+                                }
+                                Err(e) => {
+                                    tracing::warn!(
+                                        "cleanup of a dropped shell in container {name}: {e}"
+                                    );
+                                    break;
+                                }
+                            }
                         }
-                    }
+                    }),
                     Err(e) => tracing::warn!("cleanup of a dropped shell: no runtime: {e}"),
                 }
                 let _ = tx.send(());
@@ -402,7 +435,8 @@ impl ShellProcess for DockerShell {
                 .kill_matching(&self.container_id, &self.name, &self.marker_entry)
                 .await
             {
-                // Leave it to Drop to try once more.
+                // Leave it to Drop to try once more (after the unpause, if
+                // the container is paused).
                 self.cleaned.store(false, Ordering::SeqCst);
                 return Err(e);
             }

@@ -68,6 +68,10 @@ fn cases() -> Vec<Case> {
         case!(cwd_round_trip),
         case!(stopped_container_is_session_lost, needs_image),
         case!(removed_container_is_session_lost, needs_image),
+        case!(
+            paused_container_times_out_and_is_cleaned_after_unpause,
+            needs_image
+        ),
         case!(drop_leaves_no_process),
         case!(dropped_run_leaves_no_process),
         case!(timed_out_sleep_leaves_no_process),
@@ -460,6 +464,100 @@ async fn stopped_container_is_session_lost(env: Env) -> anyhow::Result<()> {
 
 async fn removed_container_is_session_lost(env: Env) -> anyhow::Result<()> {
     lost_mid_command(env, "rm", &["rm", "-f"]).await
+}
+
+/// `docker pause` mid-command (issue 9's fault matrix): the frozen shell
+/// cannot answer, nothing can be exec'd into the container, yet the run
+/// must come back within its timeout plus a bounded escalation and say the
+/// container is paused. What the command left cannot be killed while the
+/// container is frozen; it must be gone soon after the unpause.
+async fn paused_container_times_out_and_is_cleaned_after_unpause(env: Env) -> anyhow::Result<()> {
+    let scratch = Scratch::start(&env, "pause")?;
+    let name = scratch.0.clone();
+    let target = format!("docker:{name}");
+    let mut s = open(&target).await?;
+    ensure!(ok(&mut s, "echo up").await? == "up");
+    let marker = s.marker().to_string();
+    let pausing = name.clone();
+    let pauser = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        tokio::task::spawn_blocking(move || docker_cli(&["pause", &pausing]).map(|_| ()))
+            .await
+            .context("join")?
+    });
+    let timeout = Duration::from_secs(2);
+    let t = Instant::now();
+    let r = s
+        .run("echo started; sleep 60", RunOptions::timeout(timeout))
+        .await?;
+    let took = t.elapsed();
+    pauser.await??;
+    // A gc while paused (as if the owner had died) cannot kill anything
+    // either: it keeps the record for a later try.
+    let gc_dir =
+        std::env::temp_dir().join(format!("execkit-docker-pause-gc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&gc_dir);
+    let rec = SessionRecord {
+        owner_pid: u32::MAX - 7,
+        ..SessionRecord::new(&marker, &target)
+    };
+    let rec_path = sessions::write_record_in(&gc_dir, &rec)?;
+    let paused_gc = sessions::gc_in(&gc_dir).await;
+    let unpaused = docker_cli(&["unpause", &name]);
+    ensure!(
+        paused_gc.cleaned.is_empty()
+            && paused_gc.failed.len() == 1
+            && paused_gc.failed[0].1.contains("is paused")
+            && rec_path.exists(),
+        "gc while paused: {paused_gc:?}"
+    );
+    ensure!(
+        r.timed_out && r.session_lost && r.exit_code.is_none(),
+        "{r:?}"
+    );
+    let want = format!("container {name} is paused");
+    ensure!(
+        r.error.as_deref().is_some_and(|e| e.contains(&want)),
+        "error should say {want:?}: {r:?}"
+    );
+    ensure!(
+        took < timeout + Duration::from_secs(15),
+        "returned after {took:?}"
+    );
+    unpaused?;
+    // Unpaused: the marked processes left in the container are killed.
+    let t_clean = Instant::now();
+    let mut left = marked(&target, &marker).await?;
+    while !left.is_empty() && t_clean.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        left = marked(&target, &marker).await?;
+    }
+    eprintln!(
+        "fault docker-pause: run returned in {took:?} (timeout {timeout:?}); cleaned {:?} after unpause; leaked processes: {}; error: {:?}",
+        t_clean.elapsed(),
+        left.len(),
+        r.error
+    );
+    ensure!(left.is_empty(), "survived the unpause: {left:?}");
+    // Unpaused, the kept record is cleaned.
+    let report = sessions::gc_in(&gc_dir).await;
+    let _ = std::fs::remove_dir_all(&gc_dir);
+    ensure!(
+        report.cleaned.len() == 1 && report.failed.is_empty() && !rec_path.exists(),
+        "gc after unpause: {report:?}"
+    );
+    // The session comes back with a fresh shell.
+    let r = s
+        .run("echo again", RunOptions::timeout(Duration::from_secs(30)))
+        .await?;
+    ensure!(
+        r.output == "again" && r.exit_code == Some(0) && r.restarted,
+        "{r:?}"
+    );
+    s.close().await?;
+    ensure!(leaked(&target, &marker).await?.is_empty(), "survived close");
+    drop(scratch);
+    Ok(())
 }
 
 async fn drop_leaves_no_process(env: Env) -> anyhow::Result<()> {
