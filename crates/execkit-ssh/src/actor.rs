@@ -32,6 +32,13 @@ const CHANNEL_FAILURE: i32 = -21;
 /// How long to wait for the server's close (carrying the exit status) after EOF.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const IDLE_POLL: Duration = Duration::from_millis(250);
+/// Keepalive interval (sent with want-reply, so the server answers).
+pub(crate) const KEEPALIVE_SECS: u32 = 15;
+/// How long the server may stay silent while it owes us an answer (to a
+/// keepalive, sent every 15 s, or to a channel set-up) before the
+/// connection counts as stalled and is given up. TCP alone cannot tell: a
+/// stopped or wedged sshd still has its kernel acknowledge our packets.
+pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(10);
 
 macro_rules! trace {
     ($($arg:tt)*) => {
@@ -216,7 +223,8 @@ impl Conn {
             execs: Vec::new(),
             closing: Vec::new(),
             shutdown: None,
-            next_keepalive: Instant::now() + Duration::from_secs(15),
+            next_keepalive: Instant::now() + Duration::from_secs(u64::from(KEEPALIVE_SECS)),
+            expect: None,
         };
         static SEQ: AtomicU64 = AtomicU64::new(1);
         std::thread::Builder::new()
@@ -408,6 +416,9 @@ struct Actor {
     /// When the last handle went away (then: finish cleanups, close).
     shutdown: Option<Instant>,
     next_keepalive: Instant,
+    /// Since when the server owes us an answer, and how many bytes the
+    /// socket had received then (see [`STALL_LIMIT`]).
+    expect: Option<(Instant, u64)>,
 }
 
 /// A failure of the whole connection.
@@ -522,6 +533,7 @@ impl Actor {
             // the socket by the reads above.
             progress |= self.advance_pending()?;
             self.keepalive()?;
+            self.check_stall()?;
             if progress {
                 continue;
             }
@@ -558,6 +570,9 @@ impl Actor {
     }
 
     fn accept(&mut self, req: Req) {
+        if matches!(req, Req::OpenShell { .. } | Req::Exec { .. }) {
+            self.expect_answer();
+        }
         match req {
             Req::OpenShell {
                 id,
@@ -918,6 +933,12 @@ impl Actor {
         match self.sess.keepalive_send() {
             Ok(secs) => {
                 self.next_keepalive = now + Duration::from_secs(u64::from(secs.max(1)));
+                // libssh2 sends only when its interval has passed, and then
+                // reports the full interval; sent with want-reply, the
+                // server answers it.
+                if secs >= KEEPALIVE_SECS {
+                    self.expect_answer();
+                }
                 Ok(())
             }
             Err(e) if code(&e) == EAGAIN => {
@@ -926,6 +947,40 @@ impl Actor {
             }
             Err(e) => Err(self.lost("sending a keepalive", e.message())),
         }
+    }
+
+    /// Starts the stall clock, unless it already runs.
+    fn expect_answer(&mut self) {
+        if self.expect.is_none() {
+            if let Some(bytes) = bytes_received(self.stream.as_raw_fd()) {
+                self.expect = Some((Instant::now(), bytes));
+            }
+        }
+    }
+
+    /// Gives the connection up when the server has sent nothing for
+    /// [`STALL_LIMIT`] while it owes us an answer.
+    fn check_stall(&mut self) -> Result<(), Lost> {
+        let Some((since, before)) = self.expect else {
+            return Ok(());
+        };
+        let Some(now_bytes) = bytes_received(self.stream.as_raw_fd()) else {
+            self.expect = None;
+            return Ok(());
+        };
+        if now_bytes != before {
+            // It spoke. Channel set-ups still waiting restart the clock.
+            self.expect = (!self.pending.is_empty()).then(|| (Instant::now(), now_bytes));
+            return Ok(());
+        }
+        if since.elapsed() > STALL_LIMIT {
+            return Err(Lost(format!(
+                "connection to {} stalled: the server sent nothing for {} s while an answer was due",
+                self.label,
+                STALL_LIMIT.as_secs()
+            )));
+        }
+        Ok(())
     }
 
     /// Whether libssh2 already holds unread data for a channel we would read
@@ -1038,6 +1093,34 @@ fn dead(fd: RawFd) -> bool {
             && e.kind() != std::io::ErrorKind::Interrupted;
     }
     false
+}
+
+/// Bytes the kernel has received on the socket so far (`TCP_INFO`), whether
+/// or not libssh2 has read them; `None` where that cannot be known (then no
+/// stall is ever declared).
+#[cfg(target_os = "linux")]
+fn bytes_received(fd: RawFd) -> Option<u64> {
+    // SAFETY: tcp_info is plain old data; getsockopt writes at most `len`
+    // bytes into it and reports how many.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    // Kernels before 4.1 do not fill in the counter.
+    let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received) + 8;
+    (rc == 0 && len as usize >= needed).then_some(info.tcpi_bytes_received)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn bytes_received(_fd: RawFd) -> Option<u64> {
+    None
 }
 
 fn poll_fd(fd: RawFd, events: libc::c_short, timeout_ms: libc::c_int) -> bool {

@@ -100,7 +100,7 @@ pub(crate) fn establish(t: &SshTarget, target: &str) -> Result<Established, Tran
     );
     verify_host_key(&session, t, target)?;
     authenticate(&session, t, target)?;
-    session.set_keepalive(true, 15);
+    session.set_keepalive(true, crate::actor::KEEPALIVE_SECS);
     Ok(Established { session, stream })
 }
 

@@ -483,3 +483,158 @@ async fn sshd_killed_mid_command_is_reported_promptly() {
     assert!(t.elapsed() < Duration::from_secs(5));
     let _ = s.close().await;
 }
+
+/// A SIGSTOPped process, SIGCONTed on drop (a failing test never leaves
+/// it stopped).
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        let ok = Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot SIGSTOP {pid}");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
+}
+
+fn cmdlines(pids: &[u32]) -> Vec<String> {
+    pids.iter()
+        .map(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Issue 9's fault matrix: the connection's server-side process is
+/// SIGSTOPped mid-command (a network stall: TCP still acknowledges, the
+/// server says nothing). Session A runs `sleep 30` with a 2 s timeout,
+/// session B `sleep 60` with none, on the same connection. Both must come
+/// back within the stall limit plus a bounded escalation; what they ran
+/// must be killed even before the server resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connection_mid_command_is_given_up_promptly() {
+    let Some(e) = env() else { return };
+    // A connection of its own: stopping its server process must not stall
+    // the other tests' sessions.
+    let kh = e.own_known_hosts("stall");
+    let url = e.url_with(&e.key("user_ed25519"), &kh, "");
+    let mut a = open(&url).await.unwrap();
+    let mut b = open(&url).await.unwrap();
+    let (entry_a, entry_b) = (
+        format!("EXECKIT_SID={}", a.marker()),
+        format!("EXECKIT_SID={}", b.marker()),
+    );
+    let server: u32 = run_ok(&mut a, "echo $PPID").await.parse().unwrap();
+    let server_b: u32 = run_ok(&mut b, "echo $PPID").await.parse().unwrap();
+    assert_eq!(server, server_b, "the sessions do not share a connection");
+    let comm = std::fs::read_to_string(format!("/proc/{server}/comm")).unwrap_or_default();
+    assert!(comm.starts_with("sshd"), "the shells' parent is {comm:?}");
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Stopped::stop(server)
+    });
+    let timeout = Duration::from_secs(2);
+    let t = Instant::now();
+    // A regression must fail, not hang: the whole exchange is bounded.
+    let both = tokio::time::timeout(Duration::from_secs(90), async {
+        tokio::join!(
+            async {
+                let r = a.run("sleep 30", RunOptions::timeout(timeout)).await;
+                (r.unwrap(), t.elapsed())
+            },
+            async {
+                let r = b
+                    .run("sleep 60", RunOptions::timeout(Duration::from_secs(120)))
+                    .await;
+                (r.unwrap(), t.elapsed())
+            },
+        )
+    })
+    .await;
+    let stopped = stopper.await.unwrap();
+    let Ok((ra, rb)) = both else {
+        drop(stopped);
+        panic!("a stalled connection hung the runs for 90 s");
+    };
+    let ((ra, took_a), (rb, took_b)) = (ra, rb);
+    // Killed through a fresh connection while the old server is still
+    // stopped: nothing of either command is left.
+    let sleeping: Vec<String> = cmdlines(&marked(&entry_a))
+        .into_iter()
+        .chain(cmdlines(&marked(&entry_b)))
+        .filter(|c| c.starts_with("sleep"))
+        .collect();
+    drop(stopped);
+    let bound = timeout + Duration::from_secs(20);
+    // A: its timeout fired; the shell did not answer the Ctrl-C, so it was
+    // killed and a new one started on a new connection.
+    assert!(
+        ra.timed_out && ra.exit_code.is_none() && ra.restarted && !ra.session_lost,
+        "{ra:?}"
+    );
+    assert!(took_a < bound, "A returned after {took_a:?}");
+    // B: no timeout of its own; the stall is what ends it.
+    assert!(rb.session_lost && rb.exit_code.is_none(), "{rb:?}");
+    assert_eq!(
+        rb.error.as_deref(),
+        Some(
+            format!(
+                "connection to 127.0.0.1:{} stalled: the server sent nothing for 10 s while an answer was due",
+                e.target.port
+            )
+            .as_str()
+        )
+    );
+    assert!(took_b < bound, "B returned after {took_b:?}");
+    assert!(sleeping.is_empty(), "survived the stall: {sleeping:?}");
+    // Both sessions go on; the resumed server process finds its peer gone.
+    assert_eq!(run_ok(&mut a, "echo a-next").await, "a-next");
+    let r = b
+        .run("echo b-next", RunOptions::timeout(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(r.output == "b-next" && r.restarted, "{r:?}");
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (!marked(&entry_a).is_empty() || !marked(&entry_b).is_empty())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left: Vec<u32> = marked(&entry_a)
+        .into_iter()
+        .chain(marked(&entry_b))
+        .collect();
+    let server_gone = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(format!("/proc/{server}")).is_ok() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        std::fs::metadata(format!("/proc/{server}")).is_err()
+    };
+    eprintln!(
+        "fault ssh-stall: A (timeout {timeout:?}) returned in {took_a:?}, B (no timeout) in {took_b:?}; leaked processes: {}; stalled sshd exited after SIGCONT: {server_gone}; A: timed_out={} restarted={}; B error: {:?}",
+        left.len(),
+        ra.timed_out,
+        ra.restarted,
+        rb.error
+    );
+    assert!(left.is_empty(), "survived: {:?}", cmdlines(&left));
+    assert!(
+        server_gone,
+        "the stalled sshd process {server} lingers after SIGCONT"
+    );
+}
