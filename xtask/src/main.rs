@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 
 mod bench;
 mod docker;
+mod soak;
 mod ssh;
 
 const TRANSPORTS: &[&str] = &["local", "docker", "ssh"];
@@ -84,9 +85,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
+        Some("soak") => soak::soak(&args[1..]),
         Some("with") => with(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test [--transport local|docker|ssh|all]\n       cargo xtask bench [--quick] [--transport local|docker|ssh|all]\n       cargo xtask with local|docker|ssh|all -- COMMAND...");
+            eprintln!("usage: cargo xtask test [--transport local|docker|ssh|all]\n       cargo xtask bench [--quick] [--transport local|docker|ssh|all]\n       cargo xtask soak [--minutes N]\n       cargo xtask with local|docker|ssh|all -- COMMAND...");
             return ExitCode::from(2);
         }
     };

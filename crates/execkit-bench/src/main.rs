@@ -2,10 +2,13 @@
 //! today, in one run so ratios are fair on a noisy shared machine. Run it
 //! through `cargo xtask bench [--quick] [--transport …]`, which builds it in
 //! release mode, provisions dockerd/sshd and writes `docs/BENCHMARKS.md`.
+//! `execkit-bench soak [--minutes N]` is the resource soak instead (see
+//! `soak.rs`; run through `cargo xtask soak`).
 
 mod baselines;
 mod floor;
 mod report;
+mod soak;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -109,8 +112,10 @@ fn parse_args() -> Result<Args> {
 fn main() -> Result<()> {
     raise_fd_limit();
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some("--child") {
-        return child(&argv[2..]);
+    match argv.get(1).map(String::as_str) {
+        Some("--child") => return child(&argv[2..]),
+        Some("soak") => return soak::main(&argv[2..]),
+        _ => {}
     }
     execkit_local::register();
     execkit_docker::register();
