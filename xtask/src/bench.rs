@@ -61,7 +61,7 @@ pub fn bench(args: &[String]) -> Result<bool> {
         } else {
             root.join("docs")
         };
-        let mut cmd = Command::new(root.join("target/release/execkit-bench"));
+        let mut cmd = Command::new(crate::target_dir(&root).join("release/execkit-bench"));
         cmd.arg("--transport")
             .arg(&which)
             .arg("--execkit")

@@ -130,6 +130,14 @@ fn with(args: &[String]) -> Result<bool> {
         .success())
 }
 
+/// Where cargo puts its builds: `CARGO_TARGET_DIR` when set.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => root.join(d),
+        _ => root.join("target"),
+    }
+}
+
 fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }

@@ -5,7 +5,7 @@
 //! Exits non-zero on any growth of descriptors, threads or memory, any
 //! wrong result and any process left behind. See `docs/SOAK.md`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -40,7 +40,7 @@ pub fn soak(args: &[String]) -> Result<bool> {
     }
     // Spool (1 GB at its peak) under target/, not /tmp, which may be small.
     let dir = root.join(format!("target/soak-{}", std::process::id()));
-    let st = Command::new(target_dir(&root).join("release/execkit-bench"))
+    let st = Command::new(crate::target_dir(&root).join("release/execkit-bench"))
         .args(["soak", "--minutes", &minutes, "--dir"])
         .arg(&dir)
         .status()
@@ -48,12 +48,4 @@ pub fn soak(args: &[String]) -> Result<bool> {
     // The soak removes it itself; this covers a crash.
     let _ = std::fs::remove_dir_all(&dir);
     Ok(st.success())
-}
-
-/// Where cargo puts its builds: `CARGO_TARGET_DIR` when set.
-fn target_dir(root: &Path) -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => root.join(d),
-        _ => root.join("target"),
-    }
 }
