@@ -34,6 +34,9 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(60);
 static NEGOTIATED: Mutex<Vec<(Endpoint, ClientVersion)>> = Mutex::new(Vec::new());
 /// Largest HTTP response head we accept before the raw stream starts.
 const MAX_HEAD: usize = 64 * 1024;
+/// While waiting for an unpause on the event stream, how often the
+/// container's state is checked again anyway.
+const UNPAUSE_RECHECK: Duration = Duration::from_secs(30);
 
 /// A byte stream to the engine (Unix socket or TCP).
 pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -470,7 +473,10 @@ impl Engine {
 
     /// Waits until the container is no longer paused (unpaused, stopped or
     /// removed) or `deadline` passes, by following the engine's event
-    /// stream for it — no polling. Returns whether it left the paused state.
+    /// stream for it; the state is checked again every
+    /// [`UNPAUSE_RECHECK`] in case an event was missed (a remote engine's
+    /// clock off by more than the replay margin). Returns whether it left
+    /// the paused state.
     pub async fn wait_unpaused(
         &self,
         container_id: &str,
@@ -479,22 +485,39 @@ impl Engine {
         if !container_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(self.spawn_err("a container id is not hexadecimal"));
         }
+        loop {
+            // Events since a moment before the state check are replayed, so
+            // an unpause between the check and the subscription counts.
+            let since = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .saturating_sub(1);
+            if !matches!(
+                self.container_state(container_id).await?,
+                ContainerState::Paused { .. }
+            ) {
+                return Ok(true);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            let until = deadline.min(now + UNPAUSE_RECHECK);
+            match tokio::time::timeout_at(until, self.next_event(container_id, since)).await {
+                Ok(Ok(())) => return Ok(true),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Waits for the first unpause, die or destroy event of the container
+    /// since `since` (Unix seconds), on the engine's event stream.
+    async fn next_event(&self, container_id: &str, since: u64) -> Result<(), TransportError> {
         let io_err = |what: &str, e: io::Error| TransportError::Unreachable {
             target: self.target.clone(),
             reason: format!("{what} the Docker engine at {}: {e}", self.endpoint),
         };
-        // Events since a moment before the state check below are replayed,
-        // so an unpause between the check and the subscription is not missed.
-        let since = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            .saturating_sub(1);
-        if !matches!(
-            self.container_state(container_id).await?,
-            ContainerState::Paused { .. }
-        ) {
-            return Ok(true);
-        }
         // filters={"container":["ID"],"event":["unpause","die","destroy"]}
         let filters = format!(
             "%7B%22container%22%3A%5B%22{container_id}%22%5D%2C%22event%22%3A%5B%22unpause%22%2C%22die%22%2C%22destroy%22%5D%7D"
@@ -507,48 +530,44 @@ impl Engine {
             "GET /{}/events?since={since}&filters={filters} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: execkit\r\n\r\n",
             self.api
         );
-        let watch = async {
-            let mut stream = self
-                .open()
+        let mut stream = self
+            .open()
+            .await
+            .map_err(|e| io_err("cannot connect to", e))?;
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| io_err("writing to", e))?;
+        // Any body after the response head is one of the filtered events.
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream
+                .read(&mut buf)
                 .await
-                .map_err(|e| io_err("cannot connect to", e))?;
-            stream
-                .write_all(request.as_bytes())
-                .await
-                .map_err(|e| io_err("writing to", e))?;
-            // Any body after the response head is one of the filtered
-            // events for this container.
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = stream
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| io_err("reading from", e))?;
-                if n == 0 {
-                    return Err(io_err(
-                        "reading events from",
-                        io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"),
-                    ));
+                .map_err(|e| io_err("reading from", e))?;
+            if n == 0 {
+                return Err(io_err(
+                    "reading events from",
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"),
+                ));
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if let Some(end) = find(&seen, b"\r\n\r\n") {
+                if !seen.starts_with(b"HTTP/1.1 200") && !seen.starts_with(b"HTTP/1.0 200") {
+                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                    return Err(self.spawn_err(&format!(
+                        "watching container events: the engine answered {}",
+                        head.lines().next().unwrap_or("")
+                    )));
                 }
-                seen.extend_from_slice(&buf[..n]);
-                if let Some(end) = find(&seen, b"\r\n\r\n") {
-                    if !seen.starts_with(b"HTTP/1.1 200") && !seen.starts_with(b"HTTP/1.0 200") {
-                        let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-                        return Err(self.spawn_err(&format!(
-                            "watching container events: the engine answered {}",
-                            head.lines().next().unwrap_or("")
-                        )));
-                    }
-                    if seen.len() > end + 4 {
-                        return Ok(true);
-                    }
+                if seen.len() > end + 4 {
+                    return Ok(());
                 }
             }
-        };
-        match tokio::time::timeout_at(deadline, watch).await {
-            Ok(r) => r,
-            Err(_) => Ok(false),
+            if seen.len() > MAX_HEAD {
+                return Err(self.spawn_err("the engine sent an oversized response head"));
+            }
         }
     }
 }
