@@ -65,7 +65,7 @@ pub fn bench(args: &[String]) -> Result<bool> {
         cmd.arg("--transport")
             .arg(&which)
             .arg("--execkit")
-            .arg(root.join("target/release/execkit"))
+            .arg(crate::target_dir(&root).join("release/execkit"))
             .arg("--out")
             .arg(&report_dir);
         if quick {

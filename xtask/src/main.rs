@@ -423,7 +423,7 @@ fn feature_builds(root: &Path, out_dir: &Path) -> Result<Counts> {
                 features
             }
         ));
-        std::fs::copy(root.join("target/debug/execkit"), &bin)?;
+        std::fs::copy(target_dir(root).join("debug/execkit"), &bin)?;
         let out = Command::new(&bin).arg("transports").output()?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let schemes: Vec<&str> = stdout
