@@ -1,18 +1,27 @@
 //! `execkit gc`, and the same cleanup at start-up: sessions whose owner
 //! died (`kill -9`, a crash) still have processes on their targets; their
-//! records in the state dir say where, and the marker says which.
+//! records in the state dir say where, and the marker says which. `gc` also
+//! prunes spool files (full outputs of capped commands) past their age.
 
 use std::future::Future;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Args;
 use execkit_core::sessions::{self, GcReport};
 
 /// How long a command waits at its end for the start-up cleanup.
 const SETTLE: Duration = Duration::from_secs(2);
 
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Remove spool files last written more than DAYS days ago (0 keeps them all).
+    #[arg(long, value_name = "DAYS", default_value_t = 7)]
+    pub spool_days: u64,
+}
+
 /// `execkit gc`: cleans now and reports what it did.
-pub fn main() -> ExitCode {
+pub fn main(args: GcArgs) -> ExitCode {
     let rt = match crate::runtime(false) {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -36,7 +45,25 @@ pub fn main() -> ExitCode {
         report.failed.len(),
         report.live
     );
-    if report.failed.is_empty() {
+    let mut ok = report.failed.is_empty();
+    if args.spool_days > 0 {
+        let dir = execkit_core::paths::spool_dir();
+        let age = Duration::from_secs(args.spool_days.saturating_mul(86_400));
+        match execkit_core::cap::prune_spool(&dir, age) {
+            Ok(p) => println!(
+                "gc: pruned {} spool file(s), {} bytes, older than {} day(s)",
+                p.removed, p.bytes, args.spool_days
+            ),
+            Err(e) => {
+                eprintln!(
+                    "execkit: cannot prune the spool directory {}: {e}",
+                    dir.display()
+                );
+                ok = false;
+            }
+        }
+    }
+    if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

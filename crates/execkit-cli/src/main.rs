@@ -55,8 +55,9 @@ enum Command {
     Journal(journal_cmd::JournalCmdArgs),
     /// MCP server on stdio exposing sessions as tools.
     Mcp(mcp::McpArgs),
-    /// Clean up sessions whose owner died (kill their marked processes).
-    Gc,
+    /// Clean up sessions whose owner died (kill their marked processes)
+    /// and prune old spool files.
+    Gc(gc::GcArgs),
 }
 
 /// A tokio runtime for one command (`multi`: two workers, for servers), or
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Exec(args) => exec::main(args),
-        Command::Gc => gc::main(),
+        Command::Gc(args) => gc::main(args),
         Command::Shell(args) => repl::main(args),
         Command::Serve(args) => serve::main(args),
         Command::Watch(args) => watch::main(args),

@@ -304,3 +304,41 @@ fn shell_repl_without_a_terminal() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("[exit 0") && err.contains("[exit 1"), "{err}");
 }
+
+#[test]
+fn gc_prunes_spool_files_past_their_age() {
+    let state = std::env::temp_dir().join(format!("execkit-cli-prune-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_execkit"))
+            .args(args)
+            .env("XDG_STATE_HOME", &state)
+            .output()
+            .unwrap()
+    };
+    // A real spool file from a capped command, then one aged by 30 days.
+    let out = run(&["exec", "--json", "--output-limit", "100", "seq 1 10000"]);
+    let fresh = json_lines(&out)[0]["output_path"]
+        .as_str()
+        .expect("spooled")
+        .to_string();
+    let old = std::path::Path::new(&fresh).with_file_name("old-1.out");
+    let f = std::fs::File::create(&old).unwrap();
+    f.set_len(1234).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(30 * 86_400))
+        .unwrap();
+    let out = run(&["gc"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout.contains("pruned 1 spool file(s), 1234 bytes"),
+        "{stdout}"
+    );
+    assert!(!old.exists());
+    assert!(std::path::Path::new(&fresh).exists());
+    // --spool-days 0 keeps everything.
+    let out = run(&["gc", "--spool-days", "0"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("pruned"));
+    assert!(std::path::Path::new(&fresh).exists());
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -259,6 +259,47 @@ fn byte_index_of_char(s: &str, n: usize) -> usize {
     s.char_indices().nth(n).map_or(s.len(), |(i, _)| i)
 }
 
+/// What [`prune_spool`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Spool files removed.
+    pub removed: usize,
+    /// Their total size in bytes.
+    pub bytes: u64,
+}
+
+/// Removes spool files (`*.out`, regular files only, never through a
+/// symlink) in `dir` last written more than `older_than` ago. A missing
+/// directory is nothing to prune.
+pub fn prune_spool(dir: &Path, older_than: std::time::Duration) -> std::io::Result<PruneReport> {
+    let mut report = PruneReport::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
+        Err(e) => return Err(e),
+    };
+    let now = std::time::SystemTime::now();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|x| x != "out") {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age > older_than);
+        if meta.is_file() && old && std::fs::remove_file(&path).is_ok() {
+            report.removed += 1;
+            report.bytes += meta.len();
+        }
+    }
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,5 +368,39 @@ mod tests {
         );
         assert!(out.text.contains("full output not kept"), "{}", out.text);
         std::fs::remove_file(file).unwrap();
+    }
+
+    #[test]
+    fn prune_removes_only_old_spool_files() {
+        let d = tmp("prune");
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let old = std::time::SystemTime::now() - 8 * day;
+        for (name, age) in [
+            ("a-1.out", Some(old)),
+            ("b-2.out", None),
+            ("notes.txt", Some(old)),
+        ] {
+            let f = std::fs::File::create(d.join(name)).unwrap();
+            f.set_len(10).unwrap();
+            if let Some(t) = age {
+                f.set_modified(t).unwrap();
+            }
+        }
+        let r = prune_spool(&d, 7 * day).unwrap();
+        assert_eq!(
+            r,
+            PruneReport {
+                removed: 1,
+                bytes: 10
+            }
+        );
+        assert!(!d.join("a-1.out").exists());
+        assert!(d.join("b-2.out").exists() && d.join("notes.txt").exists());
+        assert_eq!(
+            prune_spool(&d.join("missing"), day).unwrap(),
+            PruneReport::default()
+        );
     }
 }
