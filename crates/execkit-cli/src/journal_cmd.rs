@@ -46,7 +46,8 @@ pub fn main(args: JournalCmdArgs) -> ExitCode {
         match serde_json::from_str::<Value>(&line) {
             Ok(v) => {
                 if let Some(s) = &args.session {
-                    if v["session"].as_str() != Some(s.as_str()) {
+                    let s = Some(s.as_str());
+                    if v["session"].as_str() != s && v["name"].as_str() != s {
                         continue;
                     }
                 }
@@ -72,7 +73,11 @@ pub fn main(args: JournalCmdArgs) -> ExitCode {
 
 fn human(v: &Value) -> String {
     let ts = v["ts"].as_str().unwrap_or("?");
-    let session = v["session"].as_str().unwrap_or("-");
+    let id = v["session"].as_str().unwrap_or("-");
+    let session = match v["name"].as_str() {
+        Some(name) => format!("{name}({id})"),
+        None => id.to_string(),
+    };
     let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     let detail = match v["event"].as_str().unwrap_or("?") {
         "session_open" => format!("open {} (cwd {})", s("target"), s("cwd")),

@@ -164,6 +164,24 @@ fn two_clients_two_sessions_watch_and_journal() {
     assert!(events
         .iter()
         .all(|e| e["ts"].is_string() && e["session"].is_string()));
+    // Served sessions are journaled under their names too, and
+    // `execkit journal --session NAME` finds them.
+    assert!(events.iter().all(|e| e["name"] == "a" || e["name"] == "b"));
+    let out = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args(["journal", "--json", "--session", "a", "--journal"])
+        .arg(&srv.journal)
+        .output()
+        .unwrap();
+    let picked: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(picked.iter().all(|e| e["name"] == "a"), "{picked:?}");
+    assert_eq!(
+        picked.iter().filter(|e| e["event"] == "result").count(),
+        3,
+        "{picked:?}"
+    );
 }
 
 #[test]

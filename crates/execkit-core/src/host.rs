@@ -219,6 +219,7 @@ impl Host {
         }
         let mut config = self.config.session.clone();
         config.observer = Some(self.observer.clone());
+        config.name = Some(name.clone());
         if req.shell.is_some() {
             config.shell = req.shell.clone();
         }

@@ -52,6 +52,9 @@ pub struct SessionConfig {
     pub interrupt_grace: Duration,
     /// Journal and console to report to.
     pub observer: Option<Arc<Observer>>,
+    /// A name the session is known by (e.g. `execkit serve`'s session
+    /// name), journaled as `name` next to the engine id.
+    pub name: Option<String>,
 }
 
 impl SessionConfig {
@@ -106,6 +109,7 @@ impl Default for SessionConfig {
             start_timeout: Duration::from_secs(20),
             interrupt_grace: Duration::from_secs(2),
             observer: None,
+            name: None,
         }
     }
 }
@@ -604,6 +608,9 @@ impl Session {
     fn record(&self, event: &str, mut fields: serde_json::Map<String, serde_json::Value>) {
         if let Some(o) = &self.config.observer {
             fields.insert("session".into(), self.id.clone().into());
+            if let Some(name) = &self.config.name {
+                fields.insert("name".into(), name.clone().into());
+            }
             fields.insert("target".into(), self.target().into());
             o.record(event, fields);
         }
