@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use execkit_core::testkit::marked_here;
 use serde_json::{json, Value};
 
 struct Server {
@@ -302,21 +303,6 @@ fn hostile_requests_are_refused_and_serving_goes_on() {
     assert_eq!(r["output"], "still");
 }
 
-fn marked(marker: &str) -> Vec<u32> {
-    let needle = format!("EXECKIT_SID={marker}");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let env = std::fs::read(e.path().join("environ")).ok()?;
-            env.split(|&b| b == 0)
-                .any(|v| v == needle.as_bytes())
-                .then_some(pid)
-        })
-        .collect()
-}
-
 #[test]
 fn kill_9_of_serve_leaves_parseable_journal_and_gc_cleans() {
     let mut srv = Server::start("crash");
@@ -331,7 +317,11 @@ fn kill_9_of_serve_leaves_parseable_journal_and_gc_cleans() {
         json!({"op": "run", "session": "k", "command": "sleep 300", "yield_after_secs": 0.3}),
     );
     assert_eq!(r["running"], true);
-    assert!(marked(&marker).len() >= 3, "{:?}", marked(&marker));
+    assert!(
+        marked_here(&marker).len() >= 3,
+        "{:?}",
+        marked_here(&marker)
+    );
     srv.child.kill().unwrap(); // SIGKILL, mid-command
     srv.child.wait().unwrap();
     let text = std::fs::read_to_string(&srv.journal).unwrap();
@@ -340,7 +330,7 @@ fn kill_9_of_serve_leaves_parseable_journal_and_gc_cleans() {
     }
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        !marked(&marker).is_empty(),
+        !marked_here(&marker).is_empty(),
         "the setsid'd process should outlive the server"
     );
     let out = srv.execkit(&["gc"]);
@@ -350,11 +340,11 @@ fn kill_9_of_serve_leaves_parseable_journal_and_gc_cleans() {
         String::from_utf8_lossy(&out.stderr)
     );
     let t = Instant::now();
-    while !marked(&marker).is_empty() {
+    while !marked_here(&marker).is_empty() {
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "gc left {:?}",
-            marked(&marker)
+            marked_here(&marker)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -466,7 +456,7 @@ fn idle_sessions_expire_and_sigterm_cleans_up() {
         "idle session not expired"
     );
     assert!(
-        marked(&idle_marker).is_empty(),
+        marked_here(&idle_marker).is_empty(),
         "expired session left processes"
     );
 
@@ -489,7 +479,7 @@ fn idle_sessions_expire_and_sigterm_cleans_up() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(marked(&marker).is_empty(), "SIGTERM left processes");
+    assert!(marked_here(&marker).is_empty(), "SIGTERM left processes");
     assert!(!socket.exists(), "socket not removed");
     let _ = std::fs::remove_dir_all(dir);
 }

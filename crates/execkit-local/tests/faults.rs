@@ -9,9 +9,9 @@
 //! where it must run.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use execkit_core::testkit::{marked_here, Tmpfs};
 use execkit_core::{RunOptions, RunResult, Session, SessionConfig};
 
 fn ci() -> bool {
@@ -31,28 +31,11 @@ fn config(spool_dir: &Path) -> SessionConfig {
     c
 }
 
-/// Pids whose environment holds `EXECKIT_SID=<marker>`.
-fn marked(marker: &str) -> Vec<u32> {
-    let entry = format!("EXECKIT_SID={marker}");
-    let mut out = Vec::new();
-    for d in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = d.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(env) = std::fs::read(d.path().join("environ")) {
-            if env.split(|b| *b == 0).any(|e| e == entry.as_bytes()) {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
-
 /// Marked processes still there after a short settle.
 async fn leaked(marker: &str) -> Vec<u32> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let left = marked(marker);
+        let left = marked_here(marker);
         if left.is_empty() || Instant::now() > deadline {
             return left;
         }
@@ -140,54 +123,8 @@ async fn spool_dir_that_cannot_be_created_keeps_head_and_tail() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop (also
-/// when the test fails).
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    /// Mounts it, or says why it cannot be done here (not root, no
-    /// permission to mount).
-    fn mount(name: &str, size: &str) -> Result<Tmpfs, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not root".into());
-        }
-        let dir = scratch(name);
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
-            .arg("tmpfs")
-            .arg(&dir)
-            .output()
-            .map_err(|e| format!("running mount: {e}"))?;
-        if !out.status.success() {
-            let _ = std::fs::remove_dir(&dir);
-            return Err(format!(
-                "mount -t tmpfs failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Tmpfs { dir })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            // Something still holds it: detach now, freed when released.
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 fn tmpfs_or_skip(name: &str, size: &str) -> Option<Tmpfs> {
-    match Tmpfs::mount(name, size) {
+    match Tmpfs::mount(&scratch(name), &format!("size={size},mode=0700")) {
         Ok(t) => Some(t),
         Err(why) if ci() => panic!("cannot mount a tmpfs under CI=true: {why}"),
         Err(why) => {

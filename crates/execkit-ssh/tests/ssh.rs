@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use execkit_core::testkit::marked_here;
 use execkit_core::{RunOptions, Session, SessionConfig, SessionError, TransportError};
 use execkit_ssh::SshTarget;
 
@@ -273,22 +274,6 @@ fn parent_of(pid: u32) -> u32 {
         .unwrap_or(0)
 }
 
-/// Local pids whose environment holds `entry` (the test sshd is local).
-fn marked(entry: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for d in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = d.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(env) = std::fs::read(d.path().join("environ")) {
-            if env.split(|b| *b == 0).any(|e| e == entry.as_bytes()) {
-                out.push(pid);
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_session_leaves_no_process() {
     let Some(e) = env() else { return };
@@ -298,21 +283,25 @@ async fn dropped_session_leaves_no_process() {
         "sleep 300 >/dev/null 2>&1 & (sleep 301 >/dev/null 2>&1 &)",
     )
     .await;
-    let entry = format!("EXECKIT_SID={}", s.marker());
+    let marker = s.marker().to_string();
     let deadline = Instant::now() + Duration::from_secs(3);
-    while marked(&entry).len() < 3 && Instant::now() < deadline {
+    while marked_here(&marker).len() < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(marked(&entry).len() >= 3, "setup: {:?}", marked(&entry));
+    assert!(
+        marked_here(&marker).len() >= 3,
+        "setup: {:?}",
+        marked_here(&marker)
+    );
     drop(s);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !marked(&entry).is_empty() && Instant::now() < deadline {
+    while !marked_here(&marker).is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        marked(&entry).is_empty(),
+        marked_here(&marker).is_empty(),
         "survived drop: {:?}",
-        marked(&entry)
+        marked_here(&marker)
     );
 }
 
@@ -532,10 +521,7 @@ async fn stalled_connection_mid_command_is_given_up_promptly() {
     let url = e.url_with(&e.key("user_ed25519"), &kh, "");
     let mut a = open(&url).await.unwrap();
     let mut b = open(&url).await.unwrap();
-    let (entry_a, entry_b) = (
-        format!("EXECKIT_SID={}", a.marker()),
-        format!("EXECKIT_SID={}", b.marker()),
-    );
+    let (marker_a, marker_b) = (a.marker().to_string(), b.marker().to_string());
     let server: u32 = run_ok(&mut a, "echo $PPID").await.parse().unwrap();
     let server_b: u32 = run_ok(&mut b, "echo $PPID").await.parse().unwrap();
     assert_eq!(server, server_b, "the sessions do not share a connection");
@@ -571,9 +557,9 @@ async fn stalled_connection_mid_command_is_given_up_promptly() {
     let ((ra, took_a), (rb, took_b)) = (ra, rb);
     // Killed through a fresh connection while the old server is still
     // stopped: nothing of either command is left.
-    let sleeping: Vec<String> = cmdlines(&marked(&entry_a))
+    let sleeping: Vec<String> = cmdlines(&marked_here(&marker_a))
         .into_iter()
-        .chain(cmdlines(&marked(&entry_b)))
+        .chain(cmdlines(&marked_here(&marker_b)))
         .filter(|c| c.starts_with("sleep"))
         .collect();
     drop(stopped);
@@ -609,14 +595,14 @@ async fn stalled_connection_mid_command_is_given_up_promptly() {
     a.close().await.unwrap();
     b.close().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while (!marked(&entry_a).is_empty() || !marked(&entry_b).is_empty())
+    while (!marked_here(&marker_a).is_empty() || !marked_here(&marker_b).is_empty())
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let left: Vec<u32> = marked(&entry_a)
+    let left: Vec<u32> = marked_here(&marker_a)
         .into_iter()
-        .chain(marked(&entry_b))
+        .chain(marked_here(&marker_b))
         .collect();
     let server_gone = {
         let deadline = Instant::now() + Duration::from_secs(10);

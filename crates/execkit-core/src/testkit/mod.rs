@@ -216,6 +216,76 @@ impl Ctx {
     }
 }
 
+/// Pids on *this* machine whose environment holds `EXECKIT_SID=<marker>`
+/// (local shells, and remote ones when the test sshd runs here).
+pub fn marked_here(marker: &str) -> Vec<u32> {
+    let entry = format!("{}={marker}", crate::shell::MARKER_VAR);
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|d| {
+            let pid: u32 = d.file_name().to_str()?.parse().ok()?;
+            let env = std::fs::read(d.path().join("environ")).ok()?;
+            env.split(|&b| b == 0)
+                .any(|e| e == entry.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// A tmpfs mounted on a directory (created if missing), unmounted on drop —
+/// also when the test fails. Needs root.
+#[derive(Debug)]
+pub struct Tmpfs {
+    /// Where it is mounted.
+    pub dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs with `options` (e.g. `size=1m,mode=0700`) on `dir`, or
+    /// says why it cannot be done here (not root, mount refused).
+    pub fn mount(dir: &std::path::Path, options: &str) -> Result<Tmpfs, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root".into());
+        }
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir(dir);
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Something still holds it: detach now, freed when released.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .status();
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
 /// Runs `cmd` with a timeout of `secs` and fails on an engine error.
 pub async fn run(s: &mut Session, cmd: &str, secs: u64) -> anyhow::Result<RunResult> {
     s.run(cmd, RunOptions::timeout(Duration::from_secs(secs)))
