@@ -677,9 +677,7 @@ impl Actor {
                         Err(OpenError::Refused(e.message().to_string()))
                     }
                     Err(e) => {
-                        if fatal(code(&e)) || dead(fd) {
-                            return Err(lost(&label, fd, "opening a channel", e.message()));
-                        }
+                        give_up_if_lost(&e, fd, &label, "opening a channel")?;
                         Err(OpenError::Refused(e.message().to_string()))
                     }
                 },
@@ -700,9 +698,7 @@ impl Actor {
                         }
                         Err(e) if code(&e) == EAGAIN => Ok(false),
                         Err(e) => {
-                            if fatal(code(&e)) || dead(fd) {
-                                return Err(lost(&label, fd, "requesting a PTY", e.message()));
-                            }
+                            give_up_if_lost(&e, fd, &label, "requesting a PTY")?;
                             Err(OpenError::Failed(format!(
                                 "the server refused a terminal: {}",
                                 e.message()
@@ -722,9 +718,7 @@ impl Actor {
                         }
                         Err(e) if code(&e) == EAGAIN => Ok(false),
                         Err(e) => {
-                            if fatal(code(&e)) || dead(fd) {
-                                return Err(lost(&label, fd, "starting a command", e.message()));
-                            }
+                            give_up_if_lost(&e, fd, &label, "starting a command")?;
                             Err(OpenError::Failed(format!(
                                 "the server refused to run the shell: {}",
                                 e.message()
@@ -1056,6 +1050,15 @@ fn fatal(code: i32) -> bool {
         code,
         -2 | -3 | -4 | -5 | -6 | -7 | -8 | -12 | -13 | -14 | -41 | -43 | -44 | -45 | -52
     )
+}
+
+/// After a failed channel step: the connection is lost when the error is
+/// fatal or the socket is dead; otherwise only this channel failed.
+fn give_up_if_lost(e: &ssh2::Error, fd: RawFd, label: &str, what: &str) -> Result<(), Lost> {
+    if fatal(code(e)) || dead(fd) {
+        return Err(lost(label, fd, what, e.message()));
+    }
+    Ok(())
 }
 
 /// The message for a connection that failed: plain when the peer closed
