@@ -264,55 +264,16 @@ impl Engine {
 
     /// Starts an exec and takes over its connection as a raw byte stream.
     pub async fn start_raw(&self, exec_id: &str, tty: bool) -> Result<Attached, TransportError> {
-        let io_err = |what: &str, e: io::Error| TransportError::Unreachable {
-            target: self.target.clone(),
-            reason: format!("{what} the Docker engine at {}: {e}", self.endpoint),
-        };
-        let mut stream = self
-            .open()
-            .await
-            .map_err(|e| io_err("cannot connect to", e))?;
         let body = format!("{{\"Detach\":false,\"Tty\":{tty}}}");
-        let host = match &self.endpoint {
-            Endpoint::Unix(_) => "docker",
-            Endpoint::Tcp(a) => a.as_str(),
-        };
         let request = format!(
-            "POST /{}/exec/{exec_id}/start HTTP/1.1\r\nHost: {host}\r\nUser-Agent: execkit\r\n\
+            "POST /{}/exec/{exec_id}/start HTTP/1.1\r\nHost: {}\r\nUser-Agent: execkit\r\n\
              Content-Type: application/json\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\
              Content-Length: {}\r\n\r\n{body}",
             self.api,
+            self.host(),
             body.len()
         );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| io_err("writing to", e))?;
-        stream.flush().await.map_err(|e| io_err("writing to", e))?;
-
-        let mut head = Vec::with_capacity(1024);
-        let end = loop {
-            if let Some(i) = find(&head, b"\r\n\r\n") {
-                break i + 4;
-            }
-            if head.len() > MAX_HEAD {
-                return Err(self.spawn_err("the engine sent an oversized response head"));
-            }
-            let mut buf = [0u8; 4096];
-            let n = stream
-                .read(&mut buf)
-                .await
-                .map_err(|e| io_err("reading from", e))?;
-            if n == 0 {
-                return Err(io_err(
-                    "reading from",
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"),
-                ));
-            }
-            head.extend_from_slice(&buf[..n]);
-        };
-        let rest = head.split_off(end);
-        let head = String::from_utf8_lossy(&head).into_owned();
+        let (mut stream, head, rest) = self.exchange(&request, "reading from").await?;
         let status: u16 = head
             .split_whitespace()
             .nth(1)
@@ -514,61 +475,95 @@ impl Engine {
     /// Waits for the first unpause, die or destroy event of the container
     /// since `since` (Unix seconds), on the engine's event stream.
     async fn next_event(&self, container_id: &str, since: u64) -> Result<(), TransportError> {
-        let io_err = |what: &str, e: io::Error| TransportError::Unreachable {
-            target: self.target.clone(),
-            reason: format!("{what} the Docker engine at {}: {e}", self.endpoint),
-        };
         // filters={"container":["ID"],"event":["unpause","die","destroy"]}
         let filters = format!(
             "%7B%22container%22%3A%5B%22{container_id}%22%5D%2C%22event%22%3A%5B%22unpause%22%2C%22die%22%2C%22destroy%22%5D%7D"
         );
-        let host = match &self.endpoint {
+        let request = format!(
+            "GET /{}/events?since={since}&filters={filters} HTTP/1.1\r\nHost: {}\r\nUser-Agent: execkit\r\n\r\n",
+            self.api,
+            self.host()
+        );
+        let (mut stream, head, rest) = self.exchange(&request, "reading events from").await?;
+        if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+            return Err(self.spawn_err(&format!(
+                "watching container events: the engine answered {}",
+                head.lines().next().unwrap_or("")
+            )));
+        }
+        // Any body after the response head is one of the filtered events.
+        if !rest.is_empty() {
+            return Ok(());
+        }
+        let mut buf = [0u8; 4096];
+        match stream.read(&mut buf).await {
+            Ok(0) => Err(self.io_err(
+                "reading events from",
+                io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"),
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.io_err("reading from", e)),
+        }
+    }
+
+    /// The `Host` header for requests written by hand.
+    fn host(&self) -> &str {
+        match &self.endpoint {
             Endpoint::Unix(_) => "docker",
             Endpoint::Tcp(a) => a.as_str(),
-        };
-        let request = format!(
-            "GET /{}/events?since={since}&filters={filters} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: execkit\r\n\r\n",
-            self.api
-        );
+        }
+    }
+
+    fn io_err(&self, what: &str, e: io::Error) -> TransportError {
+        TransportError::Unreachable {
+            target: self.target.clone(),
+            reason: format!("{what} the Docker engine at {}: {e}", self.endpoint),
+        }
+    }
+
+    /// Sends one hand-written HTTP/1.1 request on a fresh connection and
+    /// reads the response head: returns the connection, the head and the
+    /// bytes that came after it. `eof_what` names a premature end.
+    async fn exchange(
+        &self,
+        request: &str,
+        eof_what: &str,
+    ) -> Result<(Box<dyn Stream>, String, Vec<u8>), TransportError> {
         let mut stream = self
             .open()
             .await
-            .map_err(|e| io_err("cannot connect to", e))?;
+            .map_err(|e| self.io_err("cannot connect to", e))?;
         stream
             .write_all(request.as_bytes())
             .await
-            .map_err(|e| io_err("writing to", e))?;
-        // Any body after the response head is one of the filtered events.
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
+            .map_err(|e| self.io_err("writing to", e))?;
+        stream
+            .flush()
+            .await
+            .map_err(|e| self.io_err("writing to", e))?;
+        let mut head = Vec::with_capacity(1024);
+        let end = loop {
+            if let Some(i) = find(&head, b"\r\n\r\n") {
+                break i + 4;
+            }
+            if head.len() > MAX_HEAD {
+                return Err(self.spawn_err("the engine sent an oversized response head"));
+            }
+            let mut buf = [0u8; 4096];
             let n = stream
                 .read(&mut buf)
                 .await
-                .map_err(|e| io_err("reading from", e))?;
+                .map_err(|e| self.io_err("reading from", e))?;
             if n == 0 {
-                return Err(io_err(
-                    "reading events from",
+                return Err(self.io_err(
+                    eof_what,
                     io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed"),
                 ));
             }
-            seen.extend_from_slice(&buf[..n]);
-            if let Some(end) = find(&seen, b"\r\n\r\n") {
-                if !seen.starts_with(b"HTTP/1.1 200") && !seen.starts_with(b"HTTP/1.0 200") {
-                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-                    return Err(self.spawn_err(&format!(
-                        "watching container events: the engine answered {}",
-                        head.lines().next().unwrap_or("")
-                    )));
-                }
-                if seen.len() > end + 4 {
-                    return Ok(());
-                }
-            }
-            if seen.len() > MAX_HEAD {
-                return Err(self.spawn_err("the engine sent an oversized response head"));
-            }
-        }
+            head.extend_from_slice(&buf[..n]);
+        };
+        let rest = head.split_off(end);
+        Ok((stream, String::from_utf8_lossy(&head).into_owned(), rest))
     }
 }
 
