@@ -48,8 +48,9 @@ impl RawPty {
             pid,
             buf: Vec::with_capacity(1 << 16),
         };
-        p.master
-            .write_all(b"stty -echo -onlcr; PS1=''; PS2=''; set +m; echo __RAW_''MARK__\n")?;
+        p.master.write_all(
+            b"stty -echo -onlcr; PS1=''; PS2=''; set +m; set +o history; echo __RAW_''MARK__\n",
+        )?;
         p.until_mark(&mut |_| {})?;
         Ok(p)
     }

@@ -133,15 +133,8 @@ fn main() -> Result<()> {
 
     // Round trips of `true`, local systems first.
     println!("round trip of `true` ({n} per system)…");
-    let mut floor = floor::RawPty::start()?;
-    let mut v = Vec::new();
-    for _ in 0..n {
-        v.push(floor.round_trip("true")?.0);
-    }
-    r.round_trip.push(Latency::from("raw-pty-floor", v));
-    drop(floor);
-
-    let local = rt.block_on(execkit_round_trips("local:/bin/bash", n))?;
+    let (floor, local) = rt.block_on(floor_and_local(n))?;
+    r.round_trip.push(Latency::from("raw-pty-floor", floor));
     r.round_trip.push(Latency::from("execkit local", local));
 
     let v = (0..n)
@@ -328,6 +321,29 @@ async fn execkit_round_trips(target: &str, n: usize) -> Result<Vec<Duration>> {
     Ok(v)
 }
 
+/// Round trips of the raw PTY floor and of an execkit local session,
+/// alternating one command each: on a shared machine whose speed drifts
+/// from minute to minute (CPU placement, neighbours), only samples taken
+/// side by side give a fair ratio.
+async fn floor_and_local(n: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+    let mut floor = floor::RawPty::start()?;
+    let mut s = Session::open("local:/bin/bash", bench_config()).await?;
+    for _ in 0..20 {
+        floor.round_trip("true")?; // warm up
+        s.run("true", RunOptions::default()).await?;
+    }
+    let (mut f, mut e) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        f.push(floor.round_trip("true")?.0);
+        let t = Instant::now();
+        let res = s.run("true", RunOptions::default()).await?;
+        e.push(t.elapsed());
+        ensure!(res.exit_code == Some(0), "true failed locally: {res:?}");
+    }
+    s.close().await?;
+    Ok((f, e))
+}
+
 async fn execkit_starts(target: &str, n: usize) -> Result<Vec<Duration>> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
@@ -448,6 +464,16 @@ fn child(args: &[String]) -> Result<()> {
                 all_correct: ok,
                 kb_per_session: after.saturating_sub(before) as f64 / n as f64,
             })?
+        }
+        Some("local-pair") => {
+            // Profiling aid: only the interleaved floor / execkit local round trips.
+            let n = args.get(1).map_or(Ok(2000), |v| v.parse())?;
+            let (f, e) = rt.block_on(floor_and_local(n))?;
+            let (f, e) = (
+                Latency::from("raw-pty-floor", f),
+                Latency::from("execkit local", e),
+            );
+            serde_json::json!({"floor": f, "local": e, "ratio_p50": e.p50_ms / f.p50_ms})
         }
         Some("floor-cmd") => {
             // Profiling aid: the floor running an arbitrary command line.

@@ -342,3 +342,31 @@ fn gc_prunes_spool_files_past_their_age() {
     assert!(std::path::Path::new(&fresh).exists());
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// A bash that starts with functions already defined (here exported from
+/// the environment) may start background jobs from code no command sent:
+/// the engine must see that at start-up and print no `[1] PID` notice.
+#[test]
+fn inherited_bash_function_starting_a_job_prints_no_notice() {
+    let out = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args([
+            "exec",
+            "--json",
+            "--target",
+            "local:/bin/bash",
+            "bgx",
+            "echo x",
+        ])
+        .env("BASH_FUNC_bgx%%", "() { sleep 0.3 & }")
+        .env(
+            "XDG_STATE_HOME",
+            std::env::temp_dir().join("execkit-cli-tests"),
+        )
+        .output()
+        .expect("run execkit");
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2, "{lines:?} {}", stderr(&out));
+    assert_eq!(lines[0]["output"], "", "{lines:?}");
+    assert_eq!(lines[0]["exit_code"], 0, "{lines:?}");
+    assert_eq!(lines[1]["output"], "x", "{lines:?}");
+}

@@ -9,8 +9,6 @@
 
 use std::fmt::Write as _;
 
-pub use crate::shell::Flavor;
-
 /// Longest physical line written to the shell. A PTY in canonical mode keeps
 /// at most 4095 bytes per line; stay well clear of it.
 const MAX_LINE: usize = 2048;
@@ -19,15 +17,39 @@ const MAX_LINE: usize = 2048;
 const CMD_VAR: &str = "__ek_c";
 
 /// A fresh random nonce (16 hex digits).
+///
+/// The bytes come from the OS generator, drawn 512 at a time: a command
+/// takes two nonces, and a `getrandom` call each was a measurable part of a
+/// round trip.
 pub fn nonce() -> String {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        // No entropy source: fall back to time and address noise; still unique.
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        b = ((t as u64) ^ (&b as *const _ as u64).rotate_left(17)).to_le_bytes();
+    thread_local! {
+        static POOL: std::cell::RefCell<(Vec<u8>, usize)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
     }
+    let b: [u8; 8] = POOL.with(|p| {
+        let (pool, used) = &mut *p.borrow_mut();
+        if *used + 8 > pool.len() {
+            pool.resize(512, 0);
+            *used = 0;
+            if getrandom::fill(pool).is_err() {
+                // No entropy source: fall back to time and address noise;
+                // still unique per call.
+                pool.clear();
+            }
+        }
+        if pool.is_empty() {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let salt = (&t as *const _ as u64).rotate_left(17);
+            return ((t as u64) ^ salt).to_le_bytes();
+        }
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&pool[*used..*used + 8]);
+        // Never hand the same bytes out twice.
+        pool[*used..*used + 8].fill(0);
+        *used += 8;
+        b
+    });
     b.iter().fold(String::with_capacity(16), |mut s, x| {
         let _ = write!(s, "{x:02x}");
         s
@@ -91,26 +113,32 @@ pub fn sentinel_source(nonce: &str, status: &str) -> String {
     format!("command printf '__EK''_%s:%d:%s:%s_EK__\\n' {nonce} \"{status}\" \"$PWD\" {nonce}")
 }
 
+/// How the shell is asked to run a command's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// `command eval`: the cheapest. Plain `eval` is a special builtin whose
+    /// syntax errors abort the whole input line in dash, busybox ash and
+    /// bash's POSIX mode; `command` takes that property away.
+    Eval,
+    /// bash only: `. /dev/fd/9 9<<<…`. Sourced text runs with bash's
+    /// `interactive` flag off, so a background job prints no `[1] PID`
+    /// notice, yet state persists. Costs a pipe and an open per command,
+    /// so it is used only once [`may_start_jobs`] says it could matter.
+    Source,
+}
+
 /// The bytes to write for one command: the command run in the current
 /// shell, then the sentinel. Long commands are sent in chunks into a
 /// variable first so no physical line reaches the PTY line limit.
-///
-/// POSIX shells get `command eval` (plain `eval` is a special builtin whose
-/// syntax errors abort the whole input line in dash and busybox ash). bash
-/// gets `. /dev/fd/9 9<<<…`: sourced text runs non-interactively, so bash
-/// prints no `[1] PID` notice for background jobs, yet state persists.
-pub fn encode_command(command: &str, nonce: &str, flavor: Flavor) -> Vec<u8> {
-    let tail = format!(
-        "__ek_s=$?; {CMD_VAR}=; {}\n",
-        sentinel_source(nonce, "$__ek_s")
-    );
-    let run = match flavor {
-        Flavor::Bash => format!(". /dev/fd/9 9<<<\"${CMD_VAR}\"; "),
-        Flavor::Posix => format!("command eval \"${CMD_VAR}\"; "),
-    };
+pub fn encode_command(command: &str, nonce: &str, via: Via) -> Vec<u8> {
+    let sentinel = sentinel_source(nonce, "$?");
     let quoted = shell_quote(command);
     if quoted.len() <= MAX_LINE {
-        return format!("{CMD_VAR}={quoted}; {run}{tail}").into_bytes();
+        let run = match via {
+            Via::Eval => format!("command eval {quoted}"),
+            Via::Source => format!(". /dev/fd/9 9<<<{quoted}"),
+        };
+        return format!("{run}; {sentinel}\n").into_bytes();
     }
     let mut out = String::with_capacity(quoted.len() + quoted.len() / 64 + 256);
     let _ = writeln!(out, "{CMD_VAR}=''");
@@ -125,8 +153,105 @@ pub fn encode_command(command: &str, nonce: &str, flavor: Flavor) -> Vec<u8> {
     if !chunk.is_empty() {
         let _ = writeln!(out, "{CMD_VAR}=${CMD_VAR}'{chunk}'");
     }
-    let _ = write!(out, "{run}{tail}");
+    let run = match via {
+        Via::Eval => format!("command eval \"${CMD_VAR}\""),
+        Via::Source => format!(". /dev/fd/9 9<<<\"${CMD_VAR}\""),
+    };
+    // Cleared after the sentinel: `$?` must still be the command's.
+    let _ = writeln!(out, "{run}; {sentinel}; {CMD_VAR}=");
     out.into_bytes()
+}
+
+/// Whether running `command` through `eval` in an interactive bash could
+/// make bash print a job notice (`[1] 12345`), now or in a later command,
+/// or behave differently from sourced text.
+///
+/// Conservative, on the text alone: a background `&` (not `&&`, `|&`, `>&`,
+/// `<&`, `&>`); `.` as a command word; or a word that runs or stores code
+/// the shell executes itself later (`eval`, `source`, `alias`, `coproc`,
+/// `trap`, `mapfile`/`readarray` callbacks, `fc`, `enable`) or that only
+/// works in sourced text (`return`, `LINENO`, `BASH_SOURCE`, `caller`).
+/// Functions need no rule of their own: one that starts a job was defined
+/// by text holding `&`. A false alarm only costs speed; a command that
+/// builds these words from escapes can still get a notice printed.
+pub fn may_start_jobs(command: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "eval",
+        "source",
+        "alias",
+        "coproc",
+        "trap",
+        "mapfile",
+        "readarray",
+        "fc",
+        "enable",
+        "return",
+        "LINENO",
+        "BASH_SOURCE",
+        "BASH_LINENO",
+        "caller",
+    ];
+    let b = command.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        if c == b'&' {
+            let prev = i.checked_sub(1).map(|j| b[j]);
+            let next = b.get(i + 1).copied();
+            let part_of_other = matches!(prev, Some(b'&' | b'>' | b'<' | b'|'))
+                || matches!(next, Some(b'&' | b'>'));
+            if !part_of_other {
+                return true;
+            }
+        }
+    }
+    let word_char = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'/' | b'-');
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if word_char(b[i]) {
+            let start = i;
+            while i < b.len() && word_char(b[i]) {
+                i += 1;
+            }
+            words.push((start, &command[start..i]));
+        } else {
+            i += 1;
+        }
+    }
+    words
+        .iter()
+        .any(|&(start, w)| WORDS.contains(&w) || (w == "." && dot_in_command_position(b, start)))
+}
+
+/// Whether the `.` word at `at` stands where a command name would.
+fn dot_in_command_position(b: &[u8], at: usize) -> bool {
+    // The text before it, trailing blanks (not newlines) skipped.
+    let mut end = at;
+    while end > 0 && matches!(b[end - 1], b' ' | b'\t') {
+        end -= 1;
+    }
+    let separator = |c: u8| c.is_ascii_whitespace() || b";&|(){}<>!`'\"".contains(&c);
+    match end.checked_sub(1).map(|j| b[j]) {
+        None => return true,
+        // After an operator, bracket, quote or newline.
+        Some(c) if separator(c) => return true,
+        _ => {}
+    }
+    let mut start = end;
+    while start > 0 && !separator(b[start - 1]) {
+        start -= 1;
+    }
+    let prev = &b[start..end];
+    const LEADERS: &[&[u8]] = &[
+        b"then", b"do", b"else", b"elif", b"if", b"while", b"until", b"time", b"command",
+        b"builtin", b"exec",
+    ];
+    let assignment = prev.iter().position(|&c| c == b'=').is_some_and(|eq| {
+        eq > 0
+            && prev[..eq]
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    });
+    LEADERS.contains(&prev) || prev.starts_with(b"-") || assignment
 }
 
 /// What the sentinel reported.
@@ -345,8 +470,60 @@ mod tests {
     #[test]
     fn long_commands_have_short_lines() {
         let cmd = format!("echo {}", "x'y".repeat(100_000));
-        let enc = encode_command(&cmd, "n", Flavor::Posix);
-        assert!(enc.split(|&b| b == b'\n').all(|l| l.len() < 4000));
+        for via in [Via::Eval, Via::Source] {
+            let enc = encode_command(&cmd, "n", via);
+            assert!(enc.split(|&b| b == b'\n').all(|l| l.len() < 4000));
+        }
+    }
+
+    #[test]
+    fn what_may_start_jobs() {
+        for yes in [
+            "sleep 5 &",
+            "sleep 1 & wait",
+            "a&b",
+            "f() { sleep 1 & }",
+            ". ./venv/bin/activate",
+            "cd /x && . env.sh",
+            "x=1 . f",
+            "if true; then . f; fi",
+            "{ . f; }",
+            "echo; . f",
+            "(. f)",
+            "source f",
+            "eval \"$c\"",
+            "alias ll='ls -l'",
+            "coproc cat",
+            "trap 'x' INT",
+            "mapfile -C cb a",
+            "return 3",
+            "echo $LINENO",
+            "command . f",
+            "time -p . f",
+            "x=1\n. f",
+        ] {
+            assert!(may_start_jobs(yes), "{yes:?}");
+        }
+        for no in [
+            "true",
+            "cd /tmp && ls -la",
+            "a || b && c",
+            "cmd 2>&1 | tee log",
+            "cmd &>/dev/null",
+            "cmd &>>log",
+            "cmd >&2",
+            "cat <&3",
+            "cmd |& grep x",
+            "find . -name '*.rs'",
+            "git add .",
+            "ls ./src ../x",
+            "cargo build --release",
+            "python3 script.py",
+            "echo sourced evaluation returned",
+            "echo a.b",
+        ] {
+            assert!(!may_start_jobs(no), "{no:?}");
+        }
     }
 
     #[test]

@@ -208,6 +208,10 @@ pub struct Session {
     seq: u64,
     leftover: Vec<u8>,
     flavor: shell::Flavor,
+    /// bash only: the shell may hold or be sent code that starts background
+    /// jobs, so commands are sourced rather than `eval`ed (see
+    /// [`protocol::Via`]). Set for good once true; reset with the shell.
+    jobs_possible: bool,
     pending: Option<Pending>,
     console_line: LineBuffer,
     /// A replaced or lost shell's processes could not be killed (a paused
@@ -238,6 +242,7 @@ impl Session {
             seq: 0,
             leftover: Vec::new(),
             flavor: shell::Flavor::Posix,
+            jobs_possible: false,
             pending: None,
             console_line: LineBuffer::default(),
             cleanup_pending: false,
@@ -319,6 +324,7 @@ impl Session {
             Outcome::Sentinel(s) => {
                 self.cwd = s.cwd;
                 self.flavor = shell::Flavor::from_status(s.status);
+                self.jobs_possible = shell::holds_code(s.status);
                 self.leftover = scanner.take_after();
                 self.shell = Some(shell);
                 Ok(())
@@ -415,7 +421,18 @@ impl Session {
         pending.collector.restarted = restarted;
         pending.collector.track_delta = opts.yield_after.is_some();
         let mut line = format!("export {COMMAND_VAR}={cid}; ").into_bytes();
-        line.extend(protocol::encode_command(command, &nonce, self.flavor));
+        let via = match self.flavor {
+            shell::Flavor::Bash => {
+                self.jobs_possible |= protocol::may_start_jobs(command);
+                if self.jobs_possible {
+                    protocol::Via::Source
+                } else {
+                    protocol::Via::Eval
+                }
+            }
+            shell::Flavor::Posix => protocol::Via::Eval,
+        };
+        line.extend(protocol::encode_command(command, &nonce, via));
         self.pending = Some(pending);
 
         // Bytes that followed the previous sentinel belong to this command.
@@ -911,7 +928,7 @@ async fn pump(
         tokio::select! {
             biased;
             ev = shell.read() => match ev {
-                ShellEvent::Output(b) => { if std::env::var_os("EK_DEBUG").is_some() { eprintln!("<< {:?}", String::from_utf8_lossy(&b)); }
+                ShellEvent::Output(b) => {
                     if let Some(s) = feed(&b) {
                         return Outcome::Sentinel(s);
                     }

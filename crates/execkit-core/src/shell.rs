@@ -84,8 +84,12 @@ pub fn init_source(nonce: &str) -> Vec<u8> {
     // busybox ash (echo off, so no line editing) takes a read interrupted
     // by SIGCHLD for end of input and exits; ignoreeof keeps it alive.
     s.push_str("case $BASH_VERSION in '') command eval 'set -o ignoreeof' 2>/dev/null;; esac; ");
-    // Report the flavour in the status field: 1 = bash.
-    s.push_str("__ek_s=0; [ -n \"$BASH_VERSION\" ] && __ek_s=1; ");
+    // Report the flavour in the status field: 1 = bash, 2 = bash that
+    // already holds functions or aliases (a profile, exported functions),
+    // which may start background jobs (see `protocol::Via`).
+    s.push_str("__ek_s=0; [ -n \"$BASH_VERSION\" ] && command eval '__ek_s=1; ");
+    s.push_str("compgen -A function >/dev/null 2>&1; [ $? = 1 ] || __ek_s=2; ");
+    s.push_str("[ ${#BASH_ALIASES[@]} = 0 ] || __ek_s=2'; ");
     s.push_str(&protocol::sentinel_source(nonce, "$__ek_s"));
     s.push('\n');
     s.into_bytes()
@@ -107,12 +111,18 @@ pub enum Flavor {
 impl Flavor {
     /// Decodes the status the start-up sentinel reported.
     pub fn from_status(status: i32) -> Self {
-        if status == 1 {
+        if status == 1 || status == 2 {
             Flavor::Bash
         } else {
             Flavor::Posix
         }
     }
+}
+
+/// Whether the start-up sentinel reported a bash that already holds
+/// functions or aliases.
+pub fn holds_code(status: i32) -> bool {
+    status == 2
 }
 
 /// A busybox-portable script that kills every process whose environment

@@ -1,6 +1,6 @@
 //! Per-command overhead of a local session next to spawning `bash -c true`.
 //!
-//! `cargo run --release -p execkit-local --example overhead [N]`
+//! `cargo run --release -p execkit-local --example overhead [N] [--no-spawn]`
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
     let start = t.elapsed();
     anyhow::ensure!(first.exit_code == Some(0));
 
+    let cpu0 = self_cpu();
     let mut rt = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
@@ -33,10 +34,17 @@ async fn main() -> anyhow::Result<()> {
         rt.push(t.elapsed());
         anyhow::ensure!(r.exit_code == Some(0));
     }
+    let cpu = self_cpu() - cpu0;
     s.close().await?;
 
-    let mut spawn = Vec::with_capacity(n);
-    for _ in 0..n {
+    // `--no-spawn`: skip the baseline (profiling the session alone).
+    let spawns = if std::env::args().any(|a| a == "--no-spawn") {
+        1
+    } else {
+        n
+    };
+    let mut spawn = Vec::with_capacity(spawns);
+    for _ in 0..spawns {
         let t = Instant::now();
         let st = std::process::Command::new("bash")
             .args(["-c", "true"])
@@ -53,6 +61,19 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("execkit local (bash), {n} x true: p50 {p50:.3} ms, p99 {p99:.3} ms");
     println!("bash -c true spawn,   {n} x:      p50 {s50:.3} ms, p99 {s99:.3} ms");
+    println!(
+        "execkit CPU per command (this process, user+sys): {:.1} us",
+        cpu.as_secs_f64() * 1e6 / n as f64
+    );
     println!("ratio (spawn / execkit p50): {:.1}x", s50 / p50);
     Ok(())
+}
+
+/// User + system CPU time of this process (not its children).
+fn self_cpu() -> Duration {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
 }

@@ -23,9 +23,13 @@ use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 const STAGE_CHDIR: u32 = 1;
 const STAGE_EXEC: u32 = 2;
+
+/// Bytes asked of the pty per read.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// A shell process on a PTY master we own.
 #[derive(Debug)]
@@ -128,8 +132,12 @@ impl PtyShell {
 
         let pidfd =
             pidfd_open(pid).map_err(|e| TransportError::io("pidfd_open (needs Linux 5.3+)", e))?;
-        let master = register(master, "registering the pty")?;
-        let pidfd = register(pidfd, "registering the pidfd")?;
+        // Readable only: a master registered for writing too wakes the
+        // runtime every time the shell drains its input (an EPOLLOUT edge
+        // per command). Writes go straight out and register only when the
+        // pty is full (see `write`).
+        let master = register(master, Interest::READABLE, "registering the pty")?;
+        let pidfd = register(pidfd, Interest::READABLE, "registering the pidfd")?;
         Ok(PtyShell {
             target: target.to_string(),
             pid,
@@ -163,15 +171,14 @@ impl PtyShell {
 
     /// One non-blocking read of the master. `Ok(None)`: would block.
     fn read_now(&self) -> io::Result<Option<Vec<u8>>> {
-        const CHUNK: usize = 16 * 1024;
-        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
-        // SAFETY: read(2) writes at most CHUNK bytes into the spare
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        // SAFETY: read(2) writes at most READ_CHUNK bytes into the spare
         // capacity; the length is set to what it reports, no more.
         let n = unsafe {
             libc::read(
                 self.master.get_ref().as_raw_fd(),
                 buf.as_mut_ptr().cast(),
-                CHUNK,
+                READ_CHUNK,
             )
         };
         if n < 0 {
@@ -195,25 +202,36 @@ impl PtyShell {
 #[async_trait]
 impl ShellProcess for PtyShell {
     async fn write(&self, data: &[u8]) -> Result<(), TransportError> {
+        let fd = self.master.get_ref();
         let mut off = 0;
+        // Registered for writing only while the pty is full (long commands).
+        let mut writer: Option<AsyncFd<OwnedFd>> = None;
         while off < data.len() {
-            let mut guard = self
-                .master
-                .writable()
-                .await
-                .map_err(|e| TransportError::io("waiting for the pty", e))?;
-            match guard.try_io(|fd| {
-                nix::unistd::write(fd.get_ref(), &data[off..]).map_err(io::Error::from)
-            }) {
-                Ok(Ok(n)) => off += n,
-                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => {
+            match nix::unistd::write(fd, &data[off..]) {
+                Ok(n) => off += n,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => {
+                    if writer.is_none() {
+                        let dup = fd
+                            .try_clone()
+                            .map_err(|e| TransportError::io("duplicating the pty", e))?;
+                        writer = Some(register(dup, Interest::WRITABLE, "registering the pty")?);
+                    }
+                    let w = writer.as_ref().expect("registered above");
+                    let mut guard = w
+                        .writable()
+                        .await
+                        .map_err(|e| TransportError::io("waiting for the pty", e))?;
+                    // Readiness is re-armed by the next EAGAIN, not trusted.
+                    guard.clear_ready();
+                }
+                Err(Errno::EIO) => {
                     return Err(TransportError::Lost(format!(
                         "the shell on {} has gone",
                         self.target
                     )))
                 }
-                Ok(Err(e)) => return Err(TransportError::io("writing to the pty", e)),
-                Err(_would_block) => continue,
+                Err(e) => return Err(TransportError::io("writing to the pty", e.into())),
             }
         }
         Ok(())
@@ -248,7 +266,15 @@ impl ShellProcess for PtyShell {
                             // EOF on the master: only exit is left to report.
                             self.lock().drained = true;
                         }
-                        Ok(Ok(b)) => return ShellEvent::Output(b),
+                        Ok(Ok(b)) => {
+                            // A short read drained the pty: skip the read
+                            // that would only say EAGAIN (new output is a
+                            // new readiness event).
+                            if b.len() < READ_CHUNK {
+                                guard.clear_ready();
+                            }
+                            return ShellEvent::Output(b);
+                        }
                         Ok(Err(e)) => return ShellEvent::Lost(format!("reading the pty of {} failed: {e}", self.target)),
                         Err(_would_block) => {}
                     }
@@ -458,9 +484,13 @@ unsafe fn report(err_fd: RawFd, stage: u32) -> ! {
     }
 }
 
-fn register(fd: OwnedFd, what: &str) -> Result<AsyncFd<OwnedFd>, TransportError> {
+fn register(
+    fd: OwnedFd,
+    interest: Interest,
+    what: &str,
+) -> Result<AsyncFd<OwnedFd>, TransportError> {
     // SAFETY: an OwnedFd is a valid open fd that stays the same until dropped.
-    unsafe { AsyncFd::register(fd) }
+    unsafe { AsyncFd::register_with_interest(fd, interest) }
         .map_err(|e| TransportError::io(what, io::Error::other(e.to_string())))
 }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 
 use super::{ok, run, Capabilities, Case, Ctx, Skip};
-use crate::{RunOptions, Session};
+use crate::{protocol, RunOptions, RunResult, Session};
 
 /// Cases that load the target enough to disturb others; they run alone.
 pub(super) const HEAVY: &[&str] = &[
@@ -46,6 +46,7 @@ pub(super) fn all() -> Vec<Case> {
         case!(timeout_kills_background_children, proc_fs),
         case!(background_job_returns_at_once),
         case!(no_job_control_noise),
+        case!(no_job_notice_from_stored_code),
         case!(read_does_not_hang),
         case!(ansi_is_stripped),
         case!(invalid_utf8_and_nul),
@@ -353,6 +354,47 @@ async fn no_job_control_noise(ctx: Ctx) -> anyhow::Result<()> {
     }
     let r = run(&mut s, "sleep 0.2 & wait; echo waited", 10).await?;
     ensure!(r.output == "waited", "{r:?}");
+    s.close().await?;
+    Ok(())
+}
+
+/// Background jobs started by code the shell stored earlier (a function,
+/// a sourced file) print no notice either, and `return` ends a command the
+/// same way on every path the engine may send it by.
+async fn no_job_notice_from_stored_code(ctx: Ctx) -> anyhow::Result<()> {
+    let quiet = |r: &RunResult, what: &str| {
+        ensure!(
+            r.output.is_empty() && r.exit_code == Some(0),
+            "{what}: {r:?}"
+        );
+        Ok(())
+    };
+    // A function defined with `&`, called later by a command without one.
+    let mut s = ctx.open().await?;
+    ok(&mut s, "bgf() { sleep 0.3 & }").await?;
+    ensure!(ok(&mut s, "echo plain").await? == "plain");
+    quiet(&run(&mut s, "bgf", 10).await?, "function")?;
+    ok(&mut s, "wait").await?;
+    ensure!(ok(&mut s, "echo next").await? == "next");
+    s.close().await?;
+    // A function loaded from a file.
+    let mut s = ctx.open().await?;
+    let file = format!("/tmp/execkit-jobs-{}", protocol::nonce());
+    ok(
+        &mut s,
+        &format!("printf 'bgg() {{ sleep 0.3 \\046 }}\\n' > {file}; . {file}; rm -f {file}"),
+    )
+    .await?;
+    quiet(&run(&mut s, "bgg", 10).await?, "sourced function")?;
+    ok(&mut s, "wait").await?;
+    ensure!(ok(&mut s, "echo next").await? == "next");
+    // `return` outside a function ends the command with its status.
+    let r = run(&mut s, "return 3", 10).await?;
+    ensure!(r.exit_code == Some(3) && r.output.is_empty(), "{r:?}");
+    s.close().await?;
+    let mut s = ctx.open().await?;
+    let r = run(&mut s, "echo before; return 4; echo after", 10).await?;
+    ensure!(r.exit_code == Some(4) && r.output == "before", "{r:?}");
     s.close().await?;
     Ok(())
 }
