@@ -37,6 +37,11 @@ pub struct McpArgs {
     /// Characters of output returned per command before capping.
     #[arg(long, default_value_t = 30_000, value_name = "N")]
     pub output_limit: usize,
+    /// Serve MCP over streamable HTTP at `http://ADDR/mcp` instead of stdio.
+    /// Loopback addresses only (port 0 picks a free port; the address is
+    /// printed on stderr). Every client shares the server's sessions.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub journal: JournalArgs,
 }
@@ -310,6 +315,16 @@ impl ServerHandler for ExecKitMcp {
 }
 
 pub fn main(args: McpArgs) -> ExitCode {
+    if let Some(addr) = args.http {
+        if !addr.ip().is_loopback() {
+            // A shell server reachable from the network is remote code
+            // execution for anyone who can connect.
+            eprintln!(
+                "execkit mcp: --http {addr}: only loopback addresses (127.0.0.1, ::1) are served"
+            );
+            return ExitCode::from(2);
+        }
+    }
     let rt = match crate::runtime(true) {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -329,6 +344,11 @@ pub fn main(args: McpArgs) -> ExitCode {
     config.session = session;
     rt.block_on(async move {
         let host = Host::new(config, observer);
+        if let Some(addr) = args.http {
+            let code = serve_http(addr, host.clone()).await;
+            host.shutdown().await;
+            return code;
+        }
         let server = ExecKitMcp::new(host.clone());
         let running = match server.serve(rmcp::transport::stdio()).await {
             Ok(r) => r,
@@ -341,4 +361,90 @@ pub fn main(args: McpArgs) -> ExitCode {
         host.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// MCP over streamable HTTP (rmcp's tower service on hyper) at `/mcp`,
+/// until SIGTERM or SIGINT.
+async fn serve_http(addr: std::net::SocketAddr, host: Arc<Host>) -> ExitCode {
+    use hyper_util::rt::TokioIo;
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    use tokio::signal::unix::{signal, SignalKind};
+
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("execkit mcp: cannot listen on {addr}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(addr);
+    // rmcp checks the Host header against loopback names (DNS rebinding).
+    let config = StreamableHttpServerConfig::default();
+    let stop = config.cancellation_token.clone();
+    let factory_host = host.clone();
+    let service = StreamableHttpService::new(
+        move || Ok(ExecKitMcp::new(factory_host.clone())),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("execkit mcp: cannot handle signals: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    eprintln!(
+        "execkit mcp: listening on http://{bound}/mcp (pid {})",
+        std::process::id()
+    );
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let mut service = service.clone();
+                        async move {
+                            use tower_service::Service as _;
+                            if req.uri().path() != "/mcp" {
+                                return Ok(not_found());
+                            }
+                            service.call(req).await
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    stop.cancel();
+    eprintln!(
+        "execkit mcp: shutting down, closing {} session(s)",
+        host.list().len()
+    );
+    ExitCode::SUCCESS
+}
+
+fn not_found(
+) -> hyper::Response<http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>> {
+    use http_body_util::BodyExt as _;
+    let mut r = hyper::Response::new(
+        http_body_util::Full::new(bytes::Bytes::from_static(b"execkit mcp serves /mcp only\n"))
+            .boxed(),
+    );
+    *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+    r
 }
