@@ -22,14 +22,18 @@ fn mcp_python() -> Option<std::ffi::OsString> {
     python
 }
 
-#[test]
-fn official_python_client_drives_execkit_mcp() {
-    let Some(python) = mcp_python() else { return };
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/client.py");
-    let report = std::env::temp_dir().join(format!("execkit-mcp-{}.json", std::process::id()));
+/// Runs `tests/mcp/SCRIPT ARG REPORT` with the venv's python, asserts it
+/// succeeded and returns the latency report it wrote.
+fn run_client(python: &std::ffi::OsStr, script: &str, arg: &str) -> String {
+    let script = format!("{}/tests/mcp/{script}", env!("CARGO_MANIFEST_DIR"));
+    let report = std::env::temp_dir().join(format!(
+        "execkit-{script_name}-{}.json",
+        std::process::id(),
+        script_name = script.rsplit('/').next().unwrap_or("mcp"),
+    ));
     let out = Command::new(python)
-        .arg(script)
-        .arg(env!("CARGO_BIN_EXE_execkit"))
+        .arg(&script)
+        .arg(arg)
         .arg(&report)
         .env(
             "XDG_STATE_HOME",
@@ -44,8 +48,15 @@ fn official_python_client_drives_execkit_mcp() {
         String::from_utf8_lossy(&out.stderr)
     );
     let numbers = std::fs::read_to_string(&report).expect("report");
-    println!("mcp latency: {numbers}");
     let _ = std::fs::remove_file(report);
+    numbers
+}
+
+#[test]
+fn official_python_client_drives_execkit_mcp() {
+    let Some(python) = mcp_python() else { return };
+    let numbers = run_client(&python, "client.py", env!("CARGO_BIN_EXE_execkit"));
+    println!("mcp latency: {numbers}");
 }
 
 /// `execkit mcp --http` on a free loopback port; stopped by PID on drop.
@@ -112,23 +123,9 @@ impl Drop for HttpServer {
 fn official_python_client_over_streamable_http() {
     let Some(python) = mcp_python() else { return };
     let server = HttpServer::start();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/http_client.py");
-    let report = std::env::temp_dir().join(format!("execkit-mcp-http-{}.json", std::process::id()));
-    let out = Command::new(python)
-        .arg(script)
-        .arg(format!("http://{}/mcp", server.addr))
-        .arg(&report)
-        .output()
-        .expect("run the python client");
-    assert!(
-        out.status.success(),
-        "client failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let numbers = std::fs::read_to_string(&report).expect("report");
+    let url = format!("http://{}/mcp", server.addr);
+    let numbers = run_client(&python, "http_client.py", &url);
     println!("mcp over http latency: {numbers}");
-    let _ = std::fs::remove_file(report);
 
     // Other paths are not served.
     let mut conn = std::net::TcpStream::connect(&server.addr).expect("connect");

@@ -4,18 +4,12 @@ Usage: client.py EXECKIT_BIN REPORT_JSON
 Asserts the tool behaviour and writes latency numbers to REPORT_JSON.
 """
 import asyncio
-import json
-import statistics
 import sys
 import time
 
+from common import open_and_check_basics, run_true_latency, structured, write_report
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
-
-
-def structured(result):
-    assert not result.is_error, result
-    return result.structured_content
 
 
 async def main(binary, report_path):
@@ -25,20 +19,7 @@ async def main(binary, report_path):
     )
     async with stdio_client(params) as (read, write):
         async with ClientSession(read, write) as s:
-            await s.initialize()
-            tools = {t.name for t in (await s.list_tools()).tools}
-            expected = {"session_open", "run", "send_input", "poll", "interrupt",
-                        "session_close", "session_list"}
-            assert expected <= tools, tools
-
-            sid = structured(await s.call_tool("session_open", {}))["session_id"]
-            r = structured(await s.call_tool("run", {"session_id": sid, "command": "cd /tmp"}))
-            assert r["exit_code"] == 0, r
-            r = structured(await s.call_tool("run", {"session_id": sid, "command": "pwd"}))
-            assert r["output"] == "/tmp" and r["cwd"] == "/tmp", r
-
-            r = structured(await s.call_tool("run", {"session_id": sid, "command": "false"}))
-            assert r["exit_code"] == 1, r
+            sid = await open_and_check_basics(s)
 
             t = time.monotonic()
             r = structured(await s.call_tool("run", {"session_id": sid, "command": "sleep 30",
@@ -63,25 +44,11 @@ async def main(binary, report_path):
             listed = structured(await s.call_tool("session_list", {}))
             assert {x["name"] for x in listed["sessions"]} == {sid, "default"}, listed
 
-            # Latency of `run true` through the official client.
-            samples = []
-            for _ in range(200):
-                t = time.perf_counter()
-                r = await s.call_tool("run", {"session_id": sid, "command": "true"})
-                samples.append((time.perf_counter() - t) * 1000)
-                assert r.structured_content["exit_code"] == 0
-            samples.sort()
-            report = {
-                "run_true_p50_ms": statistics.median(samples),
-                "run_true_p99_ms": samples[int(len(samples) * 0.99) - 1],
-                "samples": len(samples),
-            }
+            report = await run_true_latency(s, sid)
 
             closed = await s.call_tool("session_close", {"session_id": sid})
             assert not closed.is_error, closed
-    with open(report_path, "w") as f:
-        json.dump(report, f)
-    print(json.dumps(report))
+    write_report(report, report_path)
 
 
 if __name__ == "__main__":
