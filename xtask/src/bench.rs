@@ -74,9 +74,11 @@ pub fn bench(args: &[String]) -> Result<bool> {
         for p in &provisions {
             cmd.envs(p.env.iter().map(|(k, v)| (k, v)));
         }
+        let ran = Instant::now();
         let st = cmd.status().context("running execkit-bench")?;
         println!(
-            "xtask: bench took {:.0} s; report in {}",
+            "xtask: bench ran {:.0} s ({:.0} s with provisioning and the release build); report in {}",
+            ran.elapsed().as_secs_f64(),
             started.elapsed().as_secs_f64(),
             display(&report_dir)
         );
