@@ -37,8 +37,10 @@ pub struct ExecArgs {
     /// Run each command in its own new shell: no state carried over.
     #[arg(long)]
     fresh: bool,
-    /// Feed this file (`-`: our stdin) to each command's stdin through a
-    /// pipe; output still comes through the terminal. Local targets only.
+    /// Feed this file (`-`: our stdin) to each command's stdin; output
+    /// still comes through the terminal. Local targets get a pipe (FIFO);
+    /// docker and ssh targets a private file staged on the target and
+    /// unlinked before the command starts (needs `base64` there).
     #[arg(long, value_name = "FILE|-")]
     stdin: Option<String>,
     #[command(flatten)]
@@ -81,10 +83,6 @@ async fn run(args: ExecArgs) -> ExitCode {
     };
     let stdin = match &args.stdin {
         None => None,
-        Some(_) if !args.target.starts_with("local") => {
-            eprintln!("execkit: --stdin works with local targets only");
-            return ExitCode::from(EXIT_USAGE);
-        }
         Some(src) => match crate::stdin_pipe::StdinSource::load(src) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -116,22 +114,29 @@ async fn run(args: ExecArgs) -> ExitCode {
             let _ = std::mem::replace(&mut session, fresh).close().await;
         }
         first = false;
+        let local = args.target == "local" || args.target.starts_with("local:");
         let pipe = match &stdin {
-            Some(src) => match src.pipe() {
+            Some(src) if local => match src.pipe() {
                 Ok(p) => Some(p),
                 Err(e) => {
                     eprintln!("execkit: cannot set up --stdin: {e}");
                     return ExitCode::from(1);
                 }
             },
-            None => None,
+            _ => None,
         };
         let text = match &pipe {
             Some(p) => p.wrap(cmd),
             None => cmd.clone(),
         };
+        let run = async {
+            match (&stdin, &pipe) {
+                (Some(src), None) => session.run_with_stdin(&text, src.data(), opts).await,
+                _ => session.run(&text, opts).await,
+            }
+        };
         let result = tokio::select! {
-            r = session.run(&text, opts) => r,
+            r = run => r,
             _ = interrupted() => {
                 let _ = session.close().await;
                 eprintln!("execkit: interrupted; session closed");

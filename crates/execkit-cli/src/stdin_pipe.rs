@@ -1,5 +1,6 @@
 //! `execkit exec --stdin`: a command's stdin fed through a FIFO while its
-//! output still comes through the terminal.
+//! output still comes through the terminal (local targets; remote ones use
+//! `Session::run_with_stdin`).
 
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -27,6 +28,11 @@ impl StdinSource {
         Ok(StdinSource {
             data: Arc::new(data),
         })
+    }
+
+    /// The bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.data
     }
 
     /// A fresh FIFO with a writer thread feeding it.

@@ -98,6 +98,56 @@ fn state_persists_within_one_call() {
     assert!(stdout.contains("42\n/tmp"), "{stdout}");
 }
 
+/// `--stdin` on a remote target: each command reads the file's bytes, the
+/// session's state carries over, and the journal shows the commands as
+/// typed, not the staging around them.
+#[test]
+fn stdin_reaches_each_command_on_an_ssh_target() {
+    let Some(e) = env() else { return };
+    let dir = std::env::temp_dir().join(format!("execkit-ssh-stdin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("in");
+    std::fs::write(&input, "alpha\nbeta\n").unwrap();
+    let journal = dir.join("journal.jsonl");
+    let (out, _) = execkit(&[
+        "exec",
+        "--json",
+        "--journal",
+        journal.to_str().unwrap(),
+        "--target",
+        &e.url,
+        "--stdin",
+        input.to_str().unwrap(),
+        "cd /tmp && wc -l",
+        "read a; echo \"$a in $PWD\"",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert_eq!(lines[0]["output"].as_str().unwrap().trim(), "2", "{stdout}");
+    assert_eq!(lines[1]["output"], "alpha in /tmp", "{stdout}");
+    let journal = std::fs::read_to_string(&journal).unwrap();
+    let commands: Vec<String> = journal
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "command")
+        .map(|v| v["command"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        commands,
+        ["cd /tmp && wc -l", "read a; echo \"$a in $PWD\""]
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn connection_faults_exit_69_with_one_line() {
     let Some(e) = env() else { return };

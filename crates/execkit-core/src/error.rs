@@ -113,4 +113,12 @@ pub enum SessionError {
     /// No command is running (nothing to poll, feed or interrupt).
     #[error("no command is running in this session")]
     Idle,
+    /// Input for a command's stdin could not be put on the target.
+    #[error("cannot stage stdin on {target}: {reason}")]
+    Stdin {
+        /// The target.
+        target: String,
+        /// What went wrong.
+        reason: String,
+    },
 }

@@ -379,23 +379,107 @@ impl Session {
         command: &str,
         opts: RunOptions,
     ) -> Result<RunResult, SessionError> {
+        self.run_shown(command, command, opts).await
+    }
+
+    /// Runs `command` with `input` as its standard input, on any target.
+    ///
+    /// The bytes are staged first in a private file on the target (mode
+    /// 0600 under `$TMPDIR` or `/tmp`), sent base64-encoded through the
+    /// command channel in chunks by commands that are neither journaled nor
+    /// mirrored; the command then reads that file, which is unlinked before
+    /// the command starts, so nothing is left behind even after a timeout.
+    /// Needs `base64` and `head` on the target. The result, journal and
+    /// console show `command` as given.
+    pub async fn run_with_stdin(
+        &mut self,
+        command: &str,
+        input: &[u8],
+        opts: RunOptions,
+    ) -> Result<RunResult, SessionError> {
+        protocol::validate(command)?;
+        if self.pending.is_some() {
+            return Err(SessionError::Busy);
+        }
+        let var = self.stage_input(input).await?;
+        let wrapped = format!("{{ rm -f \"${var}\"; {command}\n}} < \"${var}\"");
+        self.run_shown(command, &wrapped, opts).await
+    }
+
+    /// Writes `input` to a fresh private file on the target; returns the
+    /// name of the shell variable holding its path.
+    async fn stage_input(&mut self, input: &[u8]) -> Result<&'static str, SessionError> {
+        const VAR: &str = "__ek_in";
+        /// Base64 characters per staging command (~36 KB of input).
+        const CHUNK: usize = 48 * 1024;
+        let fail = |target: &str, reason: String| SessionError::Stdin {
+            target: target.to_string(),
+            reason,
+        };
+        // Internal commands: not journaled, not mirrored.
+        let observer = self.config.observer.take();
+        let result = async {
+            let name = format!("execkit-in-{}", protocol::nonce());
+            let setup = format!(
+                "command -v base64 >/dev/null 2>&1 || {{ echo 'base64 is not installed'; false; }} && \
+                 {VAR}=\"${{TMPDIR:-/tmp}}/{name}\" && (umask 077 && : > \"${VAR}\")"
+            );
+            let r = self.run(&setup, RunOptions::timeout(Duration::from_secs(20))).await?;
+            if r.exit_code != Some(0) {
+                let why = if r.output.is_empty() {
+                    r.error.unwrap_or_else(|| "the staging file cannot be created".into())
+                } else {
+                    r.output
+                };
+                return Err(fail(self.target(), why));
+            }
+            let encoded = base64(input);
+            for chunk in encoded.as_bytes().chunks(CHUNK) {
+                let chunk = std::str::from_utf8(chunk).expect("base64 is ASCII");
+                let cmd = format!("printf %s '{chunk}' | base64 -d >> \"${VAR}\"");
+                let r = self.run(&cmd, RunOptions::timeout(Duration::from_secs(60))).await?;
+                if r.exit_code != Some(0) {
+                    let _ = self
+                        .run(&format!("rm -f \"${VAR}\""), RunOptions::timeout(Duration::from_secs(20)))
+                        .await;
+                    let why = if r.output.is_empty() {
+                        r.error.unwrap_or_else(|| format!("exit {:?}", r.exit_code))
+                    } else {
+                        r.output
+                    };
+                    return Err(fail(self.target(), why));
+                }
+            }
+            Ok(VAR)
+        }
+        .await;
+        self.config.observer = observer;
+        result
+    }
+
+    async fn run_shown(
+        &mut self,
+        shown: &str,
+        command: &str,
+        opts: RunOptions,
+    ) -> Result<RunResult, SessionError> {
         protocol::validate(command)?;
         if self.pending.is_some() {
             return Err(SessionError::Busy);
         }
         let started = Instant::now();
         self.seq += 1;
-        self.record("command", fields! {"command" => command});
+        self.record("command", fields! {"command" => shown});
         self.publish(ConsoleEvent::Header {
             session: self.id.clone(),
             target: self.target().to_string(),
-            command: command.to_string(),
+            command: shown.to_string(),
         });
         let mut restarted = false;
         if self.shell.is_none() {
             // The previous command lost the shell; try a fresh one.
             if let Err(e) = self.restart().await {
-                let mut r = self.blank_result(command, started);
+                let mut r = self.blank_result(shown, started);
                 r.session_lost = true;
                 r.error = Some(e.to_string());
                 self.report(&r);
@@ -410,7 +494,7 @@ impl Session {
         let nonce = protocol::nonce();
         let cid = protocol::nonce();
         let mut pending = Pending {
-            command: command.to_string(),
+            command: shown.to_string(),
             started,
             deadline: opts.timeout.map(|t| started + t),
             cid: cid.clone(),
@@ -950,6 +1034,28 @@ async fn pump(
     }
 }
 
+/// Standard base64 (RFC 4648, padded), as `base64 -d` reads it.
+fn base64(data: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for group in data.chunks(3) {
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for k in 0..4 {
+            if k <= group.len() {
+                out.push(ABC[(n >> (18 - 6 * k) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// A result with nothing happened yet.
 fn blank(command: &str, started: Instant, cwd: &str) -> RunResult {
     RunResult {
@@ -997,6 +1103,22 @@ mod tests {
         let mut c = SessionConfig::default();
         c.env.push((k.into(), v.into()));
         c
+    }
+
+    #[test]
+    fn base64_matches_the_rfc_vectors() {
+        for (plain, enc) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(plain.as_bytes()), enc);
+        }
+        assert_eq!(base64(&[0, 0xff, 0x80]), "AP+A");
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub(super) fn all() -> Vec<Case> {
         case!(background_job_returns_at_once),
         case!(no_job_control_noise),
         case!(no_job_notice_from_stored_code),
+        case!(stdin_is_staged_on_the_target),
         case!(read_does_not_hang),
         case!(ansi_is_stripped),
         case!(invalid_utf8_and_nul),
@@ -397,6 +398,51 @@ async fn no_job_notice_from_stored_code(ctx: Ctx) -> anyhow::Result<()> {
     ensure!(r.exit_code == Some(4) && r.output == "before", "{r:?}");
     s.close().await?;
     Ok(())
+}
+
+/// `run_with_stdin`: exact bytes (every value, NUL included) reach the
+/// command's stdin, the command runs in the session's shell (state
+/// persists), and the staging file is gone before the command ends.
+async fn stdin_is_staged_on_the_target(ctx: Ctx) -> anyhow::Result<()> {
+    let mut s = ctx.open().await?;
+    let opts = || RunOptions::timeout(Duration::from_secs(60));
+    let data: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    let r = s
+        .run_with_stdin("cd /tmp && od -An -v -tx1", &data, opts())
+        .await?;
+    ensure!(r.exit_code == Some(0), "{r:?}");
+    ensure!(r.command == "cd /tmp && od -An -v -tx1", "{:?}", r.command);
+    let got: Vec<u8> = r
+        .output
+        .split_whitespace()
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("od output: {:?}", last(&r.output)))?;
+    ensure!(
+        got == data,
+        "{} bytes came back, not the 4096 sent",
+        got.len()
+    );
+    ensure!(ok(&mut s, "pwd").await? == "/tmp", "state did not persist");
+    let gone = ok(&mut s, "[ -e \"$__ek_in\" ] && echo left || echo gone").await?;
+    ensure!(gone == "gone", "staging file: {gone}");
+
+    // Big input, `read`, and empty input.
+    let big = vec![b'x'; 1_000_000];
+    let r = s.run_with_stdin("wc -c", &big, opts()).await?;
+    ensure!(r.output.trim() == "1000000", "{r:?}");
+    let r = s
+        .run_with_stdin("read a; echo \"got $a\"", b"line1\nline2\n", opts())
+        .await?;
+    ensure!(r.output == "got line1", "{r:?}");
+    let r = s.run_with_stdin("wc -c", b"", opts()).await?;
+    ensure!(r.output.trim() == "0", "{r:?}");
+    s.close().await?;
+    Ok(())
+}
+
+fn last(s: &str) -> &str {
+    s.get(s.len().saturating_sub(200)..).unwrap_or(s)
 }
 
 async fn read_does_not_hang(ctx: Ctx) -> anyhow::Result<()> {
