@@ -4,15 +4,10 @@
 //! `cargo run --release -p execkit-docker --example docker_overhead -- CONTAINER [N]`
 //! (the engine is `DOCKER_HOST`'s, else `/var/run/docker.sock`).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use execkit_core::testkit::{p50_p99_ms, time_true};
 use execkit_core::{RunOptions, Session, SessionConfig};
-
-fn stats(mut v: Vec<Duration>) -> (f64, f64) {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    (ms(v[v.len() / 2]), ms(v[v.len() * 99 / 100]))
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -31,13 +26,7 @@ async fn main() -> anyhow::Result<()> {
     let start = t.elapsed();
     anyhow::ensure!(first.exit_code == Some(0), "{first:?}");
 
-    let mut rt = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let r = s.run("true", RunOptions::default()).await?;
-        rt.push(t.elapsed());
-        anyhow::ensure!(r.exit_code == Some(0), "{r:?}");
-    }
+    let rt = time_true(&mut s, n).await?;
     let t = Instant::now();
     s.close().await?;
     let close = t.elapsed();
@@ -52,8 +41,8 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(st.success());
     }
 
-    let (p50, p99) = stats(rt);
-    let (d50, d99) = stats(oneshot);
+    let (p50, p99) = p50_p99_ms(rt);
+    let (d50, d99) = p50_p99_ms(oneshot);
     println!(
         "session open to first result: {:.1} ms, close (marker cleanup): {:.1} ms",
         start.as_secs_f64() * 1000.0,

@@ -75,18 +75,8 @@ pub(crate) struct ExecOutput {
 type Done = oneshot::Sender<Result<(), String>>;
 
 pub(crate) enum Req {
-    OpenShell {
-        id: u64,
-        command: String,
-        size: Size,
-        events: UnboundedSender<ShellEvent>,
-        inflight: Arc<AtomicUsize>,
-        reply: oneshot::Sender<Result<(), OpenError>>,
-    },
-    Exec {
-        command: String,
-        reply: oneshot::Sender<Result<ExecOutput, OpenError>>,
-    },
+    /// A new channel: an interactive shell or a one-shot exec.
+    Open(What),
     Write {
         id: u64,
         data: Vec<u8>,
@@ -261,7 +251,7 @@ impl Conn {
 
     /// Queues a request for the thread.
     pub(crate) fn send(&self, req: Req) -> Result<(), String> {
-        let opens = matches!(req, Req::OpenShell { .. } | Req::Exec { .. });
+        let opens = matches!(req, Req::Open(_));
         if opens {
             self.shared.channels.fetch_add(1, Ordering::Relaxed);
         }
@@ -284,7 +274,7 @@ impl Conn {
     /// Runs `command` on a fresh exec channel and waits for it.
     pub(crate) async fn exec(&self, command: String) -> Result<ExecOutput, OpenError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Req::Exec { command, reply })
+        self.send(Req::Open(What::Exec { command, reply }))
             .map_err(OpenError::Lost)?;
         rx.await
             .unwrap_or_else(|_| Err(OpenError::Lost(self.lost_message())))
@@ -293,7 +283,7 @@ impl Conn {
     /// Like [`Conn::exec`], for threads outside the runtime.
     pub(crate) fn exec_blocking(&self, command: String) -> Result<ExecOutput, OpenError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Req::Exec { command, reply })
+        self.send(Req::Open(What::Exec { command, reply }))
             .map_err(OpenError::Lost)?;
         rx.blocking_recv()
             .unwrap_or_else(|_| Err(OpenError::Lost(self.lost_message())))
@@ -346,7 +336,8 @@ enum Stage {
     Start,
 }
 
-enum What {
+/// What a new channel is for, and whom to answer.
+pub(crate) enum What {
     Shell {
         id: u64,
         command: String,
@@ -570,34 +561,15 @@ impl Actor {
     }
 
     fn accept(&mut self, req: Req) {
-        if matches!(req, Req::OpenShell { .. } | Req::Exec { .. }) {
-            self.expect_answer();
-        }
         match req {
-            Req::OpenShell {
-                id,
-                command,
-                size,
-                events,
-                inflight,
-                reply,
-            } => self.pending.push(Pending {
-                chan: None,
-                stage: Stage::Open,
-                what: What::Shell {
-                    id,
-                    command,
-                    size,
-                    events,
-                    inflight,
-                    reply,
-                },
-            }),
-            Req::Exec { command, reply } => self.pending.push(Pending {
-                chan: None,
-                stage: Stage::Open,
-                what: What::Exec { command, reply },
-            }),
+            Req::Open(what) => {
+                self.expect_answer();
+                self.pending.push(Pending {
+                    chan: None,
+                    stage: Stage::Open,
+                    what,
+                });
+            }
             Req::Write { id, data, done } => match self.shells.get_mut(&id) {
                 Some(sh) if sh.eof_at.is_none() => sh.input.push_back(Input {
                     data,
@@ -1226,12 +1198,7 @@ fn service_shell(sh: &mut ShellChan, buf: &mut [u8]) -> Result<(bool, bool), Str
 
 fn reject(req: Req, msg: &str) {
     match req {
-        Req::OpenShell { reply, .. } => {
-            let _ = reply.send(Err(OpenError::Lost(msg.to_string())));
-        }
-        Req::Exec { reply, .. } => {
-            let _ = reply.send(Err(OpenError::Lost(msg.to_string())));
-        }
+        Req::Open(what) => what.fail(OpenError::Lost(msg.to_string())),
         Req::Write { done, .. } | Req::Resize { done, .. } => {
             let _ = done.send(Err(msg.to_string()));
         }

@@ -28,7 +28,7 @@ use execkit_core::protocol::shell_quote;
 use execkit_core::{ShellEvent, ShellProcess, Size, SpawnSpec, Transport, TransportError};
 use tokio::sync::{mpsc, oneshot};
 
-use actor::{Conn, OpenError, Req, HIGH_WATER};
+use actor::{Conn, OpenError, Req, What, HIGH_WATER};
 pub use connect::PASSPHRASE_VAR;
 pub use pool::live_connections;
 pub use target::{HostKeyPolicy, SshTarget};
@@ -134,14 +134,14 @@ impl Transport for SshTransport {
             let inflight = Arc::new(AtomicUsize::new(0));
             let id = conn.next_id();
             let (reply, rx) = oneshot::channel();
-            let sent = conn.send(Req::OpenShell {
+            let sent = conn.send(Req::Open(What::Shell {
                 id,
                 command: command.clone(),
                 size: spec.size,
                 events: events_tx,
                 inflight: inflight.clone(),
                 reply,
-            });
+            }));
             let result = match sent {
                 Ok(()) => rx
                     .await

@@ -302,6 +302,31 @@ pub async fn ok(s: &mut Session, cmd: &str) -> anyhow::Result<String> {
     Ok(r.output)
 }
 
+/// Times `n` runs of `true` in `s` (each must exit 0): the warm round trip
+/// the transports' `overhead` examples report.
+pub async fn time_true(s: &mut Session, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = s.run("true", RunOptions::default()).await?;
+        v.push(t.elapsed());
+        if r.exit_code != Some(0) {
+            bail!("`true` did not succeed: {r:?}");
+        }
+    }
+    Ok(v)
+}
+
+/// The 50th and 99th percentile of `samples`, in milliseconds.
+pub fn p50_p99_ms(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match samples.len() {
+        0 => (f64::NAN, f64::NAN),
+        n => (ms(samples[n / 2]), ms(samples[(n * 99 / 100).min(n - 1)])),
+    }
+}
+
 type CaseFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// One conformance case.

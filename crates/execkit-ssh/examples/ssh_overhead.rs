@@ -2,17 +2,13 @@
 //! a second session on the shared connection, the warm round trip, and
 //! close.
 //!
-//! `cargo run --release -p execkit-ssh --example overhead -- URL [N]`
+//! `cargo run --release -p execkit-ssh --example ssh_overhead -- URL [N]`
 //! (URL as `EXECKIT_TEST_SSH_URL`; defaults to that variable).
 
 use std::time::{Duration, Instant};
 
+use execkit_core::testkit::{p50_p99_ms, time_true};
 use execkit_core::{RunOptions, Session, SessionConfig};
-
-fn median(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v[v.len() / 2].as_secs_f64() * 1000.0
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -42,13 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let r = s2.run("true", RunOptions::default()).await?;
     anyhow::ensure!(r.exit_code == Some(0), "{r:?}");
 
-    let mut rt = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let r = s.run("true", RunOptions::default()).await?;
-        rt.push(t.elapsed());
-        anyhow::ensure!(r.exit_code == Some(0), "{r:?}");
-    }
+    let rt = time_true(&mut s, n).await?;
     let t2 = Instant::now();
     s2.close().await?;
     let close = t2.elapsed();
@@ -84,11 +74,14 @@ async fn main() -> anyhow::Result<()> {
         "second session open (shared conn):  {:8.2} ms  (live connections: {conns})",
         ms(second_open)
     );
-    println!("warm round trip, {n} x true, median: {:8.3} ms", median(rt));
+    println!(
+        "warm round trip, {n} x true, median: {:8.3} ms",
+        p50_p99_ms(rt).0
+    );
     println!("session close (marker cleanup):     {:8.2} ms", ms(close));
     println!(
         "one-shot `ssh host true`, 20 x, median: {:8.2} ms",
-        median(oneshot)
+        p50_p99_ms(oneshot).0
     );
     Ok(())
 }

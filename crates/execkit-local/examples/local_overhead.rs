@@ -1,16 +1,11 @@
 //! Per-command overhead of a local session next to spawning `bash -c true`.
 //!
-//! `cargo run --release -p execkit-local --example overhead [N] [--no-spawn]`
+//! `cargo run --release -p execkit-local --example local_overhead [N] [--no-spawn]`
 
 use std::time::{Duration, Instant};
 
+use execkit_core::testkit::{p50_p99_ms, time_true};
 use execkit_core::{RunOptions, Session, SessionConfig};
-
-fn stats(mut v: Vec<Duration>) -> (f64, f64) {
-    v.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    (ms(v[v.len() / 2]), ms(v[v.len() * 99 / 100]))
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -27,13 +22,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(first.exit_code == Some(0));
 
     let cpu0 = self_cpu();
-    let mut rt = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let r = s.run("true", RunOptions::default()).await?;
-        rt.push(t.elapsed());
-        anyhow::ensure!(r.exit_code == Some(0));
-    }
+    let rt = time_true(&mut s, n).await?;
     let cpu = self_cpu() - cpu0;
     s.close().await?;
 
@@ -53,8 +42,8 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(st.success());
     }
 
-    let (p50, p99) = stats(rt);
-    let (s50, s99) = stats(spawn);
+    let (p50, p99) = p50_p99_ms(rt);
+    let (s50, s99) = p50_p99_ms(spawn);
     println!(
         "session start to first result: {:.2} ms",
         start.as_secs_f64() * 1000.0
