@@ -105,3 +105,65 @@ impl Client {
             .map_err(|e| ClientError::Io(format!("bad line from server: {e}")))
     }
 }
+
+/// Mirrors this process's console to a running `execkit serve`, so
+/// `execkit watch` shows what `exec` and `mcp` run too. Best effort: no
+/// server, no mirror; a slow server skips events (the console is a
+/// broadcast with a bounded backlog), it never slows a command down.
+#[derive(Debug)]
+pub struct ConsoleMirror {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConsoleMirror {
+    /// Starts mirroring `console` to the server at `socket`, if one answers.
+    pub async fn start(
+        console: &execkit_core::console::Console,
+        socket: &Path,
+    ) -> Option<ConsoleMirror> {
+        // A server that does not answer within a second is not waited for.
+        let client = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+            let mut client = Client::connect(socket).await.ok()?;
+            client.call(Request::Publish).await.ok()?;
+            Some(client)
+        });
+        let mut client = client.await.ok().flatten()?;
+        let mut rx = console.subscribe();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+            let mut draining = false;
+            loop {
+                let ev = if draining {
+                    match rx.try_recv() {
+                        Ok(ev) => ev,
+                        Err(TryRecvError::Lagged(_)) => continue,
+                        Err(_) => return,
+                    }
+                } else {
+                    tokio::select! {
+                        r = rx.recv() => match r {
+                            Ok(ev) => ev,
+                            Err(RecvError::Lagged(_)) => continue,
+                            Err(RecvError::Closed) => return,
+                        },
+                        _ = &mut stopped => { draining = true; continue }
+                    }
+                };
+                let mut line = serde_json::to_vec(&*ev).unwrap_or_default();
+                line.push(b'\n');
+                if client.writer.write_all(&line).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Some(ConsoleMirror { stop, task })
+    }
+
+    /// Sends what is still queued (at most `grace`), then hangs up.
+    pub async fn finish(self, grace: std::time::Duration) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(grace, self.task).await;
+    }
+}

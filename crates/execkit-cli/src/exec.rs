@@ -31,8 +31,10 @@ pub struct ExecArgs {
     /// --target if it does not exist yet; it stays open afterwards).
     #[arg(long, value_name = "NAME", conflicts_with_all = ["fresh", "stdin"])]
     session: Option<String>,
-    /// Socket of the server for --session.
-    #[arg(long, value_name = "PATH", requires = "session")]
+    /// Socket of the server: for --session, and otherwise to mirror the
+    /// console to its watchers when it runs [default:
+    /// ${XDG_RUNTIME_DIR:-/tmp/execkit-$UID}/execkit.sock].
+    #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Run each command in its own new shell: no state carried over.
     #[arg(long)]
@@ -81,6 +83,20 @@ async fn run(args: ExecArgs) -> ExitCode {
             return e.exit_code();
         }
     };
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(crate::proto::default_socket);
+    let mirror = crate::client::ConsoleMirror::start(&observer.console, &socket).await;
+    let code = run_local(args, observer).await;
+    if let Some(m) = mirror {
+        m.finish(Duration::from_secs(1)).await;
+    }
+    code
+}
+
+/// `exec` in sessions of its own (not through a server).
+async fn run_local(args: ExecArgs, observer: std::sync::Arc<execkit_core::Observer>) -> ExitCode {
     let stdin = match &args.stdin {
         None => None,
         Some(src) => match crate::stdin_pipe::StdinSource::load(src) {

@@ -343,24 +343,37 @@ pub fn main(args: McpArgs) -> ExitCode {
     config.allow_targets = args.allow_target.clone();
     config.session = session;
     rt.block_on(async move {
+        let mirror =
+            crate::client::ConsoleMirror::start(&observer.console, &crate::proto::default_socket())
+                .await;
         let host = Host::new(config, observer);
-        if let Some(addr) = args.http {
+        let code = if let Some(addr) = args.http {
             let code = serve_http(addr, host.clone()).await;
             host.shutdown().await;
-            return code;
-        }
-        let server = ExecKitMcp::new(host.clone());
-        let running = match server.serve(rmcp::transport::stdio()).await {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("execkit mcp: cannot start: {e}");
-                return ExitCode::from(1);
-            }
+            code
+        } else {
+            serve_stdio(host).await
         };
-        let _ = running.waiting().await;
-        host.shutdown().await;
-        ExitCode::SUCCESS
+        if let Some(m) = mirror {
+            m.finish(Duration::from_secs(1)).await;
+        }
+        code
     })
+}
+
+/// MCP on stdin/stdout until the client hangs up.
+async fn serve_stdio(host: Arc<Host>) -> ExitCode {
+    let server = ExecKitMcp::new(host.clone());
+    let running = match server.serve(rmcp::transport::stdio()).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("execkit mcp: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let _ = running.waiting().await;
+    host.shutdown().await;
+    ExitCode::SUCCESS
 }
 
 /// MCP over streamable HTTP (rmcp's tower service on hyper) at `/mcp`,

@@ -42,6 +42,10 @@ pub enum Request {
     List,
     /// Turns this connection into a read-only console stream.
     Watch,
+    /// Turns this connection into an inbound console stream: every later
+    /// line is a console event that the server mirrors to its watchers
+    /// (how `execkit exec` and `execkit mcp` show up in `execkit watch`).
+    Publish,
 }
 
 /// A request with the client's correlation id.

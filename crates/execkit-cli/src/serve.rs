@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use execkit_core::console::ConsoleEvent;
 use execkit_core::host::{Host, HostConfig};
 use execkit_core::{RunOptions, SessionConfig};
 use serde_json::{json, Value};
@@ -189,6 +190,15 @@ async fn connection(stream: UnixStream, host: Arc<Host>, me: u32) {
             }
             return;
         }
+        if let Request::Publish = env.request {
+            if send(&mut write, &accept(env.id, json!({"publishing": true})))
+                .await
+                .is_ok()
+            {
+                relay(&host, reader).await;
+            }
+            return;
+        }
         let resp = handle(&host, env).await;
         if send(&mut write, &resp).await.is_err() {
             return;
@@ -216,6 +226,25 @@ async fn read_line(
         reader.consume(n);
         if line.len() > MAX_REQUEST {
             return Err(format!("request longer than {MAX_REQUEST} bytes"));
+        }
+    }
+}
+
+/// Mirrors the console events a publisher sends (one JSON line each) to
+/// this server's watchers, until it hangs up. A line that is not an event
+/// ends the stream: the publisher is ours (same uid) but confused.
+async fn relay(host: &Host, mut reader: BufReader<tokio::net::unix::OwnedReadHalf>) {
+    let console = &host.observer().console;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match read_line(&mut reader, &mut line).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return,
+        }
+        match serde_json::from_slice::<ConsoleEvent>(&line) {
+            Ok(ev) => console.publish(ev),
+            Err(_) => return,
         }
     }
 }
@@ -299,7 +328,9 @@ async fn handle(host: &Arc<Host>, env: Envelope) -> Response {
                 .map(|()| json!({}))
                 .map_err(|e| e.to_string()),
             Request::List => Ok(to_value(&host.list())),
-            Request::Watch => Err("watch must be the first request on a connection".into()),
+            Request::Watch | Request::Publish => {
+                Err("watch and publish take the whole connection; send them first".into())
+            }
         }
     }
     .await;

@@ -483,3 +483,92 @@ fn idle_sessions_expire_and_sigterm_cleans_up() {
     assert!(!socket.exists(), "socket not removed");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Reads console events until a header for `command` and its output line;
+/// panics after 30 s.
+fn wait_for_command(watcher: &mut Conn, command: &str, output: &str) {
+    let t = Instant::now();
+    let (mut header, mut printed) = (false, false);
+    while !(header && printed) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no {command:?} on the console"
+        );
+        let ev = watcher.line();
+        header |= ev["kind"] == "header" && ev["command"] == command;
+        let bytes: Vec<u8> = ev["bytes"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b.as_u64())
+                    .map(|b| b as u8)
+                    .collect()
+            })
+            .unwrap_or_default();
+        printed |= header && String::from_utf8_lossy(&bytes).contains(output);
+    }
+}
+
+/// `execkit exec` and `execkit mcp` sessions do not live in the server,
+/// yet a person watching the server's console sees what they run.
+#[test]
+fn exec_and_mcp_are_mirrored_to_the_watchers() {
+    let srv = Server::start("mirror");
+    let mut watcher = Conn::new(&srv.socket);
+    watcher.call(json!({"op": "watch"}));
+
+    let out = srv.execkit(&[
+        "exec",
+        "--no-journal",
+        "--socket",
+        srv.socket.to_str().unwrap(),
+        "echo mirrored-from-exec",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    wait_for_command(
+        &mut watcher,
+        "echo mirrored-from-exec",
+        "mirrored-from-exec",
+    );
+
+    // The MCP server finds the server at the default socket.
+    let mut mcp = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args(["mcp", "--no-journal"])
+        .env("XDG_STATE_HOME", srv.dir.join("state"))
+        .env("XDG_RUNTIME_DIR", srv.socket.parent().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = mcp.stdin.take().unwrap();
+    let mut stdout = BufReader::new(mcp.stdout.take().unwrap());
+    for msg in [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "serve-test", "version": "0"}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "run", "arguments": {"command": "echo mirrored-from-mcp"}}}),
+    ] {
+        writeln!(stdin, "{msg}").unwrap();
+    }
+    let t = Instant::now();
+    loop {
+        assert!(t.elapsed() < Duration::from_secs(30), "mcp did not answer");
+        let mut l = String::new();
+        assert!(stdout.read_line(&mut l).unwrap() > 0, "mcp closed stdout");
+        let v: Value = serde_json::from_str(&l).unwrap();
+        if v["id"] == 2 {
+            assert_eq!(
+                v["result"]["structuredContent"]["output"], "mirrored-from-mcp",
+                "{v}"
+            );
+            break;
+        }
+    }
+    wait_for_command(&mut watcher, "echo mirrored-from-mcp", "mirrored-from-mcp");
+    drop(stdin);
+    let st = mcp.wait().unwrap();
+    assert!(st.success(), "mcp exited with {st}");
+}
