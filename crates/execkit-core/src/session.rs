@@ -194,6 +194,8 @@ struct Pending {
     collector: Collector,
     /// The command line was fully written.
     sent: bool,
+    /// One of execkit's own (stdin staging): neither journaled nor mirrored.
+    internal: bool,
 }
 
 /// A stateful shell on one target.
@@ -379,7 +381,7 @@ impl Session {
         command: &str,
         opts: RunOptions,
     ) -> Result<RunResult, SessionError> {
-        self.run_shown(command, command, opts).await
+        self.run_shown(Some(command), command, opts).await
     }
 
     /// Runs `command` with `input` as its standard input, on any target.
@@ -389,8 +391,8 @@ impl Session {
     /// command channel in chunks by commands that are neither journaled nor
     /// mirrored; the command then reads that file, which is unlinked before
     /// the command starts, so nothing is left behind even after a timeout.
-    /// Needs `base64` and `head` on the target. The result, journal and
-    /// console show `command` as given.
+    /// Needs `base64` on the target. The result, journal and console show
+    /// `command` as given.
     pub async fn run_with_stdin(
         &mut self,
         command: &str,
@@ -403,7 +405,7 @@ impl Session {
         }
         let var = self.stage_input(input).await?;
         let wrapped = format!("{{ rm -f \"${var}\"; {command}\n}} < \"${var}\"");
-        self.run_shown(command, &wrapped, opts).await
+        self.run_shown(Some(command), &wrapped, opts).await
     }
 
     /// Writes `input` to a fresh private file on the target; returns the
@@ -412,54 +414,51 @@ impl Session {
         const VAR: &str = "__ek_in";
         /// Base64 characters per staging command (~36 KB of input).
         const CHUNK: usize = 48 * 1024;
-        let fail = |target: &str, reason: String| SessionError::Stdin {
+        // What a failed staging command said, else `otherwise`.
+        let fail = |target: &str, r: RunResult, otherwise: String| SessionError::Stdin {
             target: target.to_string(),
-            reason,
+            reason: if r.output.is_empty() {
+                r.error.unwrap_or(otherwise)
+            } else {
+                r.output
+            },
         };
-        // Internal commands: not journaled, not mirrored.
-        let observer = self.config.observer.take();
-        let result = async {
-            let name = format!("execkit-in-{}", protocol::nonce());
-            let setup = format!(
-                "command -v base64 >/dev/null 2>&1 || {{ echo 'base64 is not installed'; false; }} && \
-                 {VAR}=\"${{TMPDIR:-/tmp}}/{name}\" && (umask 077 && : > \"${VAR}\")"
-            );
-            let r = self.run(&setup, RunOptions::timeout(Duration::from_secs(20))).await?;
-            if r.exit_code != Some(0) {
-                let why = if r.output.is_empty() {
-                    r.error.unwrap_or_else(|| "the staging file cannot be created".into())
-                } else {
-                    r.output
-                };
-                return Err(fail(self.target(), why));
-            }
-            let encoded = base64(input);
-            for chunk in encoded.as_bytes().chunks(CHUNK) {
-                let chunk = std::str::from_utf8(chunk).expect("base64 is ASCII");
-                let cmd = format!("printf %s '{chunk}' | base64 -d >> \"${VAR}\"");
-                let r = self.run(&cmd, RunOptions::timeout(Duration::from_secs(60))).await?;
-                if r.exit_code != Some(0) {
-                    let _ = self
-                        .run(&format!("rm -f \"${VAR}\""), RunOptions::timeout(Duration::from_secs(20)))
-                        .await;
-                    let why = if r.output.is_empty() {
-                        r.error.unwrap_or_else(|| format!("exit {:?}", r.exit_code))
-                    } else {
-                        r.output
-                    };
-                    return Err(fail(self.target(), why));
-                }
-            }
-            Ok(VAR)
+        let name = format!("execkit-in-{}", protocol::nonce());
+        let setup = format!(
+            "command -v base64 >/dev/null 2>&1 || {{ echo 'base64 is not installed'; false; }} && \
+             {VAR}=\"${{TMPDIR:-/tmp}}/{name}\" && (umask 077 && : > \"${VAR}\")"
+        );
+        let r = self
+            .run_shown(None, &setup, RunOptions::timeout(Duration::from_secs(20)))
+            .await?;
+        if r.exit_code != Some(0) {
+            let otherwise = "the staging file cannot be created".to_string();
+            return Err(fail(self.target(), r, otherwise));
         }
-        .await;
-        self.config.observer = observer;
-        result
+        let encoded = base64(input);
+        for chunk in encoded.as_bytes().chunks(CHUNK) {
+            let chunk = std::str::from_utf8(chunk).expect("base64 is ASCII");
+            let cmd = format!("printf %s '{chunk}' | base64 -d >> \"${VAR}\"");
+            let r = self
+                .run_shown(None, &cmd, RunOptions::timeout(Duration::from_secs(60)))
+                .await?;
+            if r.exit_code != Some(0) {
+                let rm = format!("rm -f \"${VAR}\"");
+                let _ = self
+                    .run_shown(None, &rm, RunOptions::timeout(Duration::from_secs(20)))
+                    .await;
+                let otherwise = format!("exit {:?}", r.exit_code);
+                return Err(fail(self.target(), r, otherwise));
+            }
+        }
+        Ok(VAR)
     }
 
+    /// Runs `command`, journaled and mirrored as `shown`; `None`: one of
+    /// execkit's own commands, neither journaled nor mirrored.
     async fn run_shown(
         &mut self,
-        shown: &str,
+        shown: Option<&str>,
         command: &str,
         opts: RunOptions,
     ) -> Result<RunResult, SessionError> {
@@ -469,20 +468,24 @@ impl Session {
         }
         let started = Instant::now();
         self.seq += 1;
-        self.record("command", fields! {"command" => shown});
-        self.publish(ConsoleEvent::Header {
-            session: self.id.clone(),
-            target: self.target().to_string(),
-            command: shown.to_string(),
-        });
+        if let Some(shown) = shown {
+            self.record("command", fields! {"command" => shown});
+            self.publish(ConsoleEvent::Header {
+                session: self.id.clone(),
+                target: self.target().to_string(),
+                command: shown.to_string(),
+            });
+        }
         let mut restarted = false;
         if self.shell.is_none() {
             // The previous command lost the shell; try a fresh one.
             if let Err(e) = self.restart().await {
-                let mut r = self.blank_result(shown, started);
+                let mut r = self.blank_result(shown.unwrap_or(command), started);
                 r.session_lost = true;
                 r.error = Some(e.to_string());
-                self.report(&r);
+                if shown.is_some() {
+                    self.report(&r);
+                }
                 return Ok(r);
             }
             restarted = true;
@@ -494,13 +497,14 @@ impl Session {
         let nonce = protocol::nonce();
         let cid = protocol::nonce();
         let mut pending = Pending {
-            command: shown.to_string(),
+            command: shown.unwrap_or(command).to_string(),
             started,
             deadline: opts.timeout.map(|t| started + t),
             cid: cid.clone(),
             scanner: SentinelScanner::new(&nonce),
             collector: Collector::new(self.config.output_limit, spool),
             sent: false,
+            internal: shown.is_none(),
         };
         pending.collector.restarted = restarted;
         pending.collector.track_delta = opts.yield_after.is_some();
@@ -605,7 +609,7 @@ impl Session {
             let console = observer
                 .as_deref()
                 .map(|o| &o.console)
-                .filter(|c| c.watched());
+                .filter(|c| !p.internal && c.watched());
             let Pending {
                 scanner,
                 collector,
@@ -683,6 +687,7 @@ impl Session {
                 bytes,
             });
         }
+        let internal = p.internal;
         let yielded = p.collector.yielded;
         let (capped, delta) = p.collector.finish();
         result.output = if yielded { delta } else { capped.text };
@@ -696,7 +701,9 @@ impl Session {
         }
         result.cwd = self.cwd.clone();
         result.duration_ms = p.started.elapsed().as_millis() as u64;
-        self.report(&result);
+        if !internal {
+            self.report(&result);
+        }
         result
     }
 
@@ -1086,7 +1093,7 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365)
 }
 
-fn last_chars(s: &str, n: usize) -> &str {
+pub(crate) fn last_chars(s: &str, n: usize) -> &str {
     let count = s.chars().count();
     if count <= n {
         return s;
