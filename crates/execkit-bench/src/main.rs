@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use execkit_core::testkit::time_true;
 use execkit_core::{RunOptions, Session, SessionConfig};
 use serde::{Deserialize, Serialize};
 
@@ -307,16 +308,8 @@ fn bench_config() -> SessionConfig {
 
 async fn execkit_round_trips(target: &str, n: usize) -> Result<Vec<Duration>> {
     let mut s = Session::open(target, bench_config()).await?;
-    for _ in 0..20 {
-        s.run("true", RunOptions::default()).await?; // warm up
-    }
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let res = s.run("true", RunOptions::default()).await?;
-        v.push(t.elapsed());
-        ensure!(res.exit_code == Some(0), "true failed on {target}: {res:?}");
-    }
+    time_true(&mut s, 20).await.context(target.to_string())?; // warm up
+    let v = time_true(&mut s, n).await.context(target.to_string())?;
     s.close().await?;
     Ok(v)
 }
@@ -330,15 +323,12 @@ async fn floor_and_local(n: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
     let mut s = Session::open("local:/bin/bash", bench_config()).await?;
     for _ in 0..20 {
         floor.round_trip("true")?; // warm up
-        s.run("true", RunOptions::default()).await?;
+        time_true(&mut s, 1).await?;
     }
     let (mut f, mut e) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for _ in 0..n {
         f.push(floor.round_trip("true")?.0);
-        let t = Instant::now();
-        let res = s.run("true", RunOptions::default()).await?;
-        e.push(t.elapsed());
-        ensure!(res.exit_code == Some(0), "true failed locally: {res:?}");
+        e.extend(time_true(&mut s, 1).await.context("local:/bin/bash")?);
     }
     s.close().await?;
     Ok((f, e))

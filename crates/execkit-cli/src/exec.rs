@@ -107,6 +107,8 @@ async fn run_local(args: ExecArgs, observer: std::sync::Arc<execkit_core::Observ
             }
         },
     };
+    // Local shells read --stdin from a FIFO; other targets get it staged.
+    let local = execkit_core::registry::scheme_of(&args.target).is_ok_and(|s| s == "local");
     let mut config = SessionConfig::default();
     config.output_limit = args.output_limit;
     config.observer = Some(observer);
@@ -130,7 +132,6 @@ async fn run_local(args: ExecArgs, observer: std::sync::Arc<execkit_core::Observ
             let _ = std::mem::replace(&mut session, fresh).close().await;
         }
         first = false;
-        let local = args.target == "local" || args.target.starts_with("local:");
         let pipe = match &stdin {
             Some(src) if local => match src.pipe() {
                 Ok(p) => Some(p),
@@ -203,8 +204,8 @@ pub fn exit_status(r: &RunResult) -> Result<ExitCode, ExitCode> {
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn interrupted() {
+/// Resolves on SIGINT or SIGTERM (never, if they cannot be caught).
+pub(crate) async fn interrupted() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),

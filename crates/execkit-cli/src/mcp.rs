@@ -384,7 +384,6 @@ async fn serve_http(addr: std::net::SocketAddr, host: Arc<Host>) -> ExitCode {
     use rmcp::transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService,
     };
-    use tokio::signal::unix::{signal, SignalKind};
 
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -403,16 +402,8 @@ async fn serve_http(addr: std::net::SocketAddr, host: Arc<Host>) -> ExitCode {
         Arc::new(LocalSessionManager::default()),
         config,
     );
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("execkit mcp: cannot handle signals: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let stop_signal = crate::exec::interrupted();
+    tokio::pin!(stop_signal);
     eprintln!(
         "execkit mcp: listening on http://{bound}/mcp (pid {})",
         std::process::id()
@@ -439,8 +430,7 @@ async fn serve_http(addr: std::net::SocketAddr, host: Arc<Host>) -> ExitCode {
                         .await;
                 });
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = &mut stop_signal => break,
         }
     }
     stop.cancel();

@@ -131,14 +131,15 @@ pub enum Via {
 /// shell, then the sentinel. Long commands are sent in chunks into a
 /// variable first so no physical line reaches the PTY line limit.
 pub fn encode_command(command: &str, nonce: &str, via: Via) -> Vec<u8> {
+    // `text`: one shell word holding the command's text.
+    let run = |text: &str| match via {
+        Via::Eval => format!("command eval {text}"),
+        Via::Source => format!(". /dev/fd/9 9<<<{text}"),
+    };
     let sentinel = sentinel_source(nonce, "$?");
     let quoted = shell_quote(command);
     if quoted.len() <= MAX_LINE {
-        let run = match via {
-            Via::Eval => format!("command eval {quoted}"),
-            Via::Source => format!(". /dev/fd/9 9<<<{quoted}"),
-        };
-        return format!("{run}; {sentinel}\n").into_bytes();
+        return format!("{}; {sentinel}\n", run(&quoted)).into_bytes();
     }
     let mut out = String::with_capacity(quoted.len() + quoted.len() / 64 + 256);
     let _ = writeln!(out, "{CMD_VAR}=''");
@@ -153,11 +154,8 @@ pub fn encode_command(command: &str, nonce: &str, via: Via) -> Vec<u8> {
     if !chunk.is_empty() {
         let _ = writeln!(out, "{CMD_VAR}=${CMD_VAR}'{chunk}'");
     }
-    let run = match via {
-        Via::Eval => format!("command eval \"${CMD_VAR}\""),
-        Via::Source => format!(". /dev/fd/9 9<<<\"${CMD_VAR}\""),
-    };
     // Cleared after the sentinel: `$?` must still be the command's.
+    let run = run(&format!("\"${CMD_VAR}\""));
     let _ = writeln!(out, "{run}; {sentinel}; {CMD_VAR}=");
     out.into_bytes()
 }
@@ -204,22 +202,22 @@ pub fn may_start_jobs(command: &str) -> bool {
         }
     }
     let word_char = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'/' | b'-');
-    let mut words = Vec::new();
     let mut i = 0;
     while i < b.len() {
-        if word_char(b[i]) {
-            let start = i;
-            while i < b.len() && word_char(b[i]) {
-                i += 1;
-            }
-            words.push((start, &command[start..i]));
-        } else {
+        if !word_char(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && word_char(b[i]) {
             i += 1;
         }
+        let w = &command[start..i];
+        if WORDS.contains(&w) || (w == "." && dot_in_command_position(b, start)) {
+            return true;
+        }
     }
-    words
-        .iter()
-        .any(|&(start, w)| WORDS.contains(&w) || (w == "." && dot_in_command_position(b, start)))
+    false
 }
 
 /// Whether the `.` word at `at` stands where a command name would.

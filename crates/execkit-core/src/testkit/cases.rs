@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _};
 
 use super::{ok, run, Capabilities, Case, Ctx, Skip};
+use crate::session::last_chars;
 use crate::{protocol, RunOptions, RunResult, Session};
 
 /// Cases that load the target enough to disturb others; they run alone.
@@ -417,7 +418,7 @@ async fn stdin_is_staged_on_the_target(ctx: Ctx) -> anyhow::Result<()> {
         .split_whitespace()
         .map(|h| u8::from_str_radix(h, 16))
         .collect::<Result<_, _>>()
-        .with_context(|| format!("od output: {:?}", last(&r.output)))?;
+        .with_context(|| format!("od output: {:?}", last_chars(&r.output, 200)))?;
     ensure!(
         got == data,
         "{} bytes came back, not the 4096 sent",
@@ -439,10 +440,6 @@ async fn stdin_is_staged_on_the_target(ctx: Ctx) -> anyhow::Result<()> {
     ensure!(r.output.trim() == "0", "{r:?}");
     s.close().await?;
     Ok(())
-}
-
-fn last(s: &str) -> &str {
-    s.get(s.len().saturating_sub(200)..).unwrap_or(s)
 }
 
 async fn read_does_not_hang(ctx: Ctx) -> anyhow::Result<()> {
