@@ -1,11 +1,18 @@
 //! The sentinel protocol: how a command is written to the shell and how its
 //! end, exit status and cwd are recognised in the output.
 //!
-//! Every command gets a fresh random nonce. The shell is asked to print
-//! `__EK_<nonce>:<status>:<cwd>:<nonce>_EK__\n` after the command; in the
-//! shell source the literal is split (`'__EK''_'`) and the nonce passed as an
-//! argument, so neither echoed input nor printed command text can contain the
-//! sentinel, and a command cannot forge one without knowing the nonce.
+//! Every command gets a fresh random nonce. The shell is asked to print a
+//! start marker `__EKS_<nonce>\n` right before the command's text runs and
+//! `__EK_<nonce>:<status>:<flags>:<cwd>:<nonce>_EK__\n` after it; in the
+//! shell source the literals are split (`'__EK''_'`) and the nonce passed as
+//! an argument, so neither echoed input nor printed command text can contain
+//! them, and a command cannot forge one without knowing the nonce.
+//!
+//! The output of a command is exactly what lies between the two: whatever
+//! the shell prints around a command — prompts (`PS1`, `PS2`, `PS0`),
+//! `PROMPT_COMMAND` output, a background job's late output, the trace of
+//! execkit's own wrapper under `set -x` — falls before the start marker or
+//! after the sentinel and is dropped.
 
 use std::fmt::Write as _;
 
@@ -108,10 +115,28 @@ pub fn shell_quote(text: &str) -> String {
 }
 
 /// Shell source that prints the sentinel for `nonce`, taking the status from
-/// `status` (a shell expression such as `$__ek_s` or a number).
+/// `status` (a shell expression such as `$__ek_s` or a number). The shell's
+/// option flags (`$-`) ride along so the engine knows when `set -x` is on.
 pub fn sentinel_source(nonce: &str, status: &str) -> String {
-    format!("command printf '__EK''_%s:%d:%s:%s_EK__\\n' {nonce} \"{status}\" \"$PWD\" {nonce}")
+    format!(
+        "command printf '__EK''_%s:%d:%s:%s:%s_EK__\\n' {nonce} \"{status}\" \"$-\" \"$PWD\" {nonce}"
+    )
 }
+
+/// Shell source that prints the start marker for `nonce`.
+pub fn start_source(nonce: &str) -> String {
+    format!("command printf '__EK''S_%s\\n' {nonce}")
+}
+
+/// Name of the shell variable holding [`TRACE_MARK`] (set at start-up).
+pub const TRACE_MARK_VAR: &str = "__ek_x";
+
+/// A character put in front of `PS4` while a guarded command runs. bash
+/// repeats the first character of `PS4` once per level of `eval` or `.`,
+/// so the command's own trace would read `++ echo hi`; with this invisible
+/// first character (a C0 control the cleaner removes) it reads `+ echo hi`,
+/// as at a terminal.
+pub const TRACE_MARK: char = '\u{1f}';
 
 /// How the shell is asked to run a command's text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,24 +152,60 @@ pub enum Via {
     Source,
 }
 
-/// The bytes to write for one command: the command run in the current
-/// shell, then the sentinel. Long commands are sent in chunks into a
-/// variable first so no physical line reaches the PTY line limit.
-pub fn encode_command(command: &str, nonce: &str, via: Via) -> Vec<u8> {
+/// How much of execkit's wrapper a command must hide from the shell's own
+/// hooks (see [`encode_command`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// No trace, no trap can be on: the cheapest wrapper.
+    Off,
+    /// The command may turn on `set -x` or a DEBUG trap, or one may be set:
+    /// `PS4` gets [`TRACE_MARK`] in front, and the sentinel is printed with
+    /// stdout and stderr pointed at `/dev/null` (its trace and trap output
+    /// go there) through a copy of the terminal on fd 3. A DEBUG trap fires
+    /// once before the `eval` or `.`, after the start marker — as it would
+    /// once before a line typed at a terminal (bash runs no DEBUG trap
+    /// inside sourced text).
+    Hooks,
+    /// `set -x` is on: as `Hooks`, and the start marker moves into the
+    /// evaluated text, on a line of its own before the command's, so the
+    /// trace of the `eval` or `.` itself falls before it. (The command's
+    /// line numbers in error messages then count one more.)
+    Trace,
+}
+
+/// The bytes to write for one command: the start marker, the command run
+/// in the current shell, then the sentinel. Long commands are sent in
+/// chunks into a variable first so no physical line reaches the PTY line
+/// limit. A guard costs ~15 µs of shell CPU per command, so it is used only
+/// when [`may_change_hooks`] or the shell's flags say it could matter.
+pub fn encode_command(command: &str, nonce: &str, via: Via, guard: Guard) -> Vec<u8> {
     // `text`: one shell word holding the command's text.
     let run = |text: &str| match via {
         Via::Eval => format!("command eval {text}"),
         Via::Source => format!(". /dev/fd/9 9<<<{text}"),
     };
-    let sentinel = sentinel_source(nonce, "$?");
-    let quoted = shell_quote(command);
+    let start = start_source(nonce);
+    let mut sentinel = sentinel_source(nonce, "$?");
+    let mut prefix = String::new();
+    if guard != Guard::Off {
+        sentinel = format!("{{ {sentinel} >&3; }} 3>&1 >/dev/null 2>&1");
+        let v = TRACE_MARK_VAR;
+        let _ = write!(prefix, "PS4=${v}${{PS4#\"${v}\"}}; ");
+    }
+    let text = if guard == Guard::Trace {
+        std::borrow::Cow::Owned(format!("{start}\n{command}"))
+    } else {
+        let _ = write!(prefix, "{start}; ");
+        std::borrow::Cow::Borrowed(command)
+    };
+    let quoted = shell_quote(&text);
     if quoted.len() <= MAX_LINE {
-        return format!("{}; {sentinel}\n", run(&quoted)).into_bytes();
+        return format!("{prefix}{}; {sentinel}\n", run(&quoted)).into_bytes();
     }
     let mut out = String::with_capacity(quoted.len() + quoted.len() / 64 + 256);
     let _ = writeln!(out, "{CMD_VAR}=''");
     let mut chunk = String::with_capacity(MAX_LINE + 64);
-    for c in command.chars() {
+    for c in text.chars() {
         push_quoted_piece(&mut chunk, c);
         if chunk.len() >= MAX_LINE {
             let _ = writeln!(out, "{CMD_VAR}=${CMD_VAR}'{chunk}'");
@@ -156,8 +217,42 @@ pub fn encode_command(command: &str, nonce: &str, via: Via) -> Vec<u8> {
     }
     // Cleared after the sentinel: `$?` must still be the command's.
     let run = run(&format!("\"${CMD_VAR}\""));
-    let _ = writeln!(out, "{run}; {sentinel}; {CMD_VAR}=");
+    let _ = writeln!(out, "{prefix}{run}; {sentinel}; {CMD_VAR}=");
     out.into_bytes()
+}
+
+/// Whether `command` could turn on tracing or install a trap that runs
+/// around every command (`set -x`, `trap … DEBUG`, or code it sources or
+/// evaluates that might), so it and later commands need the guarded
+/// encoding (see [`encode_command`]). Conservative, on the text alone.
+pub fn may_change_hooks(command: &str) -> bool {
+    may_start_jobs(command) || has_word(command, &["set", "shopt"])
+}
+
+/// Whether a shell word of `command` is one of `words`.
+fn has_word(command: &str, words: &[&str]) -> bool {
+    words_of(command).any(|(_, w)| words.contains(&w))
+}
+
+/// The word-like runs of `command` (letters, digits, `_ . / -`) with their
+/// byte offsets: a cheap tokenizer for the conservative checks above.
+fn words_of(command: &str) -> impl Iterator<Item = (usize, &str)> {
+    let b = command.as_bytes();
+    let word_char = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'/' | b'-');
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < b.len() && !word_char(b[i]) {
+            i += 1;
+        }
+        if i == b.len() {
+            return None;
+        }
+        let start = i;
+        while i < b.len() && word_char(b[i]) {
+            i += 1;
+        }
+        Some((start, &command[start..i]))
+    })
 }
 
 /// Whether running `command` through `eval` in an interactive bash could
@@ -189,35 +284,33 @@ pub fn may_start_jobs(command: &str) -> bool {
         "BASH_LINENO",
         "caller",
     ];
+    if has_background_amp(command) {
+        return true;
+    }
     let b = command.as_bytes();
-    for (i, &c) in b.iter().enumerate() {
-        if c == b'&' {
+    words_of(command)
+        .any(|(start, w)| WORDS.contains(&w) || (w == "." && dot_in_command_position(b, start)))
+}
+
+/// Whether `command` holds a bare `&` (not `&&`, `|&`, `>&`, `<&`, `&>`).
+fn has_background_amp(command: &str) -> bool {
+    let b = command.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        c == b'&' && {
             let prev = i.checked_sub(1).map(|j| b[j]);
             let next = b.get(i + 1).copied();
-            let part_of_other = matches!(prev, Some(b'&' | b'>' | b'<' | b'|'))
-                || matches!(next, Some(b'&' | b'>'));
-            if !part_of_other {
-                return true;
-            }
+            !(matches!(prev, Some(b'&' | b'>' | b'<' | b'|')) || matches!(next, Some(b'&' | b'>')))
         }
-    }
-    let word_char = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'/' | b'-');
-    let mut i = 0;
-    while i < b.len() {
-        if !word_char(b[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && word_char(b[i]) {
-            i += 1;
-        }
-        let w = &command[start..i];
-        if WORDS.contains(&w) || (w == "." && dot_in_command_position(b, start)) {
-            return true;
-        }
-    }
-    false
+    })
+}
+
+/// Whether bash must run `command` at the top level ([`Via::Eval`]) even
+/// where it would otherwise be sourced: sourced text cannot remove a DEBUG
+/// trap (bash puts the old one back when the file ends), so text that sets
+/// traps is evaluated — unless it starts a job itself, where the job
+/// notice `eval` prints would be worse.
+pub fn needs_top_level(command: &str) -> bool {
+    has_word(command, &["trap"]) && !has_background_amp(command)
 }
 
 /// Whether the `.` word at `at` stands where a command name would.
@@ -257,17 +350,37 @@ fn dot_in_command_position(b: &[u8], at: usize) -> bool {
 pub struct Sentinel {
     /// `$?` of the command.
     pub status: i32,
+    /// The shell's option flags (`$-`) after the command.
+    pub flags: String,
     /// The shell's `$PWD` after the command.
     pub cwd: String,
 }
 
-/// Finds one nonce's sentinel in a byte stream fed in arbitrary chunks.
+impl Sentinel {
+    /// Whether the shell traces commands (`set -x`).
+    pub fn xtrace(&self) -> bool {
+        self.flags.contains('x')
+    }
+}
+
+/// Most bytes kept from before a start marker, for a command whose marker
+/// never came (a syntax error on its first line stops it being printed).
+const MAX_BEFORE_START: usize = 64 * 1024;
+
+/// Finds one nonce's sentinel in a byte stream fed in arbitrary chunks and,
+/// for a command, its start marker first.
 ///
-/// Bytes before the sentinel are command output and are released as soon as
-/// they cannot be part of a sentinel; at most a sentinel-prefix-long tail is
-/// held back.
+/// Bytes before the start marker are not the command's and are dropped
+/// (kept, bounded, only in case the marker never comes: then the sentinel
+/// alone delimits the output). Bytes between marker and sentinel are command
+/// output and are released as soon as they cannot be part of a sentinel; at
+/// most a sentinel-prefix-long tail is held back.
 #[derive(Debug)]
 pub struct SentinelScanner {
+    /// The start marker, until it has been seen.
+    marker: Option<Vec<u8>>,
+    /// Bytes that preceded the start marker so far.
+    before_start: Vec<u8>,
     start: Vec<u8>,
     end: Vec<u8>,
     buf: Vec<u8>,
@@ -285,9 +398,12 @@ pub struct Scan {
 }
 
 impl SentinelScanner {
-    /// A scanner for `nonce`'s sentinel.
+    /// A scanner for `nonce`'s sentinel alone (start-up, resync): every
+    /// byte before it is output.
     pub fn new(nonce: &str) -> Self {
         SentinelScanner {
+            marker: None,
+            before_start: Vec::new(),
             start: format!("__EK_{nonce}:").into_bytes(),
             end: format!(":{nonce}_EK__\n").into_bytes(),
             buf: Vec::new(),
@@ -296,9 +412,24 @@ impl SentinelScanner {
         }
     }
 
+    /// A scanner for a command encoded by [`encode_command`]: output starts
+    /// after `nonce`'s start marker.
+    pub fn with_start(nonce: &str) -> Self {
+        SentinelScanner {
+            marker: Some(format!("__EKS_{nonce}\n").into_bytes()),
+            ..SentinelScanner::new(nonce)
+        }
+    }
+
     /// Whether the sentinel has been seen.
     pub fn is_done(&self) -> bool {
         self.done.is_some()
+    }
+
+    /// Whether the command has started (its start marker was seen, or the
+    /// scanner expects none).
+    pub fn started(&self) -> bool {
+        self.marker.is_none()
     }
 
     /// Bytes that arrived after the sentinel (none in normal operation).
@@ -317,6 +448,12 @@ impl SentinelScanner {
     /// Like [`push`](Self::push), handing output to `sink` without copying
     /// it when the chunk cannot hold a sentinel (the common case).
     pub fn feed(&mut self, chunk: &[u8], sink: &mut dyn FnMut(&[u8])) -> Option<Sentinel> {
+        if self.marker.is_some() && self.done.is_none() {
+            let Some(rest) = self.seek_start(chunk) else {
+                return None;
+            };
+            return self.feed(&rest, sink);
+        }
         if self.done.is_none() && self.buf.is_empty() && !chunk.contains(&b'_') {
             sink(chunk);
             return None;
@@ -326,6 +463,44 @@ impl SentinelScanner {
             sink(&scan.output);
         }
         scan.sentinel
+    }
+
+    /// Before the start marker: drops what precedes it. Returns the bytes
+    /// to scan as output once the command has started — what follows the
+    /// marker, or, when the sentinel comes first (no marker was printed),
+    /// everything seen so far.
+    fn seek_start(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+        let marker = self.marker.as_deref().expect("seeking the start");
+        self.buf.extend_from_slice(chunk);
+        let m = find(&self.buf, marker);
+        let e = find(&self.buf, &self.start);
+        match (m, e) {
+            (Some(m), e) if e.is_none_or(|e| m < e) => {
+                let rest = self.buf.split_off(m + marker.len());
+                self.buf.clear();
+                self.before_start = Vec::new();
+                self.marker = None;
+                Some(rest)
+            }
+            (_, Some(_)) => {
+                // The sentinel came first: no marker was printed.
+                let mut all = std::mem::take(&mut self.before_start);
+                all.append(&mut self.buf);
+                self.marker = None;
+                Some(all)
+            }
+            _ => {
+                let keep =
+                    partial_suffix(&self.buf, marker).max(partial_suffix(&self.buf, &self.start));
+                let release = self.buf.len() - keep;
+                self.before_start.extend(self.buf.drain(..release));
+                if self.before_start.len() > MAX_BEFORE_START {
+                    let excess = self.before_start.len() - MAX_BEFORE_START;
+                    self.before_start.drain(..excess);
+                }
+                None
+            }
+        }
     }
 
     fn push_slow(&mut self, chunk: &[u8]) -> Scan {
@@ -365,11 +540,20 @@ impl SentinelScanner {
     }
 }
 
+/// `status:flags:cwd` (the cwd may hold colons).
 fn parse_body(body: &[u8]) -> Option<Sentinel> {
-    let colon = body.iter().position(|&b| b == b':')?;
-    let status = std::str::from_utf8(&body[..colon]).ok()?.parse().ok()?;
-    let cwd = String::from_utf8_lossy(&body[colon + 1..]).into_owned();
-    Some(Sentinel { status, cwd })
+    let mut parts = body.splitn(3, |&b| b == b':');
+    let status = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let flags = std::str::from_utf8(parts.next()?).ok()?;
+    if !flags.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    let cwd = String::from_utf8_lossy(parts.next()?).into_owned();
+    Some(Sentinel {
+        status,
+        flags: flags.to_string(),
+        cwd,
+    })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -426,28 +610,72 @@ mod tests {
     #[test]
     fn finds_sentinel_at_every_split() {
         let n = "0123456789abcdef";
-        let stream =
-            format!("hello_world __EK_ffff:0:/x:ffff_EK__\nabc__EK_{n}:42:/tmp/a b:c:{n}_EK__\n");
+        let stream = format!(
+            "hello_world __EK_ffff:0:i:/x:ffff_EK__\nabc__EK_{n}:42:hB:/tmp/a b:c:{n}_EK__\n"
+        );
         for split in 1..stream.len() {
             let (out, s) = scan_all(n, stream.as_bytes(), split);
             assert_eq!(
                 String::from_utf8(out).unwrap(),
-                "hello_world __EK_ffff:0:/x:ffff_EK__\nabc"
+                "hello_world __EK_ffff:0:i:/x:ffff_EK__\nabc"
             );
             assert_eq!(
                 s,
                 Some(Sentinel {
                     status: 42,
+                    flags: "hB".into(),
                     cwd: "/tmp/a b:c".into()
                 })
             );
         }
     }
 
+    fn scan_command(nonce: &str, stream: &[u8], split: usize) -> (Vec<u8>, Option<Sentinel>) {
+        let mut s = SentinelScanner::with_start(nonce);
+        let mut out = Vec::new();
+        let mut found = None;
+        for part in stream.chunks(split.max(1)) {
+            let r = s.push(part);
+            out.extend(r.output);
+            found = found.or(r.sentinel);
+        }
+        (out, found)
+    }
+
+    #[test]
+    fn output_is_what_lies_between_start_and_sentinel() {
+        let n = "0123456789abcdef";
+        // A prompt, a PS0, a stale sentinel and a forged marker before the
+        // start; the real start; output; the sentinel; a prompt after it.
+        let stream = format!(
+            "(venv) ps0__EK_ffff:0:i:/old:ffff_EK__\n__EKS_ffff\n__EKS_{n}\nhi\n__EKS_x\n__EK_{n}:0:i:/tmp:{n}_EK__\n(venv) "
+        );
+        for split in 1..stream.len() {
+            let (out, s) = scan_command(n, stream.as_bytes(), split);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                "hi\n__EKS_x\n",
+                "split {split}"
+            );
+            assert_eq!(s.map(|s| s.cwd), Some("/tmp".into()));
+        }
+    }
+
+    #[test]
+    fn without_a_start_marker_the_sentinel_alone_delimits() {
+        let n = "0123456789abcdef";
+        let stream = format!("bash: syntax error\n__EK_{n}:2:i:/tmp:{n}_EK__\n");
+        for split in 1..stream.len() {
+            let (out, s) = scan_command(n, stream.as_bytes(), split);
+            assert_eq!(String::from_utf8(out).unwrap(), "bash: syntax error\n");
+            assert_eq!(s.map(|s| s.status), Some(2));
+        }
+    }
+
     #[test]
     fn forged_sentinels_are_output() {
         let n = "00112233aabbccdd";
-        let fake = "__EK_00112233aabbccde:0:/:00112233aabbccde_EK__\n__EK''_x";
+        let fake = "__EK_00112233aabbccde:0:i:/:00112233aabbccde_EK__\n__EK''_x";
         let (out, s) = scan_all(n, fake.as_bytes(), 3);
         assert_eq!(s, None);
         assert_eq!(out, fake.as_bytes());
@@ -469,8 +697,10 @@ mod tests {
     fn long_commands_have_short_lines() {
         let cmd = format!("echo {}", "x'y".repeat(100_000));
         for via in [Via::Eval, Via::Source] {
-            let enc = encode_command(&cmd, "n", via);
-            assert!(enc.split(|&b| b == b'\n').all(|l| l.len() < 4000));
+            for guard in [Guard::Off, Guard::Hooks, Guard::Trace] {
+                let enc = encode_command(&cmd, "n", via, guard);
+                assert!(enc.split(|&b| b == b'\n').all(|l| l.len() < 4000));
+            }
         }
     }
 

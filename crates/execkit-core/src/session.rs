@@ -208,8 +208,10 @@ pub struct Session {
     shell: Option<Box<dyn ShellProcess>>,
     cwd: String,
     seq: u64,
-    leftover: Vec<u8>,
     flavor: shell::Flavor,
+    /// The last sentinel reported `set -x` on: commands are guarded (see
+    /// [`protocol::encode_command`]).
+    xtrace: bool,
     /// bash only: the shell may hold or be sent code that starts background
     /// jobs, so commands are sourced rather than `eval`ed (see
     /// [`protocol::Via`]). Set for good once true; reset with the shell.
@@ -242,8 +244,8 @@ impl Session {
             shell: None,
             cwd: String::new(),
             seq: 0,
-            leftover: Vec::new(),
             flavor: shell::Flavor::Posix,
+            xtrace: false,
             jobs_possible: false,
             pending: None,
             console_line: LineBuffer::default(),
@@ -324,10 +326,10 @@ impl Session {
         let target = self.transport.target().to_string();
         match outcome {
             Outcome::Sentinel(s) => {
+                self.xtrace = s.xtrace();
                 self.cwd = s.cwd;
                 self.flavor = shell::Flavor::from_status(s.status);
                 self.jobs_possible = shell::holds_code(s.status);
-                self.leftover = scanner.take_after();
                 self.shell = Some(shell);
                 Ok(())
             }
@@ -365,7 +367,6 @@ impl Session {
         if let Some(old) = self.shell.take() {
             self.retire(old).await;
         }
-        self.leftover.clear();
         self.start_shell().await
     }
 
@@ -501,7 +502,7 @@ impl Session {
             started,
             deadline: opts.timeout.map(|t| started + t),
             cid: cid.clone(),
-            scanner: SentinelScanner::new(&nonce),
+            scanner: SentinelScanner::with_start(&nonce),
             collector: Collector::new(self.config.output_limit, spool),
             sent: false,
             internal: shown.is_none(),
@@ -512,7 +513,7 @@ impl Session {
         let via = match self.flavor {
             shell::Flavor::Bash => {
                 self.jobs_possible |= protocol::may_start_jobs(command);
-                if self.jobs_possible {
+                if self.jobs_possible && !protocol::needs_top_level(command) {
                     protocol::Via::Source
                 } else {
                     protocol::Via::Eval
@@ -520,17 +521,18 @@ impl Session {
             }
             shell::Flavor::Posix => protocol::Via::Eval,
         };
-        line.extend(protocol::encode_command(command, &nonce, via));
+        // bash code that may start jobs may as well hold a DEBUG trap.
+        let guard = if self.xtrace {
+            protocol::Guard::Trace
+        } else if protocol::may_change_hooks(command)
+            || (self.flavor == shell::Flavor::Bash && self.jobs_possible)
+        {
+            protocol::Guard::Hooks
+        } else {
+            protocol::Guard::Off
+        };
+        line.extend(protocol::encode_command(command, &nonce, via, guard));
         self.pending = Some(pending);
-
-        // Bytes that followed the previous sentinel belong to this command.
-        let leftover = std::mem::take(&mut self.leftover);
-        if !leftover.is_empty() {
-            if let Some(s) = self.feed_pending(&leftover) {
-                // Cannot happen (fresh nonce), but finish cleanly if it did.
-                return Ok(self.finish(Outcome::Sentinel(s)).await);
-            }
-        }
         let yield_at = opts.yield_after.map(|y| started + y);
         self.drive(Some(line), yield_at).await
     }
@@ -652,14 +654,6 @@ impl Session {
         Ok(self.finish(outcome).await)
     }
 
-    /// Feeds bytes to the pending command outside `drive` (leftovers).
-    fn feed_pending(&mut self, bytes: &[u8]) -> Option<Sentinel> {
-        let p = self.pending.as_mut()?;
-        let scan = p.scanner.push(bytes);
-        p.collector.push(&scan.output);
-        scan.sentinel
-    }
-
     /// Ends the pending command according to `outcome` and builds its result.
     async fn finish(&mut self, outcome: Outcome) -> RunResult {
         let mut p = self.pending.take().expect("pending command");
@@ -668,8 +662,8 @@ impl Session {
         match outcome {
             Outcome::Sentinel(s) => {
                 result.exit_code = Some(s.status);
+                self.xtrace = s.xtrace();
                 self.cwd = s.cwd;
-                self.leftover = p.scanner.take_after();
             }
             Outcome::Deadline => {
                 result.timed_out = true;
@@ -818,8 +812,8 @@ impl Session {
         };
         match outcome {
             Outcome::Sentinel(s) => {
+                self.xtrace = s.xtrace();
                 self.cwd = s.cwd;
-                self.leftover = fresh.take_after();
                 // Whatever the command left running dies with it.
                 let entry = format!("{COMMAND_VAR}={cid}");
                 if let Err(e) = shell.kill_matching(&entry).await {
@@ -922,8 +916,6 @@ struct Collector {
     delta: OutputCap,
     limit: usize,
     text: String,
-    /// Bytes at the very start held back while they may be idle noise.
-    head: Option<Vec<u8>>,
     /// The shell was replaced before this command ran.
     restarted: bool,
     /// Partial output was handed out; the final result carries the rest only.
@@ -940,7 +932,6 @@ impl Collector {
             delta: OutputCap::memory_only(limit),
             limit,
             text: String::new(),
-            head: Some(Vec::new()),
             restarted: false,
             yielded: false,
             track_delta: true,
@@ -958,27 +949,6 @@ impl Collector {
         if bytes.is_empty() {
             return;
         }
-        if let Some(mut head) = self.head.take() {
-            head.extend_from_slice(bytes);
-            let noise = shell::IGNOREEOF_NOISE;
-            let mut start = 0;
-            while head[start..].starts_with(noise) {
-                start += noise.len();
-            }
-            let rest = &head[start..];
-            if !rest.is_empty() && noise.starts_with(rest) {
-                // Could still become noise: wait for more.
-                self.head = Some(rest.to_vec());
-                return;
-            }
-            let rest = rest.to_vec();
-            self.clean(&rest);
-            return;
-        }
-        self.clean(bytes);
-    }
-
-    fn clean(&mut self, bytes: &[u8]) {
         self.text.clear();
         self.cleaner.push(bytes, &mut self.text);
         self.cap.push(&self.text);
@@ -989,9 +959,6 @@ impl Collector {
 
     /// The whole capped output and the unread rest.
     fn finish(mut self) -> (crate::cap::CappedOutput, String) {
-        if let Some(head) = self.head.take() {
-            self.clean(&head);
-        }
         self.text.clear();
         self.cleaner.finish(&mut self.text);
         self.cap.push(&self.text);

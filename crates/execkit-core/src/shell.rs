@@ -2,6 +2,8 @@
 //! every transport so a shell behaves the same on this host, in a container
 //! and over SSH.
 
+use std::fmt::Write as _;
+
 use crate::protocol;
 
 /// Environment every session shell gets (besides `EXECKIT_SID`).
@@ -74,6 +76,13 @@ pub fn init_source(nonce: &str) -> Vec<u8> {
     s.push_str("stty -echo -onlcr -ixon 2>/dev/null; ");
     s.push_str("command eval 'set +m' 2>/dev/null; ");
     s.push_str("PS1=''; PS2=''; PS4='+ '; ");
+    // See `protocol::TRACE_MARK`; typed as is (not a line-discipline key).
+    let _ = write!(
+        s,
+        "{}='{}'; ",
+        protocol::TRACE_MARK_VAR,
+        protocol::TRACE_MARK
+    );
     s.push_str("unset HISTFILE PROMPT_COMMAND ENV BASH_ENV 2>/dev/null; ");
     s.push_str("command eval 'set +o history' 2>/dev/null; ");
     // No `set +o emacs` or `bind`: they start readline in a bash running
@@ -94,10 +103,6 @@ pub fn init_source(nonce: &str) -> Vec<u8> {
     s.push('\n');
     s.into_bytes()
 }
-
-/// What `ignoreeof` makes busybox ash and dash print when a read was
-/// interrupted while idle; removed from the start of the next output.
-pub const IGNOREEOF_NOISE: &[u8] = b"\nUse \"exit\" to leave shell.\n";
 
 /// Which shell answered the start-up sentinel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,19 +15,6 @@ pub(super) const HEAVY: &[&str] = &[
     "one_megabyte_command",
 ];
 
-macro_rules! case {
-    ($name:ident) => {
-        case!($name, |_| None)
-    };
-    ($name:ident, $needs:expr) => {
-        Case {
-            name: stringify!($name),
-            needs: $needs,
-            run: |ctx| Box::pin($name(ctx)),
-        }
-    };
-}
-
 pub(super) fn all() -> Vec<Case> {
     vec![
         case!(state_persists),
@@ -879,6 +866,6 @@ async fn host_drives_yielded_commands(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn skip(why: &str) -> anyhow::Error {
+pub(super) fn skip(why: &str) -> anyhow::Error {
     Skip(why.to_string()).into()
 }

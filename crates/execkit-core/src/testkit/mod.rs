@@ -9,7 +9,22 @@
 //! `EXECKIT_CONFORMANCE_REPORT` names a directory, a JSON report per fixture
 //! is written there (that is what `cargo xtask test` tabulates).
 
+/// A [`Case`] running the async fn of the same name.
+macro_rules! case {
+    ($name:ident) => {
+        case!($name, |_| None)
+    };
+    ($name:ident, $needs:expr) => {
+        Case {
+            name: stringify!($name),
+            needs: $needs,
+            run: |ctx| Box::pin($name(ctx)),
+        }
+    };
+}
+
 mod cases;
+mod wild;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -347,7 +362,9 @@ impl std::fmt::Debug for Case {
 
 /// Every case of the suite.
 pub fn cases() -> Vec<Case> {
-    cases::all()
+    let mut all = cases::all();
+    all.extend(wild::all());
+    all
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

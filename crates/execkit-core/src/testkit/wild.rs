@@ -1,0 +1,132 @@
+//! Cases from agent workflows in the wild: what venvs, prompts, tracing
+//! and traps do to a shell, and results must not show.
+
+use std::time::Duration;
+
+use anyhow::ensure;
+
+use super::cases::skip;
+use super::{ok, run, Case, Ctx};
+use crate::{protocol, RunResult};
+
+pub(super) fn all() -> Vec<Case> {
+    vec![
+        case!(prompts_never_leak),
+        case!(xtrace_shows_only_the_command),
+        case!(debug_trap_fires_as_at_a_terminal),
+    ]
+}
+
+/// Nothing of execkit's own machinery may show in a result.
+fn clean_of_machinery(r: &RunResult) -> anyhow::Result<()> {
+    for needle in [
+        "__EK",
+        "EXECKIT_CMD",
+        "command eval",
+        "/dev/fd/9",
+        "command printf",
+    ] {
+        ensure!(!r.output.contains(needle), "{needle:?} leaked: {r:?}");
+    }
+    Ok(())
+}
+
+async fn expect(s: &mut crate::Session, cmd: &str, want: &str) -> anyhow::Result<()> {
+    let r = run(s, cmd, 20).await?;
+    clean_of_machinery(&r)?;
+    ensure!(
+        r.output == want && r.exit_code == Some(0),
+        "{cmd:?}: expected {want:?}, got {r:?}"
+    );
+    Ok(())
+}
+
+/// A venv's activate script, `PS1`/`PS2`, bash's `PROMPT_COMMAND` and
+/// `PS0`, and a background job printing while the shell is idle: none of
+/// it is any command's output.
+async fn prompts_never_leak(ctx: Ctx) -> anyhow::Result<()> {
+    let mut s = ctx.open().await?;
+    // What `python3 -m venv`'s bin/activate does to the prompt.
+    let dir = format!("/tmp/execkit-venv-{}", protocol::nonce());
+    ok(
+        &mut s,
+        &format!(
+            "mkdir -p {dir} && cat > {dir}/activate <<'EOF'\n\
+             _OLD_PS1=\"${{PS1-}}\"\n\
+             PS1=\"(venv) ${{PS1-}}\"\n\
+             export PS1\n\
+             deactivate() {{ PS1=\"$_OLD_PS1\"; export PS1; unset -f deactivate; }}\n\
+             EOF"
+        ),
+    )
+    .await?;
+    expect(&mut s, &format!(". {dir}/activate"), "").await?;
+    expect(&mut s, "echo hi", "hi").await?;
+    expect(&mut s, "echo again", "again").await?;
+    expect(&mut s, "deactivate", "").await?;
+    expect(&mut s, "echo hi", "hi").await?;
+    expect(&mut s, "PS1='XYZ> '; PS2='more> '", "").await?;
+    expect(&mut s, "echo one", "one").await?;
+    expect(&mut s, "for i in 1 2\ndo echo $i\ndone", "1\n2").await?;
+    expect(&mut s, "cat <<EOF\na\nb\nEOF", "a\nb").await?;
+    // bash runs these around every command; other shells ignore them.
+    expect(&mut s, "PROMPT_COMMAND='echo pc'; PS0='ps0'", "").await?;
+    expect(&mut s, "echo two", "two").await?;
+    let long = "y".repeat(5000);
+    expect(&mut s, &format!("echo {long}"), &long).await?;
+    // Output of a background job while nothing runs belongs to no command.
+    expect(&mut s, "(sleep 0.2; echo late) &", "").await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    expect(&mut s, "echo three", "three").await?;
+    ok(&mut s, &format!("rm -rf {dir}")).await?;
+    s.close().await?;
+    Ok(())
+}
+
+/// Under `set -x` a result shows the command's own trace, as a terminal
+/// would — never execkit's wrapper or its nonce.
+async fn xtrace_shows_only_the_command(ctx: Ctx) -> anyhow::Result<()> {
+    let mut s = ctx.open().await?;
+    expect(&mut s, "set -x", "").await?;
+    expect(&mut s, "echo hi", "+ echo hi\nhi").await?;
+    expect(&mut s, "cd /tmp", "+ cd /tmp").await?;
+    let r = run(&mut s, "false", 10).await?;
+    clean_of_machinery(&r)?;
+    ensure!(r.output == "+ false" && r.exit_code == Some(1), "{r:?}");
+    // A syntax error is reported, with nothing of the wrapper in it.
+    let r = run(&mut s, "echo (", 10).await?;
+    clean_of_machinery(&r)?;
+    ensure!(r.exit_code == Some(2), "{r:?}");
+    expect(&mut s, "set +x", "+ set +x").await?;
+    expect(&mut s, "echo plain", "plain").await?;
+    // Turned on and used in one command.
+    expect(&mut s, "set -x; echo b", "+ echo b\nb").await?;
+    expect(&mut s, "set +x; echo c", "+ set +x\nc").await?;
+    expect(&mut s, "echo d", "d").await?;
+    s.close().await?;
+    Ok(())
+}
+
+/// bash's DEBUG trap runs before each command a person types: once before
+/// `echo hi`, never around execkit's own commands; and it can be removed.
+async fn debug_trap_fires_as_at_a_terminal(ctx: Ctx) -> anyhow::Result<()> {
+    let mut s = ctx.open().await?;
+    if ok(&mut s, "echo ${BASH_VERSION:+bash}").await? != "bash" {
+        s.close().await?;
+        return Err(skip("DEBUG traps (bash only)"));
+    }
+    expect(&mut s, "trap 'echo dbg' DEBUG", "").await?;
+    expect(&mut s, "echo hi", "dbg\nhi").await?;
+    expect(&mut s, "f() { echo inf; }", "dbg").await?;
+    expect(&mut s, "f", "dbg\ninf").await?;
+    let r = run(&mut s, "false", 10).await?;
+    clean_of_machinery(&r)?;
+    ensure!(r.output == "dbg" && r.exit_code == Some(1), "{r:?}");
+    // Removed for good (sourced text could not remove it).
+    let r = run(&mut s, "trap - DEBUG", 10).await?;
+    clean_of_machinery(&r)?;
+    ensure!(r.exit_code == Some(0), "{r:?}");
+    expect(&mut s, "echo bye", "bye").await?;
+    s.close().await?;
+    Ok(())
+}
