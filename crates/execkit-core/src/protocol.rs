@@ -449,9 +449,7 @@ impl SentinelScanner {
     /// it when the chunk cannot hold a sentinel (the common case).
     pub fn feed(&mut self, chunk: &[u8], sink: &mut dyn FnMut(&[u8])) -> Option<Sentinel> {
         if self.marker.is_some() && self.done.is_none() {
-            let Some(rest) = self.seek_start(chunk) else {
-                return None;
-            };
+            let rest = self.seek_start(chunk)?;
             return self.feed(&rest, sink);
         }
         if self.done.is_none() && self.buf.is_empty() && !chunk.contains(&b'_') {
