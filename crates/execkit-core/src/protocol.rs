@@ -76,6 +76,32 @@ pub enum CommandError {
     /// The command is empty or only whitespace.
     #[error("command is empty")]
     Empty,
+    /// Typed input with a line a terminal cannot pass whole.
+    #[error(
+        "a line of input is {len} bytes; a terminal in canonical mode passes at most \
+         {MAX_INPUT_LINE} bytes per line (the rest would be dropped): send shorter lines, \
+         or the data through a file or --stdin"
+    )]
+    LineTooLong {
+        /// Length of the longest line.
+        len: usize,
+    },
+}
+
+/// Longest line of typed input a canonical-mode terminal passes whole
+/// (the kernel's line buffer holds 4095 bytes plus the newline).
+pub const MAX_INPUT_LINE: usize = 4095;
+
+/// Checks text to be typed into a running command.
+pub fn validate_input(text: &str) -> Result<(), CommandError> {
+    if let Some(offset) = text.bytes().position(|b| b == 0) {
+        return Err(CommandError::Nul { offset });
+    }
+    let len = text.split('\n').map(str::len).max().unwrap_or(0);
+    if len > MAX_INPUT_LINE {
+        return Err(CommandError::LineTooLong { len });
+    }
+    Ok(())
 }
 
 /// Checks a command before it goes near a shell.

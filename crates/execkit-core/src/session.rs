@@ -547,17 +547,14 @@ impl Session {
     }
 
     /// Sends `text` as typed input to the running command (answers a
-    /// prompt, feeds `read`, drives a REPL). Include the newline.
+    /// prompt, feeds `read`, drives a REPL). Include the newline. A line
+    /// over [`protocol::MAX_INPUT_LINE`] bytes is refused: a terminal would
+    /// silently cut it.
     pub async fn send_input(&mut self, text: &str) -> Result<(), SessionError> {
         if self.pending.is_none() {
             return Err(SessionError::Idle);
         }
-        if text.contains('\0') {
-            return Err(crate::protocol::CommandError::Nul {
-                offset: text.find('\0').unwrap_or(0),
-            }
-            .into());
-        }
+        protocol::validate_input(text)?;
         self.record("input", fields! {"text" => text});
         self.publish(ConsoleEvent::Input {
             session: self.id.clone(),
@@ -670,7 +667,10 @@ impl Session {
                 self.recover_from_timeout(&mut p.scanner, &mut p.collector, &p.cid, &mut result)
                     .await;
             }
-            Outcome::Exited(status) => self.after_death(status, &mut result).await,
+            Outcome::Exited(status) => {
+                let started = p.scanner.started();
+                self.after_death(status, started, &mut result).await
+            }
             Outcome::Lost(msg) => self.after_loss(msg, &mut result).await,
             Outcome::WriteFailed(e) => self.after_loss(e.to_string(), &mut result).await,
             Outcome::Yield => unreachable!("yield is handled by drive"),
@@ -820,7 +820,7 @@ impl Session {
                     tracing::warn!("cleanup after timeout failed: {e}");
                 }
             }
-            Outcome::Exited(status) => self.after_death(status, result).await,
+            Outcome::Exited(status) => self.after_death(status, old.started(), result).await,
             Outcome::Lost(msg) => self.after_loss(msg, result).await,
             Outcome::WriteFailed(e) => self.after_loss(e.to_string(), result).await,
             Outcome::Deadline | Outcome::Yield => {
@@ -837,30 +837,39 @@ impl Session {
         }
     }
 
-    /// The shell ended during a command: report how, and replace it.
-    async fn after_death(&mut self, status: ExitStatus, result: &mut RunResult) {
-        match status {
-            ExitStatus::Code(code) => {
+    /// The shell ended during a command: report how, and replace it. A
+    /// dead shell on a live target is replaced at once; only a target that
+    /// cannot give a fresh one is lost. `started`: the command's start
+    /// marker was seen — else the shell died before the command ran (an
+    /// idle auto-logout, `TMOUT`), and the result says it did not run.
+    async fn after_death(&mut self, status: ExitStatus, started: bool, result: &mut RunResult) {
+        let target = self.transport.target().to_string();
+        let why = match status {
+            ExitStatus::Code(code) if started => {
                 if !result.timed_out {
                     result.exit_code = Some(code);
                 }
-                match self.restart().await {
-                    Ok(()) => result.restarted = true,
-                    Err(e) => {
-                        result.session_lost = true;
-                        result.error =
-                            Some(format!("shell exited and could not be restarted: {e}"));
-                    }
-                }
+                None
             }
+            ExitStatus::Code(code) => Some(format!(
+                "the shell on {target} exited (code {code}) before the command ran; \
+                 the command did not run"
+            )),
             ExitStatus::Signal(_) | ExitStatus::Unknown => {
-                // Killed from outside: report the loss; the next command
-                // gets a fresh shell.
-                if let Some(old) = self.shell.take() {
-                    self.retire(old).await;
-                }
+                Some(format!("the shell on {target} {status}"))
+            }
+        };
+        match self.restart().await {
+            Ok(()) => {
+                result.restarted = true;
+                result.error = why.map(|w| format!("{w}; a fresh shell replaced it"));
+            }
+            Err(e) => {
                 result.session_lost = true;
-                result.error = Some(format!("the shell on {} {status}", self.transport.target()));
+                result.error = Some(match why {
+                    Some(w) => format!("{w}; no fresh shell could be started: {e}"),
+                    None => format!("shell exited and could not be restarted: {e}"),
+                });
             }
         }
     }

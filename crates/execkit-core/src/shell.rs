@@ -33,6 +33,8 @@ pub const STRIP_ENV: &[&str] = &[
     "CLICOLOR_FORCE",
     "FORCE_COLOR",
     "EXECKIT_SID",
+    // bash and ksh log an idle interactive shell out after TMOUT seconds.
+    "TMOUT",
 ];
 
 /// Name of the variable that marks every process of a session.
@@ -84,6 +86,8 @@ pub fn init_source(nonce: &str) -> Vec<u8> {
         protocol::TRACE_MARK
     );
     s.push_str("unset HISTFILE PROMPT_COMMAND ENV BASH_ENV 2>/dev/null; ");
+    // An rc file may set TMOUT (even read-only: then it cannot go).
+    s.push_str("command eval 'unset TMOUT' 2>/dev/null; ");
     s.push_str("command eval 'set +o history' 2>/dev/null; ");
     // No `set +o emacs` or `bind`: they start readline in a bash running
     // --noediting, which then blocks reading the terminal. Bracketed paste

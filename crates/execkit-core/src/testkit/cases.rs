@@ -47,7 +47,7 @@ pub(super) fn all() -> Vec<Case> {
         case!(ten_kilobyte_command),
         case!(syntax_error_is_prompt),
         case!(bad_commands_are_refused),
-        case!(killed_from_outside_is_session_lost, proc_fs),
+        case!(killed_shell_is_replaced, proc_fs),
         case!(
             sigint_ignored_parent_still_interrupts,
             |c: &Capabilities| {
@@ -612,7 +612,10 @@ async fn bad_commands_are_refused(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn killed_from_outside_is_session_lost(ctx: Ctx) -> anyhow::Result<()> {
+/// A shell killed from outside on a live target is replaced: the result
+/// says so (no exit code, `restarted`, an error naming the signal), state
+/// is gone, the session goes on, nothing of the old shell is left.
+async fn killed_shell_is_replaced(ctx: Ctx) -> anyhow::Result<()> {
     let mut s = ctx.open().await?;
     let pid = shell_pid(&mut s).await?;
     let killer = {
@@ -626,7 +629,7 @@ async fn killed_from_outside_is_session_lost(ctx: Ctx) -> anyhow::Result<()> {
     let r = run(&mut s, "sleep 30", 60).await?;
     killer.await??;
     ensure!(
-        r.session_lost && r.exit_code.is_none() && r.error.is_some(),
+        r.restarted && !r.session_lost && r.exit_code.is_none() && r.error.is_some(),
         "{r:?}"
     );
     ensure!(
@@ -634,10 +637,18 @@ async fn killed_from_outside_is_session_lost(ctx: Ctx) -> anyhow::Result<()> {
         "detected after {:?}",
         t.elapsed()
     );
-    let leaked = ctx.leaked(s.marker(), &[]).await?;
+    let new_pid = shell_pid(&mut s).await?;
+    let leaked = ctx.leaked(s.marker(), &[new_pid]).await?;
     ensure!(leaked.is_empty(), "left behind: {leaked:?}");
     let r = run(&mut s, "echo back", 10).await?;
-    ensure!(r.output == "back" && r.restarted, "{r:?}");
+    ensure!(r.output == "back" && !r.restarted, "{r:?}");
+    // The shell killing itself is the same.
+    let r = run(&mut s, "export EK_V=1; kill -9 $$", 10).await?;
+    ensure!(
+        r.restarted && !r.session_lost && r.exit_code.is_none(),
+        "{r:?}"
+    );
+    ensure!(ok(&mut s, "echo ${EK_V:-gone}").await? == "gone");
     s.close().await?;
     Ok(())
 }

@@ -14,6 +14,8 @@ pub(super) fn all() -> Vec<Case> {
         case!(prompts_never_leak),
         case!(xtrace_shows_only_the_command),
         case!(debug_trap_fires_as_at_a_terminal),
+        case!(idle_logout_is_not_a_success),
+        case!(long_input_lines_are_refused),
     ]
 }
 
@@ -127,6 +129,57 @@ async fn debug_trap_fires_as_at_a_terminal(ctx: Ctx) -> anyhow::Result<()> {
     clean_of_machinery(&r)?;
     ensure!(r.exit_code == Some(0), "{r:?}");
     expect(&mut s, "echo bye", "bye").await?;
+    s.close().await?;
+    Ok(())
+}
+
+/// bash logs an idle shell out after `TMOUT` seconds. A command written to
+/// a shell that died while idle did not run, and the result says so.
+async fn idle_logout_is_not_a_success(ctx: Ctx) -> anyhow::Result<()> {
+    let mut s = ctx.open().await?;
+    if ok(&mut s, "echo ${BASH_VERSION:+bash}").await? != "bash" {
+        s.close().await?;
+        return Err(skip("TMOUT (bash only)"));
+    }
+    // An inherited TMOUT is scrubbed at start.
+    ensure!(ok(&mut s, "echo ${TMOUT:-unset}").await? == "unset");
+    let file = format!("/tmp/execkit-tmout-{}", protocol::nonce());
+    ok(&mut s, "TMOUT=1").await?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = run(&mut s, &format!("touch {file}; exit 3"), 20).await?;
+    clean_of_machinery(&r)?;
+    ensure!(
+        r.exit_code.is_none()
+            && r.restarted
+            && !r.session_lost
+            && r.error
+                .as_deref()
+                .is_some_and(|e| e.contains("did not run")),
+        "{r:?}"
+    );
+    ensure!(!r.output.contains("auto-logout"), "{r:?}");
+    let r = run(&mut s, &format!("test -e {file}"), 10).await?;
+    ensure!(r.exit_code == Some(1), "the command ran after all: {r:?}");
+    s.close().await?;
+    Ok(())
+}
+
+/// A terminal keeps 4095 bytes of a line: a longer typed line is refused
+/// with a reason, not cut short and reported as sent.
+async fn long_input_lines_are_refused(ctx: Ctx) -> anyhow::Result<()> {
+    let mut s = ctx.open().await?;
+    let opts = crate::RunOptions::timeout(Duration::from_secs(20))
+        .yield_after(Some(Duration::from_millis(200)));
+    let r = s.run("read -r x; echo ${#x}", opts).await?;
+    ensure!(r.running, "{r:?}");
+    let long = format!("{}\n", "z".repeat(5000));
+    match s.send_input(&long).await {
+        Err(crate::SessionError::Command(protocol::CommandError::LineTooLong { len: 5000 })) => {}
+        other => anyhow::bail!("a 5000-byte line was not refused: {other:?}"),
+    }
+    s.send_input(&format!("{}\n", "z".repeat(4000))).await?;
+    let r = s.poll(Duration::from_secs(10)).await?;
+    ensure!(r.output.trim() == "4000" && r.exit_code == Some(0), "{r:?}");
     s.close().await?;
     Ok(())
 }
