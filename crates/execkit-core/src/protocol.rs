@@ -143,9 +143,13 @@ pub fn shell_quote(text: &str) -> String {
 /// Shell source that prints the sentinel for `nonce`, taking the status from
 /// `status` (a shell expression such as `$__ek_s` or a number). The shell's
 /// option flags (`$-`) ride along so the engine knows when `set -x` is on.
+/// Whether the shell's prompt machinery is non-empty (or `TMOUT` may log
+/// it out while idle) rides along too: then the next command needs a start
+/// marker.
 pub fn sentinel_source(nonce: &str, status: &str) -> String {
     format!(
-        "command printf '__EK''_%s:%d:%s:%s:%s_EK__\\n' {nonce} \"{status}\" \"$-\" \"$PWD\" {nonce}"
+        "command printf '__EK''_%s:%d:%s:%s:%s:%s_EK__\\n' {nonce} \"{status}\" \"$-\" \
+         \"${{PS1:+1}}${{PS2:+1}}${{PS0:+1}}${{PROMPT_COMMAND:+1}}${{TMOUT:+1}}\" \"$PWD\" {nonce}"
     )
 }
 
@@ -204,7 +208,12 @@ pub enum Guard {
 /// chunks into a variable first so no physical line reaches the PTY line
 /// limit. A guard costs ~15 µs of shell CPU per command, so it is used only
 /// when [`may_change_hooks`] or the shell's flags say it could matter.
-pub fn encode_command(command: &str, nonce: &str, via: Via, guard: Guard) -> Vec<u8> {
+///
+/// `marked`: print the start marker (implied by a guard). Without it the
+/// sentinel alone delimits the output — the cheap path, for a shell that
+/// prints nothing between commands (no prompts, no background jobs): the
+/// marker is a write of its own, and waking for it costs a round trip ~10 %.
+pub fn encode_command(command: &str, nonce: &str, via: Via, guard: Guard, marked: bool) -> Vec<u8> {
     // `text`: one shell word holding the command's text.
     let run = |text: &str| match via {
         Via::Eval => format!("command eval {text}"),
@@ -221,7 +230,9 @@ pub fn encode_command(command: &str, nonce: &str, via: Via, guard: Guard) -> Vec
     let text = if guard == Guard::Trace {
         std::borrow::Cow::Owned(format!("{start}\n{command}"))
     } else {
-        let _ = write!(prefix, "{start}; ");
+        if marked || guard != Guard::Off {
+            let _ = write!(prefix, "{start}; ");
+        }
         std::borrow::Cow::Borrowed(command)
     };
     let quoted = shell_quote(&text);
@@ -378,6 +389,9 @@ pub struct Sentinel {
     pub status: i32,
     /// The shell's option flags (`$-`) after the command.
     pub flags: String,
+    /// `PS1`, `PS2`, `PS0`, `PROMPT_COMMAND` or `TMOUT` is set: the shell
+    /// prints something between commands.
+    pub prompts: bool,
     /// The shell's `$PWD` after the command.
     pub cwd: String,
 }
@@ -564,18 +578,20 @@ impl SentinelScanner {
     }
 }
 
-/// `status:flags:cwd` (the cwd may hold colons).
+/// `status:flags:prompts:cwd` (the cwd may hold colons).
 fn parse_body(body: &[u8]) -> Option<Sentinel> {
-    let mut parts = body.splitn(3, |&b| b == b':');
+    let mut parts = body.splitn(4, |&b| b == b':');
     let status = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
     let flags = std::str::from_utf8(parts.next()?).ok()?;
-    if !flags.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    let prompts = parts.next()?;
+    if !flags.bytes().all(|b| b.is_ascii_alphanumeric()) || !prompts.iter().all(|&b| b == b'1') {
         return None;
     }
     let cwd = String::from_utf8_lossy(parts.next()?).into_owned();
     Some(Sentinel {
         status,
         flags: flags.to_string(),
+        prompts: !prompts.is_empty(),
         cwd,
     })
 }
@@ -635,19 +651,20 @@ mod tests {
     fn finds_sentinel_at_every_split() {
         let n = "0123456789abcdef";
         let stream = format!(
-            "hello_world __EK_ffff:0:i:/x:ffff_EK__\nabc__EK_{n}:42:hB:/tmp/a b:c:{n}_EK__\n"
+            "hello_world __EK_ffff:0:i::/x:ffff_EK__\nabc__EK_{n}:42:hB:1:/tmp/a b:c:{n}_EK__\n"
         );
         for split in 1..stream.len() {
             let (out, s) = scan_all(n, stream.as_bytes(), split);
             assert_eq!(
                 String::from_utf8(out).unwrap(),
-                "hello_world __EK_ffff:0:i:/x:ffff_EK__\nabc"
+                "hello_world __EK_ffff:0:i::/x:ffff_EK__\nabc"
             );
             assert_eq!(
                 s,
                 Some(Sentinel {
                     status: 42,
                     flags: "hB".into(),
+                    prompts: true,
                     cwd: "/tmp/a b:c".into()
                 })
             );
@@ -672,7 +689,7 @@ mod tests {
         // A prompt, a PS0, a stale sentinel and a forged marker before the
         // start; the real start; output; the sentinel; a prompt after it.
         let stream = format!(
-            "(venv) ps0__EK_ffff:0:i:/old:ffff_EK__\n__EKS_ffff\n__EKS_{n}\nhi\n__EKS_x\n__EK_{n}:0:i:/tmp:{n}_EK__\n(venv) "
+            "(venv) ps0__EK_ffff:0:i::/old:ffff_EK__\n__EKS_ffff\n__EKS_{n}\nhi\n__EKS_x\n__EK_{n}:0:i::/tmp:{n}_EK__\n(venv) "
         );
         for split in 1..stream.len() {
             let (out, s) = scan_command(n, stream.as_bytes(), split);
@@ -688,7 +705,7 @@ mod tests {
     #[test]
     fn without_a_start_marker_the_sentinel_alone_delimits() {
         let n = "0123456789abcdef";
-        let stream = format!("bash: syntax error\n__EK_{n}:2:i:/tmp:{n}_EK__\n");
+        let stream = format!("bash: syntax error\n__EK_{n}:2:i::/tmp:{n}_EK__\n");
         for split in 1..stream.len() {
             let (out, s) = scan_command(n, stream.as_bytes(), split);
             assert_eq!(String::from_utf8(out).unwrap(), "bash: syntax error\n");
@@ -699,7 +716,7 @@ mod tests {
     #[test]
     fn forged_sentinels_are_output() {
         let n = "00112233aabbccdd";
-        let fake = "__EK_00112233aabbccde:0:i:/:00112233aabbccde_EK__\n__EK''_x";
+        let fake = "__EK_00112233aabbccde:0:i::/:00112233aabbccde_EK__\n__EK''_x";
         let (out, s) = scan_all(n, fake.as_bytes(), 3);
         assert_eq!(s, None);
         assert_eq!(out, fake.as_bytes());
@@ -722,7 +739,7 @@ mod tests {
         let cmd = format!("echo {}", "x'y".repeat(100_000));
         for via in [Via::Eval, Via::Source] {
             for guard in [Guard::Off, Guard::Hooks, Guard::Trace] {
-                let enc = encode_command(&cmd, "n", via, guard);
+                let enc = encode_command(&cmd, "n", via, guard, true);
                 assert!(enc.split(|&b| b == b'\n').all(|l| l.len() < 4000));
             }
         }

@@ -212,8 +212,12 @@ pub struct Session {
     /// The last sentinel reported `set -x` on: commands are guarded (see
     /// [`protocol::encode_command`]).
     xtrace: bool,
-    /// bash only: the shell may hold or be sent code that starts background
-    /// jobs, so commands are sourced rather than `eval`ed (see
+    /// The last sentinel reported prompt machinery set (`PS1`, …): the
+    /// shell prints between commands, so commands get a start marker.
+    prompts: bool,
+    /// The shell may hold or be sent code that starts background jobs:
+    /// their output may come between commands, so commands get a start
+    /// marker, and bash's are sourced rather than `eval`ed (see
     /// [`protocol::Via`]). Set for good once true; reset with the shell.
     jobs_possible: bool,
     pending: Option<Pending>,
@@ -246,6 +250,7 @@ impl Session {
             seq: 0,
             flavor: shell::Flavor::Posix,
             xtrace: false,
+            prompts: false,
             jobs_possible: false,
             pending: None,
             console_line: LineBuffer::default(),
@@ -327,6 +332,7 @@ impl Session {
         match outcome {
             Outcome::Sentinel(s) => {
                 self.xtrace = s.xtrace();
+                self.prompts = s.prompts;
                 self.cwd = s.cwd;
                 self.flavor = shell::Flavor::from_status(s.status);
                 self.jobs_possible = shell::holds_code(s.status);
@@ -502,7 +508,7 @@ impl Session {
             started,
             deadline: opts.timeout.map(|t| started + t),
             cid: cid.clone(),
-            scanner: SentinelScanner::with_start(&nonce),
+            scanner: SentinelScanner::new(&nonce),
             collector: Collector::new(self.config.output_limit, spool),
             sent: false,
             internal: shown.is_none(),
@@ -510,9 +516,9 @@ impl Session {
         pending.collector.restarted = restarted;
         pending.collector.track_delta = opts.yield_after.is_some();
         let mut line = format!("export {COMMAND_VAR}={cid}; ").into_bytes();
+        self.jobs_possible |= protocol::may_start_jobs(command);
         let via = match self.flavor {
             shell::Flavor::Bash => {
-                self.jobs_possible |= protocol::may_start_jobs(command);
                 if self.jobs_possible && !protocol::needs_top_level(command) {
                     protocol::Via::Source
                 } else {
@@ -531,7 +537,11 @@ impl Session {
         } else {
             protocol::Guard::Off
         };
-        line.extend(protocol::encode_command(command, &nonce, via, guard));
+        let marked = guard != protocol::Guard::Off || self.prompts || self.jobs_possible;
+        if marked {
+            pending.scanner = SentinelScanner::with_start(&nonce);
+        }
+        line.extend(protocol::encode_command(command, &nonce, via, guard, marked));
         self.pending = Some(pending);
         let yield_at = opts.yield_after.map(|y| started + y);
         self.drive(Some(line), yield_at).await
@@ -660,6 +670,7 @@ impl Session {
             Outcome::Sentinel(s) => {
                 result.exit_code = Some(s.status);
                 self.xtrace = s.xtrace();
+                self.prompts = s.prompts;
                 self.cwd = s.cwd;
             }
             Outcome::Deadline => {
@@ -813,6 +824,7 @@ impl Session {
         match outcome {
             Outcome::Sentinel(s) => {
                 self.xtrace = s.xtrace();
+                self.prompts = s.prompts;
                 self.cwd = s.cwd;
                 // Whatever the command left running dies with it.
                 let entry = format!("{COMMAND_VAR}={cid}");

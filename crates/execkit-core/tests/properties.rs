@@ -43,7 +43,7 @@ fn adversarial() -> impl Strategy<Value = Vec<u8>> {
     let piece = prop_oneof![
         Just(b"__EK_".to_vec()),
         Just(b"_EK__\n".to_vec()),
-        Just(b"__EK_0000000000000000:0:i:/x:0000000000000000_EK__\n".to_vec()),
+        Just(b"__EK_0000000000000000:0:i::/x:0000000000000000_EK__\n".to_vec()),
         Just(b"__EKS_0000000000000000\n".to_vec()),
         Just(b"__EK_0123456789abcdee:7:/".to_vec()),
         Just(b":0123456789abcdef_EK__\n".to_vec()),
@@ -67,12 +67,12 @@ proptest! {
         cuts in prop::collection::vec(any::<usize>(), 0..8),
     ) {
         let mut stream = before.clone();
-        stream.extend(format!("__EK_{NONCE}:{status}:him:{cwd}:{NONCE}_EK__\n").as_bytes());
+        stream.extend(format!("__EK_{NONCE}:{status}:him::{cwd}:{NONCE}_EK__\n").as_bytes());
         stream.extend(&after);
         let (out, found) = scan(NONCE, &chunks(&stream, &cuts));
         // The first genuine sentinel wins; output is exactly what preceded it
         // (the adversarial prefix cannot contain the nonce).
-        prop_assert_eq!(found, Some(Sentinel { status, flags: "him".into(), cwd: cwd.clone() }));
+        prop_assert_eq!(found, Some(Sentinel { status, flags: "him".into(), prompts: false, cwd: cwd.clone() }));
         prop_assert_eq!(out, before);
     }
 
