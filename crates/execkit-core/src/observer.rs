@@ -7,7 +7,6 @@
 //! event it publishes. Results handed to the agent are never masked.
 
 use std::ops::Deref;
-use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
