@@ -94,7 +94,8 @@ fn run(args: &JournalCmdArgs, path: &Path) -> Result<(), Failure> {
     }
     let mut files = Vec::with_capacity(paths.len());
     for p in &paths {
-        let f = open_regular(p).map_err(|e| Failure::Unreadable(format!("{}: {e}", p.display())))?;
+        let f =
+            open_regular(p).map_err(|e| Failure::Unreadable(format!("{}: {e}", p.display())))?;
         files.push((p, f));
     }
     let mut skipped = Skipped::default();
@@ -141,7 +142,10 @@ fn run(args: &JournalCmdArgs, path: &Path) -> Result<(), Failure> {
             "execkit journal: skipped {} unparseable line(s){}",
             skipped.unparseable + skipped.too_long,
             if skipped.too_long > 0 {
-                format!(", {} of them longer than {MAX_LINE} bytes", skipped.too_long)
+                format!(
+                    ", {} of them longer than {MAX_LINE} bytes",
+                    skipped.too_long
+                )
             } else {
                 String::new()
             }
@@ -168,7 +172,10 @@ fn open_regular(path: &Path) -> std::io::Result<File> {
     if !meta.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!("not a regular file ({})", journal::kind_of(meta.file_type())),
+            format!(
+                "not a regular file ({})",
+                journal::kind_of(meta.file_type())
+            ),
         ));
     }
     Ok(f)
@@ -176,7 +183,11 @@ fn open_regular(path: &Path) -> std::io::Result<File> {
 
 /// One journal line, or `None` when it is empty, does not parse (counted)
 /// or is filtered out. Invalid UTF-8 is decoded lossily (and counted).
-fn decode(bytes: &[u8], session: &Option<String>, skipped: &mut Skipped) -> Option<(String, Value)> {
+fn decode(
+    bytes: &[u8],
+    session: &Option<String>,
+    skipped: &mut Skipped,
+) -> Option<(String, Value)> {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
     if bytes.is_empty() {
         return None; // a writer's fresh start after a torn line

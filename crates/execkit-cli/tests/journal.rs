@@ -137,7 +137,10 @@ fn secrets_are_masked_in_the_journal_and_not_in_results() {
         .unwrap();
     let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
     for (what, secret) in secrets {
-        assert!(!text.contains(secret), "journal holds {what} in clear: {text}");
+        assert!(
+            !text.contains(secret),
+            "journal holds {what} in clear: {text}"
+        );
         assert!(!shown.contains(secret), "`journal` shows {what}: {shown}");
     }
     assert!(text.contains("mkdir -p /tmp/not-a-secret-dir"), "{text}");
@@ -236,7 +239,8 @@ fn tail_reads_only_the_end_of_a_large_journal_and_skips_bad_lines() {
     let size = std::fs::metadata(&path).unwrap().len();
 
     let mut c = execkit(&d);
-    c.args(["journal", "--json", "--tail", "5", "--journal"]).arg(&path);
+    c.args(["journal", "--json", "--tail", "5", "--journal"])
+        .arg(&path);
     let (code, stdout, err, rchar, maxrss_kib) = measured(c);
     let err = String::from_utf8_lossy(&err);
     eprintln!(
@@ -264,7 +268,10 @@ fn tail_reads_only_the_end_of_a_large_journal_and_skips_bad_lines() {
         "{err}"
     );
     // Only the end was read, and memory did not follow the file's size.
-    assert!(rchar < 4 << 20, "read {rchar} bytes of a {size}-byte journal");
+    assert!(
+        rchar < 4 << 20,
+        "read {rchar} bytes of a {size}-byte journal"
+    );
     assert!(
         maxrss_kib < 64 << 10,
         "peak RSS {maxrss_kib} KiB for a {size}-byte journal"
@@ -441,7 +448,10 @@ fn output_limit_zero_returns_no_text_and_spools_everything() {
     assert_eq!(r[0]["output"], "", "{:?}", r[0]);
     assert_eq!(r[0]["truncated"], true);
     let spool = r[0]["output_path"].as_str().expect("a spool file");
-    assert_eq!(std::fs::read_to_string(spool).unwrap().trim_end(), "1\n2\n3\n4\n5");
+    assert_eq!(
+        std::fs::read_to_string(spool).unwrap().trim_end(),
+        "1\n2\n3\n4\n5"
+    );
     assert_eq!(r[1]["output"], "");
     assert_eq!(r[1]["truncated"], false);
     assert!(r[1]["output_path"].is_null());

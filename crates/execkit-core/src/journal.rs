@@ -33,8 +33,9 @@
 //! an event tries again. When one gets through, a `journal_gap` event with
 //! the number of events that were not journaled (`skipped`), when the gap
 //! began (`since`) and why (`error`) is written before it, and one line on
-//! stderr says journaling resumed. Commands and their results are never
-//! affected.
+//! stderr says journaling resumed (the first pause and the first resumption
+//! only: a disk on the edge would otherwise print a pair per event; every
+//! gap is in the journal). Commands and their results are never affected.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -151,6 +152,10 @@ struct State {
     file: Option<Open>,
     failing: Option<Failing>,
     rotate_warned: bool,
+    /// The first failure and the first resumption were said on stderr
+    /// (later ones are in the journal only, as `journal_gap` events).
+    pause_said: bool,
+    resume_said: bool,
 }
 
 /// The file a writer holds open.
@@ -270,7 +275,8 @@ impl Journal {
         let mut st = lock(&sink.state);
         match sink.write(&mut st, &line) {
             Ok(()) => {
-                if let Some(f) = st.failing.take() {
+                if let Some(f) = st.failing.take().filter(|_| !st.resume_said) {
+                    st.resume_said = true;
                     eprintln!(
                         "execkit: the journal {} is writable again; {} event(s) were not journaled (see its journal_gap event)",
                         sink.path.display(),
@@ -287,10 +293,13 @@ impl Journal {
                         f.last_try = now;
                     }
                     None => {
-                        eprintln!(
+                        if !st.pause_said {
+                            st.pause_said = true;
+                            eprintln!(
                             "execkit: warning: cannot write the journal {}: {e}; journaling paused (retried as events come), commands go on",
-                            sink.path.display()
-                        );
+                                sink.path.display()
+                            );
+                        }
                         st.failing = Some(Failing {
                             since: SystemTime::now(),
                             skipped: 1,
