@@ -475,7 +475,7 @@ pub fn files_oldest_first(path: &Path) -> std::io::Result<Vec<PathBuf>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    numbered.sort_by(|a, b| b.0.cmp(&a.0));
+    numbered.sort_by_key(|n| std::cmp::Reverse(n.0));
     let mut out: Vec<PathBuf> = numbered.into_iter().map(|(_, p)| p).collect();
     if std::fs::symlink_metadata(&path).is_ok() {
         out.push(path);
