@@ -96,10 +96,13 @@ fn prune_spool(args: &GcArgs) -> bool {
     let max = args.spool_max_bytes.unwrap_or_else(cap::spool_max_bytes);
     if max > 0 {
         match cap::prune_spool_to(&dir, max, None) {
-            Ok(p) => println!(
+            // Said only when it removed something (`--spool-days 0` then
+            // reads as "kept everything").
+            Ok(p) if p.removed > 0 => println!(
                 "gc: pruned {} spool file(s), {} bytes, oldest first, to keep the spool within {max} bytes",
                 p.removed, p.bytes
             ),
+            Ok(_) => {}
             Err(e) => return fail(e),
         }
     }
