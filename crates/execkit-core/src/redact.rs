@@ -14,7 +14,7 @@
 use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
 
-use regex::Regex;
+use regex::{Regex, RegexSet};
 
 /// What replaces a secret.
 pub const MASK: &str = "[REDACTED]";
@@ -96,6 +96,9 @@ fn assignment_pattern() -> String {
 #[derive(Debug, Clone)]
 pub struct Redactor {
     rules: Vec<(Regex, String)>,
+    /// All of `rules` in one automaton: text that matches none (nearly all
+    /// of it) costs one scan.
+    any: RegexSet,
     assignment: Regex,
     learned: Arc<RwLock<Learned>>,
 }
@@ -116,11 +119,16 @@ impl Default for Redactor {
         let assignment = Regex::new(&assignment_pattern()).expect("assignment pattern");
         rules.push((assignment.clone(), "${1}[REDACTED]".into()));
         Redactor {
+            any: set_of(&rules),
             rules,
             assignment,
             learned: Arc::default(),
         }
     }
+}
+
+fn set_of(rules: &[(Regex, String)]) -> RegexSet {
+    RegexSet::new(rules.iter().map(|(re, _)| re.as_str())).expect("patterns that compiled alone")
 }
 
 /// Whether an environment variable name looks like it holds a secret.
@@ -151,6 +159,7 @@ impl Redactor {
         for p in extra {
             r.rules.push((Regex::new(p.as_ref())?, MASK.to_string()));
         }
+        r.any = set_of(&r.rules);
         Ok(r)
     }
 
@@ -185,7 +194,8 @@ impl Redactor {
     }
 
     /// Learns the values of secret-named variables assigned in `text`
-    /// (`export GH_TOKEN=…`, `DB_PASSWORD='…' cmd`, `"api_key": "…"`).
+    /// (`export GH_TOKEN=…`, `DB_PASSWORD='…' cmd`, `"api_key": "…"`; after
+    /// a colon only quoted values).
     /// Values that are expansions (`$OTHER`, `$(cat f)`) are not learned.
     /// Returns how many new values were learned.
     pub fn learn_from_assignment(&self, text: &str) -> usize {
@@ -195,6 +205,12 @@ impl Redactor {
         let mut n = 0;
         for c in self.assignment.captures_iter(text) {
             let raw = &c[2];
+            let quoted = raw.len() >= 2 && (raw.starts_with('"') || raw.starts_with('\''));
+            if c[1].contains(':') && !quoted {
+                // `API_KEY: please check` is prose, not a value; JSON and
+                // YAML secrets are quoted.
+                continue;
+            }
             let value = raw
                 .strip_prefix('"')
                 .and_then(|v| v.strip_suffix('"'))
@@ -239,6 +255,9 @@ impl Redactor {
                     out = Cow::Owned(re.replace_all(&out, MASK).into_owned());
                 }
             }
+        }
+        if !self.any.is_match(&out) {
+            return out;
         }
         for (re, with) in &self.rules {
             if !re.is_match(&out) {
@@ -433,7 +452,15 @@ mod tests {
             ),
             0
         );
-        assert_eq!(r.learned_count(), 3);
+        assert_eq!(
+            r.learn_from_assignment("error: API_KEY: please check it"),
+            0
+        );
+        assert_eq!(
+            r.learn_from_assignment(r#"{"api_key": "json-secret-1"}"#),
+            1
+        );
+        assert_eq!(r.learned_count(), 4);
         // Learned values are masked wherever they appear later, in clones too.
         let clone = r.clone();
         assert_eq!(
