@@ -1,7 +1,9 @@
 //! `execkit gc`, and the same cleanup at start-up: sessions whose owner
 //! died (`kill -9`, a crash) still have processes on their targets; their
 //! records in the state dir say where, and the marker says which. `gc` also
-//! prunes spool files (full outputs of capped commands) past their age.
+//! prunes spool files (full outputs of capped commands) past their age
+//! (`--spool-days`, `--spool-hours`), then oldest first past a total size
+//! (`--spool-max-bytes`, default the spool cap).
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -15,9 +17,18 @@ const SETTLE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Args)]
 pub struct GcArgs {
-    /// Remove spool files last written more than DAYS days ago (0 keeps them all).
+    /// Remove spool files last written more than DAYS days ago (0: no age limit).
     #[arg(long, value_name = "DAYS", default_value_t = 7)]
     pub spool_days: u64,
+    /// Remove spool files last written more than HOURS hours ago; replaces
+    /// --spool-days (0: no age limit).
+    #[arg(long, value_name = "HOURS")]
+    pub spool_hours: Option<u64>,
+    /// Then remove the oldest spool files until they take at most SIZE
+    /// (K, M, G suffixes; 0: no size limit)
+    /// [default: $EXECKIT_SPOOL_MAX_BYTES, else 1G].
+    #[arg(long, value_name = "SIZE", value_parser = execkit_core::journal::parse_size)]
+    pub spool_max_bytes: Option<u64>,
 }
 
 /// `execkit gc`: cleans now and reports what it did.
@@ -45,29 +56,57 @@ pub fn main(args: GcArgs) -> ExitCode {
         report.failed.len(),
         report.live
     );
-    let mut ok = report.failed.is_empty();
-    if args.spool_days > 0 {
-        let dir = execkit_core::paths::spool_dir();
-        let age = Duration::from_secs(args.spool_days.saturating_mul(86_400));
-        match execkit_core::cap::prune_spool(&dir, age) {
-            Ok(p) => println!(
-                "gc: pruned {} spool file(s), {} bytes, older than {} day(s)",
-                p.removed, p.bytes, args.spool_days
-            ),
-            Err(e) => {
-                eprintln!(
-                    "execkit: cannot prune the spool directory {}: {e}",
-                    dir.display()
-                );
-                ok = false;
-            }
-        }
-    }
+    let pruned = prune_spool(&args);
+    let ok = report.failed.is_empty() && pruned;
     if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Prunes the spool directory by age, then by total size; false when it
+/// cannot be read.
+fn prune_spool(args: &GcArgs) -> bool {
+    use execkit_core::cap;
+    let dir = execkit_core::paths::spool_dir();
+    let fail = |e: std::io::Error| {
+        eprintln!(
+            "execkit: cannot prune the spool directory {}: {e}",
+            dir.display()
+        );
+        false
+    };
+    let (age_secs, age_text) = match args.spool_hours {
+        Some(h) => (h.saturating_mul(3600), format!("{h} hour(s)")),
+        None => (
+            args.spool_days.saturating_mul(86_400),
+            format!("{} day(s)", args.spool_days),
+        ),
+    };
+    if age_secs > 0 {
+        match cap::prune_spool(&dir, Duration::from_secs(age_secs)) {
+            Ok(p) => println!(
+                "gc: pruned {} spool file(s), {} bytes, older than {age_text}",
+                p.removed, p.bytes
+            ),
+            Err(e) => return fail(e),
+        }
+    }
+    let max = args.spool_max_bytes.unwrap_or_else(cap::spool_max_bytes);
+    if max > 0 {
+        match cap::prune_spool_to(&dir, max, None) {
+            // Said only when it removed something (`--spool-days 0` then
+            // reads as "kept everything").
+            Ok(p) if p.removed > 0 => println!(
+                "gc: pruned {} spool file(s), {} bytes, oldest first, to keep the spool within {max} bytes",
+                p.removed, p.bytes
+            ),
+            Ok(_) => {}
+            Err(e) => return fail(e),
+        }
+    }
+    true
 }
 
 /// Runs `work` with a dead-owner cleanup alongside it (so a `kill -9`ed

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use execkit_core::journal::Journal;
+use execkit_core::journal::{self, Journal, JournalOptions};
 use execkit_core::redact::Redactor;
 use execkit_core::Observer;
 
@@ -16,9 +16,17 @@ pub struct JournalArgs {
     /// Do not journal.
     #[arg(long)]
     pub no_journal: bool,
-    /// Also mask text matching REGEX in the journal (repeatable).
+    /// Also mask text matching REGEX in the journal and console (repeatable).
     #[arg(long, value_name = "REGEX")]
     pub redact: Vec<String>,
+    /// Rotate the journal at this size (K, M, G suffixes; 0 never rotates)
+    /// [default: $EXECKIT_JOURNAL_MAX_BYTES, else 64M].
+    #[arg(long, value_name = "SIZE", value_parser = journal::parse_size)]
+    pub journal_max_bytes: Option<u64>,
+    /// Journal files kept in all, the live one included (2 or more)
+    /// [default: $EXECKIT_JOURNAL_FILES, else 5].
+    #[arg(long, value_name = "N", value_parser = journal::parse_files)]
+    pub journal_files: Option<u32>,
 }
 
 impl JournalArgs {
@@ -33,11 +41,23 @@ impl JournalArgs {
     pub fn observer(&self) -> Result<Arc<Observer>, ObserverError> {
         let redactor = Redactor::with_patterns(&self.redact)
             .map_err(|e| ObserverError::Usage(format!("--redact: {e}")))?;
+        // Secrets in execkit's own environment reach local shells too.
+        let env: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        redactor.learn_env(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let journal = if self.no_journal {
-            Journal::disabled()
+            Journal::disabled_with(redactor)
         } else {
+            let mut opts = JournalOptions::from_env().map_err(ObserverError::Usage)?;
+            if let Some(n) = self.journal_max_bytes {
+                opts.max_bytes = n;
+            }
+            if let Some(n) = self.journal_files {
+                opts.files = n;
+            }
             let path = self.path();
-            Journal::open(&path, redactor).map_err(|e| {
+            Journal::open_with(&path, redactor, opts).map_err(|e| {
                 ObserverError::CantCreate(format!(
                     "cannot open the journal {}: {e} (use --journal PATH or --no-journal)",
                     path.display()
@@ -51,7 +71,7 @@ impl JournalArgs {
 /// Why the journal and console could not be set up.
 #[derive(Debug)]
 pub enum ObserverError {
-    /// A bad flag (`--redact` pattern): exit 2.
+    /// A bad flag (`--redact` pattern) or journal setting: exit 2.
     Usage(String),
     /// The journal file cannot be created or opened: exit 73 (EX_CANTCREAT).
     CantCreate(String),

@@ -1,6 +1,7 @@
 //! Fault matrix (issue 9), through the CLI on the `local` transport:
 //! `execkit` itself `kill -9`ed mid-command, a journal that cannot be
-//! created, and a journal whose disk fills up mid-run. Each case prints
+//! created, and a journal whose disk fills up mid-run (and resumes with a
+//! `journal_gap` event when space returns). Each case prints
 //! how long the run took to come back and how many marked processes were
 //! left (always required to be 0).
 //!
@@ -280,7 +281,7 @@ fn unwritable_journal_is_refused_before_any_command_runs() {
 }
 
 #[test]
-fn disk_full_journal_warns_once_and_results_are_unaffected() {
+fn disk_full_journal_warns_once_results_are_unaffected_and_it_resumes_with_a_gap() {
     let base = scratch("disk-full");
     let fs = match Tmpfs::mount(&base.join("disk"), "size=1m,mode=0700") {
         Ok(fs) => fs,
@@ -297,6 +298,9 @@ fn disk_full_journal_warns_once_and_results_are_unaffected() {
     let tag = format!("disk-full-{}", std::process::id());
     let t = Instant::now();
     let out = execkit(&state, &tag)
+        // Every event may retry (the default is once a second): the case
+        // does not depend on timing.
+        .env("EXECKIT_JOURNAL_RETRY_MS", "0")
         .args(["exec", "--json", "--timeout", "60", "--journal"])
         .arg(&journal)
         .args([
@@ -310,6 +314,9 @@ fn disk_full_journal_warns_once_and_results_are_unaffected() {
             // spool file cannot be written either.
             "seq 1 700000".to_string(),
             "echo after".to_string(),
+            // Space comes back: journaling resumes.
+            format!("rm {}", fill.display()),
+            "echo resumed".to_string(),
         ])
         .output()
         .unwrap();
@@ -318,7 +325,7 @@ fn disk_full_journal_warns_once_and_results_are_unaffected() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     // Results are unaffected.
     let results = json_lines(&out);
-    assert_eq!(results.len(), 4, "{results:?}");
+    assert_eq!(results.len(), 6, "{results:?}");
     assert_eq!(results[0]["output"], "before");
     assert_eq!(results[1]["output"], "fill status 1");
     let seq = &results[2];
@@ -334,14 +341,17 @@ fn disk_full_journal_warns_once_and_results_are_unaffected() {
     assert!(output.starts_with("1\n2\n3\n") && output.ends_with("\n699999\n700000"));
     assert_eq!(results[3]["output"], "after");
     assert_eq!(results[3]["exit_code"], 0);
-    // One warning line on stderr, naming the journal and the OS error.
+    assert_eq!(results[5]["output"], "resumed");
+    // One warning line on stderr naming the journal and the OS error, and
+    // one when it first resumes (later gaps are in the journal only).
     let warnings: Vec<&str> = err.lines().filter(|l| l.contains("journal")).collect();
+    assert_eq!(warnings.len(), 2, "{err}");
     assert_eq!(
-        warnings,
-        [format!(
-            "execkit: warning: cannot write the journal {}: No space left on device (os error 28); journaling stopped, commands go on",
+        warnings[0],
+        format!(
+            "execkit: warning: cannot write the journal {}: No space left on device (os error 28); journaling paused (retried as events come), commands go on",
             journal.display()
-        )],
+        ),
         "{err}"
     );
     // The journal: whole lines only, up to the point the disk filled.
@@ -357,9 +367,40 @@ fn disk_full_journal_warns_once_and_results_are_unaffected() {
             .any(|e| e["event"] == "result" && e["command"] == "seq 1 700000"),
         "the seq result cannot have fitted: {kinds:?}"
     );
-    assert!(
-        !kinds.contains(&"session_close"),
-        "journaling should have stopped: {kinds:?}"
+    // Journaling resumed (small lines fit again as soon as a page has
+    // room, and everything fits once the file is removed): each gap is a
+    // journal_gap event counting what was not journaled, so nothing goes
+    // missing silently.
+    let gaps: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "journal_gap")
+        .collect();
+    assert!(!gaps.is_empty(), "no journal_gap: {kinds:?}");
+    for g in &gaps {
+        assert!(
+            g["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("No space left on device"))
+                && g["since"].is_string()
+                && g["skipped"].as_u64().is_some_and(|n| n > 0),
+            "{g:?}"
+        );
+    }
+    let skipped: u64 = gaps.iter().map(|g| g["skipped"].as_u64().unwrap()).sum();
+    let journaled = (events.len() - gaps.len()) as u64;
+    // 1 open + 6 commands + 6 results + 1 close.
+    assert_eq!(journaled + skipped, 14, "{kinds:?}");
+    let tail: Vec<&str> = kinds[kinds.len() - 3..].to_vec();
+    assert_eq!(tail, ["command", "result", "session_close"], "{kinds:?}");
+    assert_eq!(events[events.len() - 2]["output"], "resumed");
+    assert_eq!(
+        warnings[1],
+        format!(
+            "execkit: the journal {} is writable again; {} event(s) were not journaled (see its journal_gap event)",
+            journal.display(),
+            gaps[0]["skipped"]
+        ),
+        "{err}"
     );
     let left = tagged_session_processes(&tag);
     eprintln!(

@@ -10,10 +10,47 @@
 //! file is removed (a partial file is no use and may be what filled the
 //! disk), and [`CappedOutput::spool_error`] says why, in one sentence naming
 //! the path and the OS error.
+//!
+//! A limit of 0 returns no text at all: everything goes to the spool file,
+//! and `truncated` is true when there was any output.
+//!
+//! The spool directory has a total size cap ([`spool_max_bytes`]: 1 GiB
+//! unless `EXECKIT_SPOOL_MAX_BYTES` says otherwise, 0 = none), enforced
+//! when a spool file starts and again every [`SPOOL_CHECK_EVERY`] bytes it
+//! grows: the oldest spool files are removed first. A single output that
+//! alone passes the cap is not kept (the partial file is removed, and
+//! `spool_error` says so).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Spool directory cap when nothing else is configured: 1 GiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
+
+/// Environment variable: spool directory cap in bytes (`K`, `M`, `G`
+/// suffixes; 0 = no cap).
+pub const ENV_SPOOL_MAX_BYTES: &str = "EXECKIT_SPOOL_MAX_BYTES";
+
+/// A growing spool file re-checks the directory's total after this many bytes.
+pub const SPOOL_CHECK_EVERY: u64 = 64 << 20;
+
+/// The spool directory cap in force: `EXECKIT_SPOOL_MAX_BYTES` (read once
+/// per process) or [`DEFAULT_SPOOL_MAX_BYTES`]; an unparseable value is
+/// reported once on stderr and the default used.
+pub fn spool_max_bytes() -> u64 {
+    static CAP: OnceLock<u64> = OnceLock::new();
+    *CAP.get_or_init(|| match std::env::var(ENV_SPOOL_MAX_BYTES) {
+        Ok(v) if !v.trim().is_empty() => crate::journal::parse_size(&v).unwrap_or_else(|e| {
+            eprintln!(
+                "execkit: warning: {ENV_SPOOL_MAX_BYTES}: {e}; using {DEFAULT_SPOOL_MAX_BYTES} bytes"
+            );
+            DEFAULT_SPOOL_MAX_BYTES
+        }),
+        _ => DEFAULT_SPOOL_MAX_BYTES,
+    })
+}
 
 /// Collects cleaned command output under a character limit.
 #[derive(Debug)]
@@ -30,6 +67,12 @@ pub struct OutputCap {
     spool_path: Option<PathBuf>,
     spool: Option<BufWriter<File>>,
     spool_error: Option<String>,
+    /// Total size cap of the spool directory (0: none).
+    spool_cap: u64,
+    /// Bytes written to this spool file so far.
+    spooled: u64,
+    /// `spooled` when the directory's total is next checked.
+    next_check: u64,
 }
 
 /// The capped text and where the full text went.
@@ -48,9 +91,16 @@ pub struct CappedOutput {
 }
 
 impl OutputCap {
-    /// A cap of `limit` characters; the full text spools to `spool_path` if needed.
+    /// A cap of `limit` characters; the full text spools to `spool_path` if
+    /// needed, under the directory cap [`spool_max_bytes`].
     pub fn new(limit: usize, spool_path: PathBuf) -> Self {
-        Self::build(limit, Some(spool_path))
+        Self::build(limit, Some(spool_path)).with_spool_cap(spool_max_bytes())
+    }
+
+    /// Sets the spool directory's total size cap (0: none).
+    pub fn with_spool_cap(mut self, bytes: u64) -> Self {
+        self.spool_cap = bytes;
+        self
     }
 
     /// A cap that keeps head and tail only, with no spool file.
@@ -59,7 +109,6 @@ impl OutputCap {
     }
 
     fn build(limit: usize, spool_path: Option<PathBuf>) -> Self {
-        let limit = limit.max(2);
         let head_chars = limit / 2;
         OutputCap {
             limit,
@@ -72,6 +121,9 @@ impl OutputCap {
             spool_path,
             spool: None,
             spool_error: None,
+            spool_cap: 0,
+            spooled: 0,
+            next_check: 0,
         }
     }
 
@@ -105,7 +157,11 @@ impl OutputCap {
         let whole = std::mem::take(&mut self.head);
         if let Some(path) = &self.spool_path {
             match open_spool(path) {
-                Ok(f) => self.spool = Some(BufWriter::with_capacity(64 * 1024, f)),
+                Ok(f) => {
+                    self.spool = Some(BufWriter::with_capacity(64 * 1024, f));
+                    self.next_check = self.check_interval();
+                    self.enforce_dir_cap();
+                }
                 Err(why) => self.spool_error = Some(why),
             }
         }
@@ -121,14 +177,49 @@ impl OutputCap {
         if let Some(w) = &mut self.spool {
             if let Err(e) = w.write_all(text.as_bytes()) {
                 self.spool_failed(&e);
+                return;
             }
+            self.spooled += text.len() as u64;
+            if self.spool_cap > 0 && self.spooled > self.spool_cap {
+                let cap = self.spool_cap;
+                self.spool_failed_with(format!(
+                    "the full output passed the spool cap of {cap} bytes ({ENV_SPOOL_MAX_BYTES}); {NOT_KEPT}"
+                ));
+            } else if self.spooled >= self.next_check {
+                self.next_check = self.spooled + self.check_interval();
+                self.enforce_dir_cap();
+            }
+        }
+    }
+
+    /// How many spooled bytes pass between checks of the directory's total.
+    fn check_interval(&self) -> u64 {
+        (self.spool_cap / 4).clamp(64 * 1024, SPOOL_CHECK_EVERY)
+    }
+
+    /// Removes the oldest other spool files while the directory is over
+    /// its cap.
+    fn enforce_dir_cap(&mut self) {
+        if self.spool_cap == 0 {
+            return;
+        }
+        let Some(path) = &self.spool_path else {
+            return;
+        };
+        if let Some(dir) = path.parent() {
+            let _ = prune_spool_to(dir, self.spool_cap, Some(path));
         }
     }
 
     /// Gives up on the spool file after a write error: the partial file
     /// is removed (it may be what filled the disk).
     fn spool_failed(&mut self, e: &std::io::Error) {
-        self.spool_error = Some(spool_failure(&self.spool_path, e));
+        let why = spool_failure(&self.spool_path, e);
+        self.spool_failed_with(why);
+    }
+
+    fn spool_failed_with(&mut self, why: String) {
+        self.spool_error = Some(why);
         if let Some(w) = self.spool.take() {
             // Dropping the writer retries the flush; it fails again or
             // writes into a file that is removed next.
@@ -190,9 +281,19 @@ impl OutputCap {
             .spool_path
             .take()
             .filter(|_| self.spool_error.is_none());
+        if self.limit == 0 {
+            // No text asked for: all of it is in the spool file.
+            return CappedOutput {
+                text: String::new(),
+                truncated: true,
+                spool_path,
+                total_chars: self.total_chars,
+                spool_error: self.spool_error,
+            };
+        }
         let mut text = String::with_capacity(self.head.len() + self.tail.len() + 160);
         text.push_str(&self.head);
-        if !text.ends_with('\n') {
+        if !text.is_empty() && !text.ends_with('\n') {
             text.push('\n');
         }
         let total = self.total_chars;
@@ -300,6 +401,58 @@ pub fn prune_spool(dir: &Path, older_than: std::time::Duration) -> std::io::Resu
     Ok(report)
 }
 
+/// Removes the oldest spool files (`*.out`, regular files only, never
+/// through a symlink; by last write, `keep` never) in `dir` until their
+/// total size is at most `max_total` bytes. A missing directory is nothing
+/// to prune.
+pub fn prune_spool_to(
+    dir: &Path,
+    max_total: u64,
+    keep: Option<&Path>,
+) -> std::io::Result<PruneReport> {
+    let mut report = PruneReport::default();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
+        Err(e) => return Err(e),
+    };
+    let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
+    let mut total = 0u64;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|x| x != "out") {
+            continue;
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_file() {
+            continue;
+        }
+        total += meta.len();
+        if keep.is_some_and(|k| k == path) {
+            continue;
+        }
+        let when = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+        files.push((when, meta.len(), path));
+    }
+    if total <= max_total {
+        return Ok(report);
+    }
+    files.sort();
+    for (_, len, path) in files {
+        if total <= max_total {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+            report.removed += 1;
+            report.bytes += len;
+        }
+    }
+    Ok(report)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -402,5 +555,99 @@ mod tests {
             prune_spool(&d.join("missing"), day).unwrap(),
             PruneReport::default()
         );
+    }
+
+    #[test]
+    fn limit_zero_returns_no_text_and_spools_everything() {
+        let path = tmp("zero");
+        let mut c = OutputCap::new(0, path.clone());
+        c.push("hello\n");
+        c.push("world");
+        let out = c.finish();
+        assert_eq!(out.text, "");
+        assert!(out.truncated);
+        assert_eq!(out.spool_path.as_deref(), Some(path.as_path()));
+        assert_eq!(out.total_chars, 11);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "hello\nworld");
+        std::fs::remove_file(path).unwrap();
+        // Nothing printed: nothing truncated, no file.
+        let out = OutputCap::new(0, tmp("zero-empty")).finish();
+        assert_eq!((out.text.as_str(), out.truncated), ("", false));
+        assert!(out.spool_path.is_none() && !tmp("zero-empty").exists());
+        // A limit of 1 keeps one char of tail, not two.
+        let mut c = OutputCap::memory_only(1);
+        c.push("abc");
+        let out = c.finish();
+        assert!(out.truncated);
+        assert!(
+            out.text.starts_with("[… 2 of 3") && out.text.ends_with("]\nc"),
+            "{}",
+            out.text
+        );
+    }
+
+    fn spool_files(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn spool_directory_cap_removes_oldest_first() {
+        let d = tmp("spool-cap");
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let now = std::time::SystemTime::now();
+        for (i, name) in ["a.out", "b.out", "c.out", "d.out"].iter().enumerate() {
+            let f = std::fs::File::create(d.join(name)).unwrap();
+            f.set_len(100_000).unwrap();
+            f.set_modified(now - std::time::Duration::from_secs(100 - i as u64))
+                .unwrap();
+        }
+        std::fs::write(d.join("notes.txt"), vec![b'x'; 500_000]).unwrap();
+        // A new spool file of 140 KB under a 300 KB cap, checked when it
+        // starts (a goes) and after 75 KB (64 KB flushed: b goes).
+        let mut c = OutputCap::new(10, d.join("new.out")).with_spool_cap(300_000);
+        let line = "x".repeat(99) + "\n";
+        for _ in 0..1400 {
+            c.push(&line);
+        }
+        let out = c.finish();
+        assert!(out.spool_error.is_none(), "{:?}", out.spool_error);
+        assert_eq!(
+            spool_files(&d),
+            ["c.out", "d.out", "new.out", "notes.txt"],
+            "{:?}",
+            spool_files(&d)
+        );
+        let r = prune_spool_to(&d, 150_000, None).unwrap();
+        assert_eq!(r.removed, 2);
+        assert_eq!(spool_files(&d), ["new.out", "notes.txt"]);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn an_output_alone_past_the_spool_cap_is_not_kept() {
+        let d = tmp("spool-cap-own");
+        let _ = std::fs::remove_dir_all(&d);
+        let path = d.join("big.out");
+        let mut c = OutputCap::new(100, path.clone()).with_spool_cap(200_000);
+        let line = "y".repeat(99) + "\n";
+        for _ in 0..5000 {
+            c.push(&line);
+        }
+        let out = c.finish();
+        assert!(out.truncated && out.spool_path.is_none());
+        assert_eq!(
+            out.spool_error.as_deref(),
+            Some("the full output passed the spool cap of 200000 bytes (EXECKIT_SPOOL_MAX_BYTES); the full output was not kept")
+        );
+        assert!(out.text.ends_with(&line[50..]), "{}", out.text);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
