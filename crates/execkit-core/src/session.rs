@@ -263,6 +263,10 @@ impl Session {
             crate::sessions::remove_record(&s.marker);
             return Err(e);
         }
+        if let Some(o) = &s.config.observer {
+            // Values of secret-named settings are masked wherever they show.
+            o.learn_env(&s.config.env);
+        }
         s.record("session_open", fields! {"cwd" => s.cwd});
         Ok(s)
     }
@@ -541,7 +545,9 @@ impl Session {
         if marked {
             pending.scanner = SentinelScanner::with_start(&nonce);
         }
-        line.extend(protocol::encode_command(command, &nonce, via, guard, marked));
+        line.extend(protocol::encode_command(
+            command, &nonce, via, guard, marked,
+        ));
         self.pending = Some(pending);
         let yield_at = opts.yield_after.map(|y| started + y);
         self.drive(Some(line), yield_at).await
@@ -565,11 +571,16 @@ impl Session {
             return Err(SessionError::Idle);
         }
         protocol::validate_input(text)?;
-        self.record("input", fields! {"text" => text});
-        self.publish(ConsoleEvent::Input {
-            session: self.id.clone(),
-            text: text.to_string(),
-        });
+        if let Some(o) = self.config.observer.clone() {
+            // The terminal's echo is off for every command here, so a
+            // password prompt is told by its text.
+            let hidden = self
+                .pending
+                .as_ref()
+                .is_some_and(|p| asks_for_secret(&p.collector.last_line));
+            self.record("input", o.input_fields(text, hidden));
+            self.publish(o.input_event(self.id.clone(), text, hidden));
+        }
         let shell = self.shell.as_deref().ok_or(SessionError::Idle)?;
         shell.write(text.as_bytes()).await?;
         Ok(())
@@ -937,6 +948,8 @@ struct Collector {
     delta: OutputCap,
     limit: usize,
     text: String,
+    /// The end of the last line printed (a prompt waiting for input).
+    last_line: String,
     /// The shell was replaced before this command ran.
     restarted: bool,
     /// Partial output was handed out; the final result carries the rest only.
@@ -953,6 +966,7 @@ impl Collector {
             delta: OutputCap::memory_only(limit),
             limit,
             text: String::new(),
+            last_line: String::new(),
             restarted: false,
             yielded: false,
             track_delta: true,
@@ -972,6 +986,15 @@ impl Collector {
         }
         self.text.clear();
         self.cleaner.push(bytes, &mut self.text);
+        match self.text.rfind('\n') {
+            Some(at) => {
+                self.last_line.clear();
+                self.last_line
+                    .push_str(last_chars(&self.text[at + 1..], 200));
+            }
+            None if self.last_line.len() < 400 => self.last_line.push_str(&self.text),
+            None => {}
+        }
         self.cap.push(&self.text);
         if self.track_delta {
             self.delta.push(&self.text);
@@ -1027,6 +1050,25 @@ async fn pump(
             _ = &mut yield_sleep, if yield_at.is_some() && *sent => return Outcome::Yield,
         }
     }
+}
+
+/// Whether `prompt` (the last, unfinished line a command printed) asks for
+/// a secret: `Password:`, `[sudo] password for x:`, `Enter passphrase for
+/// key '…':`, `Token:`, `PIN:`.
+fn asks_for_secret(prompt: &str) -> bool {
+    let p = prompt.trim_end().to_ascii_lowercase();
+    p.ends_with(':')
+        && [
+            "password",
+            "passphrase",
+            "passcode",
+            "token",
+            "secret",
+            "pin:",
+            "otp",
+        ]
+        .iter()
+        .any(|w| p.contains(w))
 }
 
 /// Standard base64 (RFC 4648, padded), as `base64 -d` reads it.
@@ -1098,6 +1140,22 @@ mod tests {
         let mut c = SessionConfig::default();
         c.env.push((k.into(), v.into()));
         c
+    }
+
+    #[test]
+    fn secret_prompts_are_told_by_their_text() {
+        for yes in [
+            "Password: ",
+            "[sudo] password for bob: ",
+            "Enter passphrase for key '/root/.ssh/id_ed25519': ",
+            "GitHub token:",
+            "Enter PIN:",
+        ] {
+            assert!(asks_for_secret(yes), "{yes:?}");
+        }
+        for no in ["name? ", "Continue? [Y/n] ", "password reset done", ">>> "] {
+            assert!(!asks_for_secret(no), "{no:?}");
+        }
     }
 
     #[test]
