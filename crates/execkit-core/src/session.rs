@@ -220,6 +220,11 @@ pub struct Session {
     /// marker, and bash's are sourced rather than `eval`ed (see
     /// [`protocol::Via`]). Set for good once true; reset with the shell.
     jobs_possible: bool,
+    /// Nothing so far could have turned on a trace, a trap, a prompt or a
+    /// job: commands take the cheapest encoding (no start marker, the short
+    /// sentinel). Cleared for good by text [`protocol::may_change_hooks`]
+    /// flags; set again by a fresh shell that reports none of them.
+    plain: bool,
     pending: Option<Pending>,
     console_line: LineBuffer,
     /// A replaced or lost shell's processes could not be killed (a paused
@@ -252,6 +257,7 @@ impl Session {
             xtrace: false,
             prompts: false,
             jobs_possible: false,
+            plain: false,
             pending: None,
             console_line: LineBuffer::default(),
             cleanup_pending: false,
@@ -340,6 +346,7 @@ impl Session {
                 self.cwd = s.cwd;
                 self.flavor = shell::Flavor::from_status(s.status);
                 self.jobs_possible = shell::holds_code(s.status);
+                self.plain = !self.xtrace && !self.prompts && !self.jobs_possible;
                 self.shell = Some(shell);
                 Ok(())
             }
@@ -521,6 +528,7 @@ impl Session {
         pending.collector.track_delta = opts.yield_after.is_some();
         let mut line = format!("export {COMMAND_VAR}={cid}; ").into_bytes();
         self.jobs_possible |= protocol::may_start_jobs(command);
+        self.plain &= !protocol::may_change_hooks(command);
         let via = match self.flavor {
             shell::Flavor::Bash => {
                 if self.jobs_possible && !protocol::needs_top_level(command) {
@@ -542,11 +550,15 @@ impl Session {
             protocol::Guard::Off
         };
         let marked = guard != protocol::Guard::Off || self.prompts || self.jobs_possible;
+        let full = !self.plain;
         if marked {
             pending.scanner = SentinelScanner::with_start(&nonce);
         }
+        if !full {
+            pending.scanner = pending.scanner.short();
+        }
         line.extend(protocol::encode_command(
-            command, &nonce, via, guard, marked,
+            command, &nonce, via, guard, marked, full,
         ));
         self.pending = Some(pending);
         let yield_at = opts.yield_after.map(|y| started + y);
