@@ -429,6 +429,7 @@ async fn serve_http(addr: std::net::SocketAddr, host: Arc<Host>) -> ExitCode {
     let bound = listener.local_addr().unwrap_or(addr);
     // rmcp checks the Host header against loopback names (DNS rebinding).
     let config = StreamableHttpServerConfig::default();
+    let max_body = config.max_request_body_bytes;
     let stop = config.cancellation_token.clone();
     let factory_host = host.clone();
     let names = Arc::<Names>::default();
@@ -456,7 +457,17 @@ async fn serve_http(addr: std::net::SocketAddr, host: Arc<Host>) -> ExitCode {
                             if req.uri().path() != "/mcp" {
                                 return Ok(not_found());
                             }
-                            service.call(req).await
+                            if req.method() != hyper::Method::POST {
+                                return service.call(req).await;
+                            }
+                            // rmcp answers a body that is not JSON with a
+                            // plain-text 415; JSON-RPC says -32700.
+                            let (parts, body) = req.into_parts();
+                            let body = match checked_body(body, max_body).await {
+                                Ok(b) => b,
+                                Err(refusal) => return Ok(refusal),
+                            };
+                            service.call(hyper::Request::from_parts(parts, body)).await
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -476,8 +487,52 @@ async fn serve_http(addr: std::net::SocketAddr, host: Arc<Host>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn not_found(
-) -> hyper::Response<http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>> {
+type HttpResponse =
+    hyper::Response<http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>>;
+
+/// A POST body read whole (at most `max` bytes) for rmcp, or the answer
+/// when it is not JSON: 400 with JSON-RPC's parse error (-32700).
+async fn checked_body(
+    body: hyper::body::Incoming,
+    max: usize,
+) -> Result<http_body_util::Full<bytes::Bytes>, HttpResponse> {
+    use http_body_util::BodyExt as _;
+    let refuse = |status: hyper::StatusCode, code: i64, message: String| {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "error": {"code": code, "message": message},
+        });
+        let mut r = hyper::Response::new(
+            http_body_util::Full::new(bytes::Bytes::from(body.to_string())).boxed(),
+        );
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    let bytes = match http_body_util::Limited::new(body, max).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return Err(refuse(
+                hyper::StatusCode::PAYLOAD_TOO_LARGE,
+                -32600,
+                format!("request body not read: {e}"),
+            ))
+        }
+    };
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        return Err(refuse(
+            hyper::StatusCode::BAD_REQUEST,
+            -32700,
+            format!("parse error: {e}"),
+        ));
+    }
+    Ok(http_body_util::Full::new(bytes))
+}
+
+fn not_found() -> HttpResponse {
     use http_body_util::BodyExt as _;
     let mut r = hyper::Response::new(
         http_body_util::Full::new(bytes::Bytes::from_static(b"execkit mcp serves /mcp only\n"))

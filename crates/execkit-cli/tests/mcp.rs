@@ -357,3 +357,29 @@ fn session_open_names_count_successful_opens_only() {
     let v = mcp.call(5, "session_open", "{}");
     assert_eq!(v["result"]["structuredContent"]["session_id"], "s2", "{v}");
 }
+
+/// Over streamable HTTP too, a body that is not JSON gets JSON-RPC's parse
+/// error (-32700, with a 400), not a plain-text 415.
+#[test]
+fn http_malformed_json_is_a_parse_error() {
+    let server = HttpServer::start();
+    let body = "{this is not json";
+    let mut conn = std::net::TcpStream::connect(&server.addr).expect("connect");
+    write!(
+        conn,
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    let json = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {reply}"));
+    assert_eq!(v["error"]["code"], -32700, "{reply}");
+    let st = server.stop();
+    assert!(st.success(), "mcp --http exited with {st} on SIGTERM");
+}
