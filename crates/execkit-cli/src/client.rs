@@ -210,6 +210,19 @@ async fn mirror(
         line.push(b'\n');
         let write = client.writer.write_all(&line);
         tokio::pin!(write);
+        // A write blocks when the server does not read (its socket buffer
+        // is full); the end of the run must not wait behind it.
+        while !draining {
+            tokio::select! {
+                r = &mut write => {
+                    if r.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                _ = &mut stopped => draining = true,
+            }
+        }
         if draining {
             // A write that cannot finish at once while the run is over:
             // give up if nobody will ever read it.
@@ -224,9 +237,9 @@ async fn mirror(
                 None if process_stopped(peer) => return,
                 None => {}
             }
-        }
-        if write.await.is_err() {
-            return;
+            if write.await.is_err() {
+                return;
+            }
         }
     }
 }

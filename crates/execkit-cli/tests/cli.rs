@@ -704,3 +704,80 @@ fn stopped_server_does_not_delay_exec() {
         "a stopped server slowed exec: {stopped:?} against {absent:?}"
     );
 }
+
+/// The end of a run does not wait on a server that stopped while the run
+/// mirrored to it: the command stops the server (SIGSTOP) once its mirror
+/// is flowing (the test sees it on a watcher, then lets the command go on
+/// through a FIFO), then prints 3 MB, which fills the mirror's socket. The
+/// time from the go to exec's exit is compared with the same run when no
+/// server runs (stopping an idle `sleep` instead).
+#[test]
+fn server_stopped_mid_run_does_not_delay_the_end() {
+    use std::io::{BufRead, Write};
+    let srv = Serve::start("stopmid");
+    let fifo = srv.dir.join("go");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut dummy = Command::new("sleep").arg("60").spawn().unwrap();
+    let flood = "head -c 3000000 /dev/zero | tr '\\0' x | fold -w 100";
+    let run = |socket: &str, stop_pid: u32, ready: Option<&str>| {
+        Command::new(env!("CARGO_BIN_EXE_execkit"))
+            .args(["exec", "--no-journal", "--socket", socket])
+            .arg(format!("echo {}", ready.unwrap_or("no-watcher")))
+            .arg(format!(
+                "read _ < {}; kill -STOP {stop_pid}; {flood}",
+                fifo.display()
+            ))
+            .env("XDG_STATE_HOME", srv.dir.join("state"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let go = || {
+        let t = Instant::now();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)
+            .unwrap()
+            .write_all(b"go\n")
+            .unwrap();
+        t
+    };
+    let (mut stopped, mut absent) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..2 {
+        // A watcher on the live server: once it sees this run's first
+        // command, the mirror is connected and publishing.
+        let w = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+        writeln!(&w, "{}", serde_json::json!({"op": "watch"})).unwrap();
+        let mut watcher = std::io::BufReader::new(w);
+        let ready = format!("mirror-ready-{round}");
+        let mut exec = run(srv.sock(), srv.child.id(), Some(&ready));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(watcher.read_line(&mut line).unwrap() > 0, "watcher closed");
+            if line.contains("header") && line.contains(&ready) {
+                break;
+            }
+        }
+        let t = go();
+        assert!(exec.wait().unwrap().success());
+        stopped += t.elapsed();
+        srv.signal(libc::SIGCONT);
+
+        let none = srv.dir.join("no-server.sock");
+        let mut exec = run(none.to_str().unwrap(), dummy.id(), None);
+        let t = go();
+        assert!(exec.wait().unwrap().success());
+        absent += t.elapsed();
+    }
+    let _ = dummy.kill();
+    let _ = dummy.wait();
+    eprintln!("2 × run: server stopped mid-run {stopped:?}, no server {absent:?}");
+    assert!(
+        stopped < absent + absent / 2 + Duration::from_millis(700),
+        "a server stopped mid-run delayed exec's end: {stopped:?} against {absent:?}"
+    );
+}
