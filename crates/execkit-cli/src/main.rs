@@ -62,6 +62,12 @@ enum Command {
     Gc(gc::GcArgs),
     /// Output of the command running in a session of `execkit serve`
     /// since the last read; its result once it finished.
+    ///
+    /// Exit status (also of send, interrupt and close): as for exec (the
+    /// command's exit code, 124 timed out, 69 no server or target lost, 2
+    /// usage); 75 while the command still runs; 66 when the server has no
+    /// session by that name; 1 when no command runs to poll, feed or
+    /// interrupt.
     Poll(remote::PollArgs),
     /// Type text into the command running in a session of `execkit serve`.
     #[command(name = "send")]

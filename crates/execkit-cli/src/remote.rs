@@ -94,8 +94,9 @@ pub struct SessionArgs {
     /// The session of the running `execkit serve`.
     #[arg(long, value_name = "NAME")]
     session: String,
-    /// The result as one JSON object (the server's result, as `exec --json`
-    /// prints it, plus `running`).
+    /// One JSON object: for poll and interrupt the run result (as `exec
+    /// --json` prints it, plus `running`); for send `{"session","sent"}`,
+    /// for close `{"session","closed"}`.
     #[arg(long)]
     json: bool,
     /// Socket of the server [default: ${XDG_RUNTIME_DIR:-/tmp/execkit-$UID}/execkit.sock].
