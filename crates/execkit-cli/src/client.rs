@@ -49,12 +49,17 @@ impl Client {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|e| ClientError::NotRunning(path.to_path_buf(), e))?;
+        Ok(Client::from_stream(stream))
+    }
+
+    /// A client on a connected stream.
+    pub fn from_stream(stream: UnixStream) -> Client {
         let (r, w) = stream.into_split();
-        Ok(Client {
+        Client {
             reader: BufReader::new(r),
             writer: w,
             next_id: 1,
-        })
+        }
     }
 
     /// Sends a request and returns its result.
@@ -109,61 +114,144 @@ impl Client {
 /// Mirrors this process's console to a running `execkit serve`, so
 /// `execkit watch` shows what `exec` and `mcp` run too. Best effort: no
 /// server, no mirror; a slow server skips events (the console is a
-/// broadcast with a bounded backlog), it never slows a command down.
+/// broadcast with a bounded backlog). It never delays a command: it
+/// connects in the background while the command runs, and at the end it
+/// does not wait for a server that is stopped (`SIGSTOP`: the kernel still
+/// accepts the connection, but nobody answers or reads).
 #[derive(Debug)]
 pub struct ConsoleMirror {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// How long a server has, from the start, to accept the mirror.
+const MIRROR_CONNECT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl ConsoleMirror {
-    /// Starts mirroring `console` to the server at `socket`, if one answers.
-    pub async fn start(
-        console: &execkit_core::console::Console,
-        socket: &Path,
-    ) -> Option<ConsoleMirror> {
-        // A server that does not answer within a second is not waited for.
-        let client = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-            let mut client = Client::connect(socket).await.ok()?;
-            client.call(Request::Publish).await.ok()?;
-            Some(client)
-        });
-        let mut client = client.await.ok().flatten()?;
-        let mut rx = console.subscribe();
-        let (stop, mut stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-            let mut draining = false;
-            loop {
-                let ev = if draining {
-                    match rx.try_recv() {
-                        Ok(ev) => ev,
-                        Err(TryRecvError::Lagged(_)) => continue,
-                        Err(_) => return,
-                    }
-                } else {
-                    tokio::select! {
-                        r = rx.recv() => match r {
-                            Ok(ev) => ev,
-                            Err(RecvError::Lagged(_)) => continue,
-                            Err(RecvError::Closed) => return,
-                        },
-                        _ = &mut stopped => { draining = true; continue }
-                    }
-                };
-                let mut line = serde_json::to_vec(&*ev).unwrap_or_default();
-                line.push(b'\n');
-                if client.writer.write_all(&line).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Some(ConsoleMirror { stop, task })
+    /// Starts mirroring `console` to the server at `socket`, if one
+    /// answers; returns at once (the connection is made by a task).
+    pub fn start(console: &execkit_core::console::Console, socket: &Path) -> ConsoleMirror {
+        // Subscribed now, so what runs while the server answers is queued.
+        let rx = console.subscribe();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(mirror(socket.to_path_buf(), rx, stopped));
+        ConsoleMirror { stop, task }
     }
 
-    /// Sends what is still queued (at most `grace`), then hangs up.
+    /// Sends what is still queued (at most `grace`, and nothing to a
+    /// stopped server), then hangs up.
     pub async fn finish(self, grace: std::time::Duration) {
         let _ = self.stop.send(());
-        let _ = tokio::time::timeout(grace, self.task).await;
+        let mut task = self.task;
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
+            task.abort();
+        }
     }
+}
+
+/// The mirror's task: connect, ask to publish, forward events; once told
+/// to stop, forward what is queued without waiting on a stopped server.
+async fn mirror(
+    socket: PathBuf,
+    mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<execkit_core::console::ConsoleEvent>>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    let deadline = tokio::time::Instant::now() + MIRROR_CONNECT;
+    // A Unix socket connects at once unless the server's backlog is full;
+    // a run that ends first does not wait for it.
+    let stream = tokio::select! {
+        r = tokio::time::timeout_at(deadline, UnixStream::connect(&socket)) => match r {
+            Ok(Ok(stream)) => stream,
+            _ => return,
+        },
+        _ = &mut stopped => return,
+    };
+    let peer = stream.peer_cred().ok().and_then(|c| c.pid());
+    let mut client = Client::from_stream(stream);
+    let mut draining = false;
+    {
+        let publish = tokio::time::timeout_at(deadline, client.call(Request::Publish));
+        tokio::pin!(publish);
+        loop {
+            tokio::select! {
+                r = &mut publish => match r {
+                    Ok(Ok(_)) => break,
+                    _ => return,
+                },
+                _ = &mut stopped, if !draining => {
+                    // The run is over: a stopped server is not waited for.
+                    draining = true;
+                    if process_stopped(peer) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+    loop {
+        let ev = if draining {
+            match rx.try_recv() {
+                Ok(ev) => ev,
+                Err(TryRecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            }
+        } else {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Ok(ev) => ev,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return,
+                },
+                _ = &mut stopped => { draining = true; continue }
+            }
+        };
+        let mut line = serde_json::to_vec(&*ev).unwrap_or_default();
+        line.push(b'\n');
+        let write = client.writer.write_all(&line);
+        tokio::pin!(write);
+        // A write blocks when the server does not read (its socket buffer
+        // is full); the end of the run must not wait behind it.
+        while !draining {
+            tokio::select! {
+                r = &mut write => {
+                    if r.is_err() {
+                        return;
+                    }
+                    break;
+                }
+                _ = &mut stopped => draining = true,
+            }
+        }
+        if draining {
+            // A write that cannot finish at once while the run is over:
+            // give up if nobody will ever read it.
+            let done = tokio::select! {
+                biased;
+                r = &mut write => Some(r),
+                _ = std::future::ready(()) => None,
+            };
+            match done {
+                Some(Ok(())) => continue,
+                Some(Err(_)) => return,
+                None if process_stopped(peer) => return,
+                None => {}
+            }
+            if write.await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Whether process `pid` is stopped (state `T` or `t` in `/proc/PID/stat`).
+fn process_stopped(pid: Option<i32>) -> bool {
+    let Some(pid) = pid else { return false };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `PID (COMM) STATE …`: COMM may hold anything, so split at its last `)`.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state == "T" || state == "t")
 }

@@ -18,9 +18,14 @@ pub struct ExecArgs {
     /// Where to run: `local`, `local:/bin/sh`, `docker:NAME`, `ssh://user@host`.
     #[arg(long, short = 't', default_value = "local")]
     target: String,
-    /// Hard timeout per command in seconds (0: none).
-    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
-    timeout: f64,
+    /// Hard timeout per command in seconds (0: none; at most one year).
+    #[arg(
+        long,
+        default_value = "300",
+        value_name = "SECS",
+        allow_negative_numbers = true
+    )]
+    timeout: String,
     /// One JSON object per line per command.
     #[arg(long)]
     json: bool,
@@ -47,31 +52,100 @@ pub struct ExecArgs {
     stdin: Option<String>,
     #[command(flatten)]
     journal: JournalArgs,
+    /// Read the commands from this file (`-`: stdin) instead of CMD
+    /// arguments, for commands of any length (beyond the OS argument
+    /// limit). Commands are separated by NUL bytes; when the input has no
+    /// NUL, by blank lines (then a command cannot contain a blank line).
+    #[arg(long, value_name = "PATH|-", conflicts_with = "commands")]
+    file: Option<String>,
     /// Commands, run in order in one shell.
-    #[arg(required = true, value_name = "CMD", num_args = 1..)]
+    #[arg(required_unless_present = "file", value_name = "CMD", num_args = 1..)]
     commands: Vec<String>,
 }
 
-pub fn main(args: ExecArgs) -> ExitCode {
-    if !(args.timeout.is_finite() && args.timeout >= 0.0) {
-        eprintln!("execkit: --timeout must be a non-negative number of seconds");
-        return ExitCode::from(EXIT_USAGE);
+pub fn main(mut args: ExecArgs) -> ExitCode {
+    let timeout = match crate::duration::parse_timeout("--timeout", &args.timeout) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("execkit: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Some(file) = &args.file {
+        if file == "-" && args.stdin.as_deref() == Some("-") {
+            eprintln!("execkit: --file - and --stdin - cannot both read stdin");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        match read_commands(file) {
+            Ok(c) => args.commands = c,
+            Err(e) => {
+                eprintln!("execkit: --file {file}: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
     }
     let rt = match crate::runtime(false) {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    rt.block_on(crate::gc::alongside(run(args)))
+    rt.block_on(crate::gc::alongside(run(args, timeout)))
 }
 
-async fn run(args: ExecArgs) -> ExitCode {
+/// The commands in `path` (`-`: stdin), as `--file` documents.
+fn read_commands(path: &str) -> Result<Vec<String>, String> {
+    let bytes = if path == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut b).map(|_| b)
+    } else {
+        std::fs::read(path)
+    }
+    .map_err(|e| e.to_string())?;
+    let text = String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_string())?;
+    let commands = split_commands(&text);
+    if commands.is_empty() {
+        return Err("holds no command".into());
+    }
+    Ok(commands)
+}
+
+/// Splits at NUL bytes (empty pieces dropped, text kept exactly), or,
+/// without any NUL, at runs of blank lines (lines of only whitespace).
+fn split_commands(text: &str) -> Vec<String> {
+    if text.contains('\0') {
+        return text
+            .split('\0')
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect();
+    }
+    let mut commands = Vec::new();
+    let mut current = String::new();
+    for line in text.split('\n') {
+        if line.trim().is_empty() {
+            if !current.is_empty() {
+                commands.push(std::mem::take(&mut current));
+            }
+            continue;
+        }
+        if !current.is_empty() {
+            current.push('\n');
+        }
+        current.push_str(line);
+    }
+    if !current.is_empty() {
+        commands.push(current);
+    }
+    commands
+}
+
+async fn run(args: ExecArgs, timeout: Option<Duration>) -> ExitCode {
     if let Some(name) = &args.session {
         return crate::remote::exec(
             &args.target,
             name,
             args.socket.clone(),
             &args.commands,
-            args.timeout,
+            timeout,
             args.json,
         )
         .await;
@@ -87,16 +161,18 @@ async fn run(args: ExecArgs) -> ExitCode {
         .socket
         .clone()
         .unwrap_or_else(crate::proto::default_socket);
-    let mirror = crate::client::ConsoleMirror::start(&observer.console, &socket).await;
-    let code = run_local(args, observer).await;
-    if let Some(m) = mirror {
-        m.finish(Duration::from_secs(1)).await;
-    }
+    let mirror = crate::client::ConsoleMirror::start(&observer.console, &socket);
+    let code = run_local(args, timeout, observer).await;
+    mirror.finish(Duration::from_secs(1)).await;
     code
 }
 
 /// `exec` in sessions of its own (not through a server).
-async fn run_local(args: ExecArgs, observer: std::sync::Arc<execkit_core::Observer>) -> ExitCode {
+async fn run_local(
+    args: ExecArgs,
+    timeout: Option<Duration>,
+    observer: std::sync::Arc<execkit_core::Observer>,
+) -> ExitCode {
     let stdin = match &args.stdin {
         None => None,
         Some(src) => match crate::stdin_pipe::StdinSource::load(src) {
@@ -116,7 +192,6 @@ async fn run_local(args: ExecArgs, observer: std::sync::Arc<execkit_core::Observ
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let timeout = (args.timeout > 0.0).then(|| Duration::from_secs_f64(args.timeout));
     let mut status = ExitCode::SUCCESS;
     let mut first = true;
     for cmd in &args.commands {
@@ -266,5 +341,23 @@ pub fn print_result(r: &RunResult, json: bool) {
         eprintln!("\x1b[2m{line}\x1b[0m");
     } else {
         eprintln!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_commands;
+
+    #[test]
+    fn commands_split_at_nul_or_blank_lines() {
+        assert_eq!(
+            split_commands("echo a\n\n\n  \ncat <<E\nx\nE\n\necho b"),
+            ["echo a", "cat <<E\nx\nE", "echo b"]
+        );
+        assert_eq!(
+            split_commands("printf 'a\n\nb'\0echo c\n\0\0"),
+            ["printf 'a\n\nb'", "echo c\n"]
+        );
+        assert!(split_commands("\n \n").is_empty());
     }
 }

@@ -2,10 +2,12 @@
 //! crates: argument parsing, transport linking, output and exit codes.
 
 mod client;
+mod duration;
 mod exec;
 mod gc;
 mod journal_cmd;
 mod mcp;
+mod mcp_stdio;
 mod observe;
 mod proto;
 mod remote;
@@ -58,6 +60,24 @@ enum Command {
     /// Clean up sessions whose owner died (kill their marked processes)
     /// and prune old spool files.
     Gc(gc::GcArgs),
+    /// Output of the command running in a session of `execkit serve`
+    /// since the last read; its result once it finished.
+    ///
+    /// Exit status (also of send, interrupt and close): as for exec (the
+    /// command's exit code, 124 timed out, 69 no server or target lost, 2
+    /// usage); 75 while the command still runs; 66 when the server has no
+    /// session by that name; 1 when no command runs to poll, feed or
+    /// interrupt.
+    Poll(remote::PollArgs),
+    /// Type text into the command running in a session of `execkit serve`.
+    #[command(name = "send")]
+    SendInput(remote::SendArgs),
+    /// Interrupt the command running in a session of `execkit serve`
+    /// (Ctrl-C) and print its result.
+    Interrupt(remote::SessionArgs),
+    /// Close a session of `execkit serve` (its shell and everything it
+    /// started are killed).
+    Close(remote::SessionArgs),
 }
 
 /// A tokio runtime for one command (`multi`: two workers, for servers), or
@@ -108,6 +128,10 @@ fn main() -> ExitCode {
         Command::Watch(args) => watch::main(args),
         Command::Journal(args) => journal_cmd::main(args),
         Command::Mcp(args) => mcp::main(args),
+        Command::Poll(args) => remote::verb(remote::Verb::Poll(args)),
+        Command::SendInput(args) => remote::verb(remote::Verb::Send(args)),
+        Command::Interrupt(args) => remote::verb(remote::Verb::Interrupt(args)),
+        Command::Close(args) => remote::verb(remote::Verb::Close(args)),
         Command::Transports => {
             let all = execkit_core::registry();
             if all.is_empty() {

@@ -15,11 +15,12 @@ use execkit_core::host::{Host, HostConfig, HostError, OpenRequest};
 use execkit_core::{RunOptions, RunResult, SessionConfig};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{tool, tool_handler, tool_router, ServerHandler, ServiceExt};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::duration::optional_timeout;
 use crate::observe::JournalArgs;
 
 /// Name of the session `run` uses when no `session_id` is given.
@@ -106,19 +107,38 @@ pub struct SessionParams {
 #[derive(Debug, Clone)]
 pub struct ExecKitMcp {
     host: Arc<Host>,
+    names: Arc<Names>,
     tool_router: ToolRouter<Self>,
+}
+
+/// Names for `session_open` (`s1`, `s2`, …), shared by every client of one
+/// server. A number is spent only by an open that succeeded: a failed open
+/// gives its number back, so the names an agent sees never skip.
+#[derive(Debug, Default)]
+pub struct Names {
+    state: std::sync::Mutex<(u64, std::collections::BTreeSet<u64>)>,
+}
+
+impl Names {
+    /// The lowest number given back, else the next new one.
+    fn take(&self) -> u64 {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = s.1.pop_first() {
+            return n;
+        }
+        s.0 += 1;
+        s.0
+    }
+
+    /// A number whose open failed.
+    fn give_back(&self, n: u64) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.1.insert(n);
+    }
 }
 
 fn tool_error(msg: impl std::fmt::Display) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(msg.to_string())])
-}
-
-fn duration(secs: Option<f64>, default: Option<f64>) -> Result<Option<Duration>, String> {
-    match secs.or(default) {
-        None => Ok(None),
-        Some(s) if s.is_finite() && s >= 0.0 => Ok((s > 0.0).then(|| Duration::from_secs_f64(s))),
-        Some(s) => Err(format!("invalid number of seconds: {s}")),
-    }
 }
 
 /// The result for the model: a short text view plus the structured result.
@@ -168,9 +188,10 @@ fn run_result(r: &RunResult) -> CallToolResult {
 
 #[tool_router]
 impl ExecKitMcp {
-    pub fn new(host: Arc<Host>) -> Self {
+    pub fn new(host: Arc<Host>, names: Arc<Names>) -> Self {
         ExecKitMcp {
             host,
+            names,
             tool_router: Self::tool_router(),
         }
     }
@@ -194,14 +215,27 @@ impl ExecKitMcp {
         description = "Open a persistent shell session on a target (this host, a Docker container, or an SSH host). State persists between commands in a session: cd, export, shell functions, activated virtualenvs. Returns the session_id to pass to the other tools. Optional: `run` without session_id uses a default session."
     )]
     async fn session_open(&self, Parameters(p): Parameters<OpenParams>) -> CallToolResult {
-        let req = OpenRequest {
-            name: None,
-            target: p.target,
-            shell: p.shell,
-            cwd: p.cwd,
-            env: p.env,
+        let opened = loop {
+            let n = self.names.take();
+            let req = OpenRequest {
+                name: Some(format!("s{n}")),
+                target: p.target.clone(),
+                shell: p.shell.clone(),
+                cwd: p.cwd.clone(),
+                env: p.env.clone(),
+            };
+            match self.host.open(req).await {
+                // Only the default session is named otherwise; never loops
+                // more than once per session that holds an `sN` name.
+                Err(HostError::NameTaken(_)) => continue,
+                Err(e) => {
+                    self.names.give_back(n);
+                    break Err(e);
+                }
+                Ok(info) => break Ok(info),
+            }
         };
-        match self.host.open(req).await {
+        match opened {
             Ok(info) => {
                 let mut r = CallToolResult::structured(
                     serde_json::json!({"session_id": info.name, "target": info.target}),
@@ -222,8 +256,8 @@ impl ExecKitMcp {
     async fn run(&self, Parameters(p): Parameters<RunParams>) -> CallToolResult {
         let mut opts = RunOptions::default();
         match (
-            duration(p.timeout_secs, Some(300.0)),
-            duration(p.yield_after_secs, None),
+            optional_timeout("timeout_secs", p.timeout_secs, Some(300.0)),
+            optional_timeout("yield_after_secs", p.yield_after_secs, None),
         ) {
             (Ok(t), Ok(y)) => {
                 opts.timeout = t;
@@ -257,8 +291,8 @@ impl ExecKitMcp {
     )]
     async fn poll(&self, Parameters(p): Parameters<PollParams>) -> CallToolResult {
         let name = p.session_id.unwrap_or_else(|| DEFAULT_SESSION.to_string());
-        let wait = match duration(p.wait_secs, Some(1.0)) {
-            Ok(w) => w.unwrap_or(Duration::ZERO),
+        let wait = match crate::duration::secs("wait_secs", p.wait_secs.unwrap_or(1.0)) {
+            Ok(w) => w,
             Err(e) => return tool_error(e),
         };
         match self.host.poll(&name, wait).await {
@@ -307,7 +341,9 @@ impl ExecKitMcp {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for ExecKitMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("execkit", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
             "execkit runs shell commands in persistent sessions on this host, in Docker containers or over SSH. \
              Use `run` (state persists between calls), `yield_after_secs` + `poll`/`send_input`/`interrupt` for long or interactive commands.",
         )
@@ -344,8 +380,7 @@ pub fn main(args: McpArgs) -> ExitCode {
     config.session = session;
     rt.block_on(async move {
         let mirror =
-            crate::client::ConsoleMirror::start(&observer.console, &crate::proto::default_socket())
-                .await;
+            crate::client::ConsoleMirror::start(&observer.console, &crate::proto::default_socket());
         let host = Host::new(config, observer);
         let code = if let Some(addr) = args.http {
             let code = serve_http(addr, host.clone()).await;
@@ -354,17 +389,16 @@ pub fn main(args: McpArgs) -> ExitCode {
         } else {
             serve_stdio(host).await
         };
-        if let Some(m) = mirror {
-            m.finish(Duration::from_secs(1)).await;
-        }
+        mirror.finish(Duration::from_secs(1)).await;
         code
     })
 }
 
 /// MCP on stdin/stdout until the client hangs up.
 async fn serve_stdio(host: Arc<Host>) -> ExitCode {
-    let server = ExecKitMcp::new(host.clone());
-    let running = match server.serve(rmcp::transport::stdio()).await {
+    let server = ExecKitMcp::new(host.clone(), Arc::default());
+    let transport = crate::mcp_stdio::LineTransport::new(tokio::io::stdin(), tokio::io::stdout());
+    let running = match server.serve(transport).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("execkit mcp: cannot start: {e}");
@@ -395,10 +429,12 @@ async fn serve_http(addr: std::net::SocketAddr, host: Arc<Host>) -> ExitCode {
     let bound = listener.local_addr().unwrap_or(addr);
     // rmcp checks the Host header against loopback names (DNS rebinding).
     let config = StreamableHttpServerConfig::default();
+    let max_body = config.max_request_body_bytes;
     let stop = config.cancellation_token.clone();
     let factory_host = host.clone();
+    let names = Arc::<Names>::default();
     let service = StreamableHttpService::new(
-        move || Ok(ExecKitMcp::new(factory_host.clone())),
+        move || Ok(ExecKitMcp::new(factory_host.clone(), names.clone())),
         Arc::new(LocalSessionManager::default()),
         config,
     );
@@ -421,7 +457,17 @@ async fn serve_http(addr: std::net::SocketAddr, host: Arc<Host>) -> ExitCode {
                             if req.uri().path() != "/mcp" {
                                 return Ok(not_found());
                             }
-                            service.call(req).await
+                            if req.method() != hyper::Method::POST {
+                                return service.call(req).await;
+                            }
+                            // rmcp answers a body that is not JSON with a
+                            // plain-text 415; JSON-RPC says -32700.
+                            let (parts, body) = req.into_parts();
+                            let body = match checked_body(body, max_body).await {
+                                Ok(b) => b,
+                                Err(refusal) => return Ok(refusal),
+                            };
+                            service.call(hyper::Request::from_parts(parts, body)).await
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -441,8 +487,52 @@ async fn serve_http(addr: std::net::SocketAddr, host: Arc<Host>) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn not_found(
-) -> hyper::Response<http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>> {
+type HttpResponse =
+    hyper::Response<http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>>;
+
+/// A POST body read whole (at most `max` bytes) for rmcp, or the answer
+/// when it is not JSON: 400 with JSON-RPC's parse error (-32700).
+async fn checked_body(
+    body: hyper::body::Incoming,
+    max: usize,
+) -> Result<http_body_util::Full<bytes::Bytes>, HttpResponse> {
+    use http_body_util::BodyExt as _;
+    let refuse = |status: hyper::StatusCode, code: i64, message: String| {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "error": {"code": code, "message": message},
+        });
+        let mut r = hyper::Response::new(
+            http_body_util::Full::new(bytes::Bytes::from(body.to_string())).boxed(),
+        );
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    let bytes = match http_body_util::Limited::new(body, max).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            return Err(refuse(
+                hyper::StatusCode::PAYLOAD_TOO_LARGE,
+                -32600,
+                format!("request body not read: {e}"),
+            ))
+        }
+    };
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes) {
+        return Err(refuse(
+            hyper::StatusCode::BAD_REQUEST,
+            -32700,
+            format!("parse error: {e}"),
+        ));
+    }
+    Ok(http_body_util::Full::new(bytes))
+}
+
+fn not_found() -> HttpResponse {
     use http_body_util::BodyExt as _;
     let mut r = hyper::Response::new(
         http_body_util::Full::new(bytes::Bytes::from_static(b"execkit mcp serves /mcp only\n"))

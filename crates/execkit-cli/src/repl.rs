@@ -17,14 +17,26 @@ pub struct ShellArgs {
     /// Where to run: `local`, `local:/bin/sh`, `docker:NAME`, `ssh://user@host`.
     #[arg(long, short = 't', default_value = "local")]
     pub target: String,
-    /// Hard timeout per command in seconds (0: none).
-    #[arg(long, default_value_t = 0.0, value_name = "SECS")]
-    pub timeout: f64,
+    /// Hard timeout per command in seconds (0: none; at most one year).
+    #[arg(
+        long,
+        default_value = "0",
+        value_name = "SECS",
+        allow_negative_numbers = true
+    )]
+    pub timeout: String,
     #[command(flatten)]
     pub journal: JournalArgs,
 }
 
 pub fn main(args: ShellArgs) -> ExitCode {
+    let timeout = match crate::duration::parse_timeout("--timeout", &args.timeout) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("execkit: {e}");
+            return ExitCode::from(crate::EXIT_USAGE);
+        }
+    };
     let rt = match crate::runtime(false) {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -59,7 +71,6 @@ pub fn main(args: ShellArgs) -> ExitCode {
         "execkit shell on {} — Ctrl-C interrupts, Ctrl-D leaves",
         args.target
     );
-    let timeout = (args.timeout > 0.0).then(|| Duration::from_secs_f64(args.timeout));
     loop {
         let prompt = format!("{}:{}$ ", args.target, session.cwd());
         let line = match editor.readline(&prompt) {

@@ -370,3 +370,414 @@ fn inherited_bash_function_starting_a_job_prints_no_notice() {
     assert_eq!(lines[0]["exit_code"], 0, "{lines:?}");
     assert_eq!(lines[1]["output"], "x", "{lines:?}");
 }
+
+/// Every duration the CLI takes is checked: huge, negative or not-a-number
+/// seconds are one line on stderr and exit 2, never a panic (exit 101).
+#[test]
+fn huge_and_bad_durations_are_one_line_usage_errors() {
+    for bad in [
+        "1e300",
+        "99999999999999999999",
+        "-1",
+        "nan",
+        "inf",
+        "31536001",
+    ] {
+        for args in [
+            vec!["exec", "--timeout", bad, "true"],
+            vec!["exec", "--session", "s", "--timeout", bad, "true"],
+            vec!["shell", "--timeout", bad],
+            vec!["poll", "--session", "s", "--wait", bad],
+        ] {
+            let out = execkit(&args);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+            assert!(
+                err.contains("seconds") && !err.contains("panicked"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    // The ceiling itself is fine.
+    let out = execkit(&["exec", "--timeout", "31536000", "echo ok"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// `--file`: commands from a file or stdin, as long as they come — here
+/// 2.4 MB in eight commands of 300 KB, beyond what argv can carry (one
+/// argument at most 128 KiB, all of them about 2 MB).
+#[test]
+fn file_commands_beyond_the_argument_limit() {
+    let dir = std::env::temp_dir().join(format!("execkit-file-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = "x".repeat(300_000);
+    let one = format!("printf %s '{big}' | wc -c");
+    let file = dir.join("commands.sh");
+    let mut text = String::new();
+    for i in 0..8 {
+        text.push_str(&format!("echo start {i}\n{one}\n\n\n"));
+    }
+    assert!(text.len() > 2_400_000);
+    std::fs::write(&file, &text).unwrap();
+    let out = execkit(&["exec", "--json", "--file", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 8);
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["output"], format!("start {i}\n300000"), "command {i}");
+    }
+
+    // From stdin, NUL-separated: a command may hold blank lines.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args(["exec", "--json", "--file", "-"])
+        .env(
+            "XDG_STATE_HOME",
+            std::env::temp_dir().join("execkit-cli-tests"),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input = format!("cd /tmp\0printf 'a\\n\\nb'\n\n\0{one}\0(exit 4)\0");
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        stdin.write_all(input.as_bytes()).unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let lines = json_lines(&out);
+    let outputs: Vec<&str> = lines
+        .iter()
+        .map(|l| l["output"].as_str().unwrap())
+        .collect();
+    assert_eq!(outputs, ["", "a\n\nb", "300000", ""], "{}", stderr(&out));
+    assert_eq!(lines[2]["cwd"], "/tmp");
+    assert_eq!(out.status.code(), Some(4));
+
+    // Nothing to run, unreadable, or both --file and CMD: usage errors.
+    std::fs::write(&file, "\n  \n").unwrap();
+    for args in [
+        vec!["exec", "--file", file.to_str().unwrap()],
+        vec!["exec", "--file", "/nonexistent/commands"],
+        vec!["exec", "--file", file.to_str().unwrap(), "true"],
+        vec!["exec", "--file", "-", "--stdin", "-"],
+    ] {
+        let out = execkit(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `execkit serve` on a socket of its own, stopped by PID on drop.
+struct Serve {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    socket: std::path::PathBuf,
+}
+
+impl Serve {
+    /// Starts it and returns once it listens (its first stderr line).
+    fn start(name: &str) -> Serve {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(format!("execkit-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("run/execkit.sock");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_execkit"))
+            .args(["serve", "--no-journal", "--socket"])
+            .arg(&socket)
+            .env("XDG_STATE_HOME", dir.join("state"))
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start execkit serve");
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        assert!(line.contains("listening"), "{line}");
+        // Keep draining stderr so the server never blocks on it.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut err, &mut std::io::sink());
+        });
+        Serve { child, dir, socket }
+    }
+
+    fn sock(&self) -> &str {
+        self.socket.to_str().unwrap()
+    }
+
+    /// `execkit ARGS… --socket S`.
+    fn execkit(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_execkit"))
+            .args(args)
+            .args(["--socket", self.sock()])
+            .env("XDG_STATE_HOME", self.dir.join("state"))
+            .output()
+            .unwrap()
+    }
+
+    /// One request on a new connection; the response.
+    fn call(&self, req: serde_json::Value) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket).unwrap();
+        writeln!(s, "{req}").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn json_line(out: &Output) -> serde_json::Value {
+    let lines = json_lines(out);
+    assert_eq!(lines.len(), 1, "{lines:?} {}", stderr(out));
+    lines[0].clone()
+}
+
+/// `poll`, `send`, `interrupt` and `close` reach a session of a running
+/// server, with `exec`'s exit codes, 75 while the command still runs, 66
+/// for a session the server does not have, 69 without a server.
+#[test]
+fn session_verbs_reach_a_served_session() {
+    let srv = Serve::start("verbs");
+    let out = srv.execkit(&["exec", "--session", "w", "cd /tmp"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // A command that waits for input, started by another client.
+    let r = srv.call(serde_json::json!({"op": "run", "session": "w",
+        "command": "echo asking; read x; echo got $x; exit_with() { return $1; }; exit_with 3",
+        "yield_after_secs": 0.2}));
+    assert_eq!(r["result"]["running"], true, "{r}");
+
+    let out = srv.execkit(&["poll", "--session", "w", "--json"]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert_eq!(json_line(&out)["running"], true);
+
+    let out = srv.execkit(&["send", "--session", "w", "--json", "hello"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json_line(&out)["sent"], 6);
+
+    let out = srv.execkit(&["poll", "--session", "w", "--wait", "30"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "got hello\n");
+
+    // Nothing runs now: poll and interrupt say so, exit 1.
+    for verb in ["poll", "interrupt"] {
+        let out = srv.execkit(&[verb, "--session", "w"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{verb}: {err}");
+        assert!(err.contains("no command is running"), "{verb}: {err}");
+    }
+
+    // interrupt: the command's final result, the session stays.
+    let r = srv.call(serde_json::json!({"op": "run", "session": "w",
+        "command": "sleep 60.9", "yield_after_secs": 0.2}));
+    assert_eq!(r["result"]["running"], true, "{r}");
+    let out = srv.execkit(&["interrupt", "--session", "w", "--json"]);
+    let r = json_line(&out);
+    assert_eq!(r["running"], false, "{r}");
+    assert_ne!(out.status.code(), Some(0), "{r}");
+    let out = srv.execkit(&["exec", "--session", "w", "pwd"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/tmp\n");
+
+    let out = srv.execkit(&["close", "--session", "w", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json_line(&out)["closed"], true);
+
+    // A session the server does not have: one line, exit 66.
+    for args in [
+        vec!["poll", "--session", "w"],
+        vec!["send", "--session", "nosuch", "x"],
+        vec!["interrupt", "--session", "nosuch"],
+        vec!["close", "--session", "nosuch"],
+    ] {
+        let out = srv.execkit(&args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(66), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains("no session named"), "{args:?}: {err}");
+    }
+    drop(srv);
+
+    // No server: 69.
+    let out = execkit(&["poll", "--session", "w", "--socket", "/nonexistent/s.sock"]);
+    assert_eq!(out.status.code(), Some(69), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+}
+
+/// `execkit watch` names a served session by its name, not its engine id.
+#[test]
+fn watch_shows_session_names() {
+    use std::io::BufRead;
+    let srv = Serve::start("watchnames");
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args(["watch", "--socket", srv.sock()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its first stderr line says it is subscribed (read on a thread: a
+    // watch that never says so fails the test instead of hanging it).
+    let mut err = std::io::BufReader::new(watch.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = err.read_line(&mut line);
+        let _ = tx.send(line);
+        let _ = std::io::copy(&mut err, &mut std::io::sink());
+    });
+    let first = rx.recv_timeout(Duration::from_secs(30));
+    let ready = matches!(&first, Ok(l) if l.contains("watching"));
+    if !ready {
+        let _ = watch.kill();
+        let _ = watch.wait();
+        panic!("watch did not say it is watching: {first:?}");
+    }
+    let out = srv.execkit(&["exec", "--session", "build", "echo from-build"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let id = srv.call(serde_json::json!({"op": "list"}))["result"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut stdout = std::io::BufReader::new(watch.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.starts_with("[build: exit 0"))
+    {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push(line);
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let text = seen.concat();
+    assert!(text.contains("── build @ local ──"), "{text}");
+    assert!(text.contains("from-build"), "{text}");
+    assert!(!text.contains(&id), "{text}");
+}
+
+/// A stopped server (SIGSTOP: the kernel still accepts connections, nobody
+/// answers) must not slow `exec` down: its console mirror connects in the
+/// background and is not waited for at the end. Compared with the same
+/// `exec` when no server runs at all, in the same test, interleaved.
+#[test]
+fn stopped_server_does_not_delay_exec() {
+    let srv = Serve::start("stopped");
+    srv.signal(libc::SIGSTOP);
+    let time = |socket: &str| {
+        let t = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_execkit"))
+            .args(["exec", "--no-journal", "--socket", socket, "true"])
+            .env("XDG_STATE_HOME", srv.dir.join("state"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        t.elapsed()
+    };
+    let none = srv.dir.join("no-server.sock");
+    let (mut stopped, mut absent) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..4 {
+        stopped += time(srv.sock());
+        absent += time(none.to_str().unwrap());
+    }
+    // SIGKILL ends a stopped process; Drop reaps it.
+    srv.signal(libc::SIGKILL);
+    eprintln!("4 × exec true: stopped server {stopped:?}, no server {absent:?}");
+    assert!(
+        stopped < absent * 2 + Duration::from_millis(400),
+        "a stopped server slowed exec: {stopped:?} against {absent:?}"
+    );
+}
+
+/// The end of a run does not wait on a server that stopped while the run
+/// mirrored to it: the command stops the server (SIGSTOP) once its mirror
+/// is flowing (the test sees it on a watcher, then lets the command go on
+/// through a FIFO), then prints 3 MB, which fills the mirror's socket. The
+/// time from the go to exec's exit is compared with the same run when no
+/// server runs (stopping an idle `sleep` instead).
+#[test]
+fn server_stopped_mid_run_does_not_delay_the_end() {
+    use std::io::{BufRead, Write};
+    let srv = Serve::start("stopmid");
+    let fifo = srv.dir.join("go");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo(3) on a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let mut dummy = Command::new("sleep").arg("60").spawn().unwrap();
+    let flood = "head -c 3000000 /dev/zero | tr '\\0' x | fold -w 100";
+    let run = |socket: &str, stop_pid: u32, ready: Option<&str>| {
+        Command::new(env!("CARGO_BIN_EXE_execkit"))
+            .args(["exec", "--no-journal", "--socket", socket])
+            .arg(format!("echo {}", ready.unwrap_or("no-watcher")))
+            .arg(format!(
+                "read _ < {}; kill -STOP {stop_pid}; {flood}",
+                fifo.display()
+            ))
+            .env("XDG_STATE_HOME", srv.dir.join("state"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let go = || {
+        let t = Instant::now();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)
+            .unwrap()
+            .write_all(b"go\n")
+            .unwrap();
+        t
+    };
+    let (mut stopped, mut absent) = (Duration::ZERO, Duration::ZERO);
+    for round in 0..2 {
+        // A watcher on the live server: once it sees this run's first
+        // command, the mirror is connected and publishing.
+        let w = std::os::unix::net::UnixStream::connect(&srv.socket).unwrap();
+        writeln!(&w, "{}", serde_json::json!({"op": "watch"})).unwrap();
+        let mut watcher = std::io::BufReader::new(w);
+        let ready = format!("mirror-ready-{round}");
+        let mut exec = run(srv.sock(), srv.child.id(), Some(&ready));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(watcher.read_line(&mut line).unwrap() > 0, "watcher closed");
+            if line.contains("header") && line.contains(&ready) {
+                break;
+            }
+        }
+        let t = go();
+        assert!(exec.wait().unwrap().success());
+        stopped += t.elapsed();
+        srv.signal(libc::SIGCONT);
+
+        let none = srv.dir.join("no-server.sock");
+        let mut exec = run(none.to_str().unwrap(), dummy.id(), None);
+        let t = go();
+        assert!(exec.wait().unwrap().success());
+        absent += t.elapsed();
+    }
+    let _ = dummy.kill();
+    let _ = dummy.wait();
+    eprintln!("2 × run: server stopped mid-run {stopped:?}, no server {absent:?}");
+    assert!(
+        stopped < absent + absent / 2 + Duration::from_millis(700),
+        "a server stopped mid-run delayed exec's end: {stopped:?} against {absent:?}"
+    );
+}

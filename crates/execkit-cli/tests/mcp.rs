@@ -152,3 +152,234 @@ fn http_refuses_addresses_off_loopback() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("only loopback"), "{err}");
 }
+
+/// `execkit mcp` on stdio, spoken to line by line (no MCP client library:
+/// these are the wire-level promises). Replies are read on a thread, so a
+/// reply that never comes fails the test instead of hanging it.
+struct McpStdio {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    replies: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl McpStdio {
+    fn start() -> McpStdio {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_execkit"))
+            .args(["mcp", "--no-journal", "--allow-target", "local*"])
+            .env(
+                "XDG_STATE_HOME",
+                std::env::temp_dir().join("execkit-mcp-tests"),
+            )
+            // No server to mirror to.
+            .env(
+                "XDG_RUNTIME_DIR",
+                std::env::temp_dir().join("execkit-mcp-tests/no-server"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start execkit mcp");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (tx, replies) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { return };
+                let v = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON from execkit mcp: {line:?}: {e}"));
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        McpStdio {
+            child,
+            stdin,
+            replies,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("write to execkit mcp");
+    }
+
+    fn next(&self) -> serde_json::Value {
+        self.replies
+            .recv_timeout(Duration::from_secs(60))
+            .expect("execkit mcp did not answer within 60 s")
+    }
+
+    /// The reply to request `id`, skipping others.
+    fn reply(&self, id: i64) -> serde_json::Value {
+        loop {
+            let v = self.next();
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+
+    fn initialize(&mut self) -> serde_json::Value {
+        self.send(
+            &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "execkit-test", "version": "0"}}})
+            .to_string(),
+        );
+        let init = self.reply(1);
+        self.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        init
+    }
+
+    fn call(&mut self, id: i64, tool: &str, args: &str) -> serde_json::Value {
+        self.send(&format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{args}}}}}"#
+        ));
+        self.reply(id)
+    }
+}
+
+impl Drop for McpStdio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A line that is not JSON gets JSON-RPC's parse error (-32700) — the
+/// first line back, before the reply to the request sent after it — and
+/// `serverInfo` names execkit and its version, not the MCP library.
+#[test]
+fn malformed_json_is_answered_and_server_info_is_execkit() {
+    let mut mcp = McpStdio::start();
+    mcp.send("{this is not json");
+    mcp.send(
+        &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "execkit-test", "version": "0"}}})
+        .to_string(),
+    );
+    let first = mcp.next();
+    assert_eq!(first["error"]["code"], -32700, "{first}");
+    assert!(first["id"].is_null(), "{first}");
+    let init = mcp.next();
+    assert_eq!(init["id"], 1, "{init}");
+    let info = &init["result"]["serverInfo"];
+    assert_eq!(info["name"], "execkit", "{init}");
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"), "{init}");
+    mcp.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+
+    // Once running too; a number JSON cannot hold is a parse error; a JSON
+    // line that is no request is an invalid request, with its id.
+    mcp.send("not json either");
+    assert_eq!(mcp.next()["error"]["code"], -32700);
+    mcp.send(r#"{"jsonrpc":"2.0","id":5,"method":"ping","params":{"n":1e999}}"#);
+    assert_eq!(mcp.next()["error"]["code"], -32700);
+    mcp.send(r#"{"jsonrpc":"2.0","id":6,"bogus":true}"#);
+    let v = mcp.next();
+    assert_eq!(
+        (v["id"].clone(), v["error"]["code"].clone()),
+        (6.into(), (-32600).into()),
+        "{v}"
+    );
+    // And the server still works.
+    let v = mcp.call(7, "run", r#"{"command":"echo alive"}"#);
+    assert_eq!(v["result"]["structuredContent"]["output"], "alive", "{v}");
+}
+
+/// Every duration a tool takes is checked: a huge, negative or
+/// out-of-range number of seconds is a tool error, never a panic that
+/// leaves the call unanswered.
+#[test]
+fn huge_durations_are_tool_errors() {
+    let mut mcp = McpStdio::start();
+    mcp.initialize();
+    let mut id = 10;
+    for (tool, args, field) in [
+        (
+            "run",
+            r#"{"command":"true","timeout_secs":1e300}"#,
+            "timeout_secs",
+        ),
+        (
+            "run",
+            r#"{"command":"true","timeout_secs":99999999999999999999}"#,
+            "timeout_secs",
+        ),
+        (
+            "run",
+            r#"{"command":"true","timeout_secs":-1}"#,
+            "timeout_secs",
+        ),
+        (
+            "run",
+            r#"{"command":"true","yield_after_secs":1e300}"#,
+            "yield_after_secs",
+        ),
+        (
+            "run",
+            r#"{"command":"true","yield_after_secs":-0.5}"#,
+            "yield_after_secs",
+        ),
+        ("poll", r#"{"wait_secs":1e300}"#, "wait_secs"),
+        ("poll", r#"{"wait_secs":-1}"#, "wait_secs"),
+    ] {
+        id += 1;
+        let v = mcp.call(id, tool, args);
+        assert_eq!(v["result"]["isError"], true, "{tool} {args}: {v}");
+        let text = v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(text.contains(field), "{tool} {args}: {v}");
+    }
+    // The worker is alive and the ceiling is accepted.
+    let v = mcp.call(
+        99,
+        "run",
+        r#"{"command":"echo ok","timeout_secs":31536000}"#,
+    );
+    assert_eq!(v["result"]["structuredContent"]["output"], "ok", "{v}");
+}
+
+/// `session_open` names count successful opens only: after a failed open
+/// the next session is still `s1`.
+#[test]
+fn session_open_names_count_successful_opens_only() {
+    let mut mcp = McpStdio::start();
+    mcp.initialize();
+    let v = mcp.call(2, "session_open", r#"{"shell":"/nonexistent/shell"}"#);
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let v = mcp.call(3, "session_open", "{}");
+    assert_eq!(v["result"]["structuredContent"]["session_id"], "s1", "{v}");
+    let v = mcp.call(4, "session_open", r#"{"cwd":"/nonexistent/dir"}"#);
+    assert_eq!(v["result"]["isError"], true, "{v}");
+    let v = mcp.call(5, "session_open", "{}");
+    assert_eq!(v["result"]["structuredContent"]["session_id"], "s2", "{v}");
+}
+
+/// Over streamable HTTP too, a body that is not JSON gets JSON-RPC's parse
+/// error (-32700, with a 400), not a plain-text 415.
+#[test]
+fn http_malformed_json_is_a_parse_error() {
+    let server = HttpServer::start();
+    let body = "{this is not json";
+    let mut conn = std::net::TcpStream::connect(&server.addr).expect("connect");
+    write!(
+        conn,
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("request");
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).expect("reply");
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    let json = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {reply}"));
+    assert_eq!(v["error"]["code"], -32700, "{reply}");
+    let st = server.stop();
+    assert!(st.success(), "mcp --http exited with {st} on SIGTERM");
+}
