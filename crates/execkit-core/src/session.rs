@@ -225,6 +225,11 @@ pub struct Session {
     /// sentinel). Cleared for good by text [`protocol::may_change_hooks`]
     /// flags; set again by a fresh shell that reports none of them.
     plain: bool,
+    /// The shell's pid on its target (from the start-up sentinel).
+    shell_pid: Option<u32>,
+    /// A recovery line may still print a stale sentinel: the next command
+    /// gets a start marker.
+    noise_pending: bool,
     pending: Option<Pending>,
     console_line: LineBuffer,
     /// A replaced or lost shell's processes could not be killed (a paused
@@ -258,6 +263,8 @@ impl Session {
             prompts: false,
             jobs_possible: false,
             plain: false,
+            shell_pid: None,
+            noise_pending: false,
             pending: None,
             console_line: LineBuffer::default(),
             cleanup_pending: false,
@@ -345,6 +352,7 @@ impl Session {
                 self.prompts = s.prompts;
                 self.cwd = s.cwd;
                 self.flavor = shell::Flavor::from_status(s.status);
+                self.shell_pid = shell::pid_from_status(s.status);
                 self.jobs_possible = shell::holds_code(s.status);
                 self.plain = !self.xtrace && !self.prompts && !self.jobs_possible;
                 self.shell = Some(shell);
@@ -549,7 +557,10 @@ impl Session {
         } else {
             protocol::Guard::Off
         };
-        let marked = guard != protocol::Guard::Off || self.prompts || self.jobs_possible;
+        let marked = guard != protocol::Guard::Off
+            || self.prompts
+            || self.jobs_possible
+            || std::mem::take(&mut self.noise_pending);
         let full = !self.plain;
         if marked {
             pending.scanner = SentinelScanner::with_start(&nonce);
@@ -698,8 +709,7 @@ impl Session {
             }
             Outcome::Deadline => {
                 result.timed_out = true;
-                self.recover_from_timeout(&mut p.scanner, &mut p.collector, &p.cid, &mut result)
-                    .await;
+                self.recover_from_timeout(&mut p, &mut result).await;
             }
             Outcome::Exited(status) => {
                 let started = p.scanner.started();
@@ -786,56 +796,163 @@ impl Session {
         });
     }
 
+    /// Sends `signal` to what the pending command started (never the shell;
+    /// see [`shell::signal_command_script`]) and returns how many processes
+    /// got it; `None` when the transport cannot run scripts or the shell's
+    /// pid is unknown, or the script failed (logged).
+    async fn signal_command(&self, p: &Pending, signal: &str) -> Option<usize> {
+        let shell = self.shell.as_deref()?;
+        let script = shell::signal_command_script(
+            signal,
+            self.shell_pid?,
+            &format!("{}={}", shell::MARKER_VAR, self.marker),
+            &format!("{COMMAND_VAR}={}", p.cid),
+            (p.started.elapsed().as_millis() / 10) as u64,
+        );
+        match shell.run_script(&script).await? {
+            Ok(out) => out.lines().last().and_then(|l| l.trim().parse().ok()),
+            Err(e) => {
+                tracing::warn!("signalling a timed-out command failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// Stops a timed-out command (the recovery ladder, in this order):
+    /// 1. SIGINT, then SIGTERM, then SIGKILL to what the command started,
+    ///    never typing into the terminal while a program of it may read
+    ///    there. The shell carries on after its child ended and prints the
+    ///    command's own sentinel: the session is back, state kept.
+    /// 2. Once nothing of the command runs and no sentinel came (an
+    ///    interactive shell drops the rest of a line whose child died of
+    ///    SIGINT; or the shell itself was busy: `read`, a loop), the shell
+    ///    owns the terminal: Ctrl-C, and a fresh sentinel typed.
+    /// 3. If the shell does not answer that, kill everything it started and
+    ///    start a new one (`restarted`).
+    async fn recover_from_timeout(&mut self, p: &mut Pending, result: &mut RunResult) {
+        let grace = self.config.interrupt_grace;
+        for (signal, wait) in [("INT", grace), ("TERM", grace / 2), ("KILL", grace / 2)] {
+            match self.signal_command(p, signal).await {
+                Some(0) | None => break,
+                Some(_) => {}
+            }
+            let until = Instant::now() + wait;
+            loop {
+                let slice = (Instant::now() + Duration::from_millis(250)).min(until);
+                let shell = self.shell.as_deref().expect("shell present");
+                let Pending {
+                    scanner, collector, ..
+                } = p;
+                let o = pump(shell, None, Some(slice), None, &mut true, &mut |b| {
+                    let scan = scanner.push(b);
+                    collector.push(&scan.output);
+                    scan.sentinel
+                })
+                .await;
+                match o {
+                    Outcome::Sentinel(s) => {
+                        // The command ended under our signal: still a timeout.
+                        self.xtrace = s.xtrace();
+                        self.prompts = s.prompts;
+                        self.cwd = s.cwd;
+                        self.kill_rest(p, result).await;
+                        return;
+                    }
+                    Outcome::Exited(status) => {
+                        let started = p.scanner.started();
+                        return self.after_death(status, started, result).await;
+                    }
+                    Outcome::Lost(msg) => return self.after_loss(msg, result).await,
+                    Outcome::WriteFailed(e) => return self.after_loss(e.to_string(), result).await,
+                    Outcome::Deadline | Outcome::Yield => {}
+                }
+                if Instant::now() >= until || self.signal_command(p, "0").await == Some(0) {
+                    break;
+                }
+            }
+        }
+        self.resync(p, result).await;
+    }
+
+    /// KILLs whatever of the command is still running (a background job it
+    /// started, a forked subshell); says so in `error` if that failed.
+    async fn kill_rest(&mut self, p: &Pending, result: &mut RunResult) {
+        if self.signal_command(p, "KILL").await.is_some() {
+            return;
+        }
+        // No script: at least what carries the command's id.
+        let shell = self.shell.as_deref().expect("shell present");
+        let entry = format!("{COMMAND_VAR}={}", p.cid);
+        if let Err(e) = shell.kill_matching(&entry).await {
+            tracing::warn!("cleanup after timeout failed: {e}");
+            result.error = Some(format!("what the command started could not be killed: {e}"));
+        }
+    }
+
     /// Ctrl-C, then wait for a fresh sentinel; if the shell does not answer,
     /// kill everything it started and restart it.
-    async fn recover_from_timeout(
-        &mut self,
-        old: &mut SentinelScanner,
-        collector: &mut Collector,
-        cid: &str,
-        result: &mut RunResult,
-    ) {
+    async fn resync(&mut self, p: &mut Pending, result: &mut RunResult) {
         let shell = self.shell.as_deref().expect("shell present");
         let nonce = protocol::nonce();
         let mut fresh = SentinelScanner::new(&nonce);
-        let resync = format!("{}\n", protocol::sentinel_source(&nonce, "130"));
+        // A leading blank: dash's interrupted `read` may still take one byte.
+        let resync = format!(" {}\n", protocol::sentinel_source(&nonce, "130"));
+        let Pending {
+            scanner: old,
+            collector,
+            ..
+        } = p;
+        let grace = self.config.interrupt_grace;
         let outcome = match shell.interrupt().await {
             Err(e) => Outcome::WriteFailed(e),
             Ok(()) => {
-                let deadline = Instant::now() + self.config.interrupt_grace;
+                let deadline = Instant::now() + grace;
                 let mut finished_late = None;
-                let o = pump(
-                    shell,
-                    Some(resync.as_bytes()),
-                    Some(deadline),
-                    None,
-                    &mut false,
-                    &mut |b| {
-                        // The command may still print its own sentinel (it ended
-                        // just as we interrupted); what precedes the fresh one is
-                        // still this command's output.
-                        let first = if old.is_done() {
-                            crate::protocol::Scan {
-                                output: b.to_vec(),
-                                sentinel: None,
-                            }
-                        } else {
-                            old.push(b)
-                        };
-                        if let Some(s) = first.sentinel {
-                            finished_late = Some(s);
-                            let mut bytes = first.output;
-                            bytes.extend(old.take_after());
-                            let scan = fresh.push(&bytes);
-                            collector.push(&scan.output);
-                            return scan.sentinel;
+                let mut feed = |b: &[u8]| {
+                    // The command may still print its own sentinel (it ended
+                    // just as we interrupted); what precedes the fresh one is
+                    // still this command's output.
+                    let first = if old.is_done() {
+                        crate::protocol::Scan {
+                            output: b.to_vec(),
+                            sentinel: None,
                         }
-                        let scan = fresh.push(&first.output);
+                    } else {
+                        old.push(b)
+                    };
+                    if let Some(s) = first.sentinel {
+                        finished_late = Some(s);
+                        let mut bytes = first.output;
+                        bytes.extend(old.take_after());
+                        let scan = fresh.push(&bytes);
                         collector.push(&scan.output);
-                        scan.sentinel
-                    },
-                )
-                .await;
+                        return scan.sentinel;
+                    }
+                    let scan = fresh.push(&first.output);
+                    collector.push(&scan.output);
+                    scan.sentinel
+                };
+                // Let the shell take the Ctrl-C first: bash and busybox drop
+                // input typed along with it.
+                let soon = |ms| Some((Instant::now() + Duration::from_millis(ms)).min(deadline));
+                let mut o = pump(shell, None, soon(150), None, &mut true, &mut feed).await;
+                // Typed again if it was dropped anyway (a slow shell); a late
+                // copy's sentinel falls before the next command's start marker.
+                for _ in 0..3 {
+                    if !matches!(o, Outcome::Deadline) || Instant::now() >= deadline {
+                        break;
+                    }
+                    self.noise_pending = true;
+                    o = pump(
+                        shell,
+                        Some(resync.as_bytes()),
+                        soon(600),
+                        None,
+                        &mut false,
+                        &mut feed,
+                    )
+                    .await;
+                }
                 if let (Outcome::Sentinel(_), Some(s)) = (&o, finished_late) {
                     // It completed after all: report its real status.
                     result.exit_code = Some(s.status);
@@ -850,12 +967,12 @@ impl Session {
                 self.prompts = s.prompts;
                 self.cwd = s.cwd;
                 // Whatever the command left running dies with it.
-                let entry = format!("{COMMAND_VAR}={cid}");
-                if let Err(e) = shell.kill_matching(&entry).await {
-                    tracing::warn!("cleanup after timeout failed: {e}");
-                }
+                self.kill_rest(p, result).await;
             }
-            Outcome::Exited(status) => self.after_death(status, old.started(), result).await,
+            Outcome::Exited(status) => {
+                let started = p.scanner.started();
+                self.after_death(status, started, result).await
+            }
             Outcome::Lost(msg) => self.after_loss(msg, result).await,
             Outcome::WriteFailed(e) => self.after_loss(e.to_string(), result).await,
             Outcome::Deadline | Outcome::Yield => {

@@ -103,7 +103,9 @@ pub fn init_source(nonce: &str) -> Vec<u8> {
     s.push_str("__ek_s=0; [ -n \"$BASH_VERSION\" ] && command eval '__ek_s=1; ");
     s.push_str("compgen -A function >/dev/null 2>&1; [ $? = 1 ] || __ek_s=2; ");
     s.push_str("[ ${#BASH_ALIASES[@]} = 0 ] || __ek_s=2'; ");
-    s.push_str(&protocol::sentinel_source(nonce, "$__ek_s"));
+    // The shell's pid (as the target sees it) rides along: status =
+    // flavour + 10 × `$$` (see `Flavor::from_status`, `pid_from_status`).
+    s.push_str(&protocol::sentinel_source(nonce, "$((__ek_s + 10 * $$))"));
     s.push('\n');
     s.into_bytes()
 }
@@ -120,7 +122,7 @@ pub enum Flavor {
 impl Flavor {
     /// Decodes the status the start-up sentinel reported.
     pub fn from_status(status: i32) -> Self {
-        if status == 1 || status == 2 {
+        if matches!(status % 10, 1 | 2) {
             Flavor::Bash
         } else {
             Flavor::Posix
@@ -131,7 +133,77 @@ impl Flavor {
 /// Whether the start-up sentinel reported a bash that already holds
 /// functions or aliases.
 pub fn holds_code(status: i32) -> bool {
-    status == 2
+    status % 10 == 2
+}
+
+/// The shell's pid on its target, as the start-up sentinel reported it.
+pub fn pid_from_status(status: i32) -> Option<u32> {
+    u32::try_from(status / 10).ok().filter(|&p| p > 1)
+}
+
+/// A busybox-portable script that sends `signal` (a name: `INT`, `TERM`,
+/// `KILL`, or `0` to only count) to what one command started, and prints
+/// how many processes it signalled. Run out of band on the target
+/// ([`crate::ShellProcess::run_script`]).
+///
+/// What the command started: processes whose environment holds
+/// `command_entry` (`EXECKIT_CMD=<id>`: everything it exec'd), and
+/// processes with no `EXECKIT_CMD` at all — forked subshells that never
+/// exec'd carry only the shell's own environment — started since the
+/// command began (`age_cs` centiseconds ago, by the target's own clock)
+/// that descend from the shell or, reparented, still carry `marker_entry`.
+/// A process that carries another command's id, or sits below one or below
+/// an older process, belongs to an earlier command's job and is left
+/// alone; the shell itself never gets a signal. (A subshell an earlier
+/// command forked within the same 10 ms clock tick cannot be told apart.)
+pub fn signal_command_script(
+    signal: &str,
+    shell_pid: u32,
+    marker_entry: &str,
+    command_entry: &str,
+    age_cs: u64,
+) -> String {
+    let sid = protocol::shell_quote(marker_entry);
+    let cid = protocol::shell_quote(command_entry);
+    let cmd_var = crate::session::COMMAND_VAR;
+    format!(
+        r#"sig={signal}; shell={shell_pid}; sid={sid}; cid={cid}; me=$$
+read -r up _ < /proc/uptime
+now=${{up%.*}}${{up#*.}}
+t0=$((now - {age_cs} - 2))
+pids() {{ if printf 'x\000' | grep -qzxF x 2>/dev/null; then
+  for f in $(grep -lsz "$@" /proc/[0-9]*/environ 2>/dev/null); do f=${{f#/proc/}}; printf '%s ' "${{f%/environ}}"; done
+else for d in /proc/[0-9]*; do tr '\000' '\n' < "$d/environ" 2>/dev/null | grep -q "$@" && printf '%s ' "${{d#/proc/}}"; done; fi; }}
+marked=" $(pids -xF "$sid") "; cmdp=" $(pids -xF "$cid") "; anyc=" $(pids '^{cmd_var}=') "
+for d in /proc/[0-9]*; do
+  p=${{d#/proc/}}
+  read -r l < "$d/stat" 2>/dev/null || continue
+  set -- ${{l##*) }}
+  eval "pp_$p=$2 st_$p=${{20}}"
+done
+n=0
+for d in /proc/[0-9]*; do
+  p=${{d#/proc/}}
+  [ "$p" = "$me" ] || [ "$p" = "$shell" ] && continue
+  eval "st=\${{st_$p:-}}"; [ -n "$st" ] || continue
+  hit=
+  case $cmdp in *" $p "*) hit=1;; esac
+  case $anyc in *" $p "*) ;; *) if [ -z "$hit" ] && [ "$st" -ge "$t0" ]; then
+    q=$p
+    while :; do
+      eval "q=\${{pp_$q:-0}}"
+      if [ "$q" = "$shell" ]; then hit=1; break; fi
+      if [ "$q" -le 1 ]; then case $marked in *" $p "*) hit=1;; esac; break; fi
+      case $anyc in *" $q "*) break;; esac
+      eval "qs=\${{st_$q:-0}}"
+      [ "$qs" -ge "$t0" ] || break
+    done
+  fi;; esac
+  [ -n "$hit" ] && kill -s "$sig" "$p" 2>/dev/null && n=$((n + 1))
+done
+echo "$n"
+"#
+    )
 }
 
 /// A busybox-portable script that kills every process whose environment

@@ -355,11 +355,37 @@ impl Engine {
         name: &str,
         entry: &str,
     ) -> Result<Killed, TransportError> {
-        let cmd = vec![
-            "/bin/sh".to_string(),
-            "-c".to_string(),
-            execkit_core::shell::kill_matching_script(entry),
-        ];
+        let script = execkit_core::shell::kill_matching_script(entry);
+        let what = format!("marker cleanup in container {name}");
+        Ok(self.oneshot(container_id, &what, &script).await?.0)
+    }
+
+    /// Runs `script` with `/bin/sh` in the container, out of band, and
+    /// returns its output (at most 64 KiB). A paused container is an error.
+    pub async fn run_script(
+        &self,
+        container_id: &str,
+        name: &str,
+        script: &str,
+    ) -> Result<String, TransportError> {
+        let what = format!("a script in container {name}");
+        match self.oneshot(container_id, &what, script).await? {
+            (Killed::Done, out) => Ok(String::from_utf8_lossy(&out).into_owned()),
+            (Killed::Paused, _) => Err(paused_error(&self.target, name)),
+        }
+    }
+
+    /// A one-shot `/bin/sh -c SCRIPT` exec: waits until it finished and
+    /// returns its output (bounded). A container that stopped or went away
+    /// runs nothing, which counts as done; a paused one is told apart.
+    async fn oneshot(
+        &self,
+        container_id: &str,
+        what: &str,
+        script: &str,
+    ) -> Result<(Killed, Vec<u8>), TransportError> {
+        const MAX_OUTPUT: usize = 64 * 1024;
+        let cmd = vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
         let exec_id = match self
             .create_exec(container_id, cmd, Vec::new(), false, None)
             .await
@@ -368,28 +394,26 @@ impl Engine {
             Err(BollardError::DockerResponseServerError {
                 status_code: 404 | 409,
                 ..
-            }) => return self.why_no_exec(container_id).await,
-            Err(e) => return Err(self.error(&format!("marker cleanup in container {name}"), e)),
+            }) => return Ok((self.why_no_exec(container_id).await?, Vec::new())),
+            Err(e) => return Err(self.error(what, e)),
         };
-        let cleanup = async {
+        let run = async {
             let mut att = self.start_raw(&exec_id, false).await?;
-            // The stream ends when the script does; its output is discarded.
+            // The stream ends when the script does. Without a TTY it is
+            // multiplexed: 8-byte frame headers, kept out of the output.
+            let mut raw = Vec::new();
             let mut buf = [0u8; 4096];
             loop {
                 match att.read.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
+                    Ok(n) if raw.len() < MAX_OUTPUT + 8 * 1024 => raw.extend_from_slice(&buf[..n]),
                     Ok(_) => {}
                 }
             }
-            Ok::<_, TransportError>(())
+            Ok::<_, TransportError>(demux_stdout(&raw, MAX_OUTPUT))
         };
-        let failed = |why: String| {
-            TransportError::io(
-                format!("marker cleanup in container {name}"),
-                io::Error::other(why),
-            )
-        };
-        match tokio::time::timeout(CLEANUP_TIMEOUT, cleanup).await {
+        let failed = |why: String| TransportError::io(what.to_string(), io::Error::other(why));
+        let output = match tokio::time::timeout(CLEANUP_TIMEOUT, run).await {
             Err(_) => {
                 return Err(failed(format!(
                     "did not finish within {} s",
@@ -397,10 +421,10 @@ impl Engine {
                 )))
             }
             Ok(Err(TransportError::Unreachable { reason, .. })) if reason.contains(" 409:") => {
-                return self.why_no_exec(container_id).await
+                return Ok((self.why_no_exec(container_id).await?, Vec::new()))
             }
             Ok(r) => r?,
-        }
+        };
         // The stream can end a moment before the engine records the exit.
         for _ in 0..50 {
             match self.exec_state(&exec_id).await {
@@ -409,18 +433,18 @@ impl Engine {
                     exit_code,
                 }) => {
                     return match exit_code {
-                        Some(0) | None => Ok(Killed::Done),
-                        Some(c) => Err(failed(format!("the kill script exited with code {c}"))),
+                        Some(0) | None => Ok((Killed::Done, output)),
+                        Some(c) => Err(failed(format!("the script exited with code {c}"))),
                     }
                 }
                 Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                 Err(BollardError::DockerResponseServerError {
                     status_code: 404, ..
-                }) => return Ok(Killed::Done),
-                Err(e) => return Err(self.error(&format!("marker cleanup in container {name}"), e)),
+                }) => return Ok((Killed::Done, output)),
+                Err(e) => return Err(self.error(what, e)),
             }
         }
-        Ok(Killed::Done)
+        Ok((Killed::Done, output))
     }
 
     /// The engine refused an exec (404/409): a stopped or removed
@@ -603,4 +627,22 @@ pub(crate) fn one_line(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s.replace('\n', " ")
+}
+
+/// The stdout frames of a multiplexed (non-TTY) attach stream: each frame
+/// is an 8-byte header (stream type, 3 zero bytes, big-endian length) and
+/// its payload. At most `max` bytes are kept; a torn last frame is cut.
+fn demux_stdout(raw: &[u8], max: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while rest.len() >= 8 {
+        let len = u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
+        let end = (8 + len).min(rest.len());
+        if rest[0] == 1 {
+            let take = (end - 8).min(max.saturating_sub(out.len()));
+            out.extend_from_slice(&rest[8..8 + take]);
+        }
+        rest = &rest[end..];
+    }
+    out
 }

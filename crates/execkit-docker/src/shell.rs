@@ -428,6 +428,14 @@ impl ShellProcess for DockerShell {
             .await
     }
 
+    async fn run_script(&self, script: &str) -> Option<Result<String, TransportError>> {
+        Some(
+            self.engine
+                .run_script(&self.container_id, &self.name, script)
+                .await,
+        )
+    }
+
     async fn terminate(&self) -> Result<(), TransportError> {
         if !self.cleaned.swap(true, Ordering::SeqCst) {
             if let Err(e) = self

@@ -2,6 +2,7 @@
 
 use std::fs;
 
+use execkit_core::TransportError;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -55,4 +56,21 @@ pub fn kill_matching(entry: &str, spare: &[i32]) -> usize {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     killed
+}
+
+/// Runs `script` with `/bin/sh` on this host (stdin closed, stderr
+/// discarded, in its own process group so nothing of it outlives a drop)
+/// and returns its stdout.
+pub async fn run_script(script: &str) -> Result<String, TransportError> {
+    let out = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .process_group(0)
+        .output()
+        .await
+        .map_err(|e| TransportError::io("running a script with /bin/sh", e))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

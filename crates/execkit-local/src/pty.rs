@@ -316,6 +316,10 @@ impl ShellProcess for PtyShell {
         Ok(())
     }
 
+    async fn run_script(&self, script: &str) -> Option<Result<String, TransportError>> {
+        Some(crate::procs::run_script(script).await)
+    }
+
     async fn terminate(&self) -> Result<(), TransportError> {
         if self.lock().exit.is_none() {
             let _ = killpg(self.pid, Signal::SIGKILL);

@@ -288,6 +288,20 @@ impl ShellProcess for SshShell {
         self.cleanup(entry).await
     }
 
+    async fn run_script(&self, script: &str) -> Option<Result<String, TransportError>> {
+        let cmd = format!("exec sh -c {}", shell_quote(script));
+        let run = pool::exec(&self.parsed, &self.target, Some(&self.conn), &cmd);
+        Some(match tokio::time::timeout(CLEANUP_TIMEOUT, run).await {
+            Ok(Ok(out)) => Ok(String::from_utf8_lossy(&out.output).into_owned()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(TransportError::Lost(format!(
+                "a script on {} did not finish within {} s",
+                self.conn.label,
+                CLEANUP_TIMEOUT.as_secs()
+            ))),
+        })
+    }
+
     async fn terminate(&self) -> Result<(), TransportError> {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());

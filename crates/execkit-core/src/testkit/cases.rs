@@ -64,7 +64,7 @@ pub(super) fn all() -> Vec<Case> {
     ]
 }
 
-fn proc_fs(c: &Capabilities) -> Option<&'static str> {
+pub(super) fn proc_fs(c: &Capabilities) -> Option<&'static str> {
     (!c.proc_fs).then_some("/proc on the target")
 }
 
@@ -278,9 +278,15 @@ async fn timeout_interrupts_and_keeps_session(ctx: Ctx) -> anyhow::Result<()> {
 async fn timeout_escalates_when_sigint_ignored(ctx: Ctx) -> anyhow::Result<()> {
     let mut s = ctx.open().await?;
     let t = Instant::now();
+    ok(&mut s, "export EK_KEEP=kept").await?;
     let r = run(&mut s, "trap '' INT; sleep 60", 1).await?;
     let took = t.elapsed();
-    ensure!(r.timed_out && r.restarted && r.exit_code.is_none(), "{r:?}");
+    // SIGTERM ends `sleep`; the shell carries on: no restart, state kept.
+    ensure!(
+        r.timed_out && !r.restarted && r.exit_code.is_none(),
+        "{r:?}"
+    );
+    ensure!(ok(&mut s, "echo $EK_KEEP").await? == "kept");
     // Bounded well below the 60 s the command would take: no hang.
     ensure!(took < Duration::from_secs(30), "took {took:?}");
     let pid = shell_pid(&mut s).await?;

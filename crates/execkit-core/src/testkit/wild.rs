@@ -1,7 +1,7 @@
 //! Cases from agent workflows in the wild: what venvs, prompts, tracing
 //! and traps do to a shell, and results must not show.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::ensure;
 
@@ -16,6 +16,9 @@ pub(super) fn all() -> Vec<Case> {
         case!(debug_trap_fires_as_at_a_terminal),
         case!(idle_logout_is_not_a_success),
         case!(long_input_lines_are_refused),
+        case!(timeout_never_types_into_the_program, super::cases::proc_fs),
+        case!(timeout_of_a_builtin_read_keeps_state),
+        case!(timeout_kills_forked_subshells, super::cases::proc_fs),
     ]
 }
 
@@ -180,6 +183,91 @@ async fn long_input_lines_are_refused(ctx: Ctx) -> anyhow::Result<()> {
     s.send_input(&format!("{}\n", "z".repeat(4000))).await?;
     let r = s.poll(Duration::from_secs(10)).await?;
     ensure!(r.output.trim() == "4000" && r.exit_code == Some(0), "{r:?}");
+    s.close().await?;
+    Ok(())
+}
+
+/// A timed-out program that ignores SIGINT and reads its input is stopped
+/// with signals: nothing is typed into it (it could learn a nonce and
+/// forge a result), the shell keeps its state, the next result is clean.
+async fn timeout_never_types_into_the_program(ctx: Ctx) -> anyhow::Result<()> {
+    let mut s = ctx.open().await?;
+    ok(&mut s, "export EK_V=kept; cd /tmp").await?;
+    let t = Instant::now();
+    let r = run(
+        &mut s,
+        "sh -c 'trap \"\" INT; while read -r l; do echo \"got:$l\"; done'",
+        1,
+    )
+    .await?;
+    clean_of_machinery(&r)?;
+    ensure!(
+        r.timed_out && r.exit_code.is_none() && !r.restarted,
+        "{r:?}"
+    );
+    ensure!(
+        !r.output.contains("got:"),
+        "input was typed into the program: {r:?}"
+    );
+    ensure!(r.cwd == "/tmp", "{r:?}");
+    ensure!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
+    expect(&mut s, "echo $EK_V; pwd", "kept\n/tmp").await?;
+    let pid: u32 = ok(&mut s, "echo $$").await?.parse()?;
+    let left = ctx.leaked(s.marker(), &[pid]).await?;
+    ensure!(left.is_empty(), "left running: {left:?}");
+    s.close().await?;
+    Ok(())
+}
+
+/// `read` is the shell itself waiting on the terminal: a timeout stops
+/// it (the shell owns the terminal, so Ctrl-C and a fresh sentinel are
+/// safe), and nothing is lost — on every shell.
+async fn timeout_of_a_builtin_read_keeps_state(ctx: Ctx) -> anyhow::Result<()> {
+    let mut s = ctx.open().await?;
+    ok(&mut s, "export K=1").await?;
+    let r = run(&mut s, "read x", 1).await?;
+    clean_of_machinery(&r)?;
+    ensure!(r.timed_out && !r.restarted, "{r:?}");
+    expect(&mut s, "echo ${K:-lost}", "1").await?;
+    let r = run(&mut s, "while :; do :; done", 1).await?;
+    ensure!(r.timed_out && !r.restarted, "{r:?}");
+    expect(&mut s, "echo ${K:-lost}", "1").await?;
+    s.close().await?;
+    Ok(())
+}
+
+/// A forked subshell never exec's, so it carries no per-command marker;
+/// a timeout still kills it (and what it starts), while a job an earlier
+/// command left running on purpose lives on.
+async fn timeout_kills_forked_subshells(ctx: Ctx) -> anyhow::Result<()> {
+    let mut s = ctx.open().await?;
+    let pid: u32 = ok(&mut s, "echo $$").await?.parse()?;
+    ok(&mut s, "sleep 300 >/dev/null 2>&1 &").await?;
+    let r = run(
+        &mut s,
+        "(while :; do sleep 1; echo tick; done) & sleep 66",
+        2,
+    )
+    .await?;
+    ensure!(r.timed_out, "{r:?}");
+    let left = ctx.leaked(s.marker(), &[pid]).await?;
+    let cmds: Vec<&str> = left.iter().map(|(_, c)| c.as_str()).collect();
+    ensure!(
+        !cmds
+            .iter()
+            .any(|c| c.contains("66") || c.contains("sleep 1")),
+        "the timed-out command's processes survived: {left:?}"
+    );
+    ensure!(
+        left.iter().all(|(_, c)| c.contains("300")) && !left.is_empty(),
+        "the earlier job should live, nothing else: {left:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    expect(&mut s, "echo quiet", "quiet").await?;
     s.close().await?;
     Ok(())
 }
