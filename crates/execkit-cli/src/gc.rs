@@ -29,6 +29,9 @@ pub fn main(args: GcArgs) -> ExitCode {
         Err(code) => return code,
     };
     let report = rt.block_on(sessions::gc());
+    // An attempt that timed out may still hold a blocking thread (a
+    // connect to a stalled host): it must not hold the exit up.
+    rt.shutdown_background();
     for rec in &report.cleaned {
         println!(
             "cleaned session {} on {} (owner pid {} is gone)",
