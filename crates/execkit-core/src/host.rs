@@ -163,6 +163,9 @@ struct Handle {
     tx: mpsc::Sender<Req>,
     kill: Arc<Notify>,
     done: watch::Receiver<Option<Result<(), String>>>,
+    /// Set by [`Host::shutdown`] for local sessions: the actor hands its
+    /// session over instead of closing it (one sweep kills them all).
+    hand_over: Arc<Mutex<Option<mpsc::UnboundedSender<Session>>>>,
 }
 
 impl Handle {
@@ -334,6 +337,7 @@ impl Host {
         let (tx, rx) = mpsc::channel(16);
         let kill = Arc::new(Notify::new());
         let (done_tx, done) = watch::channel(None);
+        let hand_over = Arc::new(Mutex::new(None));
         let refused = {
             let mut map = self.lock();
             if self.closing.load(Ordering::SeqCst) {
@@ -348,6 +352,7 @@ impl Host {
                         tx,
                         kill: kill.clone(),
                         done,
+                        hand_over: hand_over.clone(),
                     },
                 );
                 None
@@ -384,6 +389,12 @@ impl Host {
             }
             if ended {
                 tracing::info!(session = %id, "closing idle session");
+            }
+            let to = hand_over.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(to) = to {
+                let _ = to.send(session);
+                let _ = done_tx.send(Some(Ok(())));
+                return;
             }
             let outcome = close_session(session, &slots).await;
             let _ = done_tx.send(Some(outcome));
@@ -455,16 +466,48 @@ impl Host {
     }
 
     /// Closes every session (running commands are killed, not waited for)
-    /// and refuses new ones. Sessions close in parallel, at most
-    /// [`CLOSE_CONCURRENCY`] at a time.
+    /// and refuses new ones; for a process about to exit. Sessions on other
+    /// targets close in parallel, at most [`CLOSE_CONCURRENCY`] at a time.
+    /// Local sessions are not closed one by one (each close scans `/proc`:
+    /// thousands of them took minutes): their actors stop, one sweep of
+    /// `/proc` kills every process carrying any of their markers, their
+    /// records are removed, and what is left of them (descriptors of dead
+    /// shells) is let go with the process.
     pub async fn shutdown(&self) {
         self.closing.store(true, Ordering::SeqCst);
         let all: Vec<Handle> = self.lock().drain().map(|(_, h)| h).collect();
+        let (to, mut handed) = mpsc::unbounded_channel();
         for h in &all {
+            if is_local(&h.info.target) {
+                *h.hand_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(to.clone());
+            }
             h.kill.notify_one();
         }
+        drop(to);
         for h in all {
             let _ = h.close().await;
+        }
+        let mut local = Vec::new();
+        while let Ok(s) = handed.try_recv() {
+            local.push(s);
+        }
+        if local.is_empty() {
+            return;
+        }
+        let markers: Vec<String> = local.iter().map(|s| s.marker().to_string()).collect();
+        let swept = tokio::task::spawn_blocking(move || {
+            crate::sessions::kill_marked_here(&markers);
+            markers
+        })
+        .await;
+        if let Ok(markers) = swept {
+            for m in &markers {
+                crate::sessions::remove_record(m);
+            }
+            for s in local {
+                // Its shell is dead; dropping it would scan `/proc` again.
+                std::mem::forget(s);
+            }
         }
     }
 }
@@ -828,6 +871,11 @@ fn deliver(unread: &mut Option<Unread>, fresh: Option<RunResult>) -> Option<RunR
     delta.push(&result.output);
     result.output = delta.finish().text;
     Some(result)
+}
+
+/// Whether `target` is this host (the `local` transport).
+fn is_local(target: &str) -> bool {
+    target == "local" || target.starts_with("local:")
 }
 
 /// Session names travel in CLI arguments, journal lines and messages: a
