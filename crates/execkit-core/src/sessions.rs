@@ -301,10 +301,11 @@ pub async fn gc_in(dir: &Path) -> GcReport {
     gc_with(dir, GcOptions::default()).await
 }
 
-/// Takes the gc lock of `dir` without waiting; `None` if another gc holds
-/// it (or there is no directory, so nothing to do).
-fn lock(dir: &Path) -> Option<std::fs::File> {
-    let f = std::fs::OpenOptions::new()
+/// Takes the gc lock of `dir` without waiting: `None` if another gc holds
+/// it. A lock file that cannot be opened (a read-only directory) does not
+/// stop the gc: `Some(None)`, it goes on unlocked.
+fn lock(dir: &Path) -> Option<Option<std::fs::File>> {
+    let Ok(f) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -312,11 +313,13 @@ fn lock(dir: &Path) -> Option<std::fs::File> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(dir.join(LOCK_FILE))
-        .ok()?;
+    else {
+        return Some(None);
+    };
     use std::os::fd::AsRawFd;
     // SAFETY: flock on a descriptor we own.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    (r == 0).then_some(f)
+    (r == 0).then_some(Some(f))
 }
 
 /// The back-off after `failures` failed attempts.
@@ -515,5 +518,115 @@ mod tests {
         // Kept for a later try.
         assert_eq!(list_in(&dir).len(), 2);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 13 item 10: one failed attempt per target per gc, the attempt
+    /// recorded for back-off, which the background gc respects.
+    #[tokio::test]
+    async fn gc_tries_a_failing_target_once_and_backs_off() {
+        let dir = scratch("backoff");
+        for m in ["b1", "b2", "b3"] {
+            let rec = SessionRecord {
+                marker: m.into(),
+                owner_pid: u32::MAX - 1,
+                ..SessionRecord::new(m, "nosuchscheme:x")
+            };
+            write_record_in(&dir, &rec).unwrap();
+        }
+        let r = gc_in(&dir).await;
+        assert_eq!(r.failed.len(), 3, "{r:?}");
+        let not_tried = r
+            .failed
+            .iter()
+            .filter(|(_, w)| w.starts_with("not tried"))
+            .count();
+        assert_eq!(not_tried, 2, "{r:?}");
+        let tried: Vec<SessionRecord> = list_in(&dir)
+            .into_iter()
+            .map(|(_, rec)| rec)
+            .filter(|rec| rec.failures == 1)
+            .collect();
+        assert_eq!(tried.len(), 1);
+        assert!(tried[0].retry_after >= now_secs() + BACKOFF.as_secs() - 1);
+        // The background gc leaves the backed-off record alone and tries
+        // the others (once, again).
+        let flag = Arc::new(AtomicBool::new(false));
+        let r = gc_with(&dir, GcOptions::background(flag.clone())).await;
+        assert_eq!((r.deferred, r.failed.len()), (1, 2), "{r:?}");
+        assert!(flag.load(Ordering::SeqCst));
+        assert_eq!(backoff(1), BACKOFF);
+        assert_eq!(backoff(2), BACKOFF * 2);
+        assert_eq!(backoff(40), MAX_BACKOFF);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 13 item 12: gcs take turns (the lock), the second does nothing.
+    #[tokio::test]
+    async fn a_second_gc_returns_at_once() {
+        let dir = scratch("lock");
+        let rec = SessionRecord {
+            owner_pid: u32::MAX - 1,
+            ..SessionRecord::new("l1", "nosuchscheme:x")
+        };
+        write_record_in(&dir, &rec).unwrap();
+        let held = lock(&dir).unwrap();
+        assert!(held.is_some());
+        let r = gc_in(&dir).await;
+        assert!(r.busy && r.failed.is_empty(), "{r:?}");
+        drop(held);
+        assert!(!gc_in(&dir).await.busy);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Records are 0600 in a 0700 directory, also one that was looser.
+    #[test]
+    fn records_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("private");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = write_record_in(&dir, &SessionRecord::new("p1", "local")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&dir), mode(&path)), (0o700, 0o600));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// One sweep kills every marked process and its process group (a child
+    /// that cleared its environment included).
+    #[test]
+    fn sweep_kills_marked_processes_and_their_groups() {
+        use std::os::unix::process::CommandExt;
+        let marker = format!("sweep{}", std::process::id());
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "env -i sleep 301 & sleep 300 & wait"])
+            .env(MARKER_VAR, &marker)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id() as i32;
+        // Ready once both sleeps are in the group.
+        let in_group = || {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|d| d.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&p| unsafe { libc::getpgid(p) } == pgid)
+                .count()
+        };
+        let t = std::time::Instant::now();
+        while in_group() < 3 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "sleeps did not start"
+            );
+            std::thread::yield_now();
+        }
+        assert!(kill_marked_here(std::slice::from_ref(&marker)) >= 2);
+        child.wait().unwrap();
+        let t = std::time::Instant::now();
+        while in_group() > 0 {
+            assert!(t.elapsed() < Duration::from_secs(10), "group survived");
+            std::thread::yield_now();
+        }
     }
 }
