@@ -10,7 +10,7 @@
 //! bytes of unfinished requests, `accept` backs off while the process is out
 //! of file descriptors, and at most `--max-sessions` sessions are open.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -141,27 +141,17 @@ fn raise_fd_limit() {
     }
 }
 
-/// Prepares the socket's directory (0700, ours) and clears a stale socket.
+/// Prepares the socket's directory (0700, ours: a looser one is tightened,
+/// one owned by another user or reached through another user's symlink is
+/// refused) and clears a stale socket.
 fn prepare_socket(path: &Path) -> Result<(), String> {
     let dir = path.parent().ok_or("the socket path has no directory")?;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if meta.uid() != proto::nix_uid() {
-        return Err(format!(
-            "{} belongs to another user; refusing to serve there",
+    execkit_core::paths::private_dir(dir).map_err(|e| {
+        format!(
+            "cannot use {} for the socket: {e}; refusing to serve there",
             dir.display()
-        ));
-    }
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot make {} private: {e}", dir.display()))?;
-    }
+        )
+    })?;
     if path.exists() {
         match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => {
