@@ -14,8 +14,9 @@
 //! has [`ATTEMPT_TIMEOUT`], a target whose first cleanup fails is not tried
 //! again in the same gc, and every attempt is written into the record first
 //! (`failures`, `retry_after`), so the background gc of later runs skips a
-//! target that keeps failing (exponential back-off, [`BACKOFF`] doubling up
-//! to [`MAX_BACKOFF`]) even when the run that tried it was cut short.
+//! target (all its records) while one of them is in back-off (exponential,
+//! [`BACKOFF`] doubling up to [`MAX_BACKOFF`]), even when the run that
+//! tried it was cut short.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -344,20 +345,33 @@ pub async fn gc_with(dir: &Path, opts: GcOptions) -> GcReport {
     let now = now_secs();
     let mut owners: HashMap<(u32, u64), bool> = HashMap::new();
     let mut by_target: BTreeMap<String, Vec<(PathBuf, SessionRecord)>> = BTreeMap::new();
+    // Back-off is per target: one record of it in back-off (its last
+    // attempt failed, or was cut short) defers all of them.
+    let mut backing_off = std::collections::HashSet::new();
     for (path, rec) in list_in(dir) {
         let alive = *owners
             .entry((rec.owner_pid, rec.owner_start))
             .or_insert_with(|| rec.owner_alive());
         if alive {
             report.live += 1;
-        } else if opts.respect_backoff && rec.retry_after > now {
-            report.deferred += 1;
-        } else {
-            by_target
-                .entry(rec.target.clone())
-                .or_default()
-                .push((path, rec));
+            continue;
         }
+        if rec.retry_after > now {
+            backing_off.insert(rec.target.clone());
+        }
+        by_target
+            .entry(rec.target.clone())
+            .or_default()
+            .push((path, rec));
+    }
+    if opts.respect_backoff {
+        by_target.retain(|target, recs| {
+            let keep = !backing_off.contains(target);
+            if !keep {
+                report.deferred += recs.len();
+            }
+            keep
+        });
     }
     if by_target.is_empty() {
         return report;
@@ -548,11 +562,20 @@ mod tests {
             .collect();
         assert_eq!(tried.len(), 1);
         assert!(tried[0].retry_after >= now_secs() + BACKOFF.as_secs() - 1);
-        // The background gc leaves the backed-off record alone and tries
-        // the others (once, again).
+        // The background gc leaves the whole target alone while one of its
+        // records is in back-off.
         let flag = Arc::new(AtomicBool::new(false));
         let r = gc_with(&dir, GcOptions::background(flag.clone())).await;
-        assert_eq!((r.deferred, r.failed.len()), (1, 2), "{r:?}");
+        assert_eq!((r.deferred, r.failed.len()), (3, 0), "{r:?}");
+        assert!(!flag.load(Ordering::SeqCst));
+        // Another target is tried meanwhile.
+        let other = SessionRecord {
+            owner_pid: u32::MAX - 1,
+            ..SessionRecord::new("o1", "otherscheme:y")
+        };
+        write_record_in(&dir, &other).unwrap();
+        let r = gc_with(&dir, GcOptions::background(flag.clone())).await;
+        assert_eq!((r.deferred, r.failed.len()), (3, 1), "{r:?}");
         assert!(flag.load(Ordering::SeqCst));
         assert_eq!(backoff(1), BACKOFF);
         assert_eq!(backoff(2), BACKOFF * 2);
