@@ -341,18 +341,25 @@ async fn connection(stream: UnixStream, host: Arc<Host>, me: u32, limits: Arc<Li
             return;
         }
         charge.release();
+        // Only a wait for a command is given up when its client goes: an
+        // open, close or interrupt half done would leave a half state.
+        let waits = matches!(env.request, Request::Run { .. } | Request::Poll { .. });
         let work = handle(&host, env);
         tokio::pin!(work);
-        let resp = tokio::select! {
-            resp = &mut work => resp,
-            gone = hung_up(&mut reader, &write) => {
-                if gone {
-                    // Nobody to answer: dropping the request leaves a
-                    // running command going (its result waits for `poll`).
-                    return;
+        let resp = if waits {
+            tokio::select! {
+                resp = &mut work => resp,
+                gone = hung_up(&mut reader, &write) => {
+                    if gone {
+                        // Nobody to answer: dropping the wait leaves the
+                        // command going (its result waits for `poll`).
+                        return;
+                    }
+                    work.await
                 }
-                work.await
             }
+        } else {
+            work.await
         };
         if send(&mut write, &resp).await.is_err() {
             return;
