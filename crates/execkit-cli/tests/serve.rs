@@ -1145,3 +1145,28 @@ fn background_gc_uses_few_threads() {
     assert!(most <= 12, "exec ran {most} threads");
     assert!(left < 1500, "the background gc cleaned nothing");
 }
+
+/// A command driven in slices (it runs longer than the first one) and
+/// capped returns what a single run returns: head, the elision line with
+/// the whole count and the spool path, and tail — not slices capped one by
+/// one.
+#[test]
+fn a_long_capped_command_reads_as_one_result() {
+    let srv = Server::start("capped");
+    let mut c = Conn::new(&srv.socket);
+    c.call(json!({"op": "open", "name": "c"}));
+    let r = c.call(json!({"op": "run", "session": "c", "command": "sleep 0.5; seq 1 300000"}));
+    let out = r["output"].as_str().unwrap();
+    let path = r["output_path"].as_str().expect("spooled");
+    assert!(out.starts_with("1\n2\n3\n"), "{}", &out[..40]);
+    assert!(
+        out.ends_with("299999\n300000"),
+        "{}",
+        &out[out.len() - 40..]
+    );
+    // 1..300000 with newlines: 1,988,895 characters.
+    let line = format!("of 1988895 characters elided; full output in {path} …]");
+    assert!(out.contains(&line), "no {line:?} in the output");
+    assert_eq!(r["truncated"], true);
+    let _ = std::fs::remove_file(path);
+}

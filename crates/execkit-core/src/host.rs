@@ -546,6 +546,9 @@ async fn close_session(session: Session, slots: &Semaphore) -> Result<(), String
 struct Unread {
     delta: OutputCap,
     done: Option<RunResult>,
+    /// No partial output of this command was handed out: its final result
+    /// is the whole output, not a delta.
+    whole: bool,
 }
 
 /// The command in flight.
@@ -638,7 +641,12 @@ impl Actor {
             .map(|u| u.saturating_duration_since(now))
             .fold(TICK, Duration::min);
         match self.session.poll(wait).await {
-            Ok(r) => self.absorb(r),
+            Ok(r) => {
+                self.absorb(r);
+                if !self.session.is_running() {
+                    self.deliver_final().await;
+                }
+            }
             Err(e) => {
                 // Cannot happen while running; say so to whoever waits.
                 let mut e = Some(HostError::from(e));
@@ -658,6 +666,7 @@ impl Actor {
         self.unread.get_or_insert_with(|| Unread {
             delta: OutputCap::memory_only(limit),
             done: None,
+            whole: true,
         })
     }
 
@@ -676,17 +685,32 @@ impl Actor {
         self.running = None;
         self.last_activity = Instant::now();
         self.unread().done = Some(r);
-        self.deliver_final();
+    }
+
+    /// The finished command's result with its unread output. A command
+    /// driven in slices was capped slice by slice: when nobody saw a part
+    /// of it and it was capped, head and tail come from its spool file
+    /// (what a single `run` returns), not from the capped slices.
+    async fn final_result(&mut self) -> Option<RunResult> {
+        let whole = self.unread.as_ref().is_some_and(|u| u.whole);
+        let mut result = deliver(&mut self.unread, None)?;
+        if let (true, true, Some(path)) = (whole, result.truncated, result.output_path.clone()) {
+            let limit = self.limit;
+            if let Ok(Ok(text)) = tokio::task::spawn_blocking(move || recap(&path, limit)).await {
+                result.output = text;
+            }
+        }
+        Some(result)
     }
 
     /// Hands a finished command's result to every waiter; kept for a later
     /// `poll` if none is left to take it.
-    fn deliver_final(&mut self) {
+    async fn deliver_final(&mut self) {
         self.waiters.retain(|w| !w.tx.is_closed());
         if self.waiters.is_empty() {
             return;
         }
-        let Some(result) = deliver(&mut self.unread, None) else {
+        let Some(result) = self.final_result().await else {
             return;
         };
         let mut taken = false;
@@ -697,6 +721,7 @@ impl Actor {
             self.unread = Some(Unread {
                 delta: OutputCap::memory_only(self.limit),
                 done: Some(result),
+                whole: false,
             });
         }
     }
@@ -749,6 +774,7 @@ impl Actor {
         if let Some(u) = &mut self.unread {
             let delta = std::mem::replace(&mut u.delta, OutputCap::memory_only(limit));
             r.output = delta.finish().text;
+            u.whole = false;
         }
         r.running = true;
         r
@@ -816,7 +842,7 @@ impl Actor {
             }
             Req::Poll(wait, tx) => {
                 if !self.session.is_running() {
-                    let r = match deliver(&mut self.unread, None) {
+                    let r = match self.final_result().await {
                         Some(r) => Ok(r),
                         None => Err(SessionError::Idle.into()),
                     };
@@ -842,7 +868,7 @@ impl Actor {
                         self.running = None;
                         self.last_activity = Instant::now();
                         self.unread().done = Some(r);
-                        let result = deliver(&mut self.unread, None).expect("result");
+                        let result = self.final_result().await.expect("result");
                         for w in self.waiters.drain(..) {
                             let _ = w.tx.send(Ok(result.clone()));
                         }
@@ -855,6 +881,54 @@ impl Actor {
             }
         }
     }
+}
+
+/// Head and tail of the spooled output at `path`, with the elision line
+/// [`OutputCap`] writes (total characters counted over the whole file), the
+/// final newline trimmed as in a result.
+fn recap(path: &std::path::Path, limit: usize) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let limit = limit.max(2);
+    let (head_chars, tail_chars) = (limit / 2, limit - limit / 2);
+    let mut f = std::fs::File::open(path)?;
+    let mut total = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += buf[..n].iter().filter(|&&b| b & 0xC0 != 0x80).count() as u64;
+    }
+    let len = f.metadata()?.len();
+    let span = |chars: usize| (chars as u64 * 4).min(len);
+    f.seek(SeekFrom::Start(0))?;
+    let mut head = vec![0u8; span(head_chars) as usize];
+    f.read_exact(&mut head)?;
+    f.seek(SeekFrom::Start(len - span(tail_chars)))?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail)?;
+    let head = String::from_utf8_lossy(&head);
+    let head: String = head.chars().take(head_chars).collect();
+    // The tail may start inside a character: skip to the next one.
+    let start = tail.iter().position(|&b| b & 0xC0 != 0x80).unwrap_or(0);
+    let tail = String::from_utf8_lossy(&tail[start..]);
+    let skip = tail.chars().count().saturating_sub(tail_chars);
+    let tail: String = tail.chars().skip(skip).collect();
+    let elided = total.saturating_sub((head_chars + tail_chars) as u64);
+    let mut text = head;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "[… {elided} of {total} characters elided; full output in {} …]\n",
+        path.display()
+    ));
+    text.push_str(&tail);
+    if text.ends_with('\n') {
+        text.pop();
+    }
+    Ok(text)
 }
 
 /// Merges unread output into the final result for the client.
