@@ -7,10 +7,12 @@
 
 use std::future::Future;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use execkit_core::sessions::{self, GcReport};
+use execkit_core::sessions::{self, GcOptions, GcReport};
 
 /// How long a command waits at its end for the start-up cleanup.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -38,6 +40,9 @@ pub fn main(args: GcArgs) -> ExitCode {
         Err(code) => return code,
     };
     let report = rt.block_on(sessions::gc());
+    // An attempt that timed out may still hold a blocking thread (a
+    // connect to a stalled host): it must not hold the exit up.
+    rt.shutdown_background();
     for rec in &report.cleaned {
         println!(
             "cleaned session {} on {} (owner pid {} is gone)",
@@ -50,11 +55,15 @@ pub fn main(args: GcArgs) -> ExitCode {
             rec.marker, rec.target
         );
     }
+    if report.busy {
+        println!("gc: another gc is running; sessions left to it");
+    }
     println!(
-        "gc: {} cleaned, {} failed, {} live",
+        "gc: {} cleaned, {} failed, {} live, {} deferred",
         report.cleaned.len(),
         report.failed.len(),
-        report.live
+        report.live,
+        report.deferred
     );
     let pruned = prune_spool(&args);
     let ok = report.failed.is_empty() && pruned;
@@ -112,14 +121,40 @@ fn prune_spool(args: &GcArgs) -> bool {
 /// Runs `work` with a dead-owner cleanup alongside it (so a `kill -9`ed
 /// run leaks nothing for longer than until the next run), then gives the
 /// cleanup a bounded time to finish.
+///
+/// The cleanup runs on a thread of its own with its own small runtime
+/// (two blocking threads at most), which this run never joins: a stalled
+/// target can hold that thread, never the command or the exit. The run
+/// waits up to [`SETTLE`] at its end only while a cleanup attempt is under
+/// way; records of targets that failed before are in back-off and not
+/// tried at all, and a gc already running elsewhere makes this one a no-op.
 pub async fn alongside<F: Future>(work: F) -> F::Output {
-    let gc = tokio::spawn(sessions::gc());
+    let attempting = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let flag = attempting.clone();
+    let spawned = std::thread::Builder::new()
+        .name("execkit-gc".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(2)
+                .build();
+            if let Ok(rt) = rt {
+                let report = rt.block_on(sessions::gc_with(
+                    &sessions::sessions_dir(),
+                    GcOptions::background(flag),
+                ));
+                let _ = tx.send(report);
+                // A cleanup still on a blocking thread is not waited for.
+                rt.shutdown_background();
+            }
+        });
     let out = work.await;
-    match tokio::time::timeout(SETTLE, gc).await {
-        Ok(Ok(report)) => log(&report),
-        Ok(Err(_)) => {}
+    if spawned.is_ok() && attempting.load(Ordering::SeqCst) {
         // A slow target must not hold every run up; `execkit gc` finishes it.
-        Err(_) => {}
+        if let Ok(Ok(report)) = tokio::time::timeout(SETTLE, rx).await {
+            log(&report);
+        }
     }
     out
 }

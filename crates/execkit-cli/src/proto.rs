@@ -9,6 +9,25 @@ use serde_json::Value;
 /// Longest request line accepted (a 1 MB command, quoted, fits easily).
 pub const MAX_REQUEST: usize = 8 * 1024 * 1024;
 
+/// Longest duration a request may carry (`timeout_secs`, `yield_after_secs`,
+/// `wait_secs`): a year.
+pub const MAX_SECS: f64 = 365.0 * 86_400.0;
+
+/// A request's number of seconds as a duration: `None` when absent or 0;
+/// an error naming the field for anything negative, not finite, or over
+/// [`MAX_SECS`] (a huge value must be a refused request, not a panic).
+pub fn seconds(field: &str, v: Option<f64>) -> Result<Option<std::time::Duration>, String> {
+    match v {
+        None => Ok(None),
+        Some(s) if s.is_finite() && (0.0..=MAX_SECS).contains(&s) => {
+            Ok((s > 0.0).then(|| std::time::Duration::from_secs_f64(s)))
+        }
+        Some(s) => Err(format!(
+            "invalid {field}: {s} (a number of seconds from 0 to {MAX_SECS})"
+        )),
+    }
+}
+
 /// A request from a client.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -88,4 +107,24 @@ pub fn default_socket() -> PathBuf {
 pub fn nix_uid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_validated() {
+        assert_eq!(seconds("t", None), Ok(None));
+        assert_eq!(seconds("t", Some(0.0)), Ok(None));
+        assert_eq!(
+            seconds("t", Some(1.5)),
+            Ok(Some(std::time::Duration::from_millis(1500)))
+        );
+        assert!(seconds("t", Some(MAX_SECS)).unwrap().is_some());
+        for bad in [1e300, 99999999999999999999.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = seconds("timeout_secs", Some(bad)).unwrap_err();
+            assert!(e.contains("invalid timeout_secs"), "{e}");
+        }
+    }
 }

@@ -1,11 +1,19 @@
 //! `execkit serve`: the per-user daemon holding named sessions behind a Unix
 //! socket. The directory is 0700, the socket 0600, and every connection's
 //! peer uid is checked (SO_PEERCRED): another user is refused. SIGTERM or
-//! SIGINT closes every session with cleanup.
+//! SIGINT closes every session with cleanup (running commands are killed,
+//! not waited for; a second signal exits at once).
+//!
+//! Bounds: a request line is at most [`MAX_REQUEST`] bytes, an unfinished
+//! one that gets no byte for `--request-timeout` seconds ends its
+//! connection, all connections together buffer at most [`MAX_IN_FLIGHT`]
+//! bytes of unfinished requests, `accept` backs off while the process is out
+//! of file descriptors, and at most `--max-sessions` sessions are open.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +45,13 @@ pub struct ServeArgs {
     /// Characters of output kept per command before capping.
     #[arg(long, default_value_t = 30_000, value_name = "N")]
     pub output_limit: usize,
+    /// Most sessions open at once; `open` beyond it is refused (0: no limit).
+    #[arg(long, default_value_t = execkit_core::host::DEFAULT_MAX_SESSIONS, value_name = "N")]
+    pub max_sessions: usize,
+    /// A connection whose request line stays unfinished (no byte received)
+    /// this many seconds is closed.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub request_timeout: u64,
     #[command(flatten)]
     pub journal: JournalArgs,
 }
@@ -46,7 +61,11 @@ pub fn main(args: ServeArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match rt.block_on(serve(args)) {
+    let outcome = rt.block_on(serve(args));
+    // Connections still open and cleanups still running on blocking
+    // threads must not hold the exit up.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("execkit serve: {e}");
@@ -55,27 +74,84 @@ pub fn main(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// Prepares the socket's directory (0700, ours) and clears a stale socket.
+/// Bytes of unfinished request lines all connections may hold together.
+pub const MAX_IN_FLIGHT: usize = 64 * 1024 * 1024;
+/// How long a shutdown may take before the server exits anyway (whatever
+/// is left is killed by the cleanup on drop, or by `execkit gc` later).
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Limits shared by every connection.
+struct Limits {
+    /// Bytes buffered in unfinished request lines, all connections.
+    in_flight: AtomicUsize,
+    /// Idle time allowed inside an unfinished request line.
+    request_timeout: Duration,
+}
+
+/// One connection's share of [`Limits::in_flight`]; returned on drop.
+struct Charge<'a> {
+    limits: &'a Limits,
+    held: usize,
+}
+
+impl<'a> Charge<'a> {
+    fn new(limits: &'a Limits) -> Self {
+        Charge { limits, held: 0 }
+    }
+
+    /// Holds `len` bytes in all; false when that would pass the global cap.
+    fn hold(&mut self, len: usize) -> bool {
+        if len > self.held {
+            let more = len - self.held;
+            let before = self.limits.in_flight.fetch_add(more, Ordering::SeqCst);
+            if before + more > MAX_IN_FLIGHT {
+                self.limits.in_flight.fetch_sub(more, Ordering::SeqCst);
+                return false;
+            }
+            self.held = len;
+        }
+        true
+    }
+
+    fn release(&mut self) {
+        self.limits.in_flight.fetch_sub(self.held, Ordering::SeqCst);
+        self.held = 0;
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: every session
+/// holds a few descriptors.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Prepares the socket's directory (0700, ours: a looser one is tightened,
+/// one owned by another user or reached through another user's symlink is
+/// refused) and clears a stale socket.
 fn prepare_socket(path: &Path) -> Result<(), String> {
     let dir = path.parent().ok_or("the socket path has no directory")?;
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
-    let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if meta.uid() != proto::nix_uid() {
-        return Err(format!(
-            "{} belongs to another user; refusing to serve there",
+    execkit_core::paths::private_dir(dir).map_err(|e| {
+        format!(
+            "cannot use {} for the socket: {e}; refusing to serve there",
             dir.display()
-        ));
-    }
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| format!("cannot make {} private: {e}", dir.display()))?;
-    }
+        )
+    })?;
     if path.exists() {
         match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => {
@@ -102,7 +178,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.allow_targets = args.allow_target.clone();
     config.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
     config.session = session;
+    config.max_sessions = args.max_sessions;
     let host = Host::new(config, observer);
+    let limits = Arc::new(Limits {
+        in_flight: AtomicUsize::new(0),
+        request_timeout: Duration::from_secs(args.request_timeout.max(1)),
+    });
+    raise_fd_limit();
 
     let listener = UnixListener::bind(&path)
         .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
@@ -118,27 +200,79 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let me = proto::nix_uid();
+    // While out of descriptors, accept waits this long (doubling to 1 s)
+    // instead of failing in a loop.
+    let mut backoff = Duration::ZERO;
     loop {
         tokio::select! {
-            conn = listener.accept() => {
-                let Ok((stream, _)) = conn else { continue };
-                let host = host.clone();
-                tokio::spawn(async move { connection(stream, host, me).await });
+            conn = listener.accept(), if backoff.is_zero() => match conn {
+                Ok((stream, _)) => {
+                    let host = host.clone();
+                    let limits = limits.clone();
+                    tokio::spawn(async move { connection(stream, host, me, limits).await });
+                }
+                Err(e) if out_of_resources(&e) => {
+                    eprintln!("execkit serve: accept: {e}; backing off until descriptors free up");
+                    backoff = Duration::from_millis(10);
+                }
+                Err(_) => {}
+            },
+            _ = tokio::time::sleep(backoff), if !backoff.is_zero() => {
+                match accept_now(&listener) {
+                    Some(Ok(stream)) => {
+                        backoff = Duration::ZERO;
+                        let host = host.clone();
+                        let limits = limits.clone();
+                        tokio::spawn(async move { connection(stream, host, me, limits).await });
+                    }
+                    Some(Err(_)) => backoff = (backoff * 2).min(Duration::from_secs(1)),
+                    None => backoff = Duration::ZERO,
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
+    // New clients are refused from here on instead of queueing.
+    drop(listener);
+    let _ = std::fs::remove_file(&path);
     eprintln!(
         "execkit serve: shutting down, closing {} session(s)",
         host.list().len()
     );
-    host.shutdown().await;
-    let _ = std::fs::remove_file(&path);
+    tokio::select! {
+        _ = host.shutdown() => {}
+        _ = term.recv() => eprintln!("execkit serve: second signal, exiting now"),
+        _ = int.recv() => eprintln!("execkit serve: second signal, exiting now"),
+        _ = tokio::time::sleep(SHUTDOWN_LIMIT) => {
+            eprintln!("execkit serve: sessions still closing after {} s, exiting", SHUTDOWN_LIMIT.as_secs());
+        }
+    }
     Ok(())
 }
 
-async fn connection(stream: UnixStream, host: Arc<Host>, me: u32) {
+/// Whether an accept error means the process or system is out of
+/// descriptors or memory (retrying at once would spin).
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// One non-waiting accept after a back-off: `None` when nobody is
+/// waiting, an error while still out of descriptors.
+fn accept_now(listener: &UnixListener) -> Option<std::io::Result<UnixStream>> {
+    use std::task::{Context, Poll};
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match listener.poll_accept(&mut cx) {
+        Poll::Ready(Ok((s, _))) => Some(Ok(s)),
+        Poll::Ready(Err(e)) if out_of_resources(&e) => Some(Err(e)),
+        Poll::Ready(Err(_)) | Poll::Pending => None,
+    }
+}
+
+async fn connection(stream: UnixStream, host: Arc<Host>, me: u32, limits: Arc<Limits>) {
     let peer = stream.peer_cred().map(|c| c.uid());
     let (read, mut write) = stream.into_split();
     if peer.as_ref().ok() != Some(&me) {
@@ -155,9 +289,15 @@ async fn connection(stream: UnixStream, host: Arc<Host>, me: u32) {
     }
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
+    let mut charge = Charge::new(&limits);
     loop {
         line.clear();
-        match read_line(&mut reader, &mut line).await {
+        if line.capacity() > 64 * 1024 {
+            // A big request is done with: do not keep its buffer.
+            line = Vec::new();
+        }
+        charge.release();
+        match read_line(&mut reader, &mut line, &mut charge).await {
             Ok(false) => return,
             Ok(true) => {}
             Err(e) => {
@@ -195,37 +335,104 @@ async fn connection(stream: UnixStream, host: Arc<Host>, me: u32) {
                 .await
                 .is_ok()
             {
-                relay(&host, reader).await;
+                drop(line);
+                relay(&host, reader, &mut charge).await;
             }
             return;
         }
-        let resp = handle(&host, env).await;
+        charge.release();
+        // Only a wait for a command is given up when its client goes: an
+        // open, close or interrupt half done would leave a half state.
+        let waits = matches!(env.request, Request::Run { .. } | Request::Poll { .. });
+        let work = handle(&host, env);
+        tokio::pin!(work);
+        let resp = if waits {
+            tokio::select! {
+                resp = &mut work => resp,
+                gone = hung_up(&mut reader, &write) => {
+                    if gone {
+                        // Nobody to answer: dropping the wait leaves the
+                        // command going (its result waits for `poll`).
+                        return;
+                    }
+                    work.await
+                }
+            }
+        } else {
+            work.await
+        };
         if send(&mut write, &resp).await.is_err() {
             return;
         }
     }
 }
 
+/// Resolves when the client is gone (true) or has sent more (false) while
+/// a request of its is being served; pending otherwise. A client that only
+/// shut its sending side (`nc -N`) still gets its answer.
+async fn hung_up(
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &tokio::net::unix::OwnedWriteHalf,
+) -> bool {
+    match reader.fill_buf().await {
+        Ok(buf) if !buf.is_empty() => false,
+        Ok(_) => {
+            let stream: &UnixStream = write.as_ref();
+            match stream.ready(tokio::io::Interest::WRITABLE).await {
+                Ok(r) if r.is_write_closed() => true,
+                Ok(_) => std::future::pending().await,
+                Err(_) => true,
+            }
+        }
+        Err(_) => true,
+    }
+}
+
 /// Reads one line (without the newline) up to MAX_REQUEST; false at EOF.
+/// Inside a line, a client silent for the request timeout, or a line that
+/// would take the server past [`MAX_IN_FLIGHT`], is an error.
 async fn read_line(
     reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
     line: &mut Vec<u8>,
+    charge: &mut Charge<'_>,
 ) -> Result<bool, String> {
+    let limit = charge.limits.request_timeout;
     loop {
-        let buf = reader.fill_buf().await.map_err(|e| e.to_string())?;
+        let started = !line.is_empty() || !reader.buffer().is_empty();
+        let buf = if started {
+            match tokio::time::timeout(limit, reader.fill_buf()).await {
+                Ok(r) => r.map_err(|e| e.to_string())?,
+                Err(_) => {
+                    return Err(format!(
+                        "request unfinished after {} s without data; closing the connection",
+                        limit.as_secs()
+                    ))
+                }
+            }
+        } else {
+            reader.fill_buf().await.map_err(|e| e.to_string())?
+        };
         if buf.is_empty() {
             return Ok(!line.is_empty());
         }
-        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
-            line.extend_from_slice(&buf[..i]);
-            reader.consume(i + 1);
-            return Ok(true);
+        let (take, end) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, Some(i + 1)),
+            None => (buf.len(), None),
+        };
+        if line.len() + take > MAX_REQUEST {
+            return Err(format!(
+                "request longer than {MAX_REQUEST} bytes; closing the connection"
+            ));
         }
-        let n = buf.len();
-        line.extend_from_slice(buf);
-        reader.consume(n);
-        if line.len() > MAX_REQUEST {
-            return Err(format!("request longer than {MAX_REQUEST} bytes"));
+        if !charge.hold(line.len() + take) {
+            return Err(format!(
+                "server busy: unfinished requests hold more than {MAX_IN_FLIGHT} bytes; closing the connection"
+            ));
+        }
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(end.unwrap_or(take));
+        if end.is_some() {
+            return Ok(true);
         }
     }
 }
@@ -233,12 +440,17 @@ async fn read_line(
 /// Mirrors the console events a publisher sends (one JSON line each) to
 /// this server's watchers, until it hangs up. A line that is not an event
 /// ends the stream: the publisher is ours (same uid) but confused.
-async fn relay(host: &Host, mut reader: BufReader<tokio::net::unix::OwnedReadHalf>) {
+async fn relay(
+    host: &Host,
+    mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    charge: &mut Charge<'_>,
+) {
     let console = &host.observer().console;
     let mut line = Vec::new();
     loop {
         line.clear();
-        match read_line(&mut reader, &mut line).await {
+        charge.release();
+        match read_line(&mut reader, &mut line, charge).await {
             Ok(true) => {}
             Ok(false) | Err(_) => return,
         }
@@ -271,14 +483,6 @@ async fn watch(host: &Host, write: &mut tokio::net::unix::OwnedWriteHalf) {
     }
 }
 
-fn secs(v: Option<f64>) -> Result<Option<Duration>, String> {
-    match v {
-        None => Ok(None),
-        Some(s) if s.is_finite() && s >= 0.0 => Ok((s > 0.0).then(|| Duration::from_secs_f64(s))),
-        Some(s) => Err(format!("invalid number of seconds: {s}")),
-    }
-}
-
 async fn handle(host: &Arc<Host>, env: Envelope) -> Response {
     let id = env.id;
     let result: Result<Value, String> = async {
@@ -298,15 +502,15 @@ async fn handle(host: &Arc<Host>, env: Envelope) -> Response {
                 yield_after_secs,
             } => {
                 let mut opts = RunOptions::default();
-                opts.timeout = secs(timeout_secs)?;
-                opts.yield_after = secs(yield_after_secs)?;
+                opts.timeout = proto::seconds("timeout_secs", timeout_secs)?;
+                opts.yield_after = proto::seconds("yield_after_secs", yield_after_secs)?;
                 host.run(&session, &command, opts)
                     .await
                     .map(|r| to_value(&r))
                     .map_err(|e| e.to_string())
             }
             Request::Poll { session, wait_secs } => {
-                let wait = secs(wait_secs)?.unwrap_or(Duration::ZERO);
+                let wait = proto::seconds("wait_secs", wait_secs)?.unwrap_or(Duration::ZERO);
                 host.poll(&session, wait)
                     .await
                     .map(|r| to_value(&r))

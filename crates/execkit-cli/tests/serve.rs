@@ -572,3 +572,601 @@ fn exec_and_mcp_are_mirrored_to_the_watchers() {
     let st = mcp.wait().unwrap();
     assert!(st.success(), "mcp exited with {st}");
 }
+
+// ---- issue 13: servers never lock, bounded clean-up, bounded inputs ----
+
+/// Session records (`*.json`) in the server's state dir.
+fn record_count(state: &Path) -> usize {
+    std::fs::read_dir(state.join("execkit/sessions"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits for `child` to exit within `limit`; kills it (by PID) and panics
+/// otherwise.
+fn exits_within(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Conn {
+    /// Sends a request and returns the whole response line.
+    fn raw(&mut self, req: Value) -> Value {
+        let mut line = serde_json::to_vec(&req).unwrap();
+        line.push(b'\n');
+        self.w.write_all(&line).unwrap();
+        self.line()
+    }
+
+    fn timeout(self, d: Duration) -> Self {
+        self.w.set_read_timeout(Some(d)).unwrap();
+        self
+    }
+}
+
+/// Issue 13 item 4: a client killed while its command waits for input
+/// must not wedge the session: the next `run` is refused at once as busy
+/// (naming the command), `poll`, `input` and `interrupt` from other
+/// connections are served while it runs, and `close` wins over a running
+/// command.
+#[test]
+fn a_dead_client_never_wedges_its_session() {
+    let srv = Server::start("wedge");
+    let sock = srv.socket.to_str().unwrap().to_string();
+    let mut watcher = Conn::new(&srv.socket);
+    watcher.call(json!({"op": "watch"}));
+    let mut first = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args([
+            "exec",
+            "--session",
+            "s",
+            "--socket",
+            &sock,
+            "--timeout",
+            "0",
+            "read x; echo got $x",
+        ])
+        .env("XDG_STATE_HOME", srv.dir.join("state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Running once the console shows it.
+    let t = Instant::now();
+    loop {
+        assert!(t.elapsed() < Duration::from_secs(30), "no header");
+        let ev = watcher.line();
+        if ev["kind"] == "header" && ev["command"] == "read x; echo got $x" {
+            break;
+        }
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // A second client: refused at once, never hangs.
+    let mut second = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args([
+            "exec",
+            "--session",
+            "s",
+            "--socket",
+            &sock,
+            "--timeout",
+            "3",
+            "echo after",
+        ])
+        .env("XDG_STATE_HOME", srv.dir.join("state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = exits_within(
+        &mut second,
+        Duration::from_secs(15),
+        "exec on a busy session",
+    );
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!st.success(), "{err}");
+    assert!(
+        err.contains("busy") && err.contains("read x"),
+        "stderr: {err}"
+    );
+
+    // Other connections are served while the command runs.
+    let mut c = Conn::new(&srv.socket).timeout(Duration::from_secs(15));
+    let p = c.call(json!({"op": "poll", "session": "s"}));
+    assert_eq!(p["running"], true, "{p}");
+    let e = c.refused(json!({"op": "run", "session": "s", "command": "echo x"}));
+    assert!(e.contains("busy") && e.contains("running since"), "{e}");
+    // The dead client's command goes on: it can be answered and polled.
+    c.call(json!({"op": "input", "session": "s", "text": "42\n"}));
+    let r = c.call(json!({"op": "poll", "session": "s", "wait_secs": 10}));
+    assert_eq!(
+        (r["running"].clone(), r["exit_code"].clone()),
+        (json!(false), json!(0)),
+        "{r}"
+    );
+    assert!(r["output"].as_str().unwrap().contains("got 42"), "{r}");
+
+    // Interrupt from one connection while another waits on the run.
+    let socket = srv.socket.clone();
+    let waiting = std::thread::spawn(move || {
+        let mut w = Conn::new(&socket).timeout(Duration::from_secs(30));
+        w.raw(json!({"op": "run", "session": "s", "command": "sleep 300"}))
+    });
+    loop {
+        let ev = watcher.line();
+        if ev["kind"] == "header" && ev["command"] == "sleep 300" {
+            break;
+        }
+    }
+    let r = c.call(json!({"op": "interrupt", "session": "s"}));
+    assert_eq!(r["running"], false, "{r}");
+    let waited = waiting.join().unwrap();
+    assert_eq!(waited["ok"], true, "{waited}");
+    assert_eq!(waited["result"]["error"], "interrupted", "{waited}");
+    assert_eq!(
+        c.call(json!({"op": "run", "session": "s", "command": "echo after"}))["output"],
+        "after"
+    );
+
+    // Close wins over a command that runs with no timeout.
+    let marker = c.call(json!({"op": "run", "session": "s", "command": "echo $EXECKIT_SID"}))
+        ["output"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let socket = srv.socket.clone();
+    let blocked = std::thread::spawn(move || {
+        let mut w = Conn::new(&socket).timeout(Duration::from_secs(30));
+        w.raw(json!({"op": "run", "session": "s", "command": "sleep 301"}))
+    });
+    loop {
+        let ev = watcher.line();
+        if ev["kind"] == "header" && ev["command"] == "sleep 301" {
+            break;
+        }
+    }
+    assert_eq!(c.call(json!({"op": "close", "session": "s"})), json!({}));
+    let ended = blocked.join().unwrap();
+    assert_eq!(ended["ok"], false, "{ended}");
+    assert!(marked_here(&marker).is_empty(), "close left processes");
+    assert_eq!(record_count(&srv.dir.join("state")), 0);
+}
+
+/// Issue 13 items 4 and 10: `close` removes the session's record (there
+/// were 51 records for 5 live sessions after 50 open/close); SIGTERM kills
+/// running commands instead of waiting for them, exits within seconds,
+/// and leaves no record behind.
+#[test]
+fn records_follow_sessions_and_sigterm_kills_running_commands() {
+    let mut srv = Server::start("records");
+    let state = srv.dir.join("state");
+    let mut c = Conn::new(&srv.socket);
+    for i in 0..20 {
+        let name = format!("t{i}");
+        c.call(json!({"op": "open", "name": name}));
+        c.call(json!({"op": "close", "session": name}));
+    }
+    let mut markers = Vec::new();
+    for i in 0..3 {
+        let name = format!("live{i}");
+        c.call(json!({"op": "open", "name": name}));
+        let m = c.call(json!({"op": "run", "session": name, "command": "echo $EXECKIT_SID"}));
+        markers.push(m["output"].as_str().unwrap().to_string());
+    }
+    assert_eq!(record_count(&state), 3);
+    // One command waits for its client with no timeout, one waits for input.
+    c.call(json!({"op": "run", "session": "live1", "command": "read x", "yield_after_secs": 0.2}));
+    let socket = srv.socket.clone();
+    let waiting = std::thread::spawn(move || {
+        let mut w = Conn::new(&socket).timeout(Duration::from_secs(60));
+        let mut line =
+            serde_json::to_vec(&json!({"op": "run", "session": "live0", "command": "sleep 300"}))
+                .unwrap();
+        line.push(b'\n');
+        w.w.write_all(&line).unwrap();
+        let mut l = String::new();
+        let _ = w.r.read_line(&mut l);
+        l
+    });
+    // Running once the session says so.
+    let t = Instant::now();
+    while c.raw(json!({"op": "poll", "session": "live0"}))["ok"] != true {
+        assert!(t.elapsed() < Duration::from_secs(20), "sleep 300 never ran");
+    }
+    // SAFETY: signalling our own child by PID.
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) };
+    let st = exits_within(
+        &mut srv.child,
+        Duration::from_secs(15),
+        "serve after SIGTERM",
+    );
+    assert!(st.success(), "{st}");
+    let _ = waiting.join().unwrap();
+    for m in &markers {
+        assert!(marked_here(m).is_empty(), "SIGTERM left processes of {m}");
+    }
+    assert_eq!(
+        record_count(&state),
+        0,
+        "records left after a clean shutdown"
+    );
+}
+
+/// Issue 13 item 5: huge, negative or non-finite durations are refused
+/// requests; they used to panic the connection's task (dropped connection).
+#[test]
+fn huge_durations_are_refused_not_fatal() {
+    let srv = Server::start("huge");
+    let mut c = Conn::new(&srv.socket).timeout(Duration::from_secs(20));
+    c.call(json!({"op": "open", "name": "h"}));
+    for (field, v) in [
+        ("timeout_secs", json!(1e300)),
+        (
+            "timeout_secs",
+            serde_json::from_str::<Value>("99999999999999999999").unwrap(),
+        ),
+        ("timeout_secs", json!(-1)),
+        ("yield_after_secs", json!(1e300)),
+    ] {
+        let mut req = json!({"op": "run", "session": "h", "command": "echo hi"});
+        req[field] = v.clone();
+        let e = c.refused(req);
+        assert!(e.contains(&format!("invalid {field}")), "{field}={v}: {e}");
+    }
+    let e = c.refused(json!({"op": "poll", "session": "h", "wait_secs": 1e300}));
+    assert!(e.contains("invalid wait_secs"), "{e}");
+    // JSON has no NaN: a malformed request, on the same connection.
+    c.w.write_all(b"{\"op\":\"poll\",\"session\":\"h\",\"wait_secs\":NaN}\n")
+        .unwrap();
+    assert_eq!(c.line()["ok"], false);
+    let r = c.call(json!({"op": "run", "session": "h", "command": "echo hi", "timeout_secs": 5}));
+    assert_eq!(r["output"], "hi");
+}
+
+/// Issue 13 item 8: the state dirs are 0700 and session records 0600, even
+/// when the dirs already existed with looser modes.
+#[test]
+fn session_records_and_state_dirs_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = std::env::temp_dir().join(format!("execkit-serve-{}-privstate", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sessions = dir.join("state/execkit/sessions");
+    std::fs::create_dir_all(&sessions).unwrap();
+    std::fs::set_permissions(
+        dir.join("state/execkit"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::set_permissions(&sessions, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = dir.join("run/execkit.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args(["serve", "--no-journal", "--socket"])
+        .arg(&socket)
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while UnixStream::connect(&socket).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = Conn::new(&socket);
+    c.call(json!({"op": "open", "name": "p"}));
+    let records: Vec<PathBuf> = std::fs::read_dir(&sessions)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    let modes = (
+        mode(&dir.join("state/execkit")),
+        mode(&sessions),
+        records.iter().map(|p| mode(p)).collect::<Vec<_>>(),
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(modes, (0o700, 0o700, vec![0o600]));
+}
+
+/// Issue 13 item 12: an unfinished request line is dropped after the
+/// request timeout, unfinished lines of all connections together are
+/// capped, and `--max-sessions` refuses an open beyond it.
+#[test]
+fn unfinished_requests_and_sessions_are_bounded() {
+    let srv = Server::start_with("bounds", &["--request-timeout", "1", "--max-sessions", "2"]);
+    // Idle inside a request line: an error, then the connection ends.
+    let mut idle = Conn::new(&srv.socket).timeout(Duration::from_secs(20));
+    idle.w.write_all(b"{\"op\":").unwrap();
+    let resp = idle.line();
+    assert!(
+        resp["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unfinished"),
+        "{resp}"
+    );
+    let mut rest = String::new();
+    assert_eq!(
+        idle.r.read_line(&mut rest).unwrap(),
+        0,
+        "still open: {rest}"
+    );
+
+    // Twelve 7 MiB unfinished lines pass the 64 MiB in-flight cap.
+    let chunk = vec![b'q'; 7 << 20];
+    let mut conns: Vec<Conn> = Vec::new();
+    for _ in 0..12 {
+        let mut c = Conn::new(&srv.socket).timeout(Duration::from_secs(30));
+        let _ = c.w.write_all(b"{\"op\":\"run\",\"command\":\"");
+        let _ = c.w.write_all(&chunk);
+        conns.push(c);
+    }
+    // Ending each stream makes every connection answer: too much, or a
+    // malformed (cut) request.
+    let mut busy = 0;
+    for c in &mut conns {
+        let _ = c.w.shutdown(std::net::Shutdown::Write);
+        let mut l = String::new();
+        let _ = c.r.read_line(&mut l);
+        busy += usize::from(l.contains("server busy"));
+    }
+    drop(conns);
+    assert!(busy >= 1, "no connection was refused for the in-flight cap");
+
+    let mut c = Conn::new(&srv.socket).timeout(Duration::from_secs(20));
+    assert!(c.call(json!({"op": "ping"}))["pid"].is_u64());
+    c.call(json!({"op": "open", "name": "a"}));
+    c.call(json!({"op": "open", "name": "b"}));
+    let e = c.refused(json!({"op": "open", "name": "c"}));
+    assert!(e.contains("session limit reached"), "{e}");
+    c.call(json!({"op": "close", "session": "a"}));
+    c.call(json!({"op": "open", "name": "c"}));
+}
+
+/// CPU ticks (user + system) a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are indexes 11 and 12 after `)`.
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Issue 13 item 12: out of file descriptors (`ulimit -n` at 64, 80
+/// half-open connections), the accept loop backs off instead of spinning,
+/// and a legitimate `ping` gets in once the unfinished requests time out.
+#[test]
+fn accept_backs_off_when_out_of_descriptors() {
+    use std::os::unix::process::CommandExt;
+    let dir = std::env::temp_dir().join(format!("execkit-serve-{}-emfile", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let socket = dir.join("run/execkit.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_execkit"));
+    cmd.args([
+        "serve",
+        "--no-journal",
+        "--request-timeout",
+        "2",
+        "--socket",
+    ])
+    .arg(&socket)
+    .env("XDG_STATE_HOME", dir.join("state"))
+    .stderr(Stdio::null());
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 64,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let t = Instant::now();
+    while UnixStream::connect(&socket).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = child.id();
+    let (cpu0, wall0) = (cpu_ticks(pid), Instant::now());
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        let mut s = UnixStream::connect(&socket).unwrap();
+        let _ = s.write_all(b"{\"op\":");
+        held.push(s);
+    }
+    let mut c = Conn::new(&socket).timeout(Duration::from_secs(60));
+    let r = c.raw(json!({"op": "ping"}));
+    let (cpu1, wall) = (cpu_ticks(pid), wall0.elapsed());
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(held);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(r["ok"], true, "{r}");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let busy = (cpu1 - cpu0) as f64 / hz / wall.as_secs_f64();
+    assert!(
+        busy < 0.5,
+        "serve used {:.0} % of a CPU while out of descriptors ({wall:?})",
+        busy * 100.0
+    );
+}
+
+/// Issue 13 item 10: stale records pointing at a stalled host (it accepts
+/// TCP but never says a word) must not delay `exec` (its background gc used
+/// to hold every run ~10 s), and `execkit gc` tries that host once, within
+/// its attempt timeout, and records the failure for back-off.
+#[test]
+fn stale_records_of_a_stalled_host_delay_nothing() {
+    let dir = std::env::temp_dir().join(format!("execkit-serve-{}-stalled", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let state = dir.join("state");
+    let sessions = state.join("execkit/sessions");
+    std::fs::create_dir_all(&sessions).unwrap();
+    // Listening, never accepting: the handshake never gets a banner.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stalled.local_addr().unwrap().port();
+    for i in 0..4 {
+        let rec = json!({
+            "marker": format!("stalledmarker{i}"),
+            "target": format!("ssh://nobody@127.0.0.1:{port}"),
+            "owner_pid": u32::MAX - 1,
+            "owner_start": 1,
+            "created": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        });
+        std::fs::write(
+            sessions.join(format!("stalledmarker{i}.json")),
+            rec.to_string(),
+        )
+        .unwrap();
+    }
+    let run = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_execkit"))
+            .args(["exec", "--no-journal", "echo hi"])
+            .env("XDG_STATE_HOME", &state)
+            .env("XDG_RUNTIME_DIR", &dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        let st = exits_within(&mut child, Duration::from_secs(60), "exec");
+        assert!(st.success());
+        t.elapsed()
+    };
+    let t = Instant::now();
+    for _ in 0..3 {
+        run();
+    }
+    let three = t.elapsed();
+    assert!(three < Duration::from_secs(9), "three execs took {three:?}");
+    let t = Instant::now();
+    let mut gc = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .arg("gc")
+        .env("XDG_STATE_HOME", &state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = exits_within(&mut gc, Duration::from_secs(60), "execkit gc");
+    let took = t.elapsed();
+    let out = gc.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!st.success(), "{err}");
+    assert!(took < Duration::from_secs(14), "gc took {took:?}: {err}");
+    assert_eq!(err.matches("cannot clean session").count(), 4, "{err}");
+    assert_eq!(
+        err.matches("not tried").count(),
+        3,
+        "one attempt per host: {err}"
+    );
+    for i in 0..4 {
+        let rec: Value = serde_json::from_slice(
+            &std::fs::read(sessions.join(format!("stalledmarker{i}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert!(rec["failures"].as_u64().unwrap_or(0) <= 2, "{rec}");
+    }
+    drop(stalled);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 13 item 12: a run's background gc with many stale local records
+/// stays on a small, fixed number of threads (it used to take up to 513).
+#[test]
+fn background_gc_uses_few_threads() {
+    let dir = std::env::temp_dir().join(format!("execkit-serve-{}-gcthreads", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let state = dir.join("state");
+    let sessions = state.join("execkit/sessions");
+    std::fs::create_dir_all(&sessions).unwrap();
+    for i in 0..1500 {
+        let rec = json!({
+            "marker": format!("gone{i}"),
+            "target": "local",
+            "owner_pid": u32::MAX - 1,
+            "owner_start": 1,
+            "created": 1,
+        });
+        std::fs::write(sessions.join(format!("gone{i}.json")), rec.to_string()).unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args(["exec", "--no-journal", "sleep 1.5"])
+        .env("XDG_STATE_HOME", &state)
+        .env("XDG_RUNTIME_DIR", &dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut most = 0;
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(t.elapsed() < Duration::from_secs(60), "exec did not end");
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            if let Some(n) = s
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse::<usize>().ok())
+            {
+                most = most.max(n);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let left = record_count(&state);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(most <= 12, "exec ran {most} threads");
+    assert!(left < 1500, "the background gc cleaned nothing");
+}
+
+/// A command driven in slices (it runs longer than the first one) and
+/// capped returns what a single run returns: head, the elision line with
+/// the whole count and the spool path, and tail — not slices capped one by
+/// one.
+#[test]
+fn a_long_capped_command_reads_as_one_result() {
+    let srv = Server::start("capped");
+    let mut c = Conn::new(&srv.socket);
+    c.call(json!({"op": "open", "name": "c"}));
+    let r = c.call(json!({"op": "run", "session": "c", "command": "sleep 0.5; seq 1 300000"}));
+    let out = r["output"].as_str().unwrap();
+    let path = r["output_path"].as_str().expect("spooled");
+    assert!(out.starts_with("1\n2\n3\n"), "{}", &out[..40]);
+    assert!(
+        out.ends_with("299999\n300000"),
+        "{}",
+        &out[out.len() - 40..]
+    );
+    // 1..300000 with newlines: 1,988,895 characters.
+    let line = format!("of 1988895 characters elided; full output in {path} …]");
+    assert!(out.contains(&line), "no {line:?} in the output");
+    assert_eq!(r["truncated"], true);
+    let _ = std::fs::remove_file(path);
+}

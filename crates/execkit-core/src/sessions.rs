@@ -7,18 +7,44 @@
 //!
 //! The owner is identified by pid *and* its start time (field 22 of
 //! `/proc/PID/stat`), so a recycled pid does not keep a dead session alive.
+//!
+//! The directory is private (0700, see [`crate::paths::private_dir`]) and
+//! records are 0600. A gc is bounded: one runs at a time (`.gc.lock`,
+//! `flock`), at most [`GC_CONCURRENCY`] cleanups run at once, each attempt
+//! has [`ATTEMPT_TIMEOUT`], a target whose first cleanup fails is not tried
+//! again in the same gc, and every attempt is written into the record first
+//! (`failures`, `retry_after`), so the background gc of later runs skips a
+//! target (all its records) while one of them is in back-off (exponential,
+//! [`BACKOFF`] doubling up to [`MAX_BACKOFF`]), even when the run that
+//! tried it was cut short.
 
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::shell::MARKER_VAR;
 
-/// How long cleaning one target may take in [`gc`].
-const TARGET_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one cleanup (connect the target, kill by marker) may take.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(8);
+/// Cleanups running at once in one gc.
+pub const GC_CONCURRENCY: usize = 4;
+/// Back-off after a record's first failed cleanup; doubles per failure.
+pub const BACKOFF: Duration = Duration::from_secs(60);
+/// Longest back-off.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
+/// How long one gc may spend on one target before leaving the rest of its
+/// records for a later gc.
+const TARGET_BUDGET: Duration = Duration::from_secs(60);
 /// Records that could not be cleaned for this long are dropped.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The lock file that makes gcs take turns.
+const LOCK_FILE: &str = ".gc.lock";
 
 /// One live (or orphaned) session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +60,13 @@ pub struct SessionRecord {
     pub owner_start: u64,
     /// When the session was opened (seconds since the Unix epoch).
     pub created: u64,
+    /// Cleanup attempts made by gc so far (counted when one starts).
+    #[serde(default)]
+    pub failures: u32,
+    /// A background gc does not try this record before this time (seconds
+    /// since the Unix epoch).
+    #[serde(default)]
+    pub retry_after: u64,
 }
 
 impl SessionRecord {
@@ -45,9 +78,9 @@ impl SessionRecord {
             target: target.to_string(),
             owner_pid: pid,
             owner_start: process_start_time(pid).unwrap_or(0),
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            created: now_secs(),
+            failures: 0,
+            retry_after: 0,
         }
     }
 
@@ -63,6 +96,12 @@ impl SessionRecord {
     pub fn marker_entry(&self) -> String {
         format!("{MARKER_VAR}={}", self.marker)
     }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Start time of `pid` in clock ticks since boot, if it exists.
@@ -90,7 +129,9 @@ fn record_path(dir: &Path, marker: &str) -> PathBuf {
 /// Writes the record of a session of this process (best effort: a
 /// read-only state dir must not stop sessions from working).
 pub(crate) fn write_record(marker: &str, target: &str) {
-    if let Err(e) = write_record_in(&sessions_dir(), &SessionRecord::new(marker, target)) {
+    let written = crate::paths::private_dir(&crate::paths::state_dir())
+        .and_then(|()| write_record_in(&sessions_dir(), &SessionRecord::new(marker, target)));
+    if let Err(e) = written {
         tracing::warn!("cannot record the session on disk: {e}");
     }
 }
@@ -100,13 +141,28 @@ pub(crate) fn remove_record(marker: &str) {
     let _ = std::fs::remove_file(record_path(&sessions_dir(), marker));
 }
 
-/// Writes `rec` into `dir` atomically (temp file, then rename).
+/// Writes `rec` into `dir` atomically (temp file, then rename); the
+/// directory is made private (0700) and the file is 0600.
 pub fn write_record_in(dir: &Path, rec: &SessionRecord) -> std::io::Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
+    crate::paths::private_dir(dir)?;
+    store(dir, rec)
+}
+
+/// Writes `rec` into `dir` (private already): a fresh 0600 temp file,
+/// never through a symlink, then renamed over the record.
+fn store(dir: &Path, rec: &SessionRecord) -> std::io::Result<PathBuf> {
     let path = record_path(dir, &rec.marker);
-    let tmp = dir.join(format!(".{}.tmp", rec.marker));
+    let tmp = dir.join(format!(".{}.{}.tmp", rec.marker, std::process::id()));
     let json = serde_json::to_vec(rec).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, json)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)?;
+    f.write_all(&json)?;
+    drop(f);
     std::fs::rename(&tmp, &path)?;
     Ok(path)
 }
@@ -136,6 +192,62 @@ pub fn list_in(dir: &Path) -> Vec<(PathBuf, SessionRecord)> {
     out
 }
 
+/// SIGKILLs every process on this host whose environment carries one of
+/// `markers` (`EXECKIT_SID`), and their process groups (a child that
+/// cleared its environment stays in its shell's group) — one `/proc` scan
+/// per round for all of them, rounds until none is left (at most 10).
+/// Used when a host shuts down thousands of local sessions at once.
+pub(crate) fn kill_marked_here(markers: &[String]) -> usize {
+    let wanted: std::collections::HashSet<&[u8]> = markers.iter().map(|m| m.as_bytes()).collect();
+    let prefix = format!("{MARKER_VAR}=");
+    let me = std::process::id() as i32;
+    let mut killed = 0;
+    for _ in 0..10 {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return killed;
+        };
+        let mut pids = Vec::new();
+        for d in dir.flatten() {
+            let Some(pid) = d.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Ok(env) = std::fs::read(d.path().join("environ")) else {
+                continue;
+            };
+            let hit = env.split(|&b| b == 0).any(|e| {
+                e.strip_prefix(prefix.as_bytes())
+                    .is_some_and(|v| wanted.contains(v))
+            });
+            if hit {
+                pids.push(pid);
+            }
+        }
+        if pids.is_empty() {
+            break;
+        }
+        // SAFETY: kill/getpgid/killpg take plain integers.
+        unsafe {
+            for &p in &pids {
+                libc::kill(p, libc::SIGSTOP);
+            }
+            for &p in &pids {
+                let pgid = libc::getpgid(p);
+                if pgid > 1 && pgid != libc::getpgrp() {
+                    libc::killpg(pgid, libc::SIGKILL);
+                }
+                if libc::kill(p, libc::SIGKILL) == 0 {
+                    killed += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    killed
+}
+
 /// What a [`gc`] did.
 #[derive(Debug, Default)]
 #[non_exhaustive]
@@ -147,6 +259,33 @@ pub struct GcReport {
     pub failed: Vec<(SessionRecord, String)>,
     /// Sessions whose owner is alive (left alone).
     pub live: usize,
+    /// Orphaned sessions not tried this time (in back-off, or their target
+    /// used up its time in this gc).
+    pub deferred: usize,
+    /// Another gc holds the lock; this one did nothing.
+    pub busy: bool,
+}
+
+/// How a gc goes about its work.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct GcOptions {
+    /// Skip records whose `retry_after` has not come yet (the background
+    /// gc of every run); `execkit gc` tries them anyway.
+    pub respect_backoff: bool,
+    /// Set once the first cleanup attempt starts (the listing is done and
+    /// there is real work).
+    pub attempting: Option<Arc<AtomicBool>>,
+}
+
+impl GcOptions {
+    /// The background gc of a run: records in back-off are skipped.
+    pub fn background(attempting: Arc<AtomicBool>) -> Self {
+        GcOptions {
+            respect_backoff: true,
+            attempting: Some(attempting),
+        }
+    }
 }
 
 /// Cleans the sessions in [`sessions_dir`] whose owner is dead.
@@ -157,41 +296,157 @@ pub async fn gc() -> GcReport {
 /// Cleans the sessions recorded in `dir` whose owner is dead: connects
 /// each target through the registry, kills every process carrying the
 /// marker, and removes the record. A target that cannot be reached keeps
-/// its record (for a week) so a later gc can try again.
+/// its records (for a week) so a later gc can try again. Records in
+/// back-off are tried too (see [`gc_with`]).
 pub async fn gc_in(dir: &Path) -> GcReport {
+    gc_with(dir, GcOptions::default()).await
+}
+
+/// Takes the gc lock of `dir` without waiting: `None` if another gc holds
+/// it. A lock file that cannot be opened (a read-only directory) does not
+/// stop the gc: `Some(None)`, it goes on unlocked.
+fn lock(dir: &Path) -> Option<Option<std::fs::File>> {
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir.join(LOCK_FILE))
+    else {
+        return Some(None);
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    (r == 0).then_some(Some(f))
+}
+
+/// The back-off after `failures` failed attempts.
+fn backoff(failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    BACKOFF.saturating_mul(factor).min(MAX_BACKOFF)
+}
+
+/// [`gc_in`] with options. Bounded: one gc at a time per directory (a
+/// second one returns at once with `busy`), [`GC_CONCURRENCY`] cleanups at
+/// once, [`ATTEMPT_TIMEOUT`] each, one failure per target per gc, and
+/// [`TARGET_BUDGET`] per target.
+pub async fn gc_with(dir: &Path, opts: GcOptions) -> GcReport {
     let mut report = GcReport::default();
-    // Targets are cleaned concurrently: one slow engine must not hold up
-    // the others.
-    let mut tasks = tokio::task::JoinSet::new();
+    if !dir.is_dir() {
+        return report;
+    }
+    let Some(_lock) = lock(dir) else {
+        report.busy = true;
+        return report;
+    };
+    let now = now_secs();
+    let mut owners: HashMap<(u32, u64), bool> = HashMap::new();
+    let mut by_target: BTreeMap<String, Vec<(PathBuf, SessionRecord)>> = BTreeMap::new();
+    // Back-off is per target: one record of it in back-off (its last
+    // attempt failed, or was cut short) defers all of them.
+    let mut backing_off = std::collections::HashSet::new();
     for (path, rec) in list_in(dir) {
-        if rec.owner_alive() {
+        let alive = *owners
+            .entry((rec.owner_pid, rec.owner_start))
+            .or_insert_with(|| rec.owner_alive());
+        if alive {
             report.live += 1;
             continue;
         }
-        tasks.spawn(async move {
-            let result = clean(&rec).await;
-            match &result {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(&path);
-                }
-                Err(_) => {
-                    let age = SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs())
-                        .saturating_sub(rec.created);
-                    if age > GIVE_UP_AFTER.as_secs() {
-                        let _ = std::fs::remove_file(&path);
-                    }
-                }
+        if rec.retry_after > now {
+            backing_off.insert(rec.target.clone());
+        }
+        by_target
+            .entry(rec.target.clone())
+            .or_default()
+            .push((path, rec));
+    }
+    if opts.respect_backoff {
+        by_target.retain(|target, recs| {
+            let keep = !backing_off.contains(target);
+            if !keep {
+                report.deferred += recs.len();
             }
-            (rec, result)
+            keep
         });
+    }
+    if by_target.is_empty() {
+        return report;
+    }
+    if let Some(flag) = &opts.attempting {
+        flag.store(true, Ordering::SeqCst);
+    }
+    // Targets are cleaned concurrently (one slow engine must not hold up
+    // the others), each target's records one after the other.
+    let slots = Arc::new(tokio::sync::Semaphore::new(GC_CONCURRENCY));
+    let dir = dir.to_path_buf();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (target, recs) in by_target {
+        let slots = slots.clone();
+        let dir = dir.clone();
+        tasks.spawn(async move { clean_target(&dir, &target, recs, &slots).await });
     }
     while let Some(done) = tasks.join_next().await {
         match done {
-            Ok((rec, Ok(()))) => report.cleaned.push(rec),
-            Ok((rec, Err(why))) => report.failed.push((rec, why)),
+            Ok(part) => {
+                report.cleaned.extend(part.cleaned);
+                report.failed.extend(part.failed);
+                report.deferred += part.deferred;
+            }
             Err(e) => tracing::warn!("session cleanup task failed: {e}"),
+        }
+    }
+    report
+}
+
+/// Cleans one target's orphaned records in turn; stops at the first
+/// failure (the rest are reported as not tried) or when the target's
+/// budget is spent (the rest are deferred).
+async fn clean_target(
+    dir: &Path,
+    target: &str,
+    recs: Vec<(PathBuf, SessionRecord)>,
+    slots: &tokio::sync::Semaphore,
+) -> GcReport {
+    let mut report = GcReport::default();
+    let started = tokio::time::Instant::now();
+    let mut down: Option<String> = None;
+    for (path, mut rec) in recs {
+        if let Some(why) = &down {
+            report.failed.push((
+                rec,
+                format!("not tried: an earlier cleanup on {target} failed in this gc ({why})"),
+            ));
+            continue;
+        }
+        if started.elapsed() > TARGET_BUDGET {
+            report.deferred += 1;
+            continue;
+        }
+        let Ok(_slot) = slots.acquire().await else {
+            break;
+        };
+        // The attempt is on disk before it starts: a run cut short while
+        // it waits still leaves its back-off behind.
+        rec.failures = rec.failures.saturating_add(1);
+        rec.retry_after = now_secs() + backoff(rec.failures).as_secs();
+        let _ = store(dir, &rec);
+        match clean(&rec).await {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&path);
+                rec.failures -= 1;
+                report.cleaned.push(rec);
+            }
+            Err(why) => {
+                if now_secs().saturating_sub(rec.created) > GIVE_UP_AFTER.as_secs() {
+                    let _ = std::fs::remove_file(&path);
+                }
+                down = Some(why.clone());
+                report.failed.push((rec, why));
+            }
         }
     }
     report
@@ -200,12 +455,17 @@ pub async fn gc_in(dir: &Path) -> GcReport {
 /// Kills the marked processes of one orphaned session on its target.
 async fn clean(rec: &SessionRecord) -> Result<(), String> {
     let transport = crate::registry::connect(&rec.target).map_err(|e| e.to_string())?;
-    match tokio::time::timeout(TARGET_TIMEOUT, transport.kill_matching(&rec.marker_entry())).await {
+    match tokio::time::timeout(
+        ATTEMPT_TIMEOUT,
+        transport.kill_matching(&rec.marker_entry()),
+    )
+    .await
+    {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!(
             "cleanup on {} did not finish within {} s",
             rec.target,
-            TARGET_TIMEOUT.as_secs()
+            ATTEMPT_TIMEOUT.as_secs()
         )),
     }
 }
@@ -272,5 +532,124 @@ mod tests {
         // Kept for a later try.
         assert_eq!(list_in(&dir).len(), 2);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 13 item 10: one failed attempt per target per gc, the attempt
+    /// recorded for back-off, which the background gc respects.
+    #[tokio::test]
+    async fn gc_tries_a_failing_target_once_and_backs_off() {
+        let dir = scratch("backoff");
+        for m in ["b1", "b2", "b3"] {
+            let rec = SessionRecord {
+                marker: m.into(),
+                owner_pid: u32::MAX - 1,
+                ..SessionRecord::new(m, "nosuchscheme:x")
+            };
+            write_record_in(&dir, &rec).unwrap();
+        }
+        let r = gc_in(&dir).await;
+        assert_eq!(r.failed.len(), 3, "{r:?}");
+        let not_tried = r
+            .failed
+            .iter()
+            .filter(|(_, w)| w.starts_with("not tried"))
+            .count();
+        assert_eq!(not_tried, 2, "{r:?}");
+        let tried: Vec<SessionRecord> = list_in(&dir)
+            .into_iter()
+            .map(|(_, rec)| rec)
+            .filter(|rec| rec.failures == 1)
+            .collect();
+        assert_eq!(tried.len(), 1);
+        assert!(tried[0].retry_after >= now_secs() + BACKOFF.as_secs() - 1);
+        // The background gc leaves the whole target alone while one of its
+        // records is in back-off.
+        let flag = Arc::new(AtomicBool::new(false));
+        let r = gc_with(&dir, GcOptions::background(flag.clone())).await;
+        assert_eq!((r.deferred, r.failed.len()), (3, 0), "{r:?}");
+        assert!(!flag.load(Ordering::SeqCst));
+        // Another target is tried meanwhile.
+        let other = SessionRecord {
+            owner_pid: u32::MAX - 1,
+            ..SessionRecord::new("o1", "otherscheme:y")
+        };
+        write_record_in(&dir, &other).unwrap();
+        let r = gc_with(&dir, GcOptions::background(flag.clone())).await;
+        assert_eq!((r.deferred, r.failed.len()), (3, 1), "{r:?}");
+        assert!(flag.load(Ordering::SeqCst));
+        assert_eq!(backoff(1), BACKOFF);
+        assert_eq!(backoff(2), BACKOFF * 2);
+        assert_eq!(backoff(40), MAX_BACKOFF);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 13 item 12: gcs take turns (the lock), the second does nothing.
+    #[tokio::test]
+    async fn a_second_gc_returns_at_once() {
+        let dir = scratch("lock");
+        let rec = SessionRecord {
+            owner_pid: u32::MAX - 1,
+            ..SessionRecord::new("l1", "nosuchscheme:x")
+        };
+        write_record_in(&dir, &rec).unwrap();
+        let held = lock(&dir).unwrap();
+        assert!(held.is_some());
+        let r = gc_in(&dir).await;
+        assert!(r.busy && r.failed.is_empty(), "{r:?}");
+        drop(held);
+        assert!(!gc_in(&dir).await.busy);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Records are 0600 in a 0700 directory, also one that was looser.
+    #[test]
+    fn records_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("private");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let path = write_record_in(&dir, &SessionRecord::new("p1", "local")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&dir), mode(&path)), (0o700, 0o600));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// One sweep kills every marked process and its process group (a child
+    /// that cleared its environment included).
+    #[test]
+    fn sweep_kills_marked_processes_and_their_groups() {
+        use std::os::unix::process::CommandExt;
+        let marker = format!("sweep{}", std::process::id());
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "env -i sleep 301 & sleep 300 & wait"])
+            .env(MARKER_VAR, &marker)
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id() as i32;
+        // Ready once both sleeps are in the group.
+        let in_group = || {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|d| d.file_name().to_str()?.parse::<i32>().ok())
+                .filter(|&p| unsafe { libc::getpgid(p) } == pgid)
+                .count()
+        };
+        let t = std::time::Instant::now();
+        while in_group() < 3 {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "sleeps did not start"
+            );
+            std::thread::yield_now();
+        }
+        assert!(kill_marked_here(std::slice::from_ref(&marker)) >= 2);
+        child.wait().unwrap();
+        let t = std::time::Instant::now();
+        while in_group() > 0 {
+            assert!(t.elapsed() < Duration::from_secs(10), "group survived");
+            std::thread::yield_now();
+        }
     }
 }
