@@ -6,7 +6,6 @@
 //! daemon we started.
 
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -156,10 +155,6 @@ fn ensure_packages() -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Starts our own dockerd; returns its Unix and TCP hosts.
 fn start_daemon(started: &mut Started) -> Result<String> {
     let dir = std::env::temp_dir().join(format!("execkit-dockerd-{}", std::process::id()));
@@ -167,7 +162,7 @@ fn start_daemon(started: &mut Started) -> Result<String> {
     std::fs::create_dir_all(&dir)?;
     started.dir = Some(dir.clone());
     let sock = dir.join("docker.sock");
-    let port = free_port()?;
+    let port = crate::daemon_port()?;
     let host = format!("unix://{}", sock.display());
     let tcp = format!("127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join("dockerd.log"))?;

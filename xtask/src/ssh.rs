@@ -2,7 +2,7 @@
 //! loopback port with freshly generated host and user keys, its own config,
 //! pidfile and known_hosts. Stopped by PID after the tests.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,11 +69,6 @@ fn keygen(path: &Path, kind: &str, comment: &str) -> Result<()> {
         cmd.args(["-b", "2048"]);
     }
     run(&mut cmd)
-}
-
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
-    Ok(l.local_addr()?.port())
 }
 
 fn user_name() -> Result<String> {
@@ -200,7 +195,7 @@ pub(crate) fn provision(out_dir: &Path) -> Result<Provision> {
     }
     std::fs::write(dir.join("authorized_keys"), authorized)?;
 
-    let port = free_port()?;
+    let port = crate::daemon_port()?;
     let pidfile = dir.join("sshd.pid");
     let config = dir.join("sshd_config");
     std::fs::write(&config, sshd_config(&dir, port, &pidfile))?;

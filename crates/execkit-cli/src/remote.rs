@@ -75,6 +75,8 @@ pub async fn exec(
                     ClientError::Refused(m) if m.contains("NUL") || m.contains("empty") => {
                         crate::EXIT_USAGE
                     }
+                    // Another client's command runs there: try again later.
+                    ClientError::Refused(m) if m.contains("is busy") => EXIT_RUNNING,
                     _ => EXIT_UNREACHABLE,
                 });
             }

@@ -154,11 +154,10 @@ fn connection_faults_exit_69_with_one_line() {
     let key = e.dir.join("user_ed25519");
     let known = e.dir.join("known_hosts");
 
-    // Nothing listens on a port we bound and closed.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    // Nothing listens on a port bound but never listening, and nothing
+    // else can take it while the test runs.
+    let reserved = execkit_core::testkit::ReservedPort::new();
+    let closed = reserved.port;
     let url = e.url_with("127.0.0.1", closed, &key, &known);
     assert_unavailable(&["exec", "--target", &url, "true"], "connection refused");
 

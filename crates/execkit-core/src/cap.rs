@@ -333,7 +333,13 @@ fn spool_failure(path: &Option<PathBuf>, e: &std::io::Error) -> String {
 /// for the result, naming what could not be created.
 fn open_spool(path: &Path) -> Result<File, String> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        // Created private (0700) when missing; an existing directory (it may
+        // be one the user chose and shares) is left as it is.
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|e| {
             format!(
                 "cannot create the spool directory {}: {e}; {NOT_KEPT}",
                 dir.display()

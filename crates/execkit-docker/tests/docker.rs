@@ -687,11 +687,9 @@ async fn unknown_container_is_unreachable(_env: Env) -> anyhow::Result<()> {
 }
 
 async fn unreachable_engine_is_unreachable(env: Env) -> anyhow::Result<()> {
-    // A loopback port nothing listens on.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
+    // A loopback port nothing listens on, kept ours for the whole test.
+    let reserved = execkit_core::testkit::ReservedPort::new();
+    let port = reserved.port;
     let target = format!("docker://127.0.0.1:{port}/{}", env.container);
     let t = Instant::now();
     let msg = unreachable(Session::open(&target, config()).await)?;

@@ -206,54 +206,10 @@ async fn unknown_host_is_refused_unless_accept_new() {
     s.close().await.unwrap();
 }
 
-/// A loopback port reserved for a test's whole life: a TCP socket bound to
-/// it that never listens. A connect to it is refused (RST), and no other
-/// socket can bind it meanwhile — not even one with `SO_REUSEADDR`, which
-/// shares a port only when both sockets set it. (A port bound and dropped
-/// is free for the next comer, e.g. an `sshd` another test starts.)
-struct ReservedPort {
-    _fd: std::os::fd::OwnedFd,
-    port: u16,
-}
-
-impl ReservedPort {
-    fn new() -> ReservedPort {
-        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-        // SAFETY: plain socket calls on a descriptor this function owns;
-        // the address structs are fully initialised and sized correctly.
-        unsafe {
-            let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-            assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
-            let fd = OwnedFd::from_raw_fd(raw);
-            let mut addr: libc::sockaddr_in = std::mem::zeroed();
-            addr.sin_family = libc::AF_INET as libc::sa_family_t;
-            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            let rc = libc::bind(
-                fd.as_raw_fd(),
-                std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
-                len,
-            );
-            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-            let mut got = len;
-            let rc = libc::getsockname(
-                fd.as_raw_fd(),
-                std::ptr::addr_of_mut!(addr).cast::<libc::sockaddr>(),
-                &mut got,
-            );
-            assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
-            ReservedPort {
-                _fd: fd,
-                port: u16::from_be(addr.sin_port),
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_refused_and_dns_failure_are_clear() {
     let Some(e) = env() else { return };
-    let reserved = ReservedPort::new();
+    let reserved = execkit_core::testkit::ReservedPort::new();
     let port = reserved.port;
     // The port stays ours: a concurrently started sshd cannot take it.
     let taken = std::net::TcpListener::bind(("127.0.0.1", port));
@@ -399,10 +355,7 @@ impl PrivateSshd {
     fn start(e: &Env) -> PrivateSshd {
         let base = std::env::var("EXECKIT_TEST_SSH_CONFIG").expect("EXECKIT_TEST_SSH_CONFIG");
         let text = std::fs::read_to_string(base).unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        let port = execkit_core::testkit::daemon_port();
         let dir = scratch("private-sshd");
         let config: String = text
             .lines()

@@ -589,3 +589,76 @@ fn write_report(dir: &std::path::Path, fixture: &Fixture, outcomes: &[Outcome]) 
         eprintln!("cannot write {}: {e}", path.display());
     }
 }
+
+/// A loopback port reserved for a test's whole life: a TCP socket bound to
+/// it that never listens. A connect to it is refused (RST), and no other
+/// socket can bind it meanwhile — not even one with `SO_REUSEADDR`, which
+/// shares a port only when both sockets set it. (A port bound and dropped
+/// is free for the next comer, e.g. an `sshd` another test starts.)
+#[derive(Debug)]
+pub struct ReservedPort {
+    _fd: std::os::fd::OwnedFd,
+    /// The reserved port.
+    pub port: u16,
+}
+
+impl ReservedPort {
+    /// Binds a fresh loopback port and keeps it.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> ReservedPort {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: plain socket calls on a descriptor this function owns;
+        // the address structs are fully initialised and sized correctly.
+        unsafe {
+            let raw = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+            let fd = OwnedFd::from_raw_fd(raw);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let rc = libc::bind(
+                fd.as_raw_fd(),
+                std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+                len,
+            );
+            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+            let mut got = len;
+            let rc = libc::getsockname(
+                fd.as_raw_fd(),
+                std::ptr::addr_of_mut!(addr).cast::<libc::sockaddr>(),
+                &mut got,
+            );
+            assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+            ReservedPort {
+                _fd: fd,
+                port: u16::from_be(addr.sin_port),
+            }
+        }
+    }
+}
+
+/// A free loopback port for a daemon a test starts (an `sshd`), taken from
+/// below the kernel's ephemeral range: ports handed out by `bind(…:0)` —
+/// [`ReservedPort`]s, client sockets — come from that range, so a daemon
+/// starting on a port it was told cannot race them for it. Candidates
+/// start at an offset from the pid, so concurrent test processes spread
+/// out; each is checked free by binding it.
+pub fn daemon_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (start, span) = (10_000u16, low.saturating_sub(10_000).max(1000));
+    let base = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = start + (base.wrapping_add(k.wrapping_mul(7919)) % span);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {low}");
+}
