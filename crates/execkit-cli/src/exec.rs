@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::path::PathBuf;
 
 use clap::Args;
-use execkit_core::{RunOptions, RunResult, Session, SessionConfig, SessionError};
+use execkit_core::{InputWait, RunOptions, RunResult, Session, SessionConfig, SessionError};
 
 use crate::observe::JournalArgs;
 use crate::{EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE};
@@ -199,6 +199,14 @@ async fn run_local(
             Some(t) => RunOptions::timeout(t),
             None => RunOptions::default(),
         };
+        // Nobody can answer a prompt of a one-shot run: a command found
+        // waiting for terminal input is stopped and says so. One given
+        // --stdin reads that instead.
+        let opts = if stdin.is_some() {
+            opts
+        } else {
+            opts.input_wait(InputWait::Stop)
+        };
         if args.fresh && !first {
             let fresh = match Session::open(&args.target, config.clone()).await {
                 Ok(s) => s,
@@ -321,6 +329,8 @@ pub fn print_result(r: &RunResult, json: bool) {
             "timed out after {:.1} s",
             r.duration_ms as f64 / 1000.0
         ));
+    } else if r.waiting_for_input {
+        notes.push("stopped: it waited for terminal input".to_string());
     } else if let Some(c) = r.exit_code.filter(|c| *c != 0) {
         notes.push(format!("exit {c}"));
     }

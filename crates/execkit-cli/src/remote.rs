@@ -82,6 +82,11 @@ pub async fn exec(
             }
         };
         crate::exec::print_result(&result, json);
+        if result.running {
+            // It waits for terminal input (`waiting_for_input`): answer it
+            // with `send`, then `poll`; the session is busy until then.
+            return ExitCode::from(EXIT_RUNNING);
+        }
         match crate::exec::exit_status(&result) {
             Ok(code) => status = code,
             Err(lost) => return lost,

@@ -551,6 +551,40 @@ fn json_line(out: &Output) -> serde_json::Value {
 /// `poll`, `send`, `interrupt` and `close` reach a session of a running
 /// server, with `exec`'s exit codes, 75 while the command still runs, 66
 /// for a session the server does not have, 69 without a server.
+/// In a served session a program waiting for terminal input keeps
+/// running: `exec --session` returns at once with `running` and
+/// `waiting_for_input` (exit 75), the answer goes in with `send`, the
+/// result comes with `poll`.
+#[test]
+fn a_served_prompt_is_reported_and_answered() {
+    let srv = Serve::start("prompt");
+    let t = Instant::now();
+    let out = srv.execkit(&[
+        "exec",
+        "--session",
+        "p",
+        "--json",
+        "printf 'name? '; read -r n; echo \"hi $n\"",
+    ]);
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    let r = json_line(&out);
+    assert_eq!(r["running"], true, "{r}");
+    assert_eq!(r["waiting_for_input"], true, "{r}");
+    assert_eq!(r["output"], "name? ", "{r}");
+    let out = srv.execkit(&["send", "--session", "p", "bob"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = srv.execkit(&["poll", "--session", "p", "--wait", "30", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = json_line(&out);
+    assert_eq!(r["output"], "hi bob", "{r}");
+    assert_eq!(r["waiting_for_input"], false, "{r}");
+}
+
 #[test]
 fn session_verbs_reach_a_served_session() {
     let srv = Serve::start("verbs");

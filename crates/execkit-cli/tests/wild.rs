@@ -93,3 +93,29 @@ fn a_killed_shell_restarts_and_the_run_goes_on() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `exec` runs with nobody to answer: a command waiting for terminal input
+/// is stopped and reported (`waiting_for_input`), the prompt in its output,
+/// and the next command runs in the same shell.
+#[test]
+fn a_prompt_nobody_can_answer_is_reported_and_the_run_goes_on() {
+    let out = execkit(&[
+        "exec",
+        "--no-journal",
+        "--json",
+        "export K=kept",
+        "printf 'Proceed? [Y/n] '; read -r a",
+        "echo next:$K",
+    ]);
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[1]["waiting_for_input"], true, "{lines:?}");
+    assert_eq!(lines[1]["timed_out"], false, "{lines:?}");
+    assert!(lines[1]["exit_code"].is_null(), "{lines:?}");
+    assert!(lines[1]["output"]
+        .as_str()
+        .unwrap()
+        .starts_with("Proceed? [Y/n]"));
+    assert_eq!(lines[2]["output"], "next:kept");
+    assert_eq!(lines[0]["waiting_for_input"], false);
+}

@@ -674,6 +674,13 @@ impl Actor {
     fn absorb(&mut self, r: RunResult) {
         if r.running {
             self.unread().delta.push(&r.output);
+            if r.waiting_for_input {
+                // Everyone waiting on output hears at once that it waits.
+                let now = Instant::now();
+                for w in &mut self.waiters {
+                    w.until = Some(now);
+                }
+            }
             if let Some(run) = &mut self.running {
                 run.last = RunResult {
                     output: String::new(),
@@ -765,6 +772,7 @@ impl Actor {
                 cwd: self.session.cwd().to_string(),
                 output_path: None,
                 running: true,
+                waiting_for_input: false,
             },
         };
         if let Some(run) = &self.running {
@@ -816,6 +824,10 @@ impl Actor {
                 let want_yield = opts.yield_after;
                 let mut sliced = opts;
                 sliced.yield_after = Some(want_yield.map_or(SLICE, |y| y.min(SLICE)));
+                // A program waiting for terminal input is reported at once
+                // (`running` and `waiting_for_input`): a client or a person
+                // answers, polls or interrupts it.
+                sliced.input_wait = crate::session::InputWait::Yield;
                 let r = match self.session.run(&cmd, sliced).await {
                     Ok(r) if r.running => r,
                     other => {
@@ -834,10 +846,12 @@ impl Actor {
                 });
                 self.unread = None;
                 self.unread().delta.push(&r.output);
-                self.waiters.push(Waiter {
-                    tx,
-                    until: want_yield.map(|y| started + y),
-                });
+                let until = if r.waiting_for_input {
+                    Some(started)
+                } else {
+                    want_yield.map(|y| started + y)
+                };
+                self.waiters.push(Waiter { tx, until });
                 self.release_due();
             }
             Req::Poll(wait, tx) => {
@@ -849,14 +863,27 @@ impl Actor {
                     let _ = tx.send(r);
                     return;
                 }
+                // Known to wait for input: no point in waiting for output.
+                let waiting = self
+                    .running
+                    .as_ref()
+                    .is_some_and(|r| r.last.waiting_for_input);
+                let now = Instant::now();
+                let until = if waiting { now } else { now + wait };
                 self.waiters.push(Waiter {
                     tx,
-                    until: Some(Instant::now() + wait),
+                    until: Some(until),
                 });
                 self.release_due();
             }
             Req::Input(text, tx) => {
-                let _ = tx.send(self.session.send_input(&text).await.map_err(Into::into));
+                let sent = self.session.send_input(&text).await;
+                if sent.is_ok() {
+                    if let Some(run) = &mut self.running {
+                        run.last.waiting_for_input = false;
+                    }
+                }
+                let _ = tx.send(sent.map_err(Into::into));
             }
             Req::Interrupt(tx) => {
                 if !self.session.is_running() {

@@ -26,7 +26,9 @@ pub mod transport;
 pub use error::{SessionError, TransportError};
 pub use observer::Observer;
 pub use registry::{connect, register, registry, TransportInfo};
-pub use session::{RunOptions, RunResult, Session, SessionConfig, COMMAND_VAR};
+pub use session::{
+    InputWait, RunOptions, RunResult, Session, SessionConfig, COMMAND_VAR, INPUT_WAIT_GRACE,
+};
 pub use transport::{ExitStatus, ShellEvent, ShellProcess, Size, SpawnSpec, Transport};
 
 #[doc(hidden)]

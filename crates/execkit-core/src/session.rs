@@ -123,7 +123,32 @@ pub struct RunOptions {
     /// Return with `running: true` and the output so far if the command is
     /// still going after this long; continue with [`Session::poll`].
     pub yield_after: Option<Duration>,
+    /// What to do when the command waits for terminal input.
+    pub input_wait: InputWait,
 }
+
+/// What [`Session::run`] does when the command is found blocked reading
+/// the terminal (a prompt, `read`, an editor, a pager) with no new output
+/// for a short grace ([`INPUT_WAIT_GRACE`]; looked for again less and less
+/// often while it waits, never while idle).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InputWait {
+    /// Keep waiting (the default; a person at a terminal answers).
+    #[default]
+    Ignore,
+    /// Stop the command (as a timeout would, keeping the shell) and return
+    /// with `waiting_for_input: true` and the prompt in `output`: for a
+    /// one-shot run nobody could answer.
+    Stop,
+    /// Return at once with `running: true, waiting_for_input: true`; the
+    /// caller answers with [`Session::send_input`], polls or interrupts.
+    Yield,
+}
+
+/// How long a command must be quiet before execkit looks whether it waits
+/// for terminal input.
+pub const INPUT_WAIT_GRACE: Duration = Duration::from_millis(1500);
 
 impl RunOptions {
     /// Options with a hard timeout.
@@ -131,7 +156,14 @@ impl RunOptions {
         RunOptions {
             timeout: Some(timeout),
             yield_after: None,
+            input_wait: InputWait::Ignore,
         }
+    }
+
+    /// Sets what happens when the command waits for terminal input.
+    pub fn input_wait(mut self, what: InputWait) -> Self {
+        self.input_wait = what;
+        self
     }
 
     /// Sets `yield_after`.
@@ -171,6 +203,12 @@ pub struct RunResult {
     /// since the last read. Continue with `poll`, `send_input` or `interrupt`.
     #[serde(default)]
     pub running: bool,
+    /// The command was found blocked reading the terminal, quiet (see
+    /// [`InputWait`]): with `running`, it waits for an answer; without, it
+    /// was stopped because nobody could give one (`output` ends with the
+    /// prompt).
+    #[serde(default)]
+    pub waiting_for_input: bool,
 }
 
 /// How a wait on the shell ended.
@@ -180,6 +218,10 @@ enum Outcome {
     Lost(String),
     Deadline,
     Yield,
+    /// Quiet for the probe interval: look whether it waits for input.
+    Quiet,
+    /// Found waiting for input, to be stopped ([`InputWait::Stop`]).
+    InputWait,
     WriteFailed(TransportError),
 }
 
@@ -196,6 +238,13 @@ struct Pending {
     sent: bool,
     /// One of execkit's own (stdin staging): neither journaled nor mirrored.
     internal: bool,
+    /// What to do when it waits for terminal input.
+    input_wait: InputWait,
+    /// Last output, input or probe: the next probe is `probe_every` later.
+    last_activity: Instant,
+    probe_every: Duration,
+    /// Found waiting for input and nothing happened since.
+    waiting: bool,
 }
 
 /// A stateful shell on one target.
@@ -227,6 +276,9 @@ pub struct Session {
     plain: bool,
     /// The shell's pid on its target (from the start-up sentinel).
     shell_pid: Option<u32>,
+    /// The target's clock: its uptime in centiseconds when the start-up
+    /// line answered, and when that was here.
+    clock: Option<(Instant, u64)>,
     /// A recovery line may still print a stale sentinel: the next command
     /// gets a start marker.
     noise_pending: bool,
@@ -264,6 +316,7 @@ impl Session {
             jobs_possible: false,
             plain: false,
             shell_pid: None,
+            clock: None,
             noise_pending: false,
             pending: None,
             console_line: LineBuffer::default(),
@@ -335,11 +388,14 @@ impl Session {
             Some(&init),
             Some(deadline),
             None,
+            None,
             &mut false,
             &mut |b| {
                 let scan = scanner.push(b);
-                if seen.len() < 4096 {
-                    seen.extend_from_slice(&scan.output);
+                // The end matters (the clock line, a start-up error).
+                seen.extend_from_slice(&scan.output);
+                if seen.len() > 8192 {
+                    seen.drain(..seen.len() - 4096);
                 }
                 scan.sentinel
             },
@@ -353,6 +409,7 @@ impl Session {
                 self.cwd = s.cwd;
                 self.flavor = shell::Flavor::from_status(s.status);
                 self.shell_pid = shell::pid_from_status(s.status);
+                self.clock = shell::parse_uptime(&seen).map(|up| (Instant::now(), up));
                 self.jobs_possible = shell::holds_code(s.status);
                 self.plain = !self.xtrace && !self.prompts && !self.jobs_possible;
                 self.shell = Some(shell);
@@ -379,7 +436,9 @@ impl Session {
                 })
             }
             Outcome::Lost(msg) => Err(TransportError::Lost(msg).into()),
-            Outcome::Yield => unreachable!("start-up never yields"),
+            Outcome::Yield | Outcome::Quiet | Outcome::InputWait => {
+                unreachable!("start-up never yields or watches for input")
+            }
             Outcome::WriteFailed(e) => {
                 let _ = shell.terminate().await;
                 Err(e.into())
@@ -431,6 +490,8 @@ impl Session {
         }
         let var = self.stage_input(input).await?;
         let wrapped = format!("{{ rm -f \"${var}\"; {command}\n}} < \"${var}\"");
+        // Its input is the staged bytes: it never waits on the terminal.
+        let opts = opts.input_wait(InputWait::Ignore);
         self.run_shown(Some(command), &wrapped, opts).await
     }
 
@@ -531,9 +592,18 @@ impl Session {
             collector: Collector::new(self.config.output_limit, spool),
             sent: false,
             internal: shown.is_none(),
+            input_wait: if shown.is_some() {
+                opts.input_wait
+            } else {
+                InputWait::Ignore
+            },
+            last_activity: started,
+            probe_every: INPUT_WAIT_GRACE,
+            waiting: false,
         };
         pending.collector.restarted = restarted;
-        pending.collector.track_delta = opts.yield_after.is_some();
+        pending.collector.track_delta =
+            opts.yield_after.is_some() || opts.input_wait == InputWait::Yield;
         let mut line = format!("export {COMMAND_VAR}={cid}; ").into_bytes();
         self.jobs_possible |= protocol::may_start_jobs(command);
         self.plain &= !protocol::may_change_hooks(command);
@@ -604,6 +674,11 @@ impl Session {
             self.record("input", o.input_fields(text, hidden));
             self.publish(o.input_event(self.id.clone(), text, hidden));
         }
+        if let Some(p) = self.pending.as_mut() {
+            p.waiting = false;
+            p.last_activity = Instant::now();
+            p.probe_every = INPUT_WAIT_GRACE;
+        }
         let shell = self.shell.as_deref().ok_or(SessionError::Idle)?;
         shell.write(text.as_bytes()).await?;
         Ok(())
@@ -633,66 +708,117 @@ impl Session {
     /// deadline passes, or `yield_at` passes (after the input was written).
     async fn drive(
         &mut self,
-        input: Option<Vec<u8>>,
+        mut input: Option<Vec<u8>>,
         yield_at: Option<Instant>,
     ) -> Result<RunResult, SessionError> {
-        let outcome = {
-            let Session {
-                shell,
-                pending,
-                config,
-                console_line,
-                id,
-                ..
-            } = self;
-            let observer = &config.observer;
-            let (Some(shell), Some(p)) = (shell.as_deref(), pending.as_mut()) else {
-                return Err(SessionError::Idle);
-            };
-            let console = observer
-                .as_deref()
-                .map(|o| &o.console)
-                .filter(|c| !p.internal && c.watched());
-            let Pending {
-                scanner,
-                collector,
-                deadline,
-                sent,
-                ..
-            } = p;
-            if input.is_none() {
-                *sent = true;
-            }
-            pump(
-                shell,
-                input.as_deref(),
-                *deadline,
-                yield_at,
-                sent,
-                &mut |b| {
-                    let scan = scanner.push(b);
-                    collector.push(&scan.output);
-                    if let Some(c) = console {
-                        if let Some(line) = console_line.push(&scan.output) {
-                            c.publish(ConsoleEvent::Output {
-                                session: id.clone(),
-                                bytes: line,
-                            });
+        let outcome = loop {
+            let outcome = {
+                let Session {
+                    shell,
+                    pending,
+                    config,
+                    console_line,
+                    id,
+                    ..
+                } = self;
+                let observer = &config.observer;
+                let (Some(shell), Some(p)) = (shell.as_deref(), pending.as_mut()) else {
+                    return Err(SessionError::Idle);
+                };
+                let console = observer
+                    .as_deref()
+                    .map(|o| &o.console)
+                    .filter(|c| !p.internal && c.watched());
+                let watch = p.input_wait != InputWait::Ignore && !p.waiting;
+                let Pending {
+                    scanner,
+                    collector,
+                    deadline,
+                    sent,
+                    last_activity,
+                    probe_every,
+                    waiting,
+                    ..
+                } = p;
+                if input.is_none() {
+                    *sent = true;
+                }
+                let quiet = watch.then_some((*last_activity + *probe_every, INPUT_WAIT_GRACE));
+                pump(
+                    shell,
+                    input.take().as_deref(),
+                    *deadline,
+                    yield_at,
+                    quiet,
+                    sent,
+                    &mut |b| {
+                        let scan = scanner.push(b);
+                        if !scan.output.is_empty() {
+                            // Something happened: it is not (or no longer) stuck.
+                            *last_activity = Instant::now();
+                            *probe_every = INPUT_WAIT_GRACE;
+                            *waiting = false;
                         }
-                    }
-                    scan.sentinel
-                },
-            )
-            .await
+                        collector.push(&scan.output);
+                        if let Some(c) = console {
+                            if let Some(line) = console_line.push(&scan.output) {
+                                c.publish(ConsoleEvent::Output {
+                                    session: id.clone(),
+                                    bytes: line,
+                                });
+                            }
+                        }
+                        scan.sentinel
+                    },
+                )
+                .await
+            };
+            if !matches!(outcome, Outcome::Quiet) {
+                break outcome;
+            }
+            let found = self.waits_for_input().await;
+            let p = self.pending.as_mut().expect("pending");
+            p.last_activity = Instant::now();
+            p.probe_every = (p.probe_every * 2).min(Duration::from_secs(30));
+            if found {
+                p.waiting = true;
+                match p.input_wait {
+                    InputWait::Stop => break Outcome::InputWait,
+                    InputWait::Yield => break Outcome::Yield,
+                    InputWait::Ignore => {}
+                }
+            }
         };
         if let Outcome::Yield = outcome {
             let p = self.pending.as_mut().expect("pending");
             let mut r = blank(&p.command, p.started, &self.cwd);
             r.running = true;
+            r.waiting_for_input = p.waiting;
             r.output = p.collector.take_delta();
             return Ok(r);
         }
         Ok(self.finish(outcome).await)
+    }
+
+    /// Whether a process of the session (the shell too: `read`) is blocked
+    /// reading the session's terminal (`shell::input_wait_script`). False
+    /// when the transport cannot run scripts or the probe fails.
+    async fn waits_for_input(&self) -> bool {
+        let (Some(shell), Some(pid)) = (self.shell.as_deref(), self.shell_pid) else {
+            return false;
+        };
+        let entry = format!("{}={}", shell::MARKER_VAR, self.marker);
+        let got = shell
+            .run_script(&shell::input_wait_script(pid, &entry))
+            .await;
+        match got {
+            Some(Ok(out)) => out.lines().last().is_some_and(|l| l.trim() == "1"),
+            Some(Err(e)) => {
+                tracing::debug!("input-wait probe failed: {e}");
+                false
+            }
+            None => false,
+        }
     }
 
     /// Ends the pending command according to `outcome` and builds its result.
@@ -711,13 +837,18 @@ impl Session {
                 result.timed_out = true;
                 self.recover_from_timeout(&mut p, &mut result).await;
             }
+            Outcome::InputWait => {
+                // Nobody can answer: stop it as a timeout would, keep the shell.
+                self.recover_from_timeout(&mut p, &mut result).await;
+                result.waiting_for_input = true;
+            }
             Outcome::Exited(status) => {
                 let started = p.scanner.started();
                 self.after_death(status, started, &mut result).await
             }
             Outcome::Lost(msg) => self.after_loss(msg, &mut result).await,
             Outcome::WriteFailed(e) => self.after_loss(e.to_string(), &mut result).await,
-            Outcome::Yield => unreachable!("yield is handled by drive"),
+            Outcome::Yield | Outcome::Quiet => unreachable!("handled by drive"),
         }
         if let Some(bytes) = self.console_line.flush() {
             self.publish(ConsoleEvent::Output {
@@ -799,21 +930,31 @@ impl Session {
     /// Sends `signal` to what the pending command started (never the shell;
     /// see [`shell::signal_command_script`]) and returns how many processes
     /// got it; `None` when the transport cannot run scripts or the shell's
-    /// pid is unknown, or the script failed (logged).
-    async fn signal_command(&self, p: &Pending, signal: &str) -> Option<usize> {
+    /// pid or clock is unknown; `Some(Err)` when the script could not run
+    /// (the target is unreachable from here: a stalled connection, a
+    /// paused container).
+    async fn signal_command(&self, p: &Pending, signal: &str) -> Option<Result<usize, ()>> {
         let shell = self.shell.as_deref()?;
+        // When the command started, by the target's clock (learnt at start-up:
+        // a script's own start lags by an exec's latency).
+        let (at, up) = self.clock?;
+        let since = up + (p.started.saturating_duration_since(at).as_millis() / 10) as u64;
         let script = shell::signal_command_script(
             signal,
             self.shell_pid?,
             &format!("{}={}", shell::MARKER_VAR, self.marker),
             &format!("{COMMAND_VAR}={}", p.cid),
-            (p.started.elapsed().as_millis() / 10) as u64,
+            since,
         );
         match shell.run_script(&script).await? {
-            Ok(out) => out.lines().last().and_then(|l| l.trim().parse().ok()),
+            Ok(out) => out
+                .lines()
+                .last()
+                .and_then(|l| l.trim().parse().ok())
+                .map(Ok),
             Err(e) => {
                 tracing::warn!("signalling a timed-out command failed: {e}");
-                None
+                Some(Err(()))
             }
         }
     }
@@ -833,8 +974,11 @@ impl Session {
         let grace = self.config.interrupt_grace;
         for (signal, wait) in [("INT", grace), ("TERM", grace / 2), ("KILL", grace / 2)] {
             match self.signal_command(p, signal).await {
-                Some(0) | None => break,
-                Some(_) => {}
+                Some(Ok(0)) | None => break,
+                Some(Ok(_)) => {}
+                // Nothing can be run there: neither can the shell be trusted
+                // to answer. Start over (the restart kills what is left).
+                Some(Err(())) => return self.start_over(result).await,
             }
             let until = Instant::now() + wait;
             loop {
@@ -843,7 +987,7 @@ impl Session {
                 let Pending {
                     scanner, collector, ..
                 } = p;
-                let o = pump(shell, None, Some(slice), None, &mut true, &mut |b| {
+                let o = pump(shell, None, Some(slice), None, None, &mut true, &mut |b| {
                     let scan = scanner.push(b);
                     collector.push(&scan.output);
                     scan.sentinel
@@ -862,11 +1006,14 @@ impl Session {
                         let started = p.scanner.started();
                         return self.after_death(status, started, result).await;
                     }
-                    Outcome::Lost(msg) => return self.after_loss(msg, result).await,
-                    Outcome::WriteFailed(e) => return self.after_loss(e.to_string(), result).await,
-                    Outcome::Deadline | Outcome::Yield => {}
+                    // The way to the shell broke (a stalled connection) while
+                    // the target answers scripts: a fresh shell, if it can.
+                    Outcome::Lost(_) | Outcome::WriteFailed(_) => {
+                        return self.start_over(result).await
+                    }
+                    Outcome::Deadline | Outcome::Yield | Outcome::Quiet | Outcome::InputWait => {}
                 }
-                if Instant::now() >= until || self.signal_command(p, "0").await == Some(0) {
+                if Instant::now() >= until || self.signal_command(p, "0").await == Some(Ok(0)) {
                     break;
                 }
             }
@@ -877,7 +1024,7 @@ impl Session {
     /// KILLs whatever of the command is still running (a background job it
     /// started, a forked subshell); says so in `error` if that failed.
     async fn kill_rest(&mut self, p: &Pending, result: &mut RunResult) {
-        if self.signal_command(p, "KILL").await.is_some() {
+        if let Some(Ok(_)) = self.signal_command(p, "KILL").await {
             return;
         }
         // No script: at least what carries the command's id.
@@ -935,7 +1082,7 @@ impl Session {
                 // Let the shell take the Ctrl-C first: bash and busybox drop
                 // input typed along with it.
                 let soon = |ms| Some((Instant::now() + Duration::from_millis(ms)).min(deadline));
-                let mut o = pump(shell, None, soon(150), None, &mut true, &mut feed).await;
+                let mut o = pump(shell, None, soon(150), None, None, &mut true, &mut feed).await;
                 // Typed again if it was dropped anyway (a slow shell); a late
                 // copy's sentinel falls before the next command's start marker.
                 for _ in 0..3 {
@@ -947,6 +1094,7 @@ impl Session {
                         shell,
                         Some(resync.as_bytes()),
                         soon(600),
+                        None,
                         None,
                         &mut false,
                         &mut feed,
@@ -975,16 +1123,22 @@ impl Session {
             }
             Outcome::Lost(msg) => self.after_loss(msg, result).await,
             Outcome::WriteFailed(e) => self.after_loss(e.to_string(), result).await,
-            Outcome::Deadline | Outcome::Yield => {
+            Outcome::Deadline | Outcome::Yield | Outcome::Quiet | Outcome::InputWait => {
                 // The shell is wedged (raw-mode program, SIGINT ignored):
                 // kill the marked tree and start over.
-                match self.restart().await {
-                    Ok(()) => result.restarted = true,
-                    Err(e) => {
-                        result.session_lost = true;
-                        result.error = Some(format!("shell did not recover after timeout: {e}"));
-                    }
-                }
+                self.start_over(result).await
+            }
+        }
+    }
+
+    /// Kills the marked tree and starts a new shell (`restarted`), or says
+    /// the session is lost when none can be started.
+    async fn start_over(&mut self, result: &mut RunResult) {
+        match self.restart().await {
+            Ok(()) => result.restarted = true,
+            Err(e) => {
+                result.session_lost = true;
+                result.error = Some(format!("shell did not recover after timeout: {e}"));
             }
         }
     }
@@ -1142,11 +1296,15 @@ impl Collector {
 
 /// Writes `input` (if any) while reading, feeding output to `feed` until it
 /// reports a sentinel, the shell ends, or `deadline` passes.
+///
+/// `quiet`: when to report [`Outcome::Quiet`] (first at the given instant,
+/// then the given time after the latest output), once the input is out.
 async fn pump(
     shell: &dyn ShellProcess,
     input: Option<&[u8]>,
     deadline: Option<Instant>,
     yield_at: Option<Instant>,
+    quiet: Option<(Instant, Duration)>,
     sent: &mut bool,
     feed: &mut (dyn FnMut(&[u8]) -> Option<Sentinel> + Send),
 ) -> Outcome {
@@ -1155,6 +1313,8 @@ async fn pump(
     tokio::pin!(sleep);
     let yield_sleep = tokio::time::sleep_until(yield_at.unwrap_or_else(far_future));
     tokio::pin!(yield_sleep);
+    let quiet_sleep = tokio::time::sleep_until(quiet.map_or_else(far_future, |q| q.0));
+    tokio::pin!(quiet_sleep);
     loop {
         tokio::select! {
             biased;
@@ -1162,6 +1322,9 @@ async fn pump(
                 ShellEvent::Output(b) => {
                     if let Some(s) = feed(&b) {
                         return Outcome::Sentinel(s);
+                    }
+                    if let Some((_, after)) = quiet {
+                        quiet_sleep.as_mut().reset(Instant::now() + after);
                     }
                 }
                 ShellEvent::Exited(st) => return Outcome::Exited(st),
@@ -1175,6 +1338,7 @@ async fn pump(
                 }
             }
             _ = &mut sleep, if deadline.is_some() => return Outcome::Deadline,
+            _ = &mut quiet_sleep, if quiet.is_some() && *sent => return Outcome::Quiet,
             // A half-written command line cannot be resumed: yield only after it is out.
             _ = &mut yield_sleep, if yield_at.is_some() && *sent => return Outcome::Yield,
         }
@@ -1237,6 +1401,7 @@ fn blank(command: &str, started: Instant, cwd: &str) -> RunResult {
         cwd: cwd.to_string(),
         output_path: None,
         running: false,
+        waiting_for_input: false,
     }
 }
 

@@ -105,6 +105,10 @@ pub fn init_source(nonce: &str) -> Vec<u8> {
     s.push_str("[ ${#BASH_ALIASES[@]} = 0 ] || __ek_s=2'; ");
     // The shell's pid (as the target sees it) rides along: status =
     // flavour + 10 × `$$` (see `Flavor::from_status`, `pid_from_status`).
+    // The target's clock (`/proc/uptime`), to tell later which processes a
+    // command started (see `signal_command_script`, `parse_uptime`).
+    s.push_str("__ek_up=; read -r __ek_up __ek_s2 < /proc/uptime 2>/dev/null; ");
+    s.push_str("command printf '__EK''U_%s_\\n' \"$__ek_up\"; unset __ek_s2; ");
     s.push_str(&protocol::sentinel_source(nonce, "$((__ek_s + 10 * $$))"));
     s.push('\n');
     s.into_bytes()
@@ -136,6 +140,18 @@ pub fn holds_code(status: i32) -> bool {
     status % 10 == 2
 }
 
+/// The target's uptime in centiseconds (its `/proc/uptime`), from the
+/// output the start-up line printed before its sentinel.
+pub fn parse_uptime(seen: &[u8]) -> Option<u64> {
+    let at = seen.windows(6).position(|w| w == b"__EKU_")? + 6;
+    let rest = &seen[at..];
+    let end = rest.iter().position(|&b| b == b'_')?;
+    let text = std::str::from_utf8(&rest[..end]).ok()?;
+    let (secs, frac) = text.split_once('.')?;
+    let frac: String = frac.chars().chain("00".chars()).take(2).collect();
+    Some(secs.parse::<u64>().ok()? * 100 + frac.parse::<u64>().ok()?)
+}
+
 /// The shell's pid on its target, as the start-up sentinel reported it.
 pub fn pid_from_status(status: i32) -> Option<u32> {
     u32::try_from(status / 10).ok().filter(|&p| p > 1)
@@ -150,7 +166,7 @@ pub fn pid_from_status(status: i32) -> Option<u32> {
 /// `command_entry` (`EXECKIT_CMD=<id>`: everything it exec'd), and
 /// processes with no `EXECKIT_CMD` at all — forked subshells that never
 /// exec'd carry only the shell's own environment — started since the
-/// command began (`age_cs` centiseconds ago, by the target's own clock)
+/// command began (`since_cs`: the target's uptime in centiseconds then)
 /// that descend from the shell or, reparented, still carry `marker_entry`.
 /// A process that carries another command's id, or sits below one or below
 /// an older process, belongs to an earlier command's job and is left
@@ -161,16 +177,14 @@ pub fn signal_command_script(
     shell_pid: u32,
     marker_entry: &str,
     command_entry: &str,
-    age_cs: u64,
+    since_cs: u64,
 ) -> String {
     let sid = protocol::shell_quote(marker_entry);
     let cid = protocol::shell_quote(command_entry);
     let cmd_var = crate::session::COMMAND_VAR;
     format!(
         r#"sig={signal}; shell={shell_pid}; sid={sid}; cid={cid}; me=$$
-read -r up _ < /proc/uptime
-now=${{up%.*}}${{up#*.}}
-t0=$((now - {age_cs} - 2))
+t0=$(({since_cs} - 2))
 pids() {{ if printf 'x\000' | grep -qzxF x 2>/dev/null; then
   for f in $(grep -lsz "$@" /proc/[0-9]*/environ 2>/dev/null); do f=${{f#/proc/}}; printf '%s ' "${{f%/environ}}"; done
 else for d in /proc/[0-9]*; do tr '\000' '\n' < "$d/environ" 2>/dev/null | grep -q "$@" && printf '%s ' "${{d#/proc/}}"; done; fi; }}
@@ -202,6 +216,44 @@ for d in /proc/[0-9]*; do
   [ -n "$hit" ] && kill -s "$sig" "$p" 2>/dev/null && n=$((n + 1))
 done
 echo "$n"
+"#
+    )
+}
+
+/// A busybox-portable script that prints `1` when a process of the session
+/// (carrying `marker_entry`; the shell itself too, for its `read`) is
+/// blocked reading the session's terminal, else `0`. Blocked reading: its
+/// current system call (`/proc/PID/syscall`) is `read` on a descriptor
+/// that is the terminal the shell has on fd 0, or `poll`/`select` (a pager,
+/// an editor) with that terminal on its fd 0. Linux on x86_64 and aarch64;
+/// elsewhere, or where `/proc/PID/syscall` cannot be read, it says `0`.
+pub fn input_wait_script(shell_pid: u32, marker_entry: &str) -> String {
+    let sid = protocol::shell_quote(marker_entry);
+    format!(
+        r#"shell={shell_pid}; sid={sid}
+tty=$(readlink /proc/$shell/fd/0 2>/dev/null) || {{ echo 0; exit 0; }}
+case $tty in /dev/pts/*|/dev/tty*) ;; *) echo 0; exit 0;; esac
+case $(uname -m) in
+  x86_64) reads=" 0 17 19 295 "; polls=" 7 23 232 270 271 281 441 ";;
+  aarch64|arm64) reads=" 63 65 67 69 "; polls=" 22 72 73 441 ";;
+  *) echo 0; exit 0;;
+esac
+if printf 'x\000' | grep -qzxF x 2>/dev/null; then
+  list=$(grep -lszxF "$sid" /proc/[0-9]*/environ 2>/dev/null)
+else
+  list=$(for d in /proc/[0-9]*; do tr '\000' '\n' < "$d/environ" 2>/dev/null | grep -qxF "$sid" && echo "$d/environ"; done)
+fi
+for f in $list; do
+  d=${{f%/environ}}
+  read -r nr a0 _ < "$d/syscall" 2>/dev/null || continue
+  case $reads in *" $nr "*)
+    [ "$(readlink "$d/fd/$((a0))" 2>/dev/null)" = "$tty" ] && {{ echo 1; exit 0; }};;
+  esac
+  case $polls in *" $nr "*)
+    [ "$(readlink "$d/fd/0" 2>/dev/null)" = "$tty" ] && {{ echo 1; exit 0; }};;
+  esac
+done
+echo 0
 "#
     )
 }

@@ -19,6 +19,7 @@ pub(super) fn all() -> Vec<Case> {
         case!(timeout_never_types_into_the_program, super::cases::proc_fs),
         case!(timeout_of_a_builtin_read_keeps_state),
         case!(timeout_kills_forked_subshells, super::cases::proc_fs),
+        case!(input_waits_are_reported, super::cases::proc_fs),
     ]
 }
 
@@ -268,6 +269,70 @@ async fn timeout_kills_forked_subshells(ctx: Ctx) -> anyhow::Result<()> {
     );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     expect(&mut s, "echo quiet", "quiet").await?;
+    s.close().await?;
+    Ok(())
+}
+
+/// A command blocked reading the terminal is told apart from one that is
+/// merely quiet: stopped and reported for a one-shot run (nobody could
+/// answer), reported while running for a caller that can answer, never for
+/// a command given its input, never for a quiet `sleep`.
+async fn input_waits_are_reported(ctx: Ctx) -> anyhow::Result<()> {
+    use crate::{InputWait, RunOptions};
+    let mut s = ctx.open().await?;
+    ok(&mut s, "export K=kept").await?;
+    let stop = || RunOptions::timeout(Duration::from_secs(60)).input_wait(InputWait::Stop);
+    for cmd in ["read x", "printf 'Continue? [Y/n] '; read -r a", "cat"] {
+        let t = Instant::now();
+        let r = s.run(cmd, stop()).await?;
+        clean_of_machinery(&r)?;
+        ensure!(
+            r.waiting_for_input && !r.timed_out && !r.restarted && r.exit_code.is_none(),
+            "{cmd:?}: {r:?}"
+        );
+        ensure!(
+            t.elapsed() < Duration::from_secs(20),
+            "{cmd:?} took {:?}",
+            t.elapsed()
+        );
+        expect(&mut s, "echo $K", "kept").await?;
+    }
+    let r = s
+        .run("printf 'Continue? [Y/n] '; read -r a", stop())
+        .await?;
+    ensure!(
+        r.output.starts_with("Continue? [Y/n]"),
+        "the prompt is in the output: {r:?}"
+    );
+    // Quiet is not waiting.
+    let r = s.run("sleep 3; echo slept", stop()).await?;
+    ensure!(!r.waiting_for_input && r.output == "slept", "{r:?}");
+    // Its input given, it does not wait on the terminal.
+    let r = s
+        .run_with_stdin("sleep 2; read -r x; echo got:$x", b"fed\n", stop())
+        .await?;
+    ensure!(!r.waiting_for_input && r.output == "got:fed", "{r:?}");
+    // A caller that can answer hears at once, answers, and gets the result.
+    let ask = RunOptions::timeout(Duration::from_secs(60)).input_wait(InputWait::Yield);
+    let t = Instant::now();
+    let r = s
+        .run("printf 'name? '; read -r n; echo \"hi $n\"", ask)
+        .await?;
+    ensure!(
+        r.running && r.waiting_for_input && r.output == "name? ",
+        "{r:?}"
+    );
+    ensure!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    s.send_input("bob\n").await?;
+    let r = s.poll(Duration::from_secs(20)).await?;
+    ensure!(
+        !r.running && !r.waiting_for_input && r.exit_code == Some(0) && r.output == "hi bob",
+        "{r:?}"
+    );
     s.close().await?;
     Ok(())
 }
