@@ -759,21 +759,7 @@ impl Actor {
     fn partial(&mut self) -> RunResult {
         let mut r = match &self.running {
             Some(run) => run.last.clone(),
-            None => RunResult {
-                command: String::new(),
-                exit_code: None,
-                output: String::new(),
-                timed_out: false,
-                truncated: false,
-                restarted: false,
-                session_lost: false,
-                error: None,
-                duration_ms: 0,
-                cwd: self.session.cwd().to_string(),
-                output_path: None,
-                running: true,
-                waiting_for_input: false,
-            },
+            None => crate::session::blank("", Instant::now(), self.session.cwd()),
         };
         if let Some(run) = &self.running {
             r.duration_ms = run.since.elapsed().map_or(0, |d| d.as_millis() as u64);

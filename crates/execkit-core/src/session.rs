@@ -1387,7 +1387,7 @@ fn base64(data: &[u8]) -> String {
 }
 
 /// A result with nothing happened yet.
-fn blank(command: &str, started: Instant, cwd: &str) -> RunResult {
+pub(crate) fn blank(command: &str, started: Instant, cwd: &str) -> RunResult {
     RunResult {
         command: command.to_string(),
         exit_code: None,
