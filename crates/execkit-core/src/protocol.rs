@@ -263,24 +263,65 @@ pub fn encode_command(
     if quoted.len() <= MAX_LINE {
         return format!("{prefix}{}; {sentinel}\n", run(&quoted)).into_bytes();
     }
+    // Each ≤2 KB piece goes into a variable of its own, then groups of
+    // [`JOIN`] are joined into one, level by level, into `__ek_c`: every
+    // byte is copied once per level (a handful), where appending to one
+    // variable copied the whole text again for every piece (quadratic:
+    // 8 MB took ~50 s).
     let mut out = String::with_capacity(quoted.len() + quoted.len() / 64 + 256);
-    let _ = writeln!(out, "{CMD_VAR}=''");
+    let mut names: Vec<String> = Vec::new();
     let mut chunk = String::with_capacity(MAX_LINE + 64);
+    let flush = |chunk: &mut String, out: &mut String, names: &mut Vec<String>| {
+        let name = format!("{CMD_VAR}0_{}", names.len());
+        let _ = writeln!(out, "{name}='{chunk}'");
+        names.push(name);
+        chunk.clear();
+    };
     for c in text.chars() {
         push_quoted_piece(&mut chunk, c);
         if chunk.len() >= MAX_LINE {
-            let _ = writeln!(out, "{CMD_VAR}=${CMD_VAR}'{chunk}'");
-            chunk.clear();
+            flush(&mut chunk, &mut out, &mut names);
         }
     }
     if !chunk.is_empty() {
-        let _ = writeln!(out, "{CMD_VAR}=${CMD_VAR}'{chunk}'");
+        flush(&mut chunk, &mut out, &mut names);
+    }
+    let mut level = 0;
+    loop {
+        level += 1;
+        let last = names.len() <= JOIN;
+        let mut next = Vec::new();
+        for (j, group) in names.chunks(JOIN).enumerate() {
+            let name = if last {
+                CMD_VAR.to_string()
+            } else {
+                format!("{CMD_VAR}{level}_{j}")
+            };
+            let _ = write!(out, "{name}=\"");
+            for n in group {
+                let _ = write!(out, "${n}");
+            }
+            out.push_str("\"; unset");
+            for n in group {
+                let _ = write!(out, " {n}");
+            }
+            out.push('\n');
+            next.push(name);
+        }
+        if last {
+            break;
+        }
+        names = next;
     }
     // Cleared after the sentinel: `$?` must still be the command's.
     let run = run(&format!("\"${CMD_VAR}\""));
     let _ = writeln!(out, "{prefix}{run}; {sentinel}; {CMD_VAR}=");
     out.into_bytes()
 }
+
+/// How many variables one line of the long-command path joins: 64 names
+/// of ≤12 bytes, twice (the join and the unset), keep the line < 2 KB.
+const JOIN: usize = 64;
 
 /// Whether `command` could turn on tracing or install a trap that runs
 /// around every command (`set -x`, `trap … DEBUG`, or code it sources or
