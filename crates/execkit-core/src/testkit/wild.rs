@@ -230,10 +230,15 @@ async fn timeout_never_types_into_the_program(ctx: Ctx) -> anyhow::Result<()> {
 async fn timeout_of_a_builtin_read_keeps_state(ctx: Ctx) -> anyhow::Result<()> {
     let mut s = ctx.open().await?;
     ok(&mut s, "export K=1").await?;
-    let r = run(&mut s, "read x", 1).await?;
-    clean_of_machinery(&r)?;
-    ensure!(r.timed_out && !r.restarted, "{r:?}");
-    expect(&mut s, "echo ${K:-lost}", "1").await?;
+    // Typed at once with the Ctrl-C, the recovery line raced the shell's
+    // handling of SIGINT (8400d69 lost it, and the state, in 4 of 6 runs
+    // on bash): several rounds.
+    for _ in 0..3 {
+        let r = run(&mut s, "read x", 1).await?;
+        clean_of_machinery(&r)?;
+        ensure!(r.timed_out && !r.restarted, "{r:?}");
+        expect(&mut s, "echo ${K:-lost}", "1").await?;
+    }
     let r = run(&mut s, "while :; do :; done", 1).await?;
     ensure!(r.timed_out && !r.restarted, "{r:?}");
     expect(&mut s, "echo ${K:-lost}", "1").await?;
