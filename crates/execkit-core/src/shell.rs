@@ -114,6 +114,19 @@ pub fn init_source(nonce: &str) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// argv before a script for running it with the session's own shell out
+/// of band: `SHELL -c` (`busybox sh -c` for busybox), `/bin/sh -c` when the
+/// transport chose the shell — a container may have no `/bin/sh` at all.
+pub fn script_argv(shell: Option<&str>) -> Vec<String> {
+    match shell {
+        Some(p) if p.rsplit('/').next() == Some("busybox") => {
+            vec![p.to_string(), "sh".into(), "-c".into()]
+        }
+        Some(p) => vec![p.to_string(), "-c".into()],
+        None => vec!["/bin/sh".into(), "-c".into()],
+    }
+}
+
 /// Which shell answered the start-up sentinel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {

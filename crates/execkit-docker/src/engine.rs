@@ -340,9 +340,13 @@ impl Engine {
         &self,
         container_id: &str,
         name: &str,
+        sh: &[String],
         entry: &str,
     ) -> Result<(), TransportError> {
-        match self.try_kill_matching(container_id, name, entry).await? {
+        match self
+            .try_kill_matching(container_id, name, sh, entry)
+            .await?
+        {
             Killed::Done => Ok(()),
             Killed::Paused => Err(paused_error(&self.target, name)),
         }
@@ -353,11 +357,12 @@ impl Engine {
         &self,
         container_id: &str,
         name: &str,
+        sh: &[String],
         entry: &str,
     ) -> Result<Killed, TransportError> {
         let script = execkit_core::shell::kill_matching_script(entry);
         let what = format!("marker cleanup in container {name}");
-        Ok(self.oneshot(container_id, &what, &script).await?.0)
+        Ok(self.oneshot(container_id, &what, sh, &script).await?.0)
     }
 
     /// Runs `script` with `/bin/sh` in the container, out of band, and
@@ -366,26 +371,30 @@ impl Engine {
         &self,
         container_id: &str,
         name: &str,
+        sh: &[String],
         script: &str,
     ) -> Result<String, TransportError> {
         let what = format!("a script in container {name}");
-        match self.oneshot(container_id, &what, script).await? {
+        match self.oneshot(container_id, &what, sh, script).await? {
             (Killed::Done, out) => Ok(String::from_utf8_lossy(&out).into_owned()),
             (Killed::Paused, _) => Err(paused_error(&self.target, name)),
         }
     }
 
-    /// A one-shot `/bin/sh -c SCRIPT` exec: waits until it finished and
-    /// returns its output (bounded). A container that stopped or went away
-    /// runs nothing, which counts as done; a paused one is told apart.
+    /// A one-shot `SH… SCRIPT` exec (`sh`: e.g. `/bin/sh -c`, see
+    /// `shell::script_argv`): waits until it finished and returns its
+    /// output (bounded). A container that stopped or went away runs
+    /// nothing, which counts as done; a paused one is told apart.
     async fn oneshot(
         &self,
         container_id: &str,
         what: &str,
+        sh: &[String],
         script: &str,
     ) -> Result<(Killed, Vec<u8>), TransportError> {
         const MAX_OUTPUT: usize = 64 * 1024;
-        let cmd = vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
+        let mut cmd = sh.to_vec();
+        cmd.push(script.to_string());
         let exec_id = match self
             .create_exec(container_id, cmd, Vec::new(), false, None)
             .await

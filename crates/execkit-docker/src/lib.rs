@@ -277,7 +277,14 @@ impl Transport for DockerTransport {
         match engine.container_state(&self.container).await? {
             // A stopped or removed container runs nothing: nothing to kill.
             ContainerState::Running { id } => {
-                engine.kill_matching(&id, &self.container, entry).await
+                engine
+                    .kill_matching(
+                        &id,
+                        &self.container,
+                        &execkit_core::shell::script_argv(None),
+                        entry,
+                    )
+                    .await
             }
             // Frozen processes cannot be killed from inside: an error, so
             // gc keeps the record and tries again after the unpause.

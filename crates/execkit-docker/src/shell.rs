@@ -39,6 +39,9 @@ pub(crate) struct DockerShell {
     container_id: String,
     exec_id: String,
     marker_entry: String,
+    /// How scripts run out of band: with the session's own shell (a
+    /// container may have no `/bin/sh`), see `shell::script_argv`.
+    script_sh: Vec<String>,
     reader: tokio::sync::Mutex<Reader>,
     writer: tokio::sync::Mutex<WriteHalf>,
     /// Set once the stream ended and we know why; returned from then on.
@@ -175,6 +178,7 @@ impl DockerShell {
             container_id,
             exec_id,
             marker_entry: spec.marker_entry(),
+            script_sh: shell::script_argv(spec.shell.as_deref()),
             reader: tokio::sync::Mutex::new(Reader {
                 stream: att.read,
                 pending: att.initial,
@@ -292,6 +296,7 @@ impl DockerShell {
         let id = self.container_id.clone();
         let name = self.name.clone();
         let entry = self.marker_entry.clone();
+        let sh = self.script_sh.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("execkit-docker-cleanup".into())
@@ -303,7 +308,7 @@ impl DockerShell {
                     Ok(rt) => rt.block_on(async {
                         let deadline = Instant::now() + UNPAUSE_WAIT;
                         loop {
-                            match engine.try_kill_matching(&id, &name, &entry).await {
+                            match engine.try_kill_matching(&id, &name, &sh, &entry).await {
                                 Ok(Killed::Done) => break,
                                 Ok(Killed::Paused) => {
                                     let _ = tx.send(());
@@ -424,14 +429,14 @@ impl ShellProcess for DockerShell {
 
     async fn kill_matching(&self, entry: &str) -> Result<(), TransportError> {
         self.engine
-            .kill_matching(&self.container_id, &self.name, entry)
+            .kill_matching(&self.container_id, &self.name, &self.script_sh, entry)
             .await
     }
 
     async fn run_script(&self, script: &str) -> Option<Result<String, TransportError>> {
         Some(
             self.engine
-                .run_script(&self.container_id, &self.name, script)
+                .run_script(&self.container_id, &self.name, &self.script_sh, script)
                 .await,
         )
     }
@@ -440,7 +445,12 @@ impl ShellProcess for DockerShell {
         if !self.cleaned.swap(true, Ordering::SeqCst) {
             if let Err(e) = self
                 .engine
-                .kill_matching(&self.container_id, &self.name, &self.marker_entry)
+                .kill_matching(
+                    &self.container_id,
+                    &self.name,
+                    &self.script_sh,
+                    &self.marker_entry,
+                )
                 .await
             {
                 // Leave it to Drop to try once more (after the unpause, if

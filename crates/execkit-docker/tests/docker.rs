@@ -75,6 +75,7 @@ fn cases() -> Vec<Case> {
         case!(drop_leaves_no_process),
         case!(dropped_run_leaves_no_process),
         case!(timed_out_sleep_leaves_no_process),
+        case!(busybox_only_container_is_cleaned, needs_image),
         case!(orphaned_session_is_cleaned_by_gc),
         case!(remote_engine_over_tcp, |e: &Env| e.tcp.is_none().then_some(
             "EXECKIT_TEST_DOCKER_TCP (an engine on a loopback TCP port)"
@@ -615,6 +616,41 @@ async fn timed_out_sleep_leaves_no_process(env: Env) -> anyhow::Result<()> {
     ensure!(left.is_empty(), "survived the timeout: {left:?}");
     s.close().await?;
     ensure!(leaked(&target, &marker).await?.is_empty(), "survived close");
+    Ok(())
+}
+
+/// A container with only `/bin/busybox` (no `/bin/sh`): the session runs
+/// on the shell it was given, and every script execkit runs there out of
+/// band — stopping a timed-out command, the marker clean-up at close — runs
+/// with that shell too (they were hard-coded to `/bin/sh`: the close
+/// answered and the shell lived on).
+async fn busybox_only_container_is_cleaned(env: Env) -> anyhow::Result<()> {
+    let scratch = Scratch::start(&env, "nosh")?;
+    docker_cli(&["exec", &scratch.0, "/bin/busybox", "rm", "-f", "/bin/sh"])?;
+    let target = format!("docker:{}", scratch.0);
+    let mut c = config();
+    c.shell = Some("/bin/busybox".into());
+    let mut s = Session::open(&target, c.clone()).await?;
+    let marker = s.marker().to_string();
+    ok(&mut s, "export K=kept; sleep 300 >/dev/null 2>&1 &").await?;
+    let r = s
+        .run(
+            "(while :; do sleep 1; done) & sleep 30",
+            RunOptions::timeout(Duration::from_secs(1)),
+        )
+        .await?;
+    ensure!(r.timed_out && !r.restarted && r.error.is_none(), "{r:?}");
+    ensure!(ok(&mut s, "echo $K").await? == "kept");
+    s.close().await?;
+    let mut probe = Session::open(&target, c).await?;
+    let script = format!(
+        "for d in /proc/[0-9]*; do if tr '\\000' '\\n' < \"$d/environ\" 2>/dev/null | grep -qxF 'EXECKIT_SID={marker}'; then \
+         printf '%s %s\\n' \"${{d#/proc/}}\" \"$(tr '\\000' ' ' < \"$d/cmdline\" 2>/dev/null)\"; fi; done"
+    );
+    let left = ok(&mut probe, &script).await?;
+    probe.close().await?;
+    ensure!(left.trim().is_empty(), "left running after close: {left}");
+    drop(scratch);
     Ok(())
 }
 
