@@ -375,31 +375,38 @@ pub struct PruneReport {
     pub bytes: u64,
 }
 
+/// The spool files in `dir`: `*.out`, regular files only (a symlink is
+/// never followed), with their metadata. A missing directory has none.
+fn spool_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, std::fs::Metadata)>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    Ok(entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|x| x == "out"))
+        .filter_map(|path| {
+            let meta = std::fs::symlink_metadata(&path).ok()?;
+            meta.is_file().then_some((path, meta))
+        })
+        .collect())
+}
+
 /// Removes spool files (`*.out`, regular files only, never through a
 /// symlink) in `dir` last written more than `older_than` ago. A missing
 /// directory is nothing to prune.
 pub fn prune_spool(dir: &Path, older_than: std::time::Duration) -> std::io::Result<PruneReport> {
     let mut report = PruneReport::default();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
-        Err(e) => return Err(e),
-    };
     let now = std::time::SystemTime::now();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_none_or(|x| x != "out") {
-            continue;
-        }
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
+    for (path, meta) in spool_files(dir)? {
         let old = meta
             .modified()
             .ok()
             .and_then(|m| now.duration_since(m).ok())
             .is_some_and(|age| age > older_than);
-        if meta.is_file() && old && std::fs::remove_file(&path).is_ok() {
+        if old && std::fs::remove_file(&path).is_ok() {
             report.removed += 1;
             report.bytes += meta.len();
         }
@@ -417,24 +424,9 @@ pub fn prune_spool_to(
     keep: Option<&Path>,
 ) -> std::io::Result<PruneReport> {
     let mut report = PruneReport::default();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
-        Err(e) => return Err(e),
-    };
     let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = Vec::new();
     let mut total = 0u64;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_none_or(|x| x != "out") {
-            continue;
-        }
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if !meta.is_file() {
-            continue;
-        }
+    for (path, meta) in spool_files(dir)? {
         total += meta.len();
         if keep.is_some_and(|k| k == path) {
             continue;
