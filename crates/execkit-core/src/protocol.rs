@@ -225,7 +225,7 @@ pub enum Guard {
 /// `marked`: print the start marker (implied by a guard). Without it the
 /// sentinel alone delimits the output — the cheap path, for a shell that
 /// prints nothing between commands (no prompts, no background jobs): the
-/// marker is a write of its own, and waking for it costs a round trip ~10 %.
+/// marker is a write of its own, and one more wake-up for the reader.
 ///
 /// `full`: the sentinel reports flags and prompts ([`sentinel_source_as`]);
 /// the command's scanner must be built to match
@@ -323,26 +323,26 @@ pub fn encode_command(
 /// of ≤12 bytes, twice (the join and the unset), keep the line < 2 KB.
 const JOIN: usize = 64;
 
-/// Whether `command` could turn on tracing or install a trap that runs
-/// around every command (`set -x`, `trap … DEBUG`, or code it sources or
-/// evaluates that might), so it and later commands need the guarded
-/// encoding (see [`encode_command`]). Conservative, on the text alone.
+/// Whether `command` could turn on tracing, a prompt or a trap that runs
+/// around every command (`set -x`, `PS1=…`, `exec`, …), so it and later
+/// commands need the watched or guarded encoding (see [`encode_command`]).
+/// Complements [`may_start_jobs`], whose words (`trap`, `.`, `source`,
+/// `eval`, …) count too: callers ask both. Conservative, on the text alone.
 pub fn may_change_hooks(command: &str) -> bool {
-    may_start_jobs(command)
-        || has_word(
-            command,
-            &[
-                "set",
-                "shopt",
-                "exec",
-                "PS0",
-                "PS1",
-                "PS2",
-                "PS4",
-                "PROMPT_COMMAND",
-                "TMOUT",
-            ],
-        )
+    has_word(
+        command,
+        &[
+            "set",
+            "shopt",
+            "exec",
+            "PS0",
+            "PS1",
+            "PS2",
+            "PS4",
+            "PROMPT_COMMAND",
+            "TMOUT",
+        ],
+    )
 }
 
 /// Whether a shell word of `command` is one of `words`.

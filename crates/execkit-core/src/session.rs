@@ -271,7 +271,8 @@ pub struct Session {
     jobs_possible: bool,
     /// Nothing so far could have turned on a trace, a trap, a prompt or a
     /// job: commands take the cheapest encoding (no start marker, the short
-    /// sentinel). Cleared for good by text [`protocol::may_change_hooks`]
+    /// sentinel). Cleared for good by text [`protocol::may_start_jobs`] or
+    /// [`protocol::may_change_hooks`]
     /// flags; set again by a fresh shell that reports none of them.
     plain: bool,
     /// The shell's pid on its target (from the start-up sentinel).
@@ -404,13 +405,12 @@ impl Session {
         let target = self.transport.target().to_string();
         match outcome {
             Outcome::Sentinel(s) => {
-                self.xtrace = s.xtrace();
-                self.prompts = s.prompts;
-                self.cwd = s.cwd;
-                self.flavor = shell::Flavor::from_status(s.status);
-                self.shell_pid = shell::pid_from_status(s.status);
+                let status = s.status;
+                self.take_state(s);
+                self.flavor = shell::Flavor::from_status(status);
+                self.shell_pid = shell::pid_from_status(status);
                 self.clock = shell::parse_uptime(&seen).map(|up| (Instant::now(), up));
-                self.jobs_possible = shell::holds_code(s.status);
+                self.jobs_possible = shell::holds_code(status);
                 self.plain = !self.xtrace && !self.prompts && !self.jobs_possible;
                 self.shell = Some(shell);
                 Ok(())
@@ -605,8 +605,10 @@ impl Session {
         pending.collector.track_delta =
             opts.yield_after.is_some() || opts.input_wait == InputWait::Yield;
         let mut line = format!("export {COMMAND_VAR}={cid}; ").into_bytes();
-        self.jobs_possible |= protocol::may_start_jobs(command);
-        self.plain &= !protocol::may_change_hooks(command);
+        let starts_jobs = protocol::may_start_jobs(command);
+        let changes_hooks = starts_jobs || protocol::may_change_hooks(command);
+        self.jobs_possible |= starts_jobs;
+        self.plain &= !changes_hooks;
         let via = match self.flavor {
             shell::Flavor::Bash => {
                 if self.jobs_possible && !protocol::needs_top_level(command) {
@@ -620,9 +622,7 @@ impl Session {
         // bash code that may start jobs may as well hold a DEBUG trap.
         let guard = if self.xtrace {
             protocol::Guard::Trace
-        } else if protocol::may_change_hooks(command)
-            || (self.flavor == shell::Flavor::Bash && self.jobs_possible)
-        {
+        } else if changes_hooks || (self.flavor == shell::Flavor::Bash && self.jobs_possible) {
             protocol::Guard::Hooks
         } else {
             protocol::Guard::Off
@@ -829,9 +829,7 @@ impl Session {
         match outcome {
             Outcome::Sentinel(s) => {
                 result.exit_code = Some(s.status);
-                self.xtrace = s.xtrace();
-                self.prompts = s.prompts;
-                self.cwd = s.cwd;
+                self.take_state(s);
             }
             Outcome::Deadline => {
                 result.timed_out = true;
@@ -927,6 +925,15 @@ impl Session {
         });
     }
 
+    /// What a sentinel says of the shell: its cwd, whether it traces, whether
+    /// it prints prompts between commands. (A short sentinel, in a plain
+    /// session, reports no flags: none could have changed.)
+    fn take_state(&mut self, s: Sentinel) {
+        self.xtrace = s.xtrace();
+        self.prompts = s.prompts;
+        self.cwd = s.cwd;
+    }
+
     /// Sends `signal` to what the pending command started (never the shell;
     /// see [`shell::signal_command_script`]) and returns how many processes
     /// got it; `None` when the transport cannot run scripts or the shell's
@@ -996,9 +1003,7 @@ impl Session {
                 match o {
                     Outcome::Sentinel(s) => {
                         // The command ended under our signal: still a timeout.
-                        self.xtrace = s.xtrace();
-                        self.prompts = s.prompts;
-                        self.cwd = s.cwd;
+                        self.take_state(s);
                         self.kill_rest(p, result).await;
                         return;
                     }
@@ -1111,9 +1116,7 @@ impl Session {
         };
         match outcome {
             Outcome::Sentinel(s) => {
-                self.xtrace = s.xtrace();
-                self.prompts = s.prompts;
-                self.cwd = s.cwd;
+                self.take_state(s);
                 // Whatever the command left running dies with it.
                 self.kill_rest(p, result).await;
             }
