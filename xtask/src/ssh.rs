@@ -165,6 +165,69 @@ pub(crate) fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Users whose login shell is not sh-like, for the cases that check a
+/// session starts under any login shell (sshd runs every channel's command
+/// as `$SHELL -c …`): `execkit-fish` (fish) and `execkit-slowrc` (tcsh whose
+/// `~/.tcshrc` sleeps 8 s, as a slow rc file would). Created once, as root
+/// only (the test sshd accepts the test key for every user); their names go
+/// to the tests as `EXECKIT_TEST_SSH_FISH_USER` / `_SLOWRC_USER`.
+fn login_shell_users() -> Result<Vec<(String, String)>> {
+    if !crate::nix_is_root() {
+        bail!("not root: cannot create test users");
+    }
+    let missing: Vec<&str> = [("fish", "/usr/bin/fish"), ("tcsh", "/usr/bin/tcsh")]
+        .into_iter()
+        .filter(|(_, p)| !Path::new(p).exists())
+        .map(|(pkg, _)| pkg)
+        .collect();
+    if !missing.is_empty() {
+        println!("xtask: installing {} with apt-get", missing.join(" "));
+        apt_install(&missing)?;
+    }
+    let mut env = Vec::new();
+    for (user, shell, rc, text, var) in [
+        (
+            "execkit-fish",
+            "/usr/bin/fish",
+            ".config/fish/config.fish",
+            "",
+            "EXECKIT_TEST_SSH_FISH_USER",
+        ),
+        (
+            "execkit-slowrc",
+            "/usr/bin/tcsh",
+            ".tcshrc",
+            "sleep 8\n",
+            "EXECKIT_TEST_SSH_SLOWRC_USER",
+        ),
+    ] {
+        let home = PathBuf::from("/home").join(user);
+        let exists = Command::new("id")
+            .arg(user)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !exists {
+            run(Command::new("useradd")
+                .args(["--create-home", "--shell", shell, "--home-dir"])
+                .arg(&home)
+                .arg(user))?;
+        }
+        // A locked account ("!") is refused by sshd even with a key.
+        run(Command::new("usermod").args(["--password", "*", user]))?;
+        let rc = home.join(rc);
+        std::fs::create_dir_all(rc.parent().expect("rc file has a parent"))?;
+        std::fs::write(&rc, text)?;
+        run(Command::new("chown")
+            .arg("-R")
+            .arg(format!("{user}:"))
+            .arg(&home))?;
+        env.push((var.to_string(), user.to_string()));
+    }
+    Ok(env)
+}
+
 /// Installs openssh-server if needed, makes keys, starts a private sshd
 /// and tells the tests where it is.
 pub(crate) fn provision(out_dir: &Path) -> Result<Provision> {
@@ -239,6 +302,12 @@ pub(crate) fn provision(out_dir: &Path) -> Result<Provision> {
             config.display().to_string(),
         ),
     ];
+    let mut env = env;
+    match login_shell_users() {
+        Ok(users) => env.extend(users),
+        Err(e) if ci() => return Err(e.context("creating the login-shell test users")),
+        Err(e) => eprintln!("xtask: warning: {e:#}; the login-shell cases will be skipped"),
+    }
     let mut child = child;
     let dir = dir.clone();
     Ok(Provision {

@@ -83,12 +83,14 @@ pub enum SessionError {
     #[error(transparent)]
     Command(#[from] crate::protocol::CommandError),
     /// The shell did not finish its start-up in time.
-    #[error("the shell on {target} did not become ready within {secs} s")]
+    #[error("the shell on {target} did not become ready within {secs} s{detail}")]
     StartTimeout {
         /// The target.
         target: String,
         /// How long we waited.
         secs: u64,
+        /// What it printed (`: …`), or a hint when it printed nothing.
+        detail: String,
     },
     /// The shell ended during start-up.
     #[error("the shell on {target} {status} during start-up{output}")]

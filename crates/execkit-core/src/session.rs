@@ -416,22 +416,32 @@ impl Session {
                 Ok(())
             }
             Outcome::Deadline => {
-                let _ = shell.terminate().await;
+                // Bounded: a clean-up that itself waits on the slow start
+                // (an rc file runs for every SSH channel) must not double
+                // the wait; the transport closes the shell's terminal anyway.
+                let _ = tokio::time::timeout(START_CLEANUP, shell.terminate()).await;
+                let text = start_excerpt(&seen);
                 Err(SessionError::StartTimeout {
                     target,
                     secs: self.config.start_timeout.as_secs(),
+                    detail: if text.is_empty() {
+                        "; it printed nothing: a login script (~/.bashrc, \
+                         ~/.profile) that is slow or waits for input?"
+                            .into()
+                    } else {
+                        format!("; it printed: {text}")
+                    },
                 })
             }
             Outcome::Exited(status) => {
-                let text = crate::clean::clean(&seen);
-                let text = text.trim();
+                let text = start_excerpt(&seen);
                 Err(SessionError::StartFailed {
                     target,
                     status: status.to_string(),
                     output: if text.is_empty() {
                         String::new()
                     } else {
-                        format!(": {}", last_chars(text, 300))
+                        format!(": {text}")
                     },
                 })
             }
@@ -1420,6 +1430,48 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86400 * 365)
 }
 
+/// How long a failed start-up may spend cleaning up before it reports.
+const START_CLEANUP: Duration = Duration::from_secs(1);
+
+/// What a shell printed before it failed to start, as one readable line:
+/// the last lines with words in them, runs of blanks folded. A shell that
+/// does not speak sh (fish as a login shell) echoes the offending line and
+/// marks the spot with a `^~~^` under hundreds of spaces; those marker lines
+/// say nothing in a one-line error.
+fn start_excerpt(seen: &[u8]) -> String {
+    let text = crate::clean::clean(seen);
+    let raw: Vec<&str> = text.lines().collect();
+    let is_marker = |l: &str| {
+        let t = l.trim();
+        !t.is_empty() && t.chars().all(|c| matches!(c, '^' | '~' | ' '))
+    };
+    let lines: Vec<String> = raw
+        .iter()
+        .enumerate()
+        // The quoted source line above a `^~~^` marker is execkit's own.
+        .filter(|&(i, l)| {
+            l.chars().any(char::is_alphanumeric) && !raw.get(i + 1).is_some_and(|n| is_marker(n))
+        })
+        .map(|(_, l)| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    let mut out = String::new();
+    for line in lines.iter().rev() {
+        let piece = if out.is_empty() {
+            line.clone()
+        } else {
+            format!("{line} / {out}")
+        };
+        if piece.chars().count() > 300 {
+            if out.is_empty() {
+                out = last_chars(line, 300).to_string();
+            }
+            break;
+        }
+        out = piece;
+    }
+    out
+}
+
 pub(crate) fn last_chars(s: &str, n: usize) -> &str {
     let count = s.chars().count();
     if count <= n {
@@ -1432,6 +1484,23 @@ pub(crate) fn last_chars(s: &str, n: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_excerpt_keeps_the_error_and_drops_marker_lines() {
+        let seen = format!(
+            "fish: Unsupported use of '||'. In fish, please use 'COMMAND; or COMMAND'.\r\n\
+             unset EXECKIT_SID 2>/dev/null; cd /x || exit 1\r\n{}^~~^\r\n",
+            " ".repeat(400)
+        );
+        assert_eq!(
+            start_excerpt(seen.as_bytes()),
+            "fish: Unsupported use of '||'. In fish, please use 'COMMAND; or COMMAND'."
+        );
+        assert_eq!(start_excerpt(b"a   b\n\n  c\n"), "a b / c");
+        assert_eq!(start_excerpt(b"   \n"), "");
+        let long = "x".repeat(500);
+        assert_eq!(start_excerpt(long.as_bytes()).len(), 300);
+    }
 
     fn with_env(k: &str, v: &str) -> SessionConfig {
         let mut c = SessionConfig::default();

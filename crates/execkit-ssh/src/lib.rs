@@ -58,8 +58,27 @@ impl SshTransport {
     }
 }
 
-/// The remote command that starts the session shell. It runs under the
-/// user's login shell (`$SHELL -c`), so it must be plain POSIX sh.
+/// A command for the user's login shell (sshd runs every channel's command
+/// as `$SHELL -c COMMAND`) that runs `script` under `/bin/sh`, whatever the
+/// login shell is: fish and csh do not speak sh, so the script travels as
+/// one single-quoted word built to read the same in all three — `'` and `\`
+/// are written outside the quotes (`'\''`, `'\\'`), where each of them
+/// means itself, and inside fish's single quotes `\` would be an escape.
+fn login_command(script: &str) -> String {
+    let mut out = String::with_capacity(script.len() + 24);
+    out.push_str("exec /bin/sh -c '");
+    for c in script.chars() {
+        match c {
+            '\'' => out.push_str("'\\''"),
+            '\\' => out.push_str("'\\\\'"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// The script that starts the session shell (run through [`login_command`]).
 fn shell_command(spec: &SpawnSpec) -> String {
     let mut s = String::new();
     s.push_str("unset");
@@ -97,7 +116,7 @@ fn shell_command(spec: &SpawnSpec) -> String {
             argv("/bin/sh")
         )),
     }
-    s
+    login_command(&s)
 }
 
 fn log_cleanup(out: &actor::ExecOutput) {
@@ -113,10 +132,10 @@ fn log_cleanup(out: &actor::ExecOutput) {
 /// The marker-kill command run on a second channel (core's portable
 /// script, under `sh` whatever the login shell is).
 fn kill_command(entry: &str) -> String {
-    format!(
-        "exec sh -c {} 2>&1",
-        shell_quote(&execkit_core::shell::kill_matching_script(entry))
-    )
+    login_command(&format!(
+        "exec 2>&1; {}",
+        execkit_core::shell::kill_matching_script(entry)
+    ))
 }
 
 #[async_trait]
@@ -289,7 +308,7 @@ impl ShellProcess for SshShell {
     }
 
     async fn run_script(&self, script: &str) -> Option<Result<String, TransportError>> {
-        let cmd = format!("exec sh -c {}", shell_quote(script));
+        let cmd = login_command(script);
         let run = pool::exec(&self.parsed, &self.target, Some(&self.conn), &cmd);
         Some(match tokio::time::timeout(CLEANUP_TIMEOUT, run).await {
             Ok(Ok(out)) => Ok(String::from_utf8_lossy(&out.output).into_owned()),
@@ -306,6 +325,12 @@ impl ShellProcess for SshShell {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        // The channel closes (its terminal hangs up) even when the caller
+        // gives up on the clean-up below.
+        let _close = CloseOnDrop {
+            conn: &self.conn,
+            id: self.id,
+        };
         let entry = self.marker_entry.clone();
         let r = if self.conn.is_lost() {
             // The processes may still run if only the connection dropped:
@@ -319,8 +344,19 @@ impl ShellProcess for SshShell {
         } else {
             self.cleanup(&entry).await
         };
-        let _ = self.conn.send(Req::Close { id: self.id });
         r
+    }
+}
+
+/// Closes one channel of a connection when dropped.
+struct CloseOnDrop<'a> {
+    conn: &'a Conn,
+    id: u64,
+}
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.conn.send(Req::Close { id: self.id });
     }
 }
 

@@ -1,0 +1,83 @@
+//! Sessions start under whatever login shell the remote user has: sshd runs
+//! every channel's command as `$SHELL -c …`, so execkit's start-up and its
+//! out-of-band scripts must read the same to fish and tcsh as to sh, and a
+//! slow rc file must cost its own time, not twice that. The users come from
+//! `cargo xtask test` (`EXECKIT_TEST_SSH_FISH_USER`, `…_SLOWRC_USER`);
+//! without them the cases are skipped, under `CI=true` that is a failure.
+
+use std::time::{Duration, Instant};
+
+use execkit_core::{RunOptions, Session, SessionConfig, SessionError};
+
+/// The test URL with its user swapped for the one in `var`.
+fn url_for(var: &str) -> Option<String> {
+    execkit_ssh::register();
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let (Ok(url), Ok(user)) = (std::env::var("EXECKIT_TEST_SSH_URL"), std::env::var(var)) else {
+        assert!(
+            !ci,
+            "no test sshd or no {var} under CI=true; run cargo xtask test"
+        );
+        eprintln!("skipped: no test sshd or no {var}; run cargo xtask test");
+        return None;
+    };
+    let rest = url.strip_prefix("ssh://").expect("ssh URL");
+    let (_, host) = rest.split_once('@').expect("URL names a user");
+    Some(format!("ssh://{user}@{host}"))
+}
+
+fn timeout(secs: u64) -> RunOptions {
+    let mut o = RunOptions::default();
+    o.timeout = Some(Duration::from_secs(secs));
+    o
+}
+
+/// Fails on a start-up line written for sh only: fish answered it with a
+/// parse error (`^~~^` under ~400 spaces) and the session never started.
+#[tokio::test]
+async fn a_fish_login_shell_runs_sessions_and_scripts() {
+    let Some(url) = url_for("EXECKIT_TEST_SSH_FISH_USER") else {
+        return;
+    };
+    let mut s = Session::open(&url, SessionConfig::default())
+        .await
+        .expect("a session starts under a fish login shell");
+    let r = s
+        .run("cd /tmp && export K='a\\b c' && echo \"$K\"", timeout(30))
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, Some(0), "{r:?}");
+    assert_eq!(r.output, "a\\b c");
+    assert_eq!(r.cwd, "/tmp");
+    // The timeout ladder runs scripts out of band through the login shell.
+    let r = s.run("sleep 30", timeout(1)).await.unwrap();
+    assert!(r.timed_out && !r.restarted, "{r:?}");
+    let r = s.run("echo \"$K\"; pwd", timeout(30)).await.unwrap();
+    assert_eq!(r.output, "a\\b c\n/tmp", "state kept: {r:?}");
+    s.close().await.unwrap();
+}
+
+/// Fails when a start-up that times out then waits for a clean-up script
+/// that itself sits behind the same rc file (20 s of `.bashrc` answered
+/// after 35 s): the answer comes at the start timeout, and says why.
+#[tokio::test]
+async fn a_slow_rc_file_fails_at_the_start_timeout_and_says_why() {
+    let Some(url) = url_for("EXECKIT_TEST_SSH_SLOWRC_USER") else {
+        return;
+    };
+    let mut config = SessionConfig::default();
+    config.start_timeout = Duration::from_secs(2);
+    let t = Instant::now();
+    let err = Session::open(&url, config)
+        .await
+        .expect_err("an 8 s rc file cannot start within 2 s");
+    let took = t.elapsed();
+    let msg = err.to_string();
+    assert!(matches!(err, SessionError::StartTimeout { .. }), "{err:?}");
+    assert!(
+        msg.contains("within 2 s") && msg.contains("login script"),
+        "{msg}"
+    );
+    // The rc file sleeps 8 s: an answer before that did not wait for it.
+    assert!(took < Duration::from_secs(6), "answered after {took:?}");
+}
