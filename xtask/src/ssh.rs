@@ -167,10 +167,12 @@ pub(crate) fn stop(child: &mut Child) {
 
 /// Users whose login shell is not sh-like, for the cases that check a
 /// session starts under any login shell (sshd runs every channel's command
-/// as `$SHELL -c …`): `execkit-fish` (fish) and `execkit-slowrc` (tcsh whose
-/// `~/.tcshrc` sleeps 8 s, as a slow rc file would). Created once, as root
-/// only (the test sshd accepts the test key for every user); their names go
-/// to the tests as `EXECKIT_TEST_SSH_FISH_USER` / `_SLOWRC_USER`.
+/// as `$SHELL -c …`): `execkit-fish` (fish), `execkit-slowrc` (tcsh whose
+/// `~/.tcshrc` sleeps 8 s, as a slow rc file would) and `execkit-nproc`
+/// (tcsh limiting the user to 16 processes, so a command can leave the
+/// clean-up no process to run in). Created once, as root only (the test
+/// sshd accepts the test key for every user); their names go to the tests
+/// as `EXECKIT_TEST_SSH_FISH_USER` / `_SLOWRC_USER` / `_NPROC_USER`.
 fn login_shell_users() -> Result<Vec<(String, String)>> {
     if !crate::nix_is_root() {
         bail!("not root: cannot create test users");
@@ -199,6 +201,13 @@ fn login_shell_users() -> Result<Vec<(String, String)>> {
             ".tcshrc",
             "sleep 8\n",
             "EXECKIT_TEST_SSH_SLOWRC_USER",
+        ),
+        (
+            "execkit-nproc",
+            "/usr/bin/tcsh",
+            ".tcshrc",
+            "limit maxproc 16\n",
+            "EXECKIT_TEST_SSH_NPROC_USER",
         ),
     ] {
         let home = PathBuf::from("/home").join(user);

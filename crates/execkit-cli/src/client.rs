@@ -25,6 +25,9 @@ pub enum ClientError {
     Refused(String),
     /// The connection broke.
     Io(String),
+    /// Something answers at the socket, but not a server of this user in a
+    /// directory only this user can change: nothing was sent to it.
+    Untrusted(String),
 }
 
 impl std::fmt::Display for ClientError {
@@ -39,6 +42,7 @@ impl std::fmt::Display for ClientError {
             }
             ClientError::Refused(e) => write!(f, "{e}"),
             ClientError::Io(e) => write!(f, "connection to execkit serve failed: {e}"),
+            ClientError::Untrusted(e) => write!(f, "refusing to talk to {e}"),
         }
     }
 }
@@ -49,6 +53,7 @@ impl Client {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|e| ClientError::NotRunning(path.to_path_buf(), e))?;
+        trust(&stream, path).map_err(ClientError::Untrusted)?;
         Ok(Client::from_stream(stream))
     }
 
@@ -111,6 +116,54 @@ impl Client {
     }
 }
 
+/// Checks, before a byte is sent, that the server at `path` is this user's:
+/// its process runs as our uid (`SO_PEERCRED`), and the socket's directory
+/// is not a symlink, belongs to us (or root) and is writable by nobody
+/// else — in a shared directory another user could have put the socket
+/// there, or swap it later. Commands, their output and session requests go
+/// only to a server that passes; `Err` says which check failed.
+pub fn trust(stream: &UnixStream, path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = crate::proto::nix_uid();
+    let shown = path.display();
+    let peer = stream
+        .peer_cred()
+        .map_err(|e| format!("the server at {shown}: cannot tell who runs it ({e})"))?;
+    if peer.uid() != me {
+        return Err(format!(
+            "the server at {shown}: it runs as uid {}, not as this user (uid {me})",
+            peer.uid()
+        ));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let meta = std::fs::symlink_metadata(dir)
+        .map_err(|e| format!("the server at {shown}: its directory: {e}"))?;
+    if meta.file_type().is_symlink() {
+        return Err(format!(
+            "the server at {shown}: its directory {} is a symlink",
+            dir.display()
+        ));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "the server at {shown}: its directory {} belongs to uid {}",
+            dir.display(),
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "the server at {shown}: its directory {} is writable by others (mode {:o})",
+            dir.display(),
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 /// Mirrors this process's console to a running `execkit serve`, so
 /// `execkit watch` shows what `exec` and `mcp` run too. Best effort: no
 /// server, no mirror; a slow server skips events (the console is a
@@ -167,6 +220,10 @@ async fn mirror(
         },
         _ = &mut stopped => return,
     };
+    if let Err(e) = trust(&stream, &socket) {
+        tracing::debug!("console mirror skipped: {e}");
+        return;
+    }
     let peer = stream.peer_cred().ok().and_then(|c| c.pid());
     let mut client = Client::from_stream(stream);
     let mut draining = false;

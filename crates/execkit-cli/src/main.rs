@@ -5,6 +5,7 @@ mod client;
 mod duration;
 mod exec;
 mod gc;
+mod http_auth;
 mod journal_cmd;
 mod mcp;
 mod mcp_stdio;

@@ -43,6 +43,13 @@ pub struct McpArgs {
     /// printed on stderr). Every client shares the server's sessions.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<std::net::SocketAddr>,
+    /// With --http: the bearer token every request must carry
+    /// (`Authorization: Bearer TOKEN`) is read from this file (0600, ours),
+    /// or generated into it when missing. Default: a fresh token in
+    /// `${XDG_RUNTIME_DIR:-/tmp/execkit-$UID}/mcp-PORT.token`, removed at
+    /// exit; `EXECKIT_MCP_TOKEN` gives it directly.
+    #[arg(long, value_name = "PATH", requires = "http")]
+    pub token_file: Option<PathBuf>,
     #[command(flatten)]
     pub journal: JournalArgs,
 }
@@ -383,7 +390,7 @@ pub fn main(args: McpArgs) -> ExitCode {
             crate::client::ConsoleMirror::start(&observer.console, &crate::proto::default_socket());
         let host = Host::new(config, observer);
         let code = if let Some(addr) = args.http {
-            let code = serve_http(addr, host.clone()).await;
+            let code = serve_http(addr, args.token_file.as_deref(), host.clone()).await;
             host.shutdown().await;
             code
         } else {
@@ -412,7 +419,11 @@ async fn serve_stdio(host: Arc<Host>) -> ExitCode {
 
 /// MCP over streamable HTTP (rmcp's tower service on hyper) at `/mcp`,
 /// until SIGTERM or SIGINT.
-async fn serve_http(addr: std::net::SocketAddr, host: Arc<Host>) -> ExitCode {
+async fn serve_http(
+    addr: std::net::SocketAddr,
+    token_file: Option<&std::path::Path>,
+    host: Arc<Host>,
+) -> ExitCode {
     use hyper_util::rt::TokioIo;
     use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
     use rmcp::transport::streamable_http_server::{
@@ -427,6 +438,16 @@ async fn serve_http(addr: std::net::SocketAddr, host: Arc<Host>) -> ExitCode {
         }
     };
     let bound = listener.local_addr().unwrap_or(addr);
+    let default_file =
+        crate::proto::default_socket().with_file_name(format!("mcp-{}.token", bound.port()));
+    let token = match crate::http_auth::Token::load(token_file, &default_file) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            eprintln!("execkit mcp: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let me = crate::proto::nix_uid();
     // rmcp checks the Host header against loopback names (DNS rebinding).
     let config = StreamableHttpServerConfig::default();
     let max_body = config.max_request_body_bytes;
@@ -440,20 +461,50 @@ async fn serve_http(addr: std::net::SocketAddr, host: Arc<Host>) -> ExitCode {
     );
     let stop_signal = crate::exec::interrupted();
     tokio::pin!(stop_signal);
+    let told = match &token.path {
+        Some(p) => format!("bearer token in {}", p.display()),
+        None => format!("bearer token from {}", crate::http_auth::TOKEN_VAR),
+    };
     eprintln!(
-        "execkit mcp: listening on http://{bound}/mcp (pid {})",
+        "execkit mcp: listening on http://{bound}/mcp (pid {}); {told}",
         std::process::id()
     );
     loop {
         tokio::select! {
             conn = listener.accept() => {
-                let Ok((stream, _)) = conn else { continue };
+                let Ok((stream, peer)) = conn else { continue };
+                // Another user's socket is refused whatever it sends.
+                let stranger = stream
+                    .local_addr()
+                    .ok()
+                    .and_then(|local| crate::http_auth::loopback_peer_uid(local, peer))
+                    .filter(|&uid| uid != me);
                 let service = service.clone();
+                let token = token.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let mut service = service.clone();
+                        let token = token.clone();
                         async move {
                             use tower_service::Service as _;
+                            if let Some(uid) = stranger {
+                                return Ok(refused(
+                                    hyper::StatusCode::FORBIDDEN,
+                                    &format!("execkit mcp serves its own user only; this connection is uid {uid}'s\n"),
+                                ));
+                            }
+                            let auth = req.headers().get(hyper::header::AUTHORIZATION);
+                            if !token.admits(auth.map(|v| v.as_bytes())) {
+                                let mut r = refused(
+                                    hyper::StatusCode::UNAUTHORIZED,
+                                    "execkit mcp needs `Authorization: Bearer TOKEN` (see the start-up line for where the token is)\n",
+                                );
+                                r.headers_mut().insert(
+                                    hyper::header::WWW_AUTHENTICATE,
+                                    hyper::header::HeaderValue::from_static("Bearer"),
+                                );
+                                return Ok(r);
+                            }
                             if req.uri().path() != "/mcp" {
                                 return Ok(not_found());
                             }
@@ -480,6 +531,7 @@ async fn serve_http(addr: std::net::SocketAddr, host: Arc<Host>) -> ExitCode {
         }
     }
     stop.cancel();
+    token.remove_file();
     eprintln!(
         "execkit mcp: shutting down, closing {} session(s)",
         host.list().len()
@@ -533,11 +585,17 @@ async fn checked_body(
 }
 
 fn not_found() -> HttpResponse {
+    refused(
+        hyper::StatusCode::NOT_FOUND,
+        "execkit mcp serves /mcp only\n",
+    )
+}
+
+fn refused(status: hyper::StatusCode, text: &str) -> HttpResponse {
     use http_body_util::BodyExt as _;
     let mut r = hyper::Response::new(
-        http_body_util::Full::new(bytes::Bytes::from_static(b"execkit mcp serves /mcp only\n"))
-            .boxed(),
+        http_body_util::Full::new(bytes::Bytes::from(text.to_string())).boxed(),
     );
-    *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+    *r.status_mut() = status;
     r
 }

@@ -24,7 +24,7 @@ fn mcp_python() -> Option<std::ffi::OsString> {
 
 /// Runs `tests/mcp/SCRIPT ARG REPORT` with the venv's python, asserts it
 /// succeeded and returns the latency report it wrote.
-fn run_client(python: &std::ffi::OsStr, script: &str, arg: &str) -> String {
+fn run_client(python: &std::ffi::OsStr, script: &str, arg: &str, token: Option<&str>) -> String {
     let script = format!("{}/tests/mcp/{script}", env!("CARGO_MANIFEST_DIR"));
     let report = std::env::temp_dir().join(format!(
         "execkit-{script_name}-{}.json",
@@ -35,6 +35,7 @@ fn run_client(python: &std::ffi::OsStr, script: &str, arg: &str) -> String {
         .arg(&script)
         .arg(arg)
         .arg(&report)
+        .envs(token.map(|t| ("EXECKIT_MCP_TOKEN", t)))
         .env(
             "XDG_STATE_HOME",
             std::env::temp_dir().join("execkit-mcp-tests"),
@@ -55,7 +56,7 @@ fn run_client(python: &std::ffi::OsStr, script: &str, arg: &str) -> String {
 #[test]
 fn official_python_client_drives_execkit_mcp() {
     let Some(python) = mcp_python() else { return };
-    let numbers = run_client(&python, "client.py", env!("CARGO_BIN_EXE_execkit"));
+    let numbers = run_client(&python, "client.py", env!("CARGO_BIN_EXE_execkit"), None);
     println!("mcp latency: {numbers}");
 }
 
@@ -63,6 +64,9 @@ fn official_python_client_drives_execkit_mcp() {
 struct HttpServer {
     child: std::process::Child,
     addr: String,
+    /// The bearer token (read from the file the start-up line names).
+    token: String,
+    token_file: std::path::PathBuf,
 }
 
 impl HttpServer {
@@ -86,11 +90,26 @@ impl HttpServer {
             .and_then(|r| r.split("/mcp").next())
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_string();
+        let token_file = std::path::PathBuf::from(
+            line.split("bearer token in ")
+                .nth(1)
+                .unwrap_or_else(|| panic!("no token file in {line:?}"))
+                .trim(),
+        );
+        let token = std::fs::read_to_string(&token_file)
+            .expect("token file")
+            .trim()
+            .to_string();
         // Keep draining stderr so the server never blocks on it.
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut err, &mut std::io::sink());
         });
-        HttpServer { child, addr }
+        HttpServer {
+            child,
+            addr,
+            token,
+            token_file,
+        }
     }
 
     /// SIGTERM; the exit status.
@@ -124,14 +143,16 @@ fn official_python_client_over_streamable_http() {
     let Some(python) = mcp_python() else { return };
     let server = HttpServer::start();
     let url = format!("http://{}/mcp", server.addr);
-    let numbers = run_client(&python, "http_client.py", &url);
+    let numbers = run_client(&python, "http_client.py", &url, Some(&server.token));
     println!("mcp over http latency: {numbers}");
 
     // Other paths are not served.
     let mut conn = std::net::TcpStream::connect(&server.addr).expect("connect");
     write!(
         conn,
-        "GET /other HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET /other HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        server.token
     )
     .expect("request");
     let mut reply = String::new();
@@ -368,8 +389,10 @@ fn http_malformed_json_is_a_parse_error() {
     write!(
         conn,
         "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\n\
          Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
          Content-Length: {}\r\n\r\n{body}",
+        server.token,
         body.len()
     )
     .expect("request");
@@ -382,4 +405,69 @@ fn http_malformed_json_is_a_parse_error() {
     assert_eq!(v["error"]["code"], -32700, "{reply}");
     let st = server.stop();
     assert!(st.success(), "mcp --http exited with {st} on SIGTERM");
+}
+
+/// An MCP `initialize` posted to the server by `bash` (its `/dev/tcp`), as
+/// `uid` when given (another user: the attacker), with `token`; the HTTP
+/// status code.
+fn initialize_as(server: &HttpServer, uid: Option<u32>, token: Option<&str>) -> String {
+    use std::os::unix::process::CommandExt as _;
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-03-26","capabilities":{},"clientInfo":{"name":"x","version":"1"}}}"#;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (host, port) = server.addr.rsplit_once(':').expect("host:port");
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(r#"exec 3<>"/dev/tcp/$1/$2" && printf '%s' "$3" >&3 && head -n1 <&3"#)
+        .args(["bash", host, port, &request])
+        .current_dir("/");
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let out = cmd.output().expect("run bash");
+    let status = String::from_utf8_lossy(&out.stdout);
+    status
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no HTTP status: {out:?}"))
+        .to_string()
+}
+
+/// Fails on 8400d69, where any local user initialized a session and ran
+/// commands as the server's user (no token; loopback was the only check):
+/// a request needs the bearer token, and a connection from another uid is
+/// refused even with it (a leaked token is not enough).
+#[test]
+fn http_serves_only_its_user_with_the_token() {
+    let server = HttpServer::start();
+    let meta = std::fs::metadata(&server.token_file).expect("token file");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
+    assert_eq!(initialize_as(&server, None, Some(&server.token)), "200");
+    assert_eq!(initialize_as(&server, None, None), "401");
+    assert_eq!(
+        initialize_as(&server, None, Some("0123456789abcdef0123")),
+        "401"
+    );
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(
+            initialize_as(&server, Some(65534), Some(&server.token)),
+            "403"
+        );
+        assert_eq!(initialize_as(&server, Some(65534), None), "403");
+    } else {
+        eprintln!("not root: the other-uid half is skipped");
+    }
+    let file = server.token_file.clone();
+    let st = server.stop();
+    assert!(st.success(), "mcp --http exited with {st} on SIGTERM");
+    assert!(!file.exists(), "the generated token is removed at exit");
 }

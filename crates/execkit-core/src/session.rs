@@ -288,6 +288,9 @@ pub struct Session {
     /// A replaced or lost shell's processes could not be killed (a paused
     /// container…): `close` keeps the record on disk for `gc`.
     cleanup_pending: bool,
+    /// Why a replaced shell's processes could not be killed, until a
+    /// result reports it.
+    leftovers: Option<String>,
 }
 
 impl Session {
@@ -322,6 +325,7 @@ impl Session {
             pending: None,
             console_line: LineBuffer::default(),
             cleanup_pending: false,
+            leftovers: None,
         };
         // Recorded before the shell starts: a kill -9 at any later point
         // leaves a record for `gc` to clean up by.
@@ -964,11 +968,16 @@ impl Session {
             since,
         );
         match shell.run_script(&script).await? {
-            Ok(out) => out
-                .lines()
-                .last()
-                .and_then(|l| l.trim().parse().ok())
-                .map(Ok),
+            Ok(out) => match out.lines().last().and_then(|l| l.trim().parse().ok()) {
+                Some(n) => Some(Ok(n)),
+                // It ran but could not finish (no count line: a process
+                // limit stops its forks, a read-only /proc): nothing was
+                // signalled for sure.
+                None => {
+                    tracing::warn!("the signal script failed: {}", out.trim());
+                    Some(Err(()))
+                }
+            },
             Err(e) => {
                 tracing::warn!("signalling a timed-out command failed: {e}");
                 Some(Err(()))
@@ -1039,7 +1048,29 @@ impl Session {
     /// KILLs whatever of the command is still running (a background job it
     /// started, a forked subshell); says so in `error` if that failed.
     async fn kill_rest(&mut self, p: &Pending, result: &mut RunResult) {
-        if let Some(Ok(_)) = self.signal_command(p, "KILL").await {
+        if let Some(Ok(n)) = self.signal_command(p, "KILL").await {
+            if n == 0 {
+                return;
+            }
+            // SIGKILLed processes are gone within moments unless something
+            // holds them (uninterruptible sleep, another user's process):
+            // look once more, after a moment, and say what survived.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match self.signal_command(p, "0").await {
+                Some(Ok(0)) | None => {}
+                Some(Ok(left)) => {
+                    result.error = Some(format!(
+                        "{left} process(es) the command started survived SIGKILL"
+                    ));
+                }
+                Some(Err(())) => {
+                    result.error = Some(
+                        "could not check that what the command started was killed \
+                         (the signal script failed on the target)"
+                            .into(),
+                    );
+                }
+            }
             return;
         }
         // No script: at least what carries the command's id.
@@ -1154,6 +1185,21 @@ impl Session {
                 result.error = Some(format!("shell did not recover after timeout: {e}"));
             }
         }
+        self.report_leftovers(result);
+    }
+
+    /// Adds to `error` that a replaced shell's processes could not be
+    /// killed (its record stays for `gc`), if so.
+    fn report_leftovers(&mut self, result: &mut RunResult) {
+        if let Some(e) = self.leftovers.take() {
+            let what = format!(
+                "what the old shell started could not be killed ({e}); `execkit gc` retries"
+            );
+            result.error = Some(match result.error.take() {
+                Some(prev) => format!("{prev}; {what}"),
+                None => what,
+            });
+        }
     }
 
     /// The shell ended during a command: report how, and replace it. A
@@ -1191,6 +1237,7 @@ impl Session {
                 });
             }
         }
+        self.report_leftovers(result);
     }
 
     /// The target went away during a command.
@@ -1201,6 +1248,7 @@ impl Session {
         result.session_lost = true;
         result.exit_code = None;
         result.error = Some(msg);
+        self.report_leftovers(result);
     }
 
     /// Kills a shell that is being replaced or was lost. If its processes
@@ -1209,6 +1257,7 @@ impl Session {
         if let Err(e) = old.terminate().await {
             tracing::debug!("cleanup of a replaced shell failed: {e}");
             self.cleanup_pending = true;
+            self.leftovers = Some(e.to_string());
         }
     }
 

@@ -185,6 +185,8 @@ pub fn pid_from_status(status: i32) -> Option<u32> {
 /// an older process, belongs to an earlier command's job and is left
 /// alone; the shell itself never gets a signal. (A subshell an earlier
 /// command forked within the same 10 ms clock tick cannot be told apart.)
+/// Zombies are skipped: they are dead already, and `0` as the signal counts
+/// what is still alive.
 pub fn signal_command_script(
     signal: &str,
     shell_pid: u32,
@@ -206,6 +208,7 @@ for d in /proc/[0-9]*; do
   p=${{d#/proc/}}
   read -r l < "$d/stat" 2>/dev/null || continue
   set -- ${{l##*) }}
+  case $1 in Z|X) continue;; esac
   eval "pp_$p=$2 st_$p=${{20}}"
 done
 n=0

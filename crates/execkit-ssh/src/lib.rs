@@ -119,14 +119,20 @@ fn shell_command(spec: &SpawnSpec) -> String {
     login_command(&s)
 }
 
-fn log_cleanup(out: &actor::ExecOutput) {
-    if out.status != execkit_core::ExitStatus::Code(0) {
-        tracing::warn!(
-            "marker cleanup {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.output).trim()
-        );
+/// The kill script always ends with `exit 0`: anything else means it could
+/// not run (the login shell failed, a process limit stopped its forks).
+fn cleanup_outcome(label: &str, out: &actor::ExecOutput) -> Result<(), TransportError> {
+    if out.status == execkit_core::ExitStatus::Code(0) {
+        return Ok(());
     }
+    let text = String::from_utf8_lossy(&out.output);
+    tracing::warn!("marker cleanup {}: {}", out.status, text.trim());
+    let last = text.lines().rev().map(str::trim).find(|l| !l.is_empty());
+    Err(TransportError::Lost(format!(
+        "the marker-kill script on {label} {}: {}",
+        out.status,
+        last.unwrap_or("no output")
+    )))
 }
 
 /// The marker-kill command run on a second channel (core's portable
@@ -206,8 +212,7 @@ impl Transport for SshTransport {
     async fn kill_matching(&self, entry: &str) -> Result<(), TransportError> {
         let cmd = kill_command(entry);
         let out = pool::exec(&self.parsed, &self.target, None, &cmd).await?;
-        log_cleanup(&out);
-        Ok(())
+        cleanup_outcome(&self.target, &out)
     }
 }
 
@@ -256,7 +261,7 @@ impl SshShell {
         )
         .await
         {
-            Ok(r) => r.map(|out| log_cleanup(&out)),
+            Ok(r) => r.and_then(|out| cleanup_outcome(&self.conn.label, &out)),
             Err(_) => Err(TransportError::Lost(format!(
                 "marker cleanup on {} did not finish within {} s",
                 self.conn.label,

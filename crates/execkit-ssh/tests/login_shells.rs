@@ -81,3 +81,69 @@ async fn a_slow_rc_file_fails_at_the_start_timeout_and_says_why() {
     // The rc file sleeps 8 s: an answer before that did not wait for it.
     assert!(took < Duration::from_secs(6), "answered after {took:?}");
 }
+
+/// Kills every process of `user` by PID (the test's own leftovers: the
+/// point of the case is that execkit could not).
+fn kill_all_of(user: &str) -> usize {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let uid = passwd
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&user)).then(|| f[2].to_string())
+        })
+        .expect("test user exists");
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(e.path().join("status")) else {
+            continue;
+        };
+        let owner = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1));
+        if owner == Some(uid.as_str()) {
+            let ok = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status()
+                .is_ok_and(|s| s.success());
+            n += usize::from(ok);
+        }
+    }
+    n
+}
+
+/// Fails when leftovers that could not be killed go unreported (`error`
+/// null while the command's `sleep`s live on): the user's process limit
+/// (16, from the login shell's rc) is filled by the command, so no clean-up
+/// script can start on the host.
+#[tokio::test]
+async fn leftovers_that_cannot_be_killed_are_named_in_error() {
+    let Some(url) = url_for("EXECKIT_TEST_SSH_NPROC_USER") else {
+        return;
+    };
+    let user = std::env::var("EXECKIT_TEST_SSH_NPROC_USER").unwrap();
+    kill_all_of(&user);
+    let mut s = Session::open(&url, SessionConfig::default())
+        .await
+        .expect("a session starts under the limit");
+    let r = s
+        .run(
+            "i=0; while [ $i -lt 30 ]; do sleep 60 & i=$((i + 1)); done 2>/dev/null; wait",
+            timeout(3),
+        )
+        .await
+        .unwrap();
+    let left = kill_all_of(&user);
+    assert!(r.timed_out, "{r:?}");
+    assert!(left > 0, "the case needs leftovers: {r:?}");
+    let error = r.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("could not be killed"),
+        "{left} left, error: {r:?}"
+    );
+    drop(s);
+}

@@ -1,20 +1,28 @@
 """Drives `execkit mcp --http` with the official MCP Python client over
 streamable HTTP.
 
-Usage: http_client.py URL REPORT_JSON
+Usage: EXECKIT_MCP_TOKEN=T http_client.py URL REPORT_JSON
 Two clients share the server's sessions; asserts tool behaviour and writes
 latency numbers to REPORT_JSON.
 """
 import asyncio
+import os
 import sys
 
 from common import open_and_check_basics, run_true_latency, structured, write_report
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+
+def client():
+    """An HTTP client that carries the server's bearer token."""
+    token = os.environ["EXECKIT_MCP_TOKEN"]
+    return create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
 
 
 async def main(url, report_path):
-    async with streamable_http_client(url) as streams:
+    async with streamable_http_client(url, http_client=client()) as streams:
         read, write = streams[0], streams[1]
         async with ClientSession(read, write) as a:
             sid = await open_and_check_basics(a)
@@ -22,7 +30,7 @@ async def main(url, report_path):
             assert refused.is_error and "not allowed" in refused.content[0].text, refused
 
             # A second client on its own connection sees and drives the same session.
-            async with streamable_http_client(url) as streams2:
+            async with streamable_http_client(url, http_client=client()) as streams2:
                 async with ClientSession(streams2[0], streams2[1]) as b:
                     await b.initialize()
                     listed = structured(await b.call_tool("session_list", {}))
