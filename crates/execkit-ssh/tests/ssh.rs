@@ -633,6 +633,12 @@ struct StalledHost {
 
 impl StalledHost {
     async fn start() -> StalledHost {
+        StalledHost::saying(b"").await
+    }
+
+    /// One that writes `first` on every connection, then nothing more.
+    async fn saying(first: &'static [u8]) -> StalledHost {
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
             .await
             .unwrap();
@@ -640,7 +646,10 @@ impl StalledHost {
         let (count, connections) = tokio::sync::watch::channel(0);
         tokio::spawn(async move {
             let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                if !first.is_empty() {
+                    let _ = stream.write_all(first).await;
+                }
                 held.push(stream);
                 count.send_replace(held.len());
             }
@@ -811,5 +820,77 @@ async fn concurrent_opens_share_one_new_connection() {
     );
     for s in sessions {
         s.close().await.unwrap();
+    }
+}
+
+/// A timeout names the stage that stalled: a server that sends its banner
+/// and then nothing stalls the key exchange; a host whose TCP accept queue
+/// is full (SYNs dropped, as for a blackholed address) never connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_timeout_names_the_stage() {
+    execkit_ssh::register();
+    let host = StalledHost::saying(b"SSH-2.0-OpenSSH_9.6 stalled\r\n").await;
+    let t = Instant::now();
+    let reason = unreachable_reason(open(&host.url("&connect_timeout=1")).await);
+    let took = t.elapsed();
+    assert_eq!(
+        reason,
+        format!(
+            "SSH key exchange with 127.0.0.1:{} did not finish within 1 s",
+            host.port
+        )
+    );
+    assert!(took >= Duration::from_millis(950), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    let full = FullAcceptQueue::new();
+    let t = Instant::now();
+    let url = format!("ssh://nobody@127.0.0.1:{}?connect_timeout=1.5", full.port);
+    let reason = unreachable_reason(open(&url).await);
+    let took = t.elapsed();
+    assert_eq!(
+        reason,
+        format!("no TCP connection to 127.0.0.1:{} within 1.5 s", full.port)
+    );
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+/// A loopback listener with a backlog of 0 whose one queue place is taken
+/// and never accepted: the kernel drops further SYNs, so a connect to it
+/// hangs as to a blackholed address.
+struct FullAcceptQueue {
+    port: u16,
+    _listener: std::os::fd::OwnedFd,
+    _queued: std::net::TcpStream,
+}
+
+impl FullAcceptQueue {
+    fn new() -> FullAcceptQueue {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: plain socket calls on a descriptor this function owns;
+        // every pointer is to a local of the right type and size.
+        let (listener, port) = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let listener = OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let p = (&addr as *const libc::sockaddr_in).cast();
+            assert_eq!(libc::bind(listener.as_raw_fd(), p, len), 0, "bind");
+            assert_eq!(libc::listen(listener.as_raw_fd(), 0), 0, "listen");
+            let mut len = len;
+            let p = (&mut addr as *mut libc::sockaddr_in).cast();
+            assert_eq!(libc::getsockname(listener.as_raw_fd(), p, &mut len), 0);
+            (listener, u16::from_be(addr.sin_port))
+        };
+        let queued = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        FullAcceptQueue {
+            port,
+            _listener: listener,
+            _queued: queued,
+        }
     }
 }
