@@ -158,6 +158,42 @@ fn hostile_targets_and_bytes_are_usage_errors() {
     assert!(stderr(&out).contains("UTF-8"), "{}", stderr(&out));
 }
 
+/// `connect_timeout` on an ssh target: a bad value is a usage error; a
+/// host that accepts TCP and never sends a banner is unreachable after it,
+/// with the host and the stage in the message.
+#[test]
+fn ssh_connect_timeout_is_checked_and_honoured() {
+    // A listener that never accepts: the kernel completes the TCP
+    // handshake, nobody ever writes.
+    let stalled = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = stalled.local_addr().unwrap().port();
+    for bad in ["0", "-1", "nan", "1e300", "soon"] {
+        let target = format!("ssh://nobody@127.0.0.1:{port}?connect_timeout={bad}");
+        let out = execkit(&["exec", "--target", &target, "true"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert_eq!(err.lines().count(), 1, "{bad}: {err}");
+        assert!(
+            err.contains("invalid target")
+                && err.contains(&format!("connect_timeout={bad} is not a duration")),
+            "{bad}: {err}"
+        );
+    }
+    let target = format!("ssh://nobody@127.0.0.1:{port}?connect_timeout=1.5");
+    let t = Instant::now();
+    let out = execkit(&["exec", "--target", &target, "true"]);
+    let took = t.elapsed();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(
+        err.contains(&format!("no SSH banner from 127.0.0.1:{port} within 1.5 s")),
+        "{err}"
+    );
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    drop(stalled);
+}
+
 #[test]
 fn unreachable_target_exits_69() {
     let out = execkit(&["exec", "--target", "local:/nonexistent/shell", "true"]);

@@ -1,20 +1,18 @@
 //! Establishing one authenticated SSH connection (blocking; runs on a
-//! blocking thread): TCP with a connect timeout, handshake, host-key
-//! verification against known_hosts, key and agent authentication.
+//! thread of its own): TCP connect, handshake, host-key verification
+//! against known_hosts, key and agent authentication — all under one
+//! deadline, the target's `connect_timeout`.
 
 use std::io::Write as _;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use execkit_core::TransportError;
 use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, MethodType, Session};
 
 use crate::target::{home, HostKeyPolicy, SshTarget};
-
-/// How long a TCP connect, the handshake and authentication may each take.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Host key algorithms in OpenSSH's default order, so the key we verify is
 /// the one OpenSSH would have recorded in known_hosts.
@@ -60,6 +58,72 @@ pub(crate) fn unreachable(target: &str, reason: impl Into<String>) -> TransportE
     }
 }
 
+/// The stage of establishing a connection a deadline can end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Tcp,
+    Banner,
+    KeyExchange,
+    Auth,
+}
+
+/// The target's `connect_timeout` as one deadline over every stage: each
+/// blocking step gets what is left of it, not a fresh allowance.
+struct Deadline {
+    end: Instant,
+    total: Duration,
+}
+
+impl Deadline {
+    fn new(total: Duration) -> Deadline {
+        Deadline {
+            end: Instant::now() + total,
+            total,
+        }
+    }
+
+    fn remaining(&self) -> Duration {
+        self.end.saturating_duration_since(Instant::now())
+    }
+
+    fn expired(&self) -> bool {
+        self.remaining().is_zero()
+    }
+
+    /// Bounds the next blocking libssh2 call (libssh2 applies its timeout
+    /// to a whole call) by what is left, rounded up to a millisecond
+    /// (0 would mean no limit at all).
+    fn arm(&self, session: &Session) {
+        let ms = self.remaining().as_micros().div_ceil(1000);
+        session.set_timeout(ms.clamp(1, u128::from(u32::MAX)) as u32);
+    }
+
+    /// The error for `stage` not finishing in time.
+    fn missed(&self, stage: Stage, t: &SshTarget, target: &str) -> TransportError {
+        let addr = t.addr();
+        // Whole seconds print without a fraction: "2", "0.5".
+        let secs = self.total.as_secs_f64();
+        unreachable(
+            target,
+            match stage {
+                Stage::Tcp => format!("no TCP connection to {addr} within {secs} s"),
+                Stage::Banner => format!("no SSH banner from {addr} within {secs} s"),
+                Stage::KeyExchange => {
+                    format!("SSH key exchange with {addr} did not finish within {secs} s")
+                }
+                Stage::Auth => {
+                    format!("authentication to {addr} did not finish within {secs} s")
+                }
+            },
+        )
+    }
+}
+
+/// libssh2's LIBSSH2_ERROR_TIMEOUT: a blocking call ran out of time.
+fn timed_out(e: &ssh2::Error) -> bool {
+    e.code() == ssh2::ErrorCode::Session(-9)
+}
+
 /// Connects, verifies the host key and authenticates.
 pub(crate) fn establish(t: &SshTarget, target: &str) -> Result<Established, TransportError> {
     if let Some(id) = &t.identity {
@@ -70,12 +134,12 @@ pub(crate) fn establish(t: &SshTarget, target: &str) -> Result<Established, Tran
             ));
         }
     }
-    let stream = tcp_connect(t, target)?;
+    let deadline = Deadline::new(t.connect_timeout);
+    let stream = tcp_connect(t, target, &deadline)?;
     let mut session = Session::new()
         .map_err(|e| unreachable(target, format!("cannot create an SSH session: {e}")))?;
     // libssh2 uses the same fd; `stream` owns it and outlives the session.
     session.set_tcp_stream(BorrowedSocket(stream.as_raw_fd()));
-    session.set_timeout(CONNECT_TIMEOUT.as_millis() as u32);
     if let Ok(supported) = session.supported_algs(MethodType::HostKey) {
         let prefs: Vec<&str> = HOST_KEY_PREFS
             .iter()
@@ -86,7 +150,20 @@ pub(crate) fn establish(t: &SshTarget, target: &str) -> Result<Established, Tran
             let _ = session.method_pref(MethodType::HostKey, &prefs.join(","));
         }
     }
+    if deadline.expired() {
+        return Err(deadline.missed(Stage::Banner, t, target));
+    }
+    deadline.arm(&session);
     session.handshake().map_err(|e| {
+        if timed_out(&e) || deadline.expired() {
+            // The banner is the first thing a server sends: without it
+            // this is a host that accepted the connection and stalled.
+            let stage = match session.banner_bytes() {
+                None => Stage::Banner,
+                Some(_) => Stage::KeyExchange,
+            };
+            return deadline.missed(stage, t, target);
+        }
         unreachable(
             target,
             format!("SSH handshake with {} failed: {}", t.addr(), e.message()),
@@ -99,12 +176,16 @@ pub(crate) fn establish(t: &SshTarget, target: &str) -> Result<Established, Tran
         session.methods(MethodType::Kex)
     );
     verify_host_key(&session, t, target)?;
-    authenticate(&session, t, target)?;
+    authenticate(&session, t, target, &deadline)?;
     session.set_keepalive(true, crate::actor::KEEPALIVE_SECS);
     Ok(Established { session, stream })
 }
 
-fn tcp_connect(t: &SshTarget, target: &str) -> Result<TcpStream, TransportError> {
+fn tcp_connect(
+    t: &SshTarget,
+    target: &str,
+    deadline: &Deadline,
+) -> Result<TcpStream, TransportError> {
     let addrs: Vec<_> = match (t.host.as_str(), t.port).to_socket_addrs() {
         Ok(a) => a.collect(),
         Err(e) => {
@@ -120,30 +201,32 @@ fn tcp_connect(t: &SshTarget, target: &str) -> Result<TcpStream, TransportError>
             format!("cannot resolve host `{}`: no addresses", t.host),
         ));
     }
-    let mut last = String::new();
+    let mut last = None;
     for addr in addrs {
-        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
+        let left = deadline.remaining();
+        if left.is_zero() {
+            return Err(deadline.missed(Stage::Tcp, t, target));
+        }
+        match TcpStream::connect_timeout(&addr, left) {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
                 tune_socket(&s);
                 return Ok(s);
             }
             Err(e) => {
-                last = match e.kind() {
+                last = Some(match e.kind() {
                     std::io::ErrorKind::ConnectionRefused => {
-                        format!("connection refused by {}", t.addr())
+                        unreachable(target, format!("connection refused by {}", t.addr()))
                     }
-                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => format!(
-                        "connection to {} timed out after {} s",
-                        t.addr(),
-                        CONNECT_TIMEOUT.as_secs()
-                    ),
-                    _ => format!("cannot connect to {}: {e}", t.addr()),
-                }
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+                        deadline.missed(Stage::Tcp, t, target)
+                    }
+                    _ => unreachable(target, format!("cannot connect to {}: {e}", t.addr())),
+                })
             }
         }
     }
-    Err(unreachable(target, last))
+    Err(last.unwrap_or_else(|| deadline.missed(Stage::Tcp, t, target)))
 }
 
 fn dns_reason(e: &std::io::Error) -> String {
@@ -290,44 +373,62 @@ fn append_known_host(path: &Path, line: &str) -> std::io::Result<()> {
     f.write_all(line.as_bytes())
 }
 
-fn authenticate(session: &Session, t: &SshTarget, target: &str) -> Result<(), TransportError> {
+fn authenticate(
+    session: &Session,
+    t: &SshTarget,
+    target: &str,
+    deadline: &Deadline,
+) -> Result<(), TransportError> {
     let user = &t.user;
     let passphrase = std::env::var(PASSPHRASE_VAR).ok().filter(|p| !p.is_empty());
     let mut tried: Vec<String> = Vec::new();
-    let try_key = |path: &Path, tried: &mut Vec<String>| -> bool {
-        match session.userauth_pubkey_file(user, None, path, passphrase.as_deref()) {
-            Ok(()) if session.authenticated() => true,
-            Ok(()) => {
-                tried.push(format!("key {} (not accepted)", path.display()));
-                false
-            }
-            Err(e) => {
-                let why = match e.code() {
-                    ssh2::ErrorCode::Session(-18) | ssh2::ErrorCode::Session(-19) => {
-                        "not accepted by the server".to_string()
-                    }
-                    ssh2::ErrorCode::Session(-16) | ssh2::ErrorCode::Session(-48)
-                        if passphrase.is_none() =>
-                    {
-                        format!(
-                            "cannot read it ({}; if it is encrypted, set {PASSPHRASE_VAR})",
-                            e.message()
-                        )
-                    }
-                    _ => e.message().to_string(),
-                };
-                tried.push(format!("key {}: {why}", path.display()));
-                false
-            }
+    let late = || deadline.missed(Stage::Auth, t, target);
+    let try_key = |path: &Path, tried: &mut Vec<String>| -> Result<bool, TransportError> {
+        if deadline.expired() {
+            return Err(late());
         }
+        deadline.arm(session);
+        Ok(
+            match session.userauth_pubkey_file(user, None, path, passphrase.as_deref()) {
+                Ok(()) if session.authenticated() => true,
+                Ok(()) => {
+                    tried.push(format!("key {} (not accepted)", path.display()));
+                    false
+                }
+                Err(e) if timed_out(&e) || deadline.expired() => return Err(late()),
+                Err(e) => {
+                    let why = match e.code() {
+                        ssh2::ErrorCode::Session(-18) | ssh2::ErrorCode::Session(-19) => {
+                            "not accepted by the server".to_string()
+                        }
+                        ssh2::ErrorCode::Session(-16) | ssh2::ErrorCode::Session(-48)
+                            if passphrase.is_none() =>
+                        {
+                            format!(
+                                "cannot read it ({}; if it is encrypted, set {PASSPHRASE_VAR})",
+                                e.message()
+                            )
+                        }
+                        _ => e.message().to_string(),
+                    };
+                    tried.push(format!("key {}: {why}", path.display()));
+                    false
+                }
+            },
+        )
     };
     if let Some(id) = &t.identity {
-        if try_key(id, &mut tried) {
+        if try_key(id, &mut tried)? {
             return Ok(());
         }
     }
+    if deadline.expired() {
+        return Err(late());
+    }
+    deadline.arm(session);
     match try_agent(session, user) {
         Ok(true) => return Ok(()),
+        _ if deadline.expired() => return Err(late()),
         Ok(false) => tried.push("ssh-agent: no identity accepted".into()),
         Err(e) => tried.push(format!("ssh-agent: {e}")),
     }
@@ -336,7 +437,7 @@ fn authenticate(session: &Session, t: &SshTarget, target: &str) -> Result<(), Tr
             let Some(p) = home().map(|h| h.join(".ssh").join(name)) else {
                 break;
             };
-            if p.is_file() && try_key(&p, &mut tried) {
+            if p.is_file() && try_key(&p, &mut tried)? {
                 return Ok(());
             }
         }

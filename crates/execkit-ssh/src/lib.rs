@@ -1,8 +1,11 @@
 //! execkit transport `ssh`: a shell on a remote host over SSH (libssh2 via
 //! the `ssh2` crate).
 //!
-//! Target: `ssh://user@host[:port][?identity=PATH&known_hosts=PATH&host_key=accept_new]`.
+//! Target: `ssh://user@host[:port][?identity=PATH&known_hosts=PATH&host_key=accept_new&connect_timeout=SECS]`.
 //!
+//! - `connect_timeout` (default 10 s) bounds connecting as a whole: TCP
+//!   connect, the server's banner, key exchange and authentication; a
+//!   host that misses it is unreachable, with the stage in the message.
 //! - Host keys are verified against known_hosts (default
 //!   `~/.ssh/known_hosts`); an unknown or changed key is refused with its
 //!   SHA256 fingerprint, unless `host_key=accept_new` (unknown keys only are
@@ -11,7 +14,8 @@
 //! - Each session is a PTY channel running `env EXECKIT_SID=… SHELL -i`
 //!   (servers refuse `setenv` without AcceptEnv). Sessions to the same
 //!   user@host:port share one authenticated connection, driven by one OS
-//!   thread (see `actor`); it closes with its last session.
+//!   thread (see `actor`); it closes with its last session. Opens made
+//!   while it is being established wait for that one attempt (`pool`).
 //! - Cleanup runs the portable marker-kill script on a second channel.
 
 mod actor;

@@ -1,6 +1,7 @@
-//! Parsing `ssh://user@host[:port][?identity=PATH&known_hosts=PATH&host_key=accept_new]`.
+//! Parsing `ssh://user@host[:port][?identity=PATH&known_hosts=PATH&host_key=accept_new&connect_timeout=SECS]`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use execkit_core::TransportError;
 
@@ -12,6 +13,15 @@ pub enum HostKeyPolicy {
     /// Unknown keys are recorded and trusted; changed keys are refused.
     AcceptNew,
 }
+
+/// How long establishing a connection may take when the target does not
+/// say (`connect_timeout=SECS`): TCP connect, the server's banner, key
+/// exchange and authentication together.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest `connect_timeout` accepted: one year, the ceiling of every
+/// duration execkit takes from a user.
+pub const MAX_CONNECT_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
 /// A parsed `ssh://` target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +38,9 @@ pub struct SshTarget {
     pub known_hosts: Option<PathBuf>,
     /// Host key policy.
     pub host_key: HostKeyPolicy,
+    /// Deadline for establishing a connection, all stages together
+    /// (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    pub connect_timeout: Duration,
 }
 
 impl SshTarget {
@@ -41,7 +54,7 @@ impl SshTarget {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("ssh") => rest,
             _ => {
                 return Err(invalid(
-                    "expected ssh://user@host[:port][?identity=PATH&known_hosts=PATH&host_key=accept_new]"
+                    "expected ssh://user@host[:port][?identity=PATH&known_hosts=PATH&host_key=accept_new&connect_timeout=SECS]"
                         .into(),
                 ))
             }
@@ -114,6 +127,7 @@ impl SshTarget {
             identity: None,
             known_hosts: None,
             host_key: HostKeyPolicy::Strict,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -142,9 +156,12 @@ impl SshTarget {
                         }
                     }
                 }
+                "connect_timeout" => {
+                    t.connect_timeout = connect_timeout(&v).map_err(&invalid)?;
+                }
                 other => {
                     return Err(invalid(format!(
-                        "unknown parameter `{other}` (known: identity, known_hosts, host_key)"
+                        "unknown parameter `{other}` (known: identity, known_hosts, host_key, connect_timeout)"
                     )))
                 }
             }
@@ -175,6 +192,21 @@ impl SshTarget {
         self.known_hosts
             .clone()
             .or_else(|| home().map(|h| h.join(".ssh/known_hosts")))
+    }
+}
+
+/// `connect_timeout=SECS`: seconds, fractions allowed, more than 0 and at
+/// most one year.
+fn connect_timeout(v: &str) -> Result<Duration, String> {
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= MAX_CONNECT_TIMEOUT_SECS => {
+            Ok(Duration::from_secs_f64(s))
+        }
+        _ => Err(format!(
+            "connect_timeout={v} is not a duration: give seconds, more than 0 \
+             and at most 31536000 (one year)",
+            v = v.escape_debug()
+        )),
     }
 }
 
@@ -265,6 +297,7 @@ mod tests {
             Some(std::path::Path::new("/tmp/kh"))
         );
         assert_eq!(t.host_key, HostKeyPolicy::AcceptNew);
+        assert_eq!(t.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(t.known_hosts_name(), "[127.0.0.1]:2222");
         assert_eq!(t.addr(), "127.0.0.1:2222");
     }
@@ -277,6 +310,38 @@ mod tests {
         let t = SshTarget::parse("ssh://u@[::1]:2200").unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 2200));
         assert_eq!(t.addr(), "[::1]:2200");
+    }
+
+    #[test]
+    fn connect_timeout_is_seconds_within_bounds() {
+        let at = |v: &str| SshTarget::parse(&format!("ssh://u@h?connect_timeout={v}"));
+        assert_eq!(at("2").unwrap().connect_timeout, Duration::from_secs(2));
+        assert_eq!(
+            at("0.5").unwrap().connect_timeout,
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            at("31536000").unwrap().connect_timeout,
+            Duration::from_secs(31_536_000)
+        );
+        assert_eq!(
+            SshTarget::parse("ssh://u@h?identity=/k&connect_timeout=30&host_key=accept_new")
+                .unwrap()
+                .connect_timeout,
+            Duration::from_secs(30)
+        );
+        for bad in [
+            "", "0", "0.0", "-1", "-0.5", "nan", "inf", "-inf", "1e300", "31536001", "2s", "ten",
+            "%20",
+        ] {
+            match at(bad) {
+                Err(TransportError::InvalidTarget { reason, .. }) => {
+                    assert!(reason.starts_with("connect_timeout="), "{bad}: {reason}");
+                    assert!(reason.contains("more than 0"), "{bad}: {reason}");
+                }
+                other => panic!("connect_timeout={bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

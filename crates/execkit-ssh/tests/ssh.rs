@@ -622,3 +622,275 @@ async fn stalled_connection_mid_command_is_given_up_promptly() {
         "the stalled sshd process {server} lingers after SIGCONT"
     );
 }
+
+/// A host that accepts TCP connections and never says anything (no SSH
+/// banner): a hung sshd, a tarpit. It keeps every connection open for the
+/// life of the test's runtime and counts them.
+struct StalledHost {
+    port: u16,
+    connections: tokio::sync::watch::Receiver<usize>,
+}
+
+impl StalledHost {
+    async fn start() -> StalledHost {
+        StalledHost::saying(b"").await
+    }
+
+    /// One that writes `first` on every connection, then nothing more.
+    async fn saying(first: &'static [u8]) -> StalledHost {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (count, connections) = tokio::sync::watch::channel(0);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut stream, _)) = listener.accept().await {
+                if !first.is_empty() {
+                    let _ = stream.write_all(first).await;
+                }
+                held.push(stream);
+                count.send_replace(held.len());
+            }
+        });
+        StalledHost { port, connections }
+    }
+
+    /// A target on it; `extra` is appended to the query.
+    fn url(&self, extra: &str) -> String {
+        let kh = scratch(&format!("stalled-{}", self.port)).join("known_hosts");
+        format!(
+            "ssh://nobody@127.0.0.1:{}?known_hosts={}{extra}",
+            self.port,
+            kh.display()
+        )
+    }
+
+    /// Waits until at least `n` connections have arrived.
+    async fn connected(&self, n: usize) -> usize {
+        let mut rx = self.connections.clone();
+        let got = *rx.wait_for(|c| *c >= n).await.unwrap();
+        got
+    }
+}
+
+/// Issue 13: three opens to a host that accepts TCP but never sends a
+/// banner used to queue behind one another (10, 20 and 30 s). They now
+/// share one connection attempt and all fail with its error, at once,
+/// after the target's connect_timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_to_a_stalled_host_share_one_attempt() {
+    // No sshd needed: the stalled host is the test's own listener.
+    execkit_ssh::register();
+    let host = StalledHost::start().await;
+    let timeout = Duration::from_secs(2);
+    let url = host.url("&connect_timeout=2");
+    let t0 = Instant::now();
+    let timed = || {
+        let url = url.clone();
+        async move {
+            let reason = unreachable_reason(open(&url).await);
+            (reason, t0.elapsed())
+        }
+    };
+    // A regression must fail, not hang.
+    let (a, b, c) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(timed(), timed(), timed())
+    })
+    .await
+    .expect("three opens to a stalled host hung for 60 s");
+    let took: Vec<Duration> = [&a, &b, &c].iter().map(|r| r.1).collect();
+    eprintln!("three opens to a stalled host failed after {took:?}");
+    let expected = format!("no SSH banner from 127.0.0.1:{} within 2 s", host.port);
+    for (reason, _) in [&a, &b, &c] {
+        assert_eq!(reason, &expected);
+    }
+    let fastest = *took.iter().min().unwrap();
+    let slowest = *took.iter().max().unwrap();
+    // The timeout is honoured (libssh2's deadline is never before ours)…
+    assert!(fastest >= timeout.mul_f64(0.95), "failed early: {took:?}");
+    // …and all three end together, well before a second timeout could
+    // have run.
+    assert!(slowest < timeout.mul_f64(1.75), "took {took:?}");
+    assert!(slowest < fastest.mul_f64(1.5), "not together: {took:?}");
+    // One TCP connection for the three opens.
+    assert_eq!(host.connected(1).await, 1, "connections made");
+}
+
+/// Opens to different hosts never wait for each other: a healthy sshd
+/// answers while three opens to a stalled host are still waiting for its
+/// banner (default connect timeout, 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_host_does_not_delay_another() {
+    let Some(e) = env() else { return };
+    let host = StalledHost::start().await;
+    let stalled_url = host.url("");
+    let t0 = Instant::now();
+    let stalled: Vec<_> = (0..3)
+        .map(|_| {
+            let url = stalled_url.clone();
+            tokio::spawn(async move { (open(&url).await, t0.elapsed()) })
+        })
+        .collect();
+    // The stalled attempt is under way before the healthy open starts.
+    host.connected(1).await;
+    // A connection of its own, so the open really connects.
+    let kh = e.own_known_hosts("beside-stalled");
+    let url = e.url_with(&e.key("user_ed25519"), &kh, "");
+    let t = Instant::now();
+    let mut s = open(&url).await.unwrap();
+    let took = t.elapsed();
+    let pending = stalled.iter().filter(|h| !h.is_finished()).count();
+    eprintln!("healthy open beside a stalled host: {took:?}");
+    assert_eq!(
+        pending, 3,
+        "the healthy open finished only after the stalled ones ({took:?})"
+    );
+    assert_eq!(run_ok(&mut s, "echo healthy").await, "healthy");
+    s.close().await.unwrap();
+    let expected = format!("no SSH banner from 127.0.0.1:{} within 10 s", host.port);
+    let mut ends = Vec::new();
+    for h in stalled {
+        let (r, at) = tokio::time::timeout(Duration::from_secs(60), h)
+            .await
+            .expect("an open to a stalled host hung for 60 s")
+            .unwrap();
+        assert_eq!(unreachable_reason(r), expected);
+        ends.push(at);
+    }
+    let (first, last) = (ends.iter().min().unwrap(), ends.iter().max().unwrap());
+    assert!(*last < first.mul_f64(1.5), "not together: {ends:?}");
+    assert_eq!(host.connected(1).await, 1, "connections made");
+}
+
+/// `connect_timeout` must be a positive number of seconds, at most a
+/// year: anything else is an invalid target (CLI exit 2), refused before
+/// any connection is tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_must_be_a_positive_duration() {
+    execkit_ssh::register();
+    let host = StalledHost::start().await;
+    for bad in ["0", "-2", "nan", "inf", "1e300", "31536001", "2s", ""] {
+        let url = host.url(&format!("&connect_timeout={bad}"));
+        match open(&url).await {
+            Err(SessionError::Transport(e @ TransportError::InvalidTarget { .. })) => {
+                assert!(e.is_usage());
+                let text = e.to_string();
+                assert!(
+                    text.contains(&format!("connect_timeout={bad} is not a duration")),
+                    "{text}"
+                );
+            }
+            Err(e) => panic!("connect_timeout={bad}: expected InvalidTarget, got {e:?}"),
+            Ok(_) => panic!("connect_timeout={bad}: opened a session"),
+        }
+    }
+    assert_eq!(
+        *host.connections.borrow(),
+        0,
+        "a bad target was connected to"
+    );
+}
+
+/// The other side of a shared attempt: concurrent opens to a healthy
+/// sshd make one connection, and each gets its own shell on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_opens_share_one_new_connection() {
+    let Some(e) = env() else { return };
+    let kh = e.own_known_hosts("concurrent");
+    let url = e.url_with(&e.key("user_ed25519"), &kh, "&connect_timeout=30");
+    let t = SshTarget::parse(&url).unwrap();
+    let (a, b, c) = tokio::join!(open(&url), open(&url), open(&url));
+    let mut sessions = [a.unwrap(), b.unwrap(), c.unwrap()];
+    assert_eq!(execkit_ssh::live_connections(&t), 1);
+    let mut parents = Vec::new();
+    let mut shells = Vec::new();
+    for s in sessions.iter_mut() {
+        let pid: u32 = run_ok(s, "echo $$").await.parse().unwrap();
+        shells.push(pid);
+        parents.push(parent_of(run_ok(s, "echo $PPID").await.parse().unwrap()));
+    }
+    shells.sort_unstable();
+    shells.dedup();
+    assert_eq!(shells.len(), 3, "three shells");
+    assert!(
+        parents.iter().all(|p| *p == parents[0] && *p != 0),
+        "different sshd connections: {parents:?}"
+    );
+    for s in sessions {
+        s.close().await.unwrap();
+    }
+}
+
+/// A timeout names the stage that stalled: a server that sends its banner
+/// and then nothing stalls the key exchange; a host whose TCP accept queue
+/// is full (SYNs dropped, as for a blackholed address) never connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_timeout_names_the_stage() {
+    execkit_ssh::register();
+    let host = StalledHost::saying(b"SSH-2.0-OpenSSH_9.6 stalled\r\n").await;
+    let t = Instant::now();
+    let reason = unreachable_reason(open(&host.url("&connect_timeout=1")).await);
+    let took = t.elapsed();
+    assert_eq!(
+        reason,
+        format!(
+            "SSH key exchange with 127.0.0.1:{} did not finish within 1 s",
+            host.port
+        )
+    );
+    assert!(took >= Duration::from_millis(950), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    let full = FullAcceptQueue::new();
+    let t = Instant::now();
+    let url = format!("ssh://nobody@127.0.0.1:{}?connect_timeout=1.5", full.port);
+    let reason = unreachable_reason(open(&url).await);
+    let took = t.elapsed();
+    assert_eq!(
+        reason,
+        format!("no TCP connection to 127.0.0.1:{} within 1.5 s", full.port)
+    );
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+/// A loopback listener with a backlog of 0 whose one queue place is taken
+/// and never accepted: the kernel drops further SYNs, so a connect to it
+/// hangs as to a blackholed address.
+struct FullAcceptQueue {
+    port: u16,
+    _listener: std::os::fd::OwnedFd,
+    _queued: std::net::TcpStream,
+}
+
+impl FullAcceptQueue {
+    fn new() -> FullAcceptQueue {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: plain socket calls on a descriptor this function owns;
+        // every pointer is to a local of the right type and size.
+        let (listener, port) = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+            let listener = OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let p = (&addr as *const libc::sockaddr_in).cast();
+            assert_eq!(libc::bind(listener.as_raw_fd(), p, len), 0, "bind");
+            assert_eq!(libc::listen(listener.as_raw_fd(), 0), 0, "listen");
+            let mut len = len;
+            let p = (&mut addr as *mut libc::sockaddr_in).cast();
+            assert_eq!(libc::getsockname(listener.as_raw_fd(), p, &mut len), 0);
+            (listener, u16::from_be(addr.sin_port))
+        };
+        let queued = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        FullAcceptQueue {
+            port,
+            _listener: listener,
+            _queued: queued,
+        }
+    }
+}
