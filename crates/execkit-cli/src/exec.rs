@@ -1,5 +1,5 @@
 //! `execkit exec`: run commands in one session, print results, map the
-//! outcome to an exit status (see the CLI contract in DESIGN.md).
+//! outcome to an exit status (the CLI contract in README.md).
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;

@@ -1,4 +1,4 @@
-//! The CLI contract (DESIGN.md), tested from outside against the real binary.
+//! The CLI contract (README.md), tested from outside against the real binary.
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
