@@ -186,7 +186,9 @@ pub fn pid_from_status(status: i32) -> Option<u32> {
 /// alone; the shell itself never gets a signal. (A subshell an earlier
 /// command forked within the same 10 ms clock tick cannot be told apart.)
 /// Zombies are skipped: they are dead already, and `0` as the signal counts
-/// what is still alive.
+/// what is still alive. Its only output is the count (stderr goes nowhere:
+/// a process that ends while the script reads `/proc` must not add noise,
+/// and an SSH exec channel merges stderr into the output).
 pub fn signal_command_script(
     signal: &str,
     shell_pid: u32,
@@ -198,7 +200,7 @@ pub fn signal_command_script(
     let cid = protocol::shell_quote(command_entry);
     let cmd_var = crate::session::COMMAND_VAR;
     format!(
-        r#"sig={signal}; shell={shell_pid}; sid={sid}; cid={cid}; me=$$
+        r#"exec 2>/dev/null; sig={signal}; shell={shell_pid}; sid={sid}; cid={cid}; me=$$
 t0=$(({since_cs} - 2))
 pids() {{ if printf 'x\000' | grep -qzxF x 2>/dev/null; then
   for f in $(grep -lsz "$@" /proc/[0-9]*/environ 2>/dev/null); do f=${{f#/proc/}}; printf '%s ' "${{f%/environ}}"; done
@@ -246,7 +248,7 @@ echo "$n"
 pub fn input_wait_script(shell_pid: u32, marker_entry: &str) -> String {
     let sid = protocol::shell_quote(marker_entry);
     format!(
-        r#"shell={shell_pid}; sid={sid}
+        r#"exec 2>/dev/null; shell={shell_pid}; sid={sid}
 tty=$(readlink /proc/$shell/fd/0 2>/dev/null) || {{ echo 0; exit 0; }}
 case $tty in /dev/pts/*|/dev/tty*) ;; *) echo 0; exit 0;; esac
 case $(uname -m) in

@@ -120,7 +120,7 @@ fn shell_command(spec: &SpawnSpec) -> String {
             argv("/bin/sh")
         )),
     }
-    login_command(&s)
+    s
 }
 
 /// The kill script always ends with `exit 0`: anything else means it could
@@ -155,7 +155,7 @@ impl Transport for SshTransport {
     }
 
     async fn spawn(&self, spec: &SpawnSpec) -> Result<Box<dyn ShellProcess>, TransportError> {
-        let command = shell_command(spec);
+        let command = login_command(&shell_command(spec));
         let mut last = String::new();
         for _ in 0..32 {
             let conn = pool::get(&self.parsed, &self.target).await?;
@@ -425,6 +425,28 @@ mod tests {
         assert!(c.contains("'/bin/sh' '-i'"), "{c}");
         let c = shell_command(&SpawnSpec::new("m").shell(Some("/bin/dash".into())));
         assert!(c.ends_with("'/bin/dash' '-i'"), "{c}");
+    }
+
+    /// The one word reads the same to sh, fish and tcsh (those installed).
+    #[test]
+    fn login_command_survives_every_login_shell() {
+        let script = r#"printf '%s|' "it's" 'a\b' "x\"y"; echo"#;
+        let cmd = login_command(script);
+        for shell in ["/bin/sh", "/bin/bash", "/usr/bin/fish", "/usr/bin/tcsh"] {
+            if !std::path::Path::new(shell).exists() {
+                continue;
+            }
+            let out = std::process::Command::new(shell)
+                .arg("-c")
+                .arg(&cmd)
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                "it's|a\\b|x\"y|\n",
+                "{shell}: {out:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,405 @@
+//! One OS thread per SSH connection. It owns the `ssh2::Session` in
+//! non-blocking mode and multiplexes every channel of the connection: libssh2
+//! serialises all I/O of a session, so a blocking read would stall writes
+//! from other threads. Tokio talks to it through a request queue (plus an
+//! eventfd to wake it) and gets output through one event channel per shell.
+//!
+//! libssh2's non-blocking contract is kept: an operation that returned
+//! EAGAIN is retried with the same arguments (pending input stays at the
+//! front of its queue until written), only one channel open is in flight at a
+//! time, and keepalives are sent only while nothing else is half-sent.
+//!
+//! Layout: `handle` is the tokio side (the `Conn` handle and its requests),
+//! `setup` opens channels (one in flight at a time), `channels` serves open
+//! ones, `sys` holds the raw syscalls and libssh2's error codes; this file
+//! is the loop that ties them together.
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use execkit_core::ShellEvent;
+use ssh2::{BlockDirections, Channel, Session};
+
+macro_rules! trace {
+    ($($arg:tt)*) => {
+        if $crate::actor::tracing_on() {
+            eprintln!("[ssh {:?}] {}", std::thread::current().name(), format!($($arg)*));
+        }
+    };
+}
+
+/// `EXECKIT_SSH_TRACE=1` prints the connection thread's steps on stderr.
+pub(crate) fn tracing_on() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("EXECKIT_SSH_TRACE").is_some())
+}
+
+mod channels;
+mod handle;
+mod setup;
+mod sys;
+
+use channels::{ExecChan, Input, ShellChan};
+use handle::{reject, Shared};
+pub(crate) use handle::{Conn, ExecOutput, OpenError, Req, What};
+use setup::Pending;
+use sys::{bytes_received, code, dead, lost, poll_fd, Lost, Wake, EAGAIN};
+
+/// Output bytes handed to tokio but not yet consumed, per shell, above which
+/// the thread stops reading that channel (the SSH window then throttles the
+/// server).
+pub(crate) const HIGH_WATER: usize = 4 << 20;
+const READ_CHUNK: usize = 64 * 1024;
+/// How long to wait for the server's close (carrying the exit status) after EOF.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+const IDLE_POLL: Duration = Duration::from_millis(250);
+/// Keepalive interval (sent with want-reply, so the server answers).
+pub(crate) const KEEPALIVE_SECS: u32 = 15;
+/// How long the server may stay silent while it owes us an answer (to a
+/// keepalive, sent every 15 s, or to a channel set-up) before the
+/// connection counts as stalled and is given up. TCP alone cannot tell: a
+/// stopped or wedged sshd still has its kernel acknowledge our packets.
+pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(10);
+
+struct Actor {
+    sess: Session,
+    stream: TcpStream,
+    wake: Arc<Wake>,
+    rx: Receiver<Req>,
+    shared: Arc<Shared>,
+    label: String,
+    pending: Vec<Pending>,
+    shells: HashMap<u64, ShellChan>,
+    execs: Vec<ExecChan>,
+    closing: Vec<(Channel, Instant)>,
+    /// When the last handle went away (then: finish cleanups, close).
+    shutdown: Option<Instant>,
+    next_keepalive: Instant,
+    /// Since when the server owes us an answer, and how many bytes the
+    /// socket had received then (see [`STALL_LIMIT`]).
+    expect: Option<(Instant, u64)>,
+}
+
+impl Actor {
+    fn new(
+        sess: Session,
+        stream: TcpStream,
+        wake: Arc<Wake>,
+        rx: Receiver<Req>,
+        shared: Arc<Shared>,
+        label: String,
+    ) -> Actor {
+        Actor {
+            sess,
+            stream,
+            wake,
+            rx,
+            shared,
+            label,
+            pending: Vec::new(),
+            shells: HashMap::new(),
+            execs: Vec::new(),
+            closing: Vec::new(),
+            shutdown: None,
+            next_keepalive: Instant::now() + Duration::from_secs(u64::from(KEEPALIVE_SECS)),
+            expect: None,
+        }
+    }
+
+    fn run(mut self) {
+        let result = self.main_loop();
+        let msg = match result {
+            Ok(()) => format!("connection to {} closed", self.label),
+            Err(Lost(m)) => m,
+        };
+        let _ = self.shared.lost.set(msg.clone());
+        self.fail_everything(&msg);
+        // Free channels, then say goodbye; never block on a dead peer.
+        self.closing.clear();
+        self.execs.clear();
+        self.shells.clear();
+        self.pending.clear();
+        let _ = self.sess.disconnect(None, "execkit session closed", None);
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+
+    fn fail_everything(&mut self, msg: &str) {
+        for (_, sh) in self.shells.drain() {
+            for input in sh.input {
+                if let Some(d) = input.done {
+                    let _ = d.send(Err(msg.to_string()));
+                }
+            }
+            let _ = sh.events.send(ShellEvent::Lost(msg.to_string()));
+        }
+        for p in self.pending.drain(..) {
+            p.fail(OpenError::Lost(msg.to_string()));
+        }
+        for mut e in self.execs.drain(..) {
+            if let Some(r) = e.reply.take() {
+                let _ = r.send(Err(OpenError::Lost(msg.to_string())));
+            }
+        }
+        while let Ok(req) = self.rx.try_recv() {
+            reject(req, msg);
+        }
+    }
+
+    fn lost(&self, what: &str, detail: &str) -> Lost {
+        lost(&self.label, self.stream.as_raw_fd(), what, detail)
+    }
+
+    fn connection_dead(&self) -> bool {
+        dead(self.stream.as_raw_fd())
+    }
+
+    fn main_loop(&mut self) -> Result<(), Lost> {
+        loop {
+            let mut progress = self.take_requests();
+            if let Some(since) = self.shutdown {
+                let idle = self.shells.is_empty()
+                    && self.execs.is_empty()
+                    && self.pending.is_empty()
+                    && self.closing.is_empty();
+                if idle || since.elapsed() > Duration::from_secs(10) {
+                    return Ok(());
+                }
+            }
+            progress |= self.service_shells()?;
+            progress |= self.service_execs()?;
+            progress |= self.service_closing();
+            // Last: the replies it waits for may have just been pulled off
+            // the socket by the reads above.
+            progress |= self.advance_pending()?;
+            self.keepalive()?;
+            self.check_stall()?;
+            if progress {
+                continue;
+            }
+            if self.data_buffered() {
+                continue;
+            }
+            self.wait();
+        }
+    }
+
+    /// Moves queued requests into the state. Returns whether any came.
+    fn take_requests(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            match self.rx.try_recv() {
+                Ok(req) => {
+                    any = true;
+                    self.accept(req);
+                }
+                Err(TryRecvError::Empty) => return any,
+                Err(TryRecvError::Disconnected) => {
+                    if self.shutdown.is_none() {
+                        self.shutdown = Some(Instant::now());
+                        // No handle left: no one can read these shells.
+                        let ids: Vec<u64> = self.shells.keys().copied().collect();
+                        for id in ids {
+                            self.close_shell(id);
+                        }
+                    }
+                    return any;
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, req: Req) {
+        match req {
+            Req::Open(what) => {
+                self.expect_answer();
+                self.pending.push(Pending::new(what));
+            }
+            Req::Write { id, data, done } => match self.shells.get_mut(&id) {
+                Some(sh) if sh.eof_at.is_none() => sh.input.push_back(Input {
+                    data,
+                    off: 0,
+                    done: Some(done),
+                }),
+                _ => {
+                    let _ = done.send(Err("the remote shell has ended".into()));
+                }
+            },
+            Req::Resize { id, size, done } => match self.shells.get_mut(&id) {
+                Some(sh) => match &mut sh.resize {
+                    Some((s, waiters)) => {
+                        *s = size;
+                        waiters.push(done);
+                    }
+                    None => sh.resize = Some((size, vec![done])),
+                },
+                None => {
+                    let _ = done.send(Ok(()));
+                }
+            },
+            Req::Close { id } => self.close_shell(id),
+        }
+    }
+
+    /// Sends a channel off to be closed and freed; it no longer counts
+    /// against the server's session limit.
+    fn retire(&mut self, chan: Channel) {
+        let _ = self
+            .shared
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        self.closing.push((chan, Instant::now()));
+    }
+
+    fn close_shell(&mut self, id: u64) {
+        if let Some(sh) = self.shells.remove(&id) {
+            self.shared.release();
+            for input in sh.input {
+                if let Some(d) = input.done {
+                    let _ = d.send(Err("the session was closed".into()));
+                }
+            }
+            self.retire(sh.chan);
+        }
+    }
+
+    fn keepalive(&mut self) -> Result<(), Lost> {
+        let now = Instant::now();
+        if now < self.next_keepalive {
+            return Ok(());
+        }
+        // A keepalive must never be the packet left half-sent (libssh2 would
+        // then refuse every other packet): only send when nothing is queued
+        // and the socket has room.
+        let busy = self.shells.values().any(|s| !s.input.is_empty())
+            || matches!(
+                self.sess.block_directions(),
+                BlockDirections::Outbound | BlockDirections::Both
+            )
+            || !poll_fd(self.stream.as_raw_fd(), libc::POLLOUT, 0);
+        if busy {
+            self.next_keepalive = now + Duration::from_secs(1);
+            return Ok(());
+        }
+        match self.sess.keepalive_send() {
+            Ok(secs) => {
+                self.next_keepalive = now + Duration::from_secs(u64::from(secs.max(1)));
+                // libssh2 sends only when its interval has passed, and then
+                // reports the full interval; sent with want-reply, the
+                // server answers it.
+                if secs >= KEEPALIVE_SECS {
+                    self.expect_answer();
+                }
+                Ok(())
+            }
+            Err(e) if code(&e) == EAGAIN => {
+                self.next_keepalive = now + Duration::from_secs(1);
+                Ok(())
+            }
+            Err(e) => Err(self.lost("sending a keepalive", e.message())),
+        }
+    }
+
+    /// Starts the stall clock, unless it already runs.
+    fn expect_answer(&mut self) {
+        if self.expect.is_none() {
+            if let Some(bytes) = bytes_received(self.stream.as_raw_fd()) {
+                self.expect = Some((Instant::now(), bytes));
+            }
+        }
+    }
+
+    /// Gives the connection up when the server has sent nothing for
+    /// [`STALL_LIMIT`] while it owes us an answer.
+    fn check_stall(&mut self) -> Result<(), Lost> {
+        let Some((since, before)) = self.expect else {
+            return Ok(());
+        };
+        let Some(now_bytes) = bytes_received(self.stream.as_raw_fd()) else {
+            self.expect = None;
+            return Ok(());
+        };
+        if now_bytes != before {
+            // It spoke. Channel set-ups still waiting restart the clock.
+            self.expect = (!self.pending.is_empty()).then(|| (Instant::now(), now_bytes));
+            return Ok(());
+        }
+        if since.elapsed() > STALL_LIMIT {
+            return Err(Lost(format!(
+                "connection to {} stalled: the server sent nothing for {} s while an answer was due",
+                self.label,
+                STALL_LIMIT.as_secs()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether libssh2 already holds unread data for a channel we would read
+    /// (it reads the socket on behalf of every channel).
+    fn data_buffered(&self) -> bool {
+        self.shells.values().any(|s| {
+            s.inflight.load(Ordering::Relaxed) < HIGH_WATER
+                && (s.chan.read_window().available > 0 || (s.eof_at.is_none() && s.chan.eof()))
+        }) || self
+            .execs
+            .iter()
+            .any(|e| e.chan.read_window().available > 0)
+    }
+
+    fn wait(&mut self) {
+        trace!(
+            "idle: pending={} shells={} execs={} closing={} channels={} limit={} dirs={:?}",
+            self.pending.len(),
+            self.shells.len(),
+            self.execs.len(),
+            self.closing.len(),
+            self.shared.channels.load(Ordering::Relaxed),
+            self.shared.limit.load(Ordering::Relaxed),
+            match self.sess.block_directions() {
+                BlockDirections::None => 0,
+                BlockDirections::Inbound => 1,
+                BlockDirections::Outbound => 2,
+                BlockDirections::Both => 3,
+            }
+        );
+        let outbound = matches!(
+            self.sess.block_directions(),
+            BlockDirections::Outbound | BlockDirections::Both
+        );
+        let mut timeout = IDLE_POLL;
+        let until_keepalive = self
+            .next_keepalive
+            .saturating_duration_since(Instant::now());
+        timeout = timeout.min(until_keepalive.max(Duration::from_millis(10)));
+        // Shells waiting on the close grace period need a timely re-check.
+        if self.shells.values().any(|s| s.eof_at.is_some())
+            || self.execs.iter().any(|e| e.eof_at.is_some())
+            || !self.closing.is_empty()
+        {
+            timeout = timeout.min(Duration::from_millis(20));
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: self.stream.as_raw_fd(),
+                events: libc::POLLIN | if outbound { libc::POLLOUT } else { 0 },
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.wake.0,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: polling two valid fds with a correctly sized array.
+        unsafe {
+            libc::poll(fds.as_mut_ptr(), 2, timeout.as_millis() as libc::c_int);
+        }
+        if fds[1].revents != 0 {
+            self.wake.drain();
+        }
+    }
+}
