@@ -91,6 +91,19 @@ fn victim(dir: &Path) -> PathBuf {
     v
 }
 
+/// Fails when `file` no longer holds `was` (said briefly: it may now hold
+/// a large output).
+fn untouched(file: &Path, was: &str, stderr: &str) {
+    let now = std::fs::read(file).unwrap();
+    assert!(
+        now == was.as_bytes(),
+        "{} was written through: {} bytes now, starting {:?}; stderr: {stderr}",
+        file.display(),
+        now.len(),
+        String::from_utf8_lossy(&now[..now.len().min(80)])
+    );
+}
+
 /// A loopback port standing in for a Docker engine the other user runs;
 /// `connected` says whether anything connected to it.
 struct Lure(TcpListener);
@@ -188,8 +201,17 @@ fn no_home_never_uses_a_shared_state_dir() {
         victim = victim.display()
     );
     let before = tree(&shared);
+    // Without the journal first: spool files and records are what is left
+    // to attack (a journal link of another user was already refused).
     let out = execkit(tmp)
-        .args(["exec", "--json", "seq 1 20000", &plant, "seq 1 20000"])
+        .args([
+            "exec",
+            "--no-journal",
+            "--json",
+            "seq 1 20000",
+            &plant,
+            "seq 1 20000",
+        ])
         .output()
         .unwrap();
     let err = stderr(&out);
@@ -197,33 +219,37 @@ fn no_home_never_uses_a_shared_state_dir() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(
-        std::fs::read(&victim).unwrap(),
-        b"root's own file\n",
-        "root's file was written through a planted link; stderr: {err}"
-    );
+    untouched(&victim, "root's own file\n", &err);
     assert!(!lure.connected(), "gc connected where a forged record said");
     assert_eq!(tree(&shared), before, "the shared directory was changed");
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert_eq!(lines.len(), 3, "{lines:?}");
-    // Its own directory instead: 0700, root's, journal and spool inside.
+    // Its own directory instead: 0700, root's, the spool inside.
     let own = tmp.join("execkit-state-0");
     for d in [own.clone(), own.join("execkit"), own.join("execkit/spool")] {
         let m = std::fs::symlink_metadata(&d).unwrap();
         assert!(m.is_dir(), "{}", d.display());
         assert_eq!((m.uid(), m.mode() & 0o7777), (0, 0o700), "{}", d.display());
     }
+    for l in [&lines[0], &lines[2]] {
+        let spooled = PathBuf::from(l["output_path"].as_str().expect("spooled"));
+        assert!(
+            spooled.starts_with(own.join("execkit/spool")),
+            "{spooled:?}"
+        );
+        assert_eq!(std::fs::read(&spooled).unwrap().len(), 108_894);
+    }
+    // With the default journal: written in the private directory, 0600.
+    let out = execkit(tmp).args(["exec", "echo hi"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let journal = own.join("execkit/journal.jsonl");
     assert_eq!(mode(&journal), 0o600);
     assert!(std::fs::read_to_string(&journal)
         .unwrap()
-        .contains("seq 1 20000"));
-    let spooled = PathBuf::from(lines[2]["output_path"].as_str().expect("spooled"));
-    assert!(
-        spooled.starts_with(own.join("execkit/spool")),
-        "{spooled:?}"
-    );
-    assert_eq!(std::fs::read(&spooled).unwrap().len(), 108_894);
+        .contains("echo hi"));
+    untouched(&victim, "root's own file\n", "");
+    assert!(!lure.connected(), "gc connected where a forged record said");
+    assert_eq!(tree(&shared), before, "the shared directory was changed");
 }
 
 /// Issue 14 item 3: another user who made `$TMPDIR/execkit-state-0` first
@@ -283,7 +309,7 @@ fn journal_is_only_roots_own_private_file() {
             .output()
             .unwrap();
         let err = stderr(&out);
-        assert_eq!(std::fs::read(&theirs).unwrap(), b"theirs\n", "{err}");
+        untouched(&theirs, "theirs\n", &err);
         assert_eq!(out.status.code(), Some(73), "{}: {err}", journal.display());
         assert!(err.contains("belongs to another user (uid 65534)"), "{err}");
     }
