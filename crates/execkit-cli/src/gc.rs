@@ -58,6 +58,9 @@ pub fn main(args: GcArgs) -> ExitCode {
     if report.busy {
         println!("gc: another gc is running; sessions left to it");
     }
+    if let Some(why) = &report.refused {
+        eprintln!("execkit: gc: not reading session records: {why}");
+    }
     println!(
         "gc: {} cleaned, {} failed, {} live, {} deferred",
         report.cleaned.len(),
@@ -66,7 +69,7 @@ pub fn main(args: GcArgs) -> ExitCode {
         report.deferred
     );
     let pruned = prune_spool(&args);
-    let ok = report.failed.is_empty() && pruned;
+    let ok = report.failed.is_empty() && report.refused.is_none() && pruned;
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -86,6 +89,15 @@ fn prune_spool(args: &GcArgs) -> bool {
         );
         false
     };
+    // Only a spool directory of this user's that nobody else may write is
+    // pruned (in the state directory, verified the same way).
+    let verified = execkit_core::paths::verified_dir(&execkit_core::paths::state_dir())
+        .and_then(|state| Ok(state && execkit_core::paths::verified_dir(&dir)?));
+    match verified {
+        Ok(true) => {}
+        Ok(false) => return true,
+        Err(e) => return fail(e),
+    }
     let (age_secs, age_text) = match args.spool_hours {
         Some(h) => (h.saturating_mul(3600), format!("{h} hour(s)")),
         None => (
@@ -140,10 +152,7 @@ pub async fn alongside<F: Future>(work: F) -> F::Output {
                 .max_blocking_threads(2)
                 .build();
             if let Ok(rt) = rt {
-                let report = rt.block_on(sessions::gc_with(
-                    &sessions::sessions_dir(),
-                    GcOptions::background(flag),
-                ));
+                let report = rt.block_on(sessions::gc_here(GcOptions::background(flag)));
                 let _ = tx.send(report);
                 // A cleanup still on a blocking thread is not waited for.
                 rt.shutdown_background();
@@ -167,5 +176,8 @@ fn log(report: &GcReport) {
             report.failed.len(),
             report.live
         );
+        if let Some(why) = &report.refused {
+            eprintln!("execkit: gc: not reading session records: {why}");
+        }
     }
 }

@@ -57,12 +57,18 @@ impl JournalArgs {
                 opts.files = n;
             }
             let path = self.path();
-            Journal::open_with(&path, redactor, opts).map_err(|e| {
+            let cant = |e: std::io::Error| {
                 ObserverError::CantCreate(format!(
                     "cannot open the journal {}: {e} (use --journal PATH or --no-journal)",
                     path.display()
                 ))
-            })?
+            };
+            if self.journal.is_none() {
+                // The default path is in the state directory: private and
+                // this user's, or refused (never a shared directory).
+                execkit_core::paths::private_state_dir().map_err(cant)?;
+            }
+            Journal::open_with(&path, redactor, opts).map_err(cant)?
         };
         Ok(Arc::new(Observer::new(journal)))
     }

@@ -64,8 +64,13 @@ pub fn main(args: ShellArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let history = execkit_core::paths::state_dir().join("shell_history");
-    let _ = editor.load_history(&history);
+    // Only in the private state directory (else no history is kept).
+    let history = execkit_core::paths::private_state_dir()
+        .ok()
+        .map(|d| d.join("shell_history"));
+    if let Some(h) = &history {
+        let _ = editor.load_history(h);
+    }
     let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     eprintln!(
         "execkit shell on {} — Ctrl-C interrupts, Ctrl-D leaves",
@@ -95,8 +100,9 @@ pub fn main(args: ShellArgs) -> ExitCode {
             Err(e) => eprintln!("execkit: {e}"),
         }
     }
-    let _ = std::fs::create_dir_all(execkit_core::paths::state_dir());
-    let _ = editor.save_history(&history);
+    if let Some(h) = &history {
+        let _ = editor.save_history(h);
+    }
     let _ = rt.block_on(session.close());
     ExitCode::SUCCESS
 }

@@ -141,12 +141,18 @@ fn raise_fd_limit() {
     }
 }
 
-/// Prepares the socket's directory (0700, ours: a looser one is tightened,
-/// one owned by another user or reached through another user's symlink is
-/// refused) and clears a stale socket.
+/// Prepares the socket's directory and clears a stale socket. The
+/// directory must be one only this user can write: a missing one is
+/// created 0700; an existing one is used as it is when it is ours and
+/// nobody else may write it, and refused otherwise (a shared or sticky
+/// directory like `/tmp`, another user's, or one reached through another
+/// user's symlink). A directory execkit did not create is never changed.
 fn prepare_socket(path: &Path) -> Result<(), String> {
-    let dir = path.parent().ok_or("the socket path has no directory")?;
-    execkit_core::paths::private_dir(dir).map_err(|e| {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    execkit_core::paths::socket_dir(dir).map_err(|e| {
         format!(
             "cannot use {} for the socket: {e}; refusing to serve there",
             dir.display()

@@ -331,15 +331,25 @@ fn spool_failure(path: &Option<PathBuf>, e: &std::io::Error) -> String {
 
 /// Creates the spool file (and its directory); the error is one sentence
 /// for the result, naming what could not be created.
+///
+/// The default spool directory (`<state>/spool`) is made private and
+/// verified like the rest of the state ([`crate::paths::private_state_subdir`]);
+/// another directory (one the user chose, maybe shared) is created 0700
+/// when missing and otherwise left as it is. Either way the file is
+/// created fresh (`O_EXCL`) and never through a symlink (`O_NOFOLLOW`), so
+/// nothing planted at its name is written through or truncated.
 fn open_spool(path: &Path) -> Result<File, String> {
     if let Some(dir) = path.parent() {
-        // Created private (0700) when missing; an existing directory (it may
-        // be one the user chose and shares) is left as it is.
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder.create(dir).map_err(|e| {
+        let made = if dir == crate::paths::spool_dir() {
+            crate::paths::private_state_subdir("spool").map(|_| ())
+        } else {
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder.create(dir)
+        };
+        made.map_err(|e| {
             format!(
                 "cannot create the spool directory {}: {e}; {NOT_KEPT}",
                 dir.display()
@@ -347,11 +357,12 @@ fn open_spool(path: &Path) -> Result<File, String> {
         })?;
     }
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
+        opts.mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
     }
     opts.open(path).map_err(|e| {
         format!(
@@ -646,6 +657,36 @@ mod tests {
         );
         assert!(out.text.ends_with(&line[50..]), "{}", out.text);
         assert!(!path.exists());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Issue 14 item 3: a spool file is created fresh and never through a
+    /// symlink: what is planted at its name (a link to a file of someone
+    /// else, or a file) is neither written through nor truncated.
+    #[test]
+    fn a_planted_spool_name_is_not_written_through() {
+        let d = tmp("planted");
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let victim = d.join("victim");
+        std::fs::write(&victim, b"keep me\n").unwrap();
+        let link = d.join("s-1.out");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let planted = d.join("s-2.out");
+        std::fs::write(&planted, b"planted\n").unwrap();
+        for path in [&link, &planted] {
+            let mut c = OutputCap::new(10, path.clone()).with_spool_cap(0);
+            for i in 0..1000 {
+                c.push(&format!("{i}\n"));
+            }
+            let out = c.finish();
+            assert!(out.truncated && out.spool_path.is_none(), "{out:?}");
+            let why = out.spool_error.unwrap_or_default();
+            assert!(why.contains("cannot create the spool file"), "{why}");
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me\n");
+        assert_eq!(std::fs::read(&planted).unwrap(), b"planted\n");
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -9,6 +9,13 @@
 //! opened (the open itself is non-blocking, so a FIFO cannot hang it), and
 //! a symbolic link is followed only when it belongs to the user.
 //!
+//! **Only the user's own file, private.** The file is opened with
+//! `O_NOFOLLOW` and checked on the descriptor: one that belongs to another
+//! user is refused (however the path reached it: a link of the user's, a
+//! directory swapped in), so nobody else is handed the user's commands; an
+//! existing file that others may read or write is made 0600 (`fchmod`).
+//! Files created by rotation go through the same open.
+//!
 //! **Torn lines.** A writer that finds the file not ending in `\n` (a
 //! crash mid-write) starts with a newline, so its first line is never glued
 //! onto the torn one.
@@ -185,8 +192,10 @@ impl Journal {
     }
 
     /// A journal appending to `path` with `opts`. Refuses a path that is
-    /// not a regular file (FIFO, device, directory) and a symbolic link
-    /// that belongs to another user, without blocking on either.
+    /// not a regular file (FIFO, device, directory), a symbolic link that
+    /// belongs to another user, and a file that belongs to another user,
+    /// without blocking on any; an existing file that others may read or
+    /// write is made 0600.
     pub fn open_with(
         path: &Path,
         redactor: Redactor,
@@ -577,6 +586,23 @@ fn open_file(path: &Path) -> std::io::Result<Open> {
     if !meta.is_file() {
         return Err(not_regular(meta.file_type()));
     }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "the file belongs to another user (uid {}); the journal is only written into a file of this user",
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        // On the descriptor: what is tightened is what was checked.
+        file.set_permissions(
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+        )?;
+    }
     // SAFETY: fcntl on an fd we own; clears O_NONBLOCK (meaningless on a
     // regular file, but nothing should inherit it).
     unsafe {
@@ -916,6 +942,58 @@ mod tests {
                 e.to_string(),
                 "a symbolic link owned by uid 4242, not followed"
             );
+        }
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    /// Issue 14 item 3: the journal is only ever the user's own file, 0600:
+    /// a loose existing one is tightened, another user's file is refused
+    /// however the path reaches it (directly, through the user's own link,
+    /// through a directory link), and it is left as it was.
+    #[test]
+    fn only_the_users_own_file_is_journaled_and_made_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = scratch("own");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let loose = d.join("loose.jsonl");
+        std::fs::write(&loose, b"").unwrap();
+        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let j = Journal::open(&loose, Redactor::default()).unwrap();
+        j.append("tick", seq(1)).unwrap();
+        assert_eq!(mode(&loose), 0o600);
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            let nobody = |p: &Path| std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+            let theirs_dir = d.join("theirs");
+            std::fs::create_dir(&theirs_dir).unwrap();
+            let theirs = theirs_dir.join("j.jsonl");
+            std::fs::write(&theirs, b"theirs\n").unwrap();
+            std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o644)).unwrap();
+            nobody(&theirs);
+            nobody(&theirs_dir);
+            let my_link = d.join("my-link.jsonl");
+            std::os::unix::fs::symlink(&theirs, &my_link).unwrap();
+            let dir_link = d.join("dir-link");
+            std::os::unix::fs::symlink(&theirs_dir, &dir_link).unwrap();
+            for path in [theirs.clone(), my_link, dir_link.join("j.jsonl")] {
+                let e = Journal::open(&path, Redactor::default()).unwrap_err();
+                assert!(
+                    e.to_string()
+                        .contains("belongs to another user (uid 65534)"),
+                    "{}: {e}",
+                    path.display()
+                );
+            }
+            assert_eq!(std::fs::read(&theirs).unwrap(), b"theirs\n");
+            assert_eq!(mode(&theirs), 0o644);
+            // A writer whose file is swapped for another user's between
+            // lines does not write into it.
+            let mine = d.join("mine.jsonl");
+            let j = Journal::open(&mine, Redactor::default()).unwrap();
+            j.append("tick", seq(1)).unwrap();
+            std::fs::rename(&theirs, &mine).unwrap();
+            assert!(j.append("tick", seq(2)).is_err());
+            assert_eq!(std::fs::read(&mine).unwrap(), b"theirs\n");
         }
         std::fs::remove_dir_all(d).unwrap();
     }

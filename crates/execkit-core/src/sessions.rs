@@ -9,7 +9,11 @@
 //! `/proc/PID/stat`), so a recycled pid does not keep a dead session alive.
 //!
 //! The directory is private (0700, see [`crate::paths::private_dir`]) and
-//! records are 0600. A gc is bounded: one runs at a time (`.gc.lock`,
+//! records are 0600. A gc reads records only from a directory that is this
+//! user's and nobody else may write ([`crate::paths::verified_dir`], the
+//! state directory too), and only records that are regular files of this
+//! user (opened without following a symlink): a record another user planted
+//! never points a gc at a target. A gc is bounded: one runs at a time (`.gc.lock`,
 //! `flock`), at most [`GC_CONCURRENCY`] cleanups run at once, each attempt
 //! has [`ATTEMPT_TIMEOUT`], a target whose first cleanup fails is not tried
 //! again in the same gc, and every attempt is written into the record first
@@ -129,8 +133,8 @@ fn record_path(dir: &Path, marker: &str) -> PathBuf {
 /// Writes the record of a session of this process (best effort: a
 /// read-only state dir must not stop sessions from working).
 pub(crate) fn write_record(marker: &str, target: &str) {
-    let written = crate::paths::private_dir(&crate::paths::state_dir())
-        .and_then(|()| write_record_in(&sessions_dir(), &SessionRecord::new(marker, target)));
+    let written = crate::paths::private_state_subdir("sessions")
+        .and_then(|dir| store(&dir, &SessionRecord::new(marker, target)));
     if let Err(e) = written {
         tracing::warn!("cannot record the session on disk: {e}");
     }
@@ -167,7 +171,9 @@ fn store(dir: &Path, rec: &SessionRecord) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
-/// Every record in `dir` with its file.
+/// Every record in `dir` with its file: regular files of this user only,
+/// opened without following a symlink and without blocking (anything else
+/// is skipped and left alone). A torn record of ours is removed.
 pub fn list_in(dir: &Path) -> Vec<(PathBuf, SessionRecord)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -178,18 +184,42 @@ pub fn list_in(dir: &Path) -> Vec<(PathBuf, SessionRecord)> {
         if path.extension().is_none_or(|x| x != "json") {
             continue;
         }
-        let rec = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<SessionRecord>(&b).ok());
-        match rec {
-            Some(r) => out.push((path, r)),
-            None => {
-                // Unreadable or torn: nothing can be cleaned by it.
+        let Some(bytes) = read_own_file(&path) else {
+            continue;
+        };
+        match serde_json::from_slice::<SessionRecord>(&bytes) {
+            Ok(r) => out.push((path, r)),
+            Err(_) => {
+                // Torn: nothing can be cleaned by it.
                 let _ = std::fs::remove_file(&path);
             }
         }
     }
     out
+}
+
+/// The bytes of `path` if it is a regular file of this user (a symlink is
+/// not followed, a FIFO does not block); at most 64 KiB, a record is tiny.
+fn read_own_file(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    let meta = f.metadata().ok()?;
+    // SAFETY: geteuid cannot fail.
+    if !meta.is_file() || meta.uid() != unsafe { libc::geteuid() } {
+        tracing::warn!(
+            "ignoring {}: not a regular file of this user",
+            path.display()
+        );
+        return None;
+    }
+    let mut bytes = Vec::new();
+    f.take(64 << 10).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 /// SIGKILLs every process on this host whose environment carries one of
@@ -264,6 +294,9 @@ pub struct GcReport {
     pub deferred: usize,
     /// Another gc holds the lock; this one did nothing.
     pub busy: bool,
+    /// The directory could not be trusted (another user's, writable by
+    /// others, …): why. Nothing was read from it.
+    pub refused: Option<String>,
 }
 
 /// How a gc goes about its work.
@@ -290,7 +323,22 @@ impl GcOptions {
 
 /// Cleans the sessions in [`sessions_dir`] whose owner is dead.
 pub async fn gc() -> GcReport {
-    gc_in(&sessions_dir()).await
+    gc_here(GcOptions::default()).await
+}
+
+/// [`gc`] with options: the state directory is verified first (this
+/// user's, nobody else may write it; see [`crate::paths::verified_dir`]),
+/// then [`gc_with`] on its `sessions/`.
+pub async fn gc_here(opts: GcOptions) -> GcReport {
+    let state = crate::paths::state_dir();
+    match crate::paths::verified_dir(&state) {
+        Ok(true) => gc_with(&sessions_dir(), opts).await,
+        Ok(false) => GcReport::default(),
+        Err(e) => GcReport {
+            refused: Some(e.to_string()),
+            ..GcReport::default()
+        },
+    }
 }
 
 /// Cleans the sessions recorded in `dir` whose owner is dead: connects
@@ -332,11 +380,17 @@ fn backoff(failures: u32) -> Duration {
 /// [`gc_in`] with options. Bounded: one gc at a time per directory (a
 /// second one returns at once with `busy`), [`GC_CONCURRENCY`] cleanups at
 /// once, [`ATTEMPT_TIMEOUT`] each, one failure per target per gc, and
-/// [`TARGET_BUDGET`] per target.
+/// [`TARGET_BUDGET`] per target. Only a verified directory is read
+/// ([`crate::paths::verified_dir`]; otherwise `refused` says why).
 pub async fn gc_with(dir: &Path, opts: GcOptions) -> GcReport {
     let mut report = GcReport::default();
-    if !dir.is_dir() {
-        return report;
+    match crate::paths::verified_dir(dir) {
+        Ok(true) => {}
+        Ok(false) => return report,
+        Err(e) => {
+            report.refused = Some(e.to_string());
+            return report;
+        }
     }
     let Some(_lock) = lock(dir) else {
         report.busy = true;
@@ -612,6 +666,67 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!((mode(&dir), mode(&path)), (0o700, 0o600));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Issue 14 item 3: gc reads records only from a directory nobody
+    /// else may write, and only regular files of this user — never through
+    /// a symlink, never blocking on a FIFO.
+    #[tokio::test]
+    async fn gc_reads_only_own_records_from_a_verified_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        let dead = |m: &str, target: &str| SessionRecord {
+            owner_pid: u32::MAX - 1,
+            ..SessionRecord::new(m, target)
+        };
+        let dir = scratch("verified");
+        write_record_in(&dir, &dead("mine", "nosuchscheme:mine")).unwrap();
+        // Elsewhere: a record the link below points at.
+        let outside = scratch("verified-outside");
+        let planted = write_record_in(&outside, &dead("p1", "nosuchscheme:planted")).unwrap();
+        std::os::unix::fs::symlink(&planted, dir.join("link.json")).unwrap();
+        let fifo =
+            std::ffi::CString::new(dir.join("fifo.json").into_os_string().into_encoded_bytes())
+                .unwrap();
+        // SAFETY: mkfifo with a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            let theirs = store(&dir, &dead("p2", "nosuchscheme:planted")).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        }
+        // Listing must not block on the FIFO: on a thread, bounded.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = dir.clone();
+        std::thread::spawn(move || tx.send(list_in(&d)).unwrap());
+        let listed = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("listing blocked on a FIFO");
+        let markers: Vec<&str> = listed.iter().map(|(_, r)| r.marker.as_str()).collect();
+        assert_eq!(markers, ["mine"]);
+        let r = gc_in(&dir).await;
+        let tried: Vec<&str> = r
+            .failed
+            .iter()
+            .map(|(rec, _)| rec.target.as_str())
+            .collect();
+        assert_eq!(tried, ["nosuchscheme:mine"], "{r:?}");
+        // What was not ours is left as it was.
+        assert!(dir.join("link.json").symlink_metadata().is_ok());
+        assert!(planted.exists());
+        // A directory others may write is not read at all (and not changed).
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let r = gc_in(&dir).await;
+        assert!(r.failed.is_empty() && r.cleaned.is_empty(), "{r:?}");
+        assert!(
+            r.refused
+                .as_deref()
+                .is_some_and(|w| w.contains("other users")),
+            "{r:?}"
+        );
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o777);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&outside);
     }
 
     /// One sweep kills every marked process and its process group (a child
