@@ -41,6 +41,7 @@ fn chown_nobody(p: &Path) {
 /// `publish` request is accepted (so a mirror goes on to send its events),
 /// anything else gets an error; a line `END` stops it.
 #[test]
+#[ignore = "a helper process, run by another test"]
 fn planted_listener() {
     let Some(path) = std::env::var_os("EXECKIT_PLANTED_SOCKET") else {
         return;
@@ -95,6 +96,7 @@ fn clients_never_talk_to_another_users_socket() {
         .args([
             "--exact",
             "planted_listener",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -369,8 +369,27 @@ fn socket_journal_and_spool_are_private() {
     let _ = std::fs::remove_file(spool);
 }
 
+/// Not a test: the intruder of `another_uid_is_refused`, when this binary
+/// is re-run as another uid with `EXECKIT_INTRUDER_SOCKET` set. A raw
+/// connection (execkit's own client would refuse a server of another uid
+/// before sending anything): one `open` request, the reply on stdout.
+#[test]
+#[ignore = "a helper process, run by another test"]
+fn intruder() {
+    let Some(path) = std::env::var_os("EXECKIT_INTRUDER_SOCKET") else {
+        return;
+    };
+    let mut w = UnixStream::connect(path).expect("connect");
+    // The server may refuse and hang up first: its last word still counts.
+    let _ = writeln!(w, r#"{{"id":1,"op":"open","name":"intruder"}}"#);
+    let mut reply = String::new();
+    let _ = BufReader::new(w).read_line(&mut reply);
+    println!("REPLY {}", reply.trim());
+}
+
 #[test]
 fn another_uid_is_refused() {
+    use std::os::unix::process::CommandExt as _;
     let srv = Server::start("uid");
     // Open the path up so only the server's own SO_PEERCRED check stands
     // between another user and the sessions.
@@ -378,29 +397,32 @@ fn another_uid_is_refused() {
     for p in [srv.dir.as_path(), dir, srv.socket.as_path()] {
         Command::new("chmod").arg("a+rwx").arg(p).status().unwrap();
     }
-    // The client, where user 65534 can run it.
-    let bin = srv.dir.join("execkit");
-    std::fs::copy(env!("CARGO_BIN_EXE_execkit"), &bin).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&bin)
-        .args(["exec", "--session", "intruder", "--socket"])
-        .arg(&srv.socket)
-        .arg("id -u")
-        .env("XDG_STATE_HOME", srv.dir.join("nobody-state"))
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "intruder",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("EXECKIT_INTRUDER_SOCKET", &srv.socket)
+        .current_dir("/")
+        .uid(65534)
+        .gid(65534)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(69), "{err}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let reply = text
+        .split("REPLY ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no reply: {out:?}"));
     assert!(
-        err.contains("permission denied") && err.contains("uid 65534"),
-        "{err}"
+        reply.contains("permission denied") && reply.contains("uid 65534"),
+        "{reply}"
     );
-    assert!(
-        out.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    // Nothing was opened for it.
+    let listed = Conn::new(&srv.socket).call(json!({"op": "list"}));
+    assert!(!listed.to_string().contains("intruder"), "{listed}");
 }
 
 #[test]
