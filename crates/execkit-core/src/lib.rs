@@ -12,6 +12,7 @@ mod error;
 pub mod host;
 pub mod journal;
 pub mod observer;
+mod outcome;
 pub mod paths;
 pub mod protocol;
 pub mod redact;
@@ -25,6 +26,7 @@ pub mod transport;
 
 pub use error::{SessionError, TransportError};
 pub use observer::Observer;
+pub use outcome::RunOutcome;
 pub use registry::{connect, register, registry, TransportInfo};
 pub use session::{
     InputWait, RunOptions, RunResult, Session, SessionConfig, COMMAND_VAR, INPUT_WAIT_GRACE,
