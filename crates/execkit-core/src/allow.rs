@@ -494,8 +494,16 @@ mod tests {
         ));
         assert!(!admits(p, "ssh://deploy@prod.example.com?identity=/tmp/k"));
         // A shell parameter does not escape a pattern that names a shell.
-        assert!(admits_shell("local:/bin/dash", "local:/bin/dash", "/bin/dash"));
-        assert!(!admits_shell("local:/bin/dash", "local:/bin/dash", "/bin/bash"));
+        assert!(admits_shell(
+            "local:/bin/dash",
+            "local:/bin/dash",
+            "/bin/dash"
+        ));
+        assert!(!admits_shell(
+            "local:/bin/dash",
+            "local:/bin/dash",
+            "/bin/bash"
+        ));
         assert!(!admits_shell("local:/bin/dash", "local", "/bin/bash"));
         assert!(!admits("local:/bin/dash", "local"));
     }
@@ -526,12 +534,27 @@ mod tests {
         assert!(admits("ssh://*@127.0.0.1:*", "ssh://127.0.0.1"));
         assert!(!admits("ssh://*@127.0.0.1", "ssh://root@127.0.0.1:2222"));
         assert!(!admits("ssh://dep*@h", "ssh://dep@x@h"));
-        assert!(admits("ssh://deploy@*.example.com", "ssh://deploy@a.example.com"));
-        assert!(!admits("ssh://deploy@*.example.com", "ssh://deploy@a.b.example.com"));
-        assert!(!admits("ssh://deploy@*.example.com", "ssh://deploy@example.com"));
-        assert!(!admits("ssh://deploy@*.example.com", "ssh://deploy@a.example.com.evil"));
+        assert!(admits(
+            "ssh://deploy@*.example.com",
+            "ssh://deploy@a.example.com"
+        ));
+        assert!(!admits(
+            "ssh://deploy@*.example.com",
+            "ssh://deploy@a.b.example.com"
+        ));
+        assert!(!admits(
+            "ssh://deploy@*.example.com",
+            "ssh://deploy@example.com"
+        ));
+        assert!(!admits(
+            "ssh://deploy@*.example.com",
+            "ssh://deploy@a.example.com.evil"
+        ));
         assert!(admits("ssh://deploy@*", "ssh://deploy@a.b.example.com"));
-        assert!(admits("ssh://deploy@WEB.example.com", "ssh://deploy@web.EXAMPLE.com"));
+        assert!(admits(
+            "ssh://deploy@WEB.example.com",
+            "ssh://deploy@web.EXAMPLE.com"
+        ));
         assert!(!admits("ssh://Deploy@h", "ssh://deploy@h"));
         assert!(admits("SSH://u@h", "ssh://u@h"));
         assert!(admits("ssh://u@h", "SSH://u@h"));
@@ -560,9 +583,18 @@ mod tests {
             "docker://127.0.0.1:2375/*",
             "docker://127.0.0.1:2375/web"
         ));
-        assert!(!admits("docker://127.0.0.1:2375/*", "docker://127.0.0.1:2375/a/b"));
-        assert!(!admits("docker://127.0.0.1:2375/*", "docker://127.0.0.1:2376/web"));
-        assert!(!admits("docker://127.0.0.1:2375/*", "docker://10.0.0.1:2375/web"));
+        assert!(!admits(
+            "docker://127.0.0.1:2375/*",
+            "docker://127.0.0.1:2375/a/b"
+        ));
+        assert!(!admits(
+            "docker://127.0.0.1:2375/*",
+            "docker://127.0.0.1:2376/web"
+        ));
+        assert!(!admits(
+            "docker://127.0.0.1:2375/*",
+            "docker://10.0.0.1:2375/web"
+        ));
         assert!(admits("docker*", "docker://10.0.0.1:2375/web"));
         assert!(!admits("docker*", "docker://h/web?x=1"));
     }
@@ -615,14 +647,20 @@ mod tests {
         assert!(admits(p, "ssh://u@h?host_key=accept_new&connect_timeout=5"));
         assert!(admits(p, "ssh://u@h?host_key=accept%5Fnew"));
         assert!(!admits(p, "ssh://u@h?host_key=strict&connect_timeout=5"));
-        assert!(!admits(p, "ssh://u@h?connect_timeout=5&known_hosts=/dev/null"));
+        assert!(!admits(
+            p,
+            "ssh://u@h?connect_timeout=5&known_hosts=/dev/null"
+        ));
         assert!(!admits(p, "ssh://u@h?connect_timeout=5&&"));
         assert!(!admits(p, "ssh://u@h?"));
         assert!(!admits("ssh://u@h", "ssh://u@h?"));
         // Values compare decoded, segment by segment.
         let p = "ssh://u@h?known_hosts=/etc/ssh/*";
         assert!(admits(p, "ssh://u@h?known_hosts=/etc/ssh/kh"));
-        assert!(!admits(p, "ssh://u@h?known_hosts=/etc/ssh/%2E%2E%2F%2E%2E%2Ftmp%2Fkh"));
+        assert!(!admits(
+            p,
+            "ssh://u@h?known_hosts=/etc/ssh/%2E%2E%2F%2E%2E%2Ftmp%2Fkh"
+        ));
         assert!(!admits(p, "ssh://u@h?known_hosts=/etc/ssh/.."));
         assert!(!admits(p, "ssh://u@h?known_hosts=/etc/ssh/%ZZ"));
         // A target is its own pattern, parameters and all.
