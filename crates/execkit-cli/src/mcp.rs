@@ -62,7 +62,7 @@ pub struct OpenParams {
     /// Where to run: `local`, `local:/bin/sh`, `docker:CONTAINER`, `ssh://user@host`. Defaults to the server's target.
     #[serde(default)]
     pub target: Option<String>,
-    /// Shell to start on the target (default: bash if present, else sh).
+    /// Shell to start on the target (default: bash if present, else sh). The server's allow list may limit it.
     #[serde(default)]
     pub shell: Option<String>,
     /// Initial working directory.
