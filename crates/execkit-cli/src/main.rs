@@ -100,6 +100,18 @@ pub fn runtime(multi: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
     })
 }
 
+/// Checks every `--allow-target` pattern before a server starts: a pattern
+/// that does not parse would admit nothing, silently. Exit 2 naming it.
+pub fn check_allow_targets(command: &str, patterns: &[String]) -> Result<(), ExitCode> {
+    for p in patterns {
+        if let Err(e) = execkit_core::allow::TargetPattern::parse(p) {
+            eprintln!("execkit {command}: --allow-target {e}");
+            return Err(ExitCode::from(EXIT_USAGE));
+        }
+    }
+    Ok(())
+}
+
 /// Links the transports chosen by cargo features; registering them
 /// explicitly keeps the linker from dropping their `inventory` records.
 fn link_transports() {

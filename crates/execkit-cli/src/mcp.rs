@@ -31,8 +31,11 @@ pub struct McpArgs {
     /// Target for sessions opened without one (and for the default session).
     #[arg(long, short = 't', default_value = "local")]
     pub target: String,
-    /// Only targets matching one of these globs may be opened (repeatable;
-    /// `*` matches anything). Without it every target is allowed.
+    /// Only targets matching one of these patterns may be opened
+    /// (repeatable): a target with `*` in its parts, e.g. `local`,
+    /// `local:/bin/dash`, `docker:web-*`, `ssh://deploy@*.example.com:*`.
+    /// Parts compare separately; parameters (`?known_hosts=…`) only when
+    /// the pattern names them. Without it every target is allowed.
     #[arg(long = "allow-target", value_name = "PATTERN")]
     pub allow_target: Vec<String>,
     /// Characters of output returned per command before capping.
@@ -59,7 +62,7 @@ pub struct OpenParams {
     /// Where to run: `local`, `local:/bin/sh`, `docker:CONTAINER`, `ssh://user@host`. Defaults to the server's target.
     #[serde(default)]
     pub target: Option<String>,
-    /// Shell to start on the target (default: bash if present, else sh).
+    /// Shell to start on the target (default: bash if present, else sh). The server's allow list may limit it.
     #[serde(default)]
     pub shell: Option<String>,
     /// Initial working directory.
@@ -358,6 +361,9 @@ impl ServerHandler for ExecKitMcp {
 }
 
 pub fn main(args: McpArgs) -> ExitCode {
+    if let Err(code) = crate::check_allow_targets("mcp", &args.allow_target) {
+        return code;
+    }
     if let Some(addr) = args.http {
         if !addr.ip().is_loopback() {
             // A shell server reachable from the network is remote code

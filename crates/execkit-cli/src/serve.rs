@@ -36,7 +36,11 @@ pub struct ServeArgs {
     /// Target for sessions opened without one.
     #[arg(long, short = 't', default_value = "local")]
     pub target: String,
-    /// Only targets matching one of these globs may be opened (repeatable).
+    /// Only targets matching one of these patterns may be opened
+    /// (repeatable): a target with `*` in its parts, e.g. `local`,
+    /// `local:/bin/dash`, `docker:web-*`, `ssh://deploy@*.example.com:*`.
+    /// Parts compare separately; parameters (`?known_hosts=…`) only when
+    /// the pattern names them. Without it every target is allowed.
     #[arg(long = "allow-target", value_name = "PATTERN")]
     pub allow_target: Vec<String>,
     /// Close sessions idle for this many seconds.
@@ -57,6 +61,9 @@ pub struct ServeArgs {
 }
 
 pub fn main(args: ServeArgs) -> ExitCode {
+    if let Err(code) = crate::check_allow_targets("serve", &args.allow_target) {
+        return code;
+    }
     let rt = match crate::runtime(true) {
         Ok(rt) => rt,
         Err(code) => return code,

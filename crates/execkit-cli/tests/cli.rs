@@ -158,6 +158,21 @@ fn hostile_targets_and_bytes_are_usage_errors() {
     assert!(stderr(&out).contains("UTF-8"), "{}", stderr(&out));
 }
 
+/// An `@` in the user part of an ssh target (`deploy@prod.example.com@
+/// 127.0.0.1` reads as prod.example.com and connects to 127.0.0.1) is a
+/// usage error naming the host it would have reached; nothing connects.
+#[test]
+fn an_at_sign_in_an_ssh_user_name_is_a_usage_error() {
+    let wire = execkit_core::testkit::Tripwire::new();
+    let target = format!("ssh://deploy@prod.example.com@127.0.0.1:{}", wire.port);
+    let out = execkit(&["exec", "--target", &target, "true"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("`@` in the user name"), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{}", wire.port)), "{err}");
+    assert_eq!(wire.connections(), 0, "{err}");
+}
+
 /// `connect_timeout` on an ssh target: a bad value is a usage error; a
 /// host that accepts TCP and never sends a banner is unreachable after it,
 /// with the host and the stage in the message.

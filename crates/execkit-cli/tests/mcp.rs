@@ -185,8 +185,13 @@ struct McpStdio {
 
 impl McpStdio {
     fn start() -> McpStdio {
+        McpStdio::start_with(&["--allow-target", "local*"])
+    }
+
+    fn start_with(extra: &[&str]) -> McpStdio {
         let mut child = Command::new(env!("CARGO_BIN_EXE_execkit"))
-            .args(["mcp", "--no-journal", "--allow-target", "local*"])
+            .args(["mcp", "--no-journal"])
+            .args(extra)
             .env(
                 "XDG_STATE_HOME",
                 std::env::temp_dir().join("execkit-mcp-tests"),
@@ -377,6 +382,66 @@ fn session_open_names_count_successful_opens_only() {
     assert_eq!(v["result"]["isError"], true, "{v}");
     let v = mcp.call(5, "session_open", "{}");
     assert_eq!(v["result"]["structuredContent"]["session_id"], "s2", "{v}");
+}
+
+/// Issue 14.5 through MCP: an agent's `session_open` with the crafted
+/// targets of the report, each admitted by a pattern when matched as a
+/// string, is a tool error saying it is not allowed, and nothing connects
+/// to the loopback listener they name; `shell` cannot swap the shell a
+/// pattern names.
+#[test]
+fn crafted_targets_and_shells_are_refused_over_mcp() {
+    let wire = execkit_core::testkit::Tripwire::new();
+    let port = wire.port;
+    let near = format!("ssh://deploy@127.0.0.1:{port}*");
+    let mut mcp = McpStdio::start_with(&[
+        "--target",
+        "local:/bin/dash",
+        "--allow-target",
+        "docker:*",
+        "--allow-target",
+        "ssh://deploy@prod.example.com*",
+        "--allow-target",
+        &near,
+        "--allow-target",
+        "local:/bin/dash",
+    ]);
+    mcp.initialize();
+    let mut id = 10;
+    let mut refused = |args: serde_json::Value| {
+        id += 1;
+        let v = mcp.call(id, "session_open", &args.to_string());
+        assert_eq!(v["result"]["isError"], true, "{args}: {v}");
+        let text = v["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(text.contains("not allowed"), "{args}: {text}");
+        text
+    };
+    for target in [
+        format!("docker://127.0.0.1:{port}/x"),
+        format!("ssh://deploy@prod.example.com@127.0.0.1:{port}"),
+        "ssh://deploy@prod.example.com.evil.invalid".to_string(),
+        format!("ssh://deploy@127.0.0.1:{port}?known_hosts=/dev/null&host_key=accept_new"),
+        format!("ssh://deploy@127.0.0.1:{port}?identity=/tmp/other-key"),
+    ] {
+        refused(serde_json::json!({"target": target}));
+    }
+    let text = refused(serde_json::json!({"target": "local:/bin/dash", "shell": "/bin/bash"}));
+    assert!(text.contains("with shell `/bin/bash`"), "{text}");
+    refused(serde_json::json!({"shell": "/bin/bash"}));
+    assert_eq!(wire.connections(), 0, "a refused target was connected to");
+    // The default session runs the shell the pattern names.
+    let v = mcp.call(
+        99,
+        "run",
+        r#"{"command":"echo \"bash=${BASH_VERSION:-none}\""}"#,
+    );
+    assert_eq!(
+        v["result"]["structuredContent"]["output"], "bash=none",
+        "{v}"
+    );
 }
 
 /// Over streamable HTTP too, a body that is not JSON gets JSON-RPC's parse

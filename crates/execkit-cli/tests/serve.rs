@@ -303,6 +303,103 @@ fn hostile_requests_are_refused_and_serving_goes_on() {
     assert_eq!(r["output"], "still");
 }
 
+/// Issue 14.5: the allow list compares a target's parts, not its text. An
+/// agent sends the crafted targets of the report to a server whose
+/// patterns each admitted them when matched as strings: every one is
+/// refused, saying so, and nothing connects to the loopback listener the
+/// crafted targets name.
+#[test]
+fn crafted_targets_and_shells_slip_past_no_pattern() {
+    let wire = execkit_core::testkit::Tripwire::new();
+    let port = wire.port;
+    let near = format!("ssh://deploy@127.0.0.1:{port}*");
+    let srv = Server::start_with(
+        "crafted",
+        &[
+            "--allow-target",
+            "docker:*",
+            "--allow-target",
+            "ssh://deploy@prod.example.com*",
+            "--allow-target",
+            &near,
+            "--allow-target",
+            "local:/bin/dash",
+        ],
+    );
+    let mut c = Conn::new(&srv.socket);
+    for target in [
+        // `docker:*` is not a remote engine.
+        format!("docker://127.0.0.1:{port}/x"),
+        // An `@` in the user name: it would connect to 127.0.0.1.
+        format!("ssh://deploy@prod.example.com@127.0.0.1:{port}"),
+        // More labels after the approved host.
+        "ssh://deploy@prod.example.com.evil.invalid".to_string(),
+        // Parameters that weaken host verification, appended by the agent.
+        format!("ssh://deploy@127.0.0.1:{port}?known_hosts=/dev/null&host_key=accept_new"),
+        format!("ssh://deploy@127.0.0.1:{port}?identity=/tmp/other-key"),
+    ] {
+        let e = c.refused(json!({"op": "open", "target": target}));
+        assert!(e.contains("not allowed"), "{target}: {e}");
+    }
+    let e = c.refused(json!({"op": "open",
+        "target": format!("ssh://deploy@127.0.0.1:{port}?known_hosts=/dev/null")}));
+    assert!(e.contains("parameter `known_hosts`"), "{e}");
+    let e = c.refused(json!({"op": "open",
+        "target": format!("ssh://deploy@prod.example.com@127.0.0.1:{port}")}));
+    assert!(e.contains("more than one `@`"), "{e}");
+    // `shell` cannot swap the shell the pattern names, with or without
+    // the target naming it too.
+    for target in [Some("local:/bin/dash"), Some("local"), None] {
+        let mut req = json!({"op": "open", "shell": "/bin/bash"});
+        if let Some(t) = target {
+            req["target"] = json!(t);
+        }
+        let e = c.refused(req);
+        assert!(
+            e.contains("not allowed") && e.contains("with shell `/bin/bash`"),
+            "{target:?}: {e}"
+        );
+    }
+    assert_eq!(wire.connections(), 0, "a refused target was connected to");
+    // What the patterns name still opens: dash, asked for either way.
+    c.call(json!({"op": "open", "name": "d1", "target": "local:/bin/dash"}));
+    c.call(json!({"op": "open", "name": "d2", "target": "local:/bin/dash", "shell": "/bin/dash"}));
+    for s in ["d1", "d2"] {
+        let r = c.call(json!({"op": "run", "session": s,
+            "command": "readlink /proc/$$/exe; echo \"bash=${BASH_VERSION:-none}\""}));
+        let out = r["output"].as_str().unwrap_or_default();
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines.len() == 2 && lines[0].ends_with("/dash") && lines[1] == "bash=none",
+            "{s}: {r}"
+        );
+    }
+}
+
+/// A pattern that cannot be read is a usage error at start (exit 2), not a
+/// pattern that silently admits nothing (or everything).
+#[test]
+fn unreadable_allow_patterns_stop_serve_at_start() {
+    let dir = std::env::temp_dir().join(format!("execkit-serve-{}-badpat", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for bad in ["ssh://a@b@c", "*docker*", "ssh://u@h?known_hosts"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_execkit"))
+            .args(["serve", "--no-journal", "--socket"])
+            .arg(dir.join("run/execkit.sock"))
+            .args(["--allow-target", bad])
+            .env("XDG_STATE_HOME", dir.join("state"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start execkit serve");
+        let st = exits_within(&mut child, Duration::from_secs(20), bad);
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(st.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("is not a target pattern"), "{bad}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn kill_9_of_serve_leaves_parseable_journal_and_gc_cleans() {
     let mut srv = Server::start("crash");

@@ -5,6 +5,7 @@
 //! the [`registry`] by URL scheme; a transport only moves bytes and knows how
 //! to spawn and kill — the sentinel protocol lives here alone.
 
+pub mod allow;
 pub mod cap;
 pub mod clean;
 pub mod console;

@@ -70,7 +70,17 @@ impl SshTarget {
         if authority.contains('/') {
             return Err(invalid("a path after the host is not supported".into()));
         }
-        let (user, hostport) = match authority.rsplit_once('@') {
+        let (user, hostport) = match authority.split_once('@') {
+            // `ssh://deploy@prod.example.com@10.0.0.1` reads as a user at
+            // prod.example.com, yet connects to 10.0.0.1: refused.
+            Some((u, h)) if h.contains('@') => {
+                return Err(invalid(format!(
+                    "`@` in the user name `{u}@{}`: the host is what follows the last `@` \
+                     ({}), which is easy to misread; write an `@` in a user name as %40",
+                    h.rsplit_once('@').map_or(h, |(a, _)| a),
+                    h.rsplit_once('@').map_or(h, |(_, b)| b),
+                )))
+            }
             Some((u, h)) => (Some(percent_decode(u).map_err(&invalid)?), h),
             None => (None, authority),
         };
@@ -105,7 +115,7 @@ impl SshTarget {
         }
         if !valid_user(&user) {
             return Err(invalid(format!(
-                "`{user}` is not a user name (letters, digits, `.`, `_`, `-`, `@`; not starting with `-`)"
+                "`{user}` is not a user name (letters, digits, `.`, `_`, `-`, and `@` written as %40; not starting with `-`)"
             )));
         }
         if !valid_host(&host) {
@@ -358,6 +368,21 @@ mod tests {
     }
 
     #[test]
+    fn an_at_sign_in_the_user_part_is_refused_with_its_reason() {
+        match SshTarget::parse("ssh://deploy@prod.example.com@127.0.0.1:2222") {
+            Err(TransportError::InvalidTarget { reason, .. }) => {
+                assert!(reason.contains("`@` in the user name"), "{reason}");
+                assert!(reason.contains("(127.0.0.1:2222)"), "{reason}");
+                assert!(reason.contains("%40"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Written as %40 it is unambiguous: a directory account.
+        let t = SshTarget::parse("ssh://user%40corp@h").unwrap();
+        assert_eq!((t.user.as_str(), t.host.as_str()), ("user@corp", "h"));
+    }
+
+    #[test]
     fn rejects_bad_targets() {
         for bad in [
             "ssh://",
@@ -382,6 +407,10 @@ mod tests {
             "ssh://u@ho$st",
             "ssh://u@h%0a",
             "ssh://u@[::1;id]",
+            // An `@` in the user part: the host would be what follows the
+            // last one.
+            "ssh://deploy@prod.example.com@127.0.0.1",
+            "ssh://a@b@c@h",
         ] {
             let e = SshTarget::parse(bad);
             assert!(

@@ -638,6 +638,66 @@ impl ReservedPort {
     }
 }
 
+/// A loopback listener that counts the connections it gets, for tests that
+/// must prove nothing connected (a refused target never reached its host).
+/// Each connection is accepted and closed at once, so a client that does
+/// connect fails fast instead of waiting for a banner or a reply; the count
+/// is raised before the close, so it is up to date by the time that client
+/// has seen the close. Dropping it stops its thread.
+#[derive(Debug)]
+pub struct Tripwire {
+    /// The loopback port it listens on.
+    pub port: u16,
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tripwire {
+    /// Listens on a fresh loopback port.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Tripwire {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind a tripwire");
+        let port = listener.local_addr().expect("tripwire address").port();
+        let count = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (count.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                if conn.is_ok() {
+                    c.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        Tripwire {
+            port,
+            count,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections seen so far.
+    pub fn connections(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Tripwire {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept; the thread sees `stop` and ends.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A free loopback port for a daemon a test starts (an `sshd`), taken from
 /// below the kernel's ephemeral range: ports handed out by `bind(…:0)` —
 /// [`ReservedPort`]s, client sockets — come from that range, so a daemon
