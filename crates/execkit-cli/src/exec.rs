@@ -8,7 +8,9 @@ use std::time::Duration;
 use std::path::PathBuf;
 
 use clap::Args;
-use execkit_core::{InputWait, RunOptions, RunResult, Session, SessionConfig, SessionError};
+use execkit_core::{
+    InputWait, RunOptions, RunOutcome, RunResult, Session, SessionConfig, SessionError,
+};
 
 use crate::observe::JournalArgs;
 use crate::{EXIT_TIMEOUT, EXIT_UNREACHABLE, EXIT_USAGE};
@@ -273,17 +275,20 @@ async fn run_local(
 /// 124 on timeout; `Err(69)` when the target was lost, after saying why on
 /// stderr — the caller stops there.
 pub fn exit_status(r: &RunResult) -> Result<ExitCode, ExitCode> {
-    if r.session_lost {
-        eprintln!(
-            "execkit: {}",
-            r.error.as_deref().unwrap_or("the target was lost")
-        );
-        return Err(ExitCode::from(EXIT_UNREACHABLE));
-    }
-    Ok(if r.timed_out {
-        ExitCode::from(EXIT_TIMEOUT)
-    } else {
-        ExitCode::from(r.exit_code.unwrap_or(1).clamp(0, 255) as u8)
+    Ok(match r.outcome() {
+        RunOutcome::Lost => {
+            eprintln!(
+                "execkit: {}",
+                r.error.as_deref().unwrap_or("the target was lost")
+            );
+            return Err(ExitCode::from(EXIT_UNREACHABLE));
+        }
+        RunOutcome::TimedOut => ExitCode::from(EXIT_TIMEOUT),
+        RunOutcome::Succeeded => ExitCode::SUCCESS,
+        RunOutcome::Failed(c) => ExitCode::from(c.clamp(0, 255) as u8),
+        // Stopped at a prompt, interrupted, not run (a running result is
+        // never final here).
+        _ => ExitCode::from(1),
     })
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Args;
 use execkit_core::host::{Host, HostConfig, HostError, OpenRequest};
-use execkit_core::{RunOptions, RunResult, SessionConfig};
+use execkit_core::{RunOptions, RunOutcome, RunResult, SessionConfig};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
@@ -154,25 +154,24 @@ fn tool_error(msg: impl std::fmt::Display) -> CallToolResult {
 /// The result for the model: a short text view plus the structured result.
 fn run_result(r: &RunResult) -> CallToolResult {
     let mut text = String::new();
-    let status = if r.running {
-        "still running — call poll for more output, send_input to answer it, or interrupt"
-            .to_string()
-    } else if r.timed_out {
-        "timed out: the command and everything it started were killed; the session is still usable"
-            .to_string()
-    } else if r.session_lost {
-        format!(
+    let status = match r.outcome() {
+        RunOutcome::Running | RunOutcome::AwaitingInput => {
+            "still running — call poll for more output, send_input to answer it, or interrupt"
+                .to_string()
+        }
+        RunOutcome::TimedOut => {
+            "timed out: the command and everything it started were killed; the session is still usable"
+                .to_string()
+        }
+        RunOutcome::Lost => format!(
             "target lost: {}",
             r.error.as_deref().unwrap_or("unknown reason")
-        )
-    } else {
-        match r.exit_code {
-            Some(c) => format!("exit {c}"),
-            None => format!(
-                "no exit code ({})",
-                r.error.as_deref().unwrap_or("interrupted")
-            ),
-        }
+        ),
+        RunOutcome::NoExitCode | RunOutcome::StoppedAtPrompt => format!(
+            "no exit code ({})",
+            r.error.as_deref().unwrap_or("interrupted")
+        ),
+        o => o.label(),
     };
     text.push_str(&format!(
         "[{status} · {} ms · cwd {}]",

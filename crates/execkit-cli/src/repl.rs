@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use execkit_core::{RunOptions, RunResult, Session, SessionConfig};
+use execkit_core::{RunOptions, RunOutcome, RunResult, Session, SessionConfig};
 use rustyline::error::ReadlineError;
 
 use crate::observe::JournalArgs;
@@ -136,15 +136,10 @@ async fn run_live(
 }
 
 fn status_line(r: &RunResult, color: bool) {
-    let status = if r.timed_out {
-        "timed out".to_string()
-    } else if r.session_lost {
-        format!("target lost: {}", r.error.as_deref().unwrap_or(""))
-    } else {
-        match r.exit_code {
-            Some(c) => format!("exit {c}"),
-            None => "interrupted".to_string(),
-        }
+    let status = match r.outcome() {
+        RunOutcome::Lost => format!("target lost: {}", r.error.as_deref().unwrap_or("")),
+        RunOutcome::NoExitCode => "interrupted".to_string(),
+        o => o.label(),
     };
     let mut line = format!("[{status} · {} ms", r.duration_ms);
     if r.restarted {
