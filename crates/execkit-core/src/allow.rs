@@ -238,7 +238,11 @@ fn split_query(q: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> Result<String, String> {
+/// Decodes `%XX` escapes of a target's part (a user name, a parameter
+/// value); the result must be UTF-8 without control characters. Shared with
+/// the transports' own target parsers, so a target means one thing to the
+/// allow list and to the transport that connects.
+pub fn percent_decode(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -81,7 +81,10 @@ impl SshTarget {
                     h.rsplit_once('@').map_or(h, |(_, b)| b),
                 )))
             }
-            Some((u, h)) => (Some(percent_decode(u).map_err(&invalid)?), h),
+            Some((u, h)) => (
+                Some(execkit_core::allow::percent_decode(u).map_err(&invalid)?),
+                h,
+            ),
             None => (None, authority),
         };
         let user = match user {
@@ -141,7 +144,7 @@ impl SshTarget {
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(v).map_err(&invalid)?;
+            let v = execkit_core::allow::percent_decode(v).map_err(&invalid)?;
             match k {
                 "identity" | "identity_file" => {
                     if v.is_empty() {
@@ -258,31 +261,6 @@ fn valid_host(h: &str) -> bool {
     }
     h.chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-}
-
-fn percent_decode(s: &str) -> Result<String, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("bad percent escape in `{s}`"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    let out = String::from_utf8(out).map_err(|_| format!("`{s}` is not UTF-8 once decoded"))?;
-    if out.contains('\0') {
-        return Err("a parameter contains a NUL byte".into());
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
