@@ -241,6 +241,7 @@ mod tests {
 
     #[test]
     fn keeps_colours_and_line_moves() {
+        // Rebuilt from the parsed parameters: an empty one reads as 0.
         let (out, state) = filter(b"A \x1b[1;38:2::255:0:0mred\x1b[0m\r\x1b[K50%\x1b[3D\x1b[2C");
         assert_eq!(
             out,
