@@ -337,13 +337,18 @@ fn mcp_client(out_dir: &Path) -> Result<Provision> {
     })
 }
 
-/// Installs what the local matrix needs: dash and busybox.
+/// Installs what the local tests need: dash and busybox for the matrix,
+/// tmux for the terminal a person watches in (`execkit-cli/tests/terminal.rs`).
 fn provision_local_shells() -> Result<()> {
-    let missing: Vec<&str> = [("dash", "/bin/dash"), ("busybox-static", "/bin/busybox")]
-        .into_iter()
-        .filter(|(_, p)| !Path::new(p).exists())
-        .map(|(pkg, _)| pkg)
-        .collect();
+    let missing: Vec<&str> = [
+        ("dash", "/bin/dash"),
+        ("busybox-static", "/bin/busybox"),
+        ("tmux", "/usr/bin/tmux"),
+    ]
+    .into_iter()
+    .filter(|(_, p)| !Path::new(p).exists())
+    .map(|(pkg, _)| pkg)
+    .collect();
     if missing.is_empty() {
         return Ok(());
     }

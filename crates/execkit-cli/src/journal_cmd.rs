@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use execkit_core::journal;
+use execkit_core::{journal, term};
 use serde_json::Value;
 
 #[derive(Debug, Args)]
@@ -102,7 +102,7 @@ fn run(args: &JournalCmdArgs, path: &Path) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     let mut show = |line: &str, v: &Value| {
         let _ = if args.json {
-            writeln!(out, "{line}")
+            writeln!(out, "{}", term::json_safe(line))
         } else {
             writeln!(out, "{}", human(v))
         };
@@ -314,20 +314,23 @@ fn read_backwards(f: &File, mut each: impl FnMut(&[u8]) -> bool) -> std::io::Res
     Ok(long_lines)
 }
 
+/// One event as a line for a person: every field from the journal has its
+/// control characters escaped (`\e`, `\r`, `\n`, …), so command text,
+/// output or an error cannot erase, recolour or hide what is printed.
 fn human(v: &Value) -> String {
-    let ts = v["ts"].as_str().unwrap_or("?");
-    let id = v["session"].as_str().unwrap_or("-");
+    let s = |k: &str| term::escape(v[k].as_str().unwrap_or("")).into_owned();
+    let ts = term::escape(v["ts"].as_str().unwrap_or("?")).into_owned();
+    let id = term::escape(v["session"].as_str().unwrap_or("-")).into_owned();
     let session = match v["name"].as_str() {
-        Some(name) => format!("{name}({id})"),
-        None => id.to_string(),
+        Some(name) => format!("{}({id})", term::escape(name)),
+        None => id,
     };
-    let s = |k: &str| v[k].as_str().unwrap_or("").to_string();
     let detail = match v["event"].as_str().unwrap_or("?") {
         "session_open" => format!("open {} (cwd {})", s("target"), s("cwd")),
         "session_close" => "close".to_string(),
         "command" => format!("$ {}", s("command")),
         "input" if v["hidden"] == Value::Bool(true) => "< [hidden input]".to_string(),
-        "input" => format!("< {:?}", s("text")),
+        "input" => format!("< \"{}\"", s("text")),
         "journal_gap" => format!(
             "[journal gap: {} event(s) not journaled since {}: {}]",
             v["skipped"].as_u64().unwrap_or(0),
@@ -347,19 +350,19 @@ fn human(v: &Value) -> String {
                 }
             };
             let mut line = format!("→ {status} ({} ms)", v["duration_ms"].as_u64().unwrap_or(0));
-            if let Some(p) = v["output_path"].as_str() {
-                line.push_str(&format!(" full output: {p}"));
+            if v["output_path"].is_string() {
+                line.push_str(&format!(" full output: {}", s("output_path")));
             } else if let Some(o) = v["output"].as_str().filter(|o| !o.is_empty()) {
                 let first = o.lines().next().unwrap_or("");
                 let more = o.lines().count().saturating_sub(1);
-                line.push_str(&format!(" | {first}"));
+                line.push_str(&format!(" | {}", term::escape(first)));
                 if more > 0 {
                     line.push_str(&format!(" (+{more} lines)"));
                 }
             }
             line
         }
-        other => other.to_string(),
+        other => term::escape(other).into_owned(),
     };
     format!("{ts} {session} {detail}")
 }

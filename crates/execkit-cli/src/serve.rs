@@ -13,12 +13,12 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use execkit_core::console::ConsoleEvent;
+use execkit_core::console::{ConsoleEvent, Origin};
 use execkit_core::host::{Host, HostConfig};
 use execkit_core::{RunOptions, SessionConfig};
 use serde_json::{json, Value};
@@ -286,7 +286,9 @@ fn accept_now(listener: &UnixListener) -> Option<std::io::Result<UnixStream>> {
 }
 
 async fn connection(stream: UnixStream, host: Arc<Host>, me: u32, limits: Arc<Limits>) {
-    let peer = stream.peer_cred().map(|c| c.uid());
+    let cred = stream.peer_cred();
+    let peer = cred.as_ref().map(|c| c.uid()).map_err(|e| e.to_string());
+    let pid = cred.as_ref().ok().and_then(|c| c.pid());
     let (read, mut write) = stream.into_split();
     if peer.as_ref().ok() != Some(&me) {
         let who = peer.map_or("unknown".to_string(), |u| u.to_string());
@@ -335,21 +337,30 @@ async fn connection(stream: UnixStream, host: Arc<Host>, me: u32, limits: Arc<Li
             }
         };
         if let Request::Watch = env.request {
+            // Subscribed before the answer: a client that has read it
+            // sees every event from then on.
+            let rx = host.observer().console.subscribe();
             if send(&mut write, &accept(env.id, json!({"watching": true})))
                 .await
                 .is_ok()
             {
-                watch(&host, &mut write).await;
+                watch(rx, &mut write).await;
             }
             return;
         }
         if let Request::Publish = env.request {
+            let publisher = Origin {
+                publisher: PUBLISHERS.fetch_add(1, Ordering::Relaxed) + 1,
+                pid,
+                uid: me,
+                comm: pid.and_then(process_name),
+            };
             if send(&mut write, &accept(env.id, json!({"publishing": true})))
                 .await
                 .is_ok()
             {
                 drop(line);
-                relay(&host, reader, &mut charge).await;
+                relay(&host, reader, &mut charge, &publisher).await;
             }
             return;
         }
@@ -450,13 +461,28 @@ async fn read_line(
     }
 }
 
+/// Publishing connections so far: each one's number namespaces its
+/// session ids (`pub3/…`), so no publisher can speak for a session of the
+/// server or of another publisher, even after a pid is reused.
+static PUBLISHERS: AtomicU64 = AtomicU64::new(0);
+
+/// A process's name (`/proc/PID/comm`), if it can be read.
+fn process_name(pid: i32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end_matches('\n').to_string())
+}
+
 /// Mirrors the console events a publisher sends (one JSON line each) to
-/// this server's watchers, until it hangs up. A line that is not an event
-/// ends the stream: the publisher is ours (same uid) but confused.
+/// this server's watchers, until it hangs up. Every event is tagged with
+/// `publisher` and its session id namespaced (`ConsoleEvent::published_by`):
+/// the publisher is of our uid, yet it is another process, and must not
+/// pass for one of our sessions. A line that is not an event ends the
+/// stream: the publisher is confused.
 async fn relay(
     host: &Host,
     mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
     charge: &mut Charge<'_>,
+    publisher: &Origin,
 ) {
     let console = &host.observer().console;
     let mut line = Vec::new();
@@ -468,14 +494,16 @@ async fn relay(
             Ok(false) | Err(_) => return,
         }
         match serde_json::from_slice::<ConsoleEvent>(&line) {
-            Ok(ev) => console.publish(ev),
+            Ok(ev) => console.publish(ev.published_by(publisher)),
             Err(_) => return,
         }
     }
 }
 
-async fn watch(host: &Host, write: &mut tokio::net::unix::OwnedWriteHalf) {
-    let mut rx = host.observer().console.subscribe();
+async fn watch(
+    mut rx: tokio::sync::broadcast::Receiver<Arc<ConsoleEvent>>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+) {
     loop {
         match rx.recv().await {
             Ok(ev) => {

@@ -1,13 +1,16 @@
 //! `execkit watch`: the live console of a running `execkit serve`,
-//! read-only, colours kept for the person watching.
+//! read-only, for a person's terminal: headers and footers with every
+//! control character escaped, command output filtered (colours and
+//! same-line moves kept, what acts outside the pane dropped) unless
+//! `--raw-output`, other processes' sessions tagged with their publisher.
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use execkit_core::console::{render, ConsoleEvent};
+use execkit_core::console::{ConsoleEvent, Renderer};
 use serde_json::Value;
 
 use crate::client::Client;
@@ -18,6 +21,14 @@ pub struct WatchArgs {
     /// Socket of the server [default: ${XDG_RUNTIME_DIR:-/tmp/execkit-$UID}/execkit.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Pass command output to the terminal as it came, escape sequences
+    /// and all. By default only colours and moves on the current line get
+    /// through; without the filter a command can set the terminal's title
+    /// and clipboard, wipe its scrollback, switch modes, and make it
+    /// answer queries into the input of the shell you type in next. Only
+    /// for output you trust.
+    #[arg(long)]
+    pub raw_output: bool,
 }
 
 pub fn main(args: WatchArgs) -> ExitCode {
@@ -43,6 +54,7 @@ pub fn main(args: WatchArgs) -> ExitCode {
         let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let mut out = std::io::stdout();
         let mut names = Names::new(path.clone());
+        let mut renderer = Renderer::new(color, args.raw_output);
         loop {
             let mut line = match client.next_line().await {
                 Ok(l) => l,
@@ -52,14 +64,11 @@ pub fn main(args: WatchArgs) -> ExitCode {
                 }
             };
             names.rename(&mut line).await;
-            match serde_json::from_value::<ConsoleEvent>(line.clone()) {
-                Ok(ev) => {
-                    let _ = out.write_all(&render(&ev, color));
-                }
-                Err(_) => {
-                    let _ = writeln!(out, "[console: {line}]");
-                }
-            }
+            let shown = match serde_json::from_value::<ConsoleEvent>(line.clone()) {
+                Ok(ev) => renderer.render(&ev),
+                Err(_) => renderer.note(&format!("[console: {line}]")),
+            };
+            let _ = out.write_all(&shown);
             let _ = out.flush();
         }
     })
@@ -67,8 +76,9 @@ pub fn main(args: WatchArgs) -> ExitCode {
 
 /// The names of the server's sessions by engine id: console events carry
 /// the id; a person knows the name. Learned from `list` on a second
-/// connection when a command starts in a session not seen yet (sessions
-/// of `exec` and `mcp`, which the server does not hold, keep their id).
+/// connection when a command starts in a session not seen yet. Events of
+/// other processes (`exec`, `mcp`: relayed by `publish`, with an `origin`)
+/// keep their namespaced id and are never renamed.
 struct Names {
     socket: PathBuf,
     client: Option<Client>,
@@ -86,6 +96,9 @@ impl Names {
 
     /// Puts the session's name in place of its id, when it has one.
     async fn rename(&mut self, event: &mut Value) {
+        if !event["origin"].is_null() {
+            return;
+        }
         let Some(id) = event["session"].as_str().map(str::to_string) else {
             return;
         };

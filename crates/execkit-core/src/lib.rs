@@ -21,6 +21,7 @@ pub mod registry;
 mod session;
 pub mod sessions;
 pub mod shell;
+pub mod term;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transport;

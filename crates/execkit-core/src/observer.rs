@@ -95,6 +95,7 @@ impl Observer {
             } else {
                 text.to_string()
             },
+            origin: None,
         }
     }
 }
@@ -138,24 +139,39 @@ impl MaskedConsole {
                 session,
                 target,
                 command,
+                origin,
             } => {
                 r.learn_from_assignment(&command);
                 ConsoleEvent::Header {
                     session,
                     target,
                     command: r.redact(&command).into_owned(),
+                    origin,
                 }
             }
-            ConsoleEvent::Output { session, bytes } => {
+            ConsoleEvent::Output {
+                session,
+                bytes,
+                origin,
+            } => {
                 let bytes = match r.redact_bytes(&bytes) {
                     std::borrow::Cow::Borrowed(_) => bytes,
                     std::borrow::Cow::Owned(b) => b,
                 };
-                ConsoleEvent::Output { session, bytes }
+                ConsoleEvent::Output {
+                    session,
+                    bytes,
+                    origin,
+                }
             }
-            ConsoleEvent::Input { session, text } => ConsoleEvent::Input {
+            ConsoleEvent::Input {
+                session,
+                text,
+                origin,
+            } => ConsoleEvent::Input {
                 session,
                 text: r.redact(&text).into_owned(),
+                origin,
             },
             footer @ ConsoleEvent::Footer { .. } => footer,
         }
@@ -198,10 +214,12 @@ mod tests {
             session: "s".into(),
             target: "local".into(),
             command: "export DEPLOY_TOKEN=tok-0123456789".into(),
+            origin: None,
         });
         o.console.publish(ConsoleEvent::Output {
             session: "s".into(),
             bytes: b"got tok-0123456789 and sk_live_51HqLyjWDarjtT1zdp7dc\n".to_vec(),
+            origin: None,
         });
         o.console
             .publish(o.input_event("s".into(), "hunter2-secret\n", true));
@@ -212,6 +230,7 @@ mod tests {
                 session: "s".into(),
                 target: "local".into(),
                 command: "export DEPLOY_TOKEN=[REDACTED]".into(),
+                origin: None,
             }
         );
         let out = rx.recv().await.unwrap();

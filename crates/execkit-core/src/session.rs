@@ -575,6 +575,7 @@ impl Session {
                 session: self.id.clone(),
                 target: self.target().to_string(),
                 command: shown.to_string(),
+                origin: None,
             });
         }
         let mut restarted = false;
@@ -779,6 +780,7 @@ impl Session {
                                 c.publish(ConsoleEvent::Output {
                                     session: id.clone(),
                                     bytes: line,
+                                    origin: None,
                                 });
                             }
                         }
@@ -866,6 +868,7 @@ impl Session {
             self.publish(ConsoleEvent::Output {
                 session: self.id.clone(),
                 bytes,
+                origin: None,
             });
         }
         let internal = p.internal;
@@ -936,6 +939,7 @@ impl Session {
             exit_code: r.exit_code,
             duration_ms: r.duration_ms,
             timed_out: r.timed_out,
+            origin: None,
         });
     }
 
