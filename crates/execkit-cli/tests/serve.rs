@@ -1010,11 +1010,20 @@ fn unfinished_requests_and_sessions_are_bounded() {
         "still open: {rest}"
     );
 
-    // Twelve 7 MiB unfinished lines pass the 64 MiB in-flight cap.
+    drop(srv);
+
+    // Twelve 7 MiB unfinished lines pass the 64 MiB in-flight cap. A
+    // server of its own, with a request timeout no slow write can reach:
+    // at 1 s, lines written first could time out (freeing their bytes)
+    // while later ones are still being written on a loaded machine.
+    let srv = Server::start_with(
+        "bounds-cap",
+        &["--request-timeout", "600", "--max-sessions", "2"],
+    );
     let chunk = vec![b'q'; 7 << 20];
     let mut conns: Vec<Conn> = Vec::new();
     for _ in 0..12 {
-        let mut c = Conn::new(&srv.socket).timeout(Duration::from_secs(30));
+        let mut c = Conn::new(&srv.socket).timeout(Duration::from_secs(60));
         let _ = c.w.write_all(b"{\"op\":\"run\",\"command\":\"");
         let _ = c.w.write_all(&chunk);
         conns.push(c);
