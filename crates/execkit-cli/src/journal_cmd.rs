@@ -339,15 +339,9 @@ fn human(v: &Value) -> String {
         ),
         "interrupt" => "^C".to_string(),
         "result" => {
-            let status = if v["timed_out"] == Value::Bool(true) {
-                "timed out".to_string()
-            } else if v["session_lost"] == Value::Bool(true) {
-                format!("target lost: {}", s("error"))
-            } else {
-                match v["exit_code"].as_i64() {
-                    Some(c) => format!("exit {c}"),
-                    None => "no exit code".to_string(),
-                }
+            let status = match outcome_of(v) {
+                execkit_core::RunOutcome::Lost => format!("target lost: {}", s("error")),
+                o => o.label(),
             };
             let mut line = format!("→ {status} ({} ms)", v["duration_ms"].as_u64().unwrap_or(0));
             if v["output_path"].is_string() {
@@ -365,4 +359,26 @@ fn human(v: &Value) -> String {
         other => term::escape(other).into_owned(),
     };
     format!("{ts} {session} {detail}")
+}
+
+/// A journaled `result` event's outcome, weighed by the engine's own rule
+/// (`RunResult::outcome`) from the flags the event carries.
+fn outcome_of(v: &Value) -> execkit_core::RunOutcome {
+    let flag = |k: &str| v[k] == Value::Bool(true);
+    execkit_core::RunResult {
+        command: String::new(),
+        exit_code: v["exit_code"].as_i64().and_then(|c| i32::try_from(c).ok()),
+        output: String::new(),
+        timed_out: flag("timed_out"),
+        truncated: false,
+        restarted: false,
+        session_lost: flag("session_lost"),
+        error: None,
+        duration_ms: 0,
+        cwd: String::new(),
+        output_path: None,
+        running: false,
+        waiting_for_input: flag("waiting_for_input"),
+    }
+    .outcome()
 }

@@ -924,6 +924,7 @@ impl Session {
             "truncated" => r.truncated,
             "restarted" => r.restarted,
             "session_lost" => r.session_lost,
+            "waiting_for_input" => r.waiting_for_input,
             "cwd" => r.cwd,
         };
         if let Some(e) = &r.error {
