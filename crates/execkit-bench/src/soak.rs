@@ -184,7 +184,11 @@ pub fn main(args: &[String]) -> Result<()> {
         .build()?;
     let mut soak = Soak {
         dirs,
-        tag: format!("{}-{}", std::process::id(), execkit_core::protocol::nonce()),
+        tag: format!(
+            "{}-{}",
+            std::process::id(),
+            execkit_core::protocol::nonce().expect("random bytes")
+        ),
         violations: Vec::new(),
     };
     let budget = Duration::from_secs_f64(minutes * 60.0);

@@ -40,7 +40,7 @@ impl StdinSource {
         let dir = std::env::temp_dir().join(format!(
             "execkit-stdin-{}-{}",
             std::process::id(),
-            execkit_core::protocol::nonce()
+            execkit_core::protocol::nonce()?
         ));
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let path = dir.join("stdin");

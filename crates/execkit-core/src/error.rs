@@ -109,6 +109,10 @@ pub enum SessionError {
     /// The session was closed.
     #[error("the session is closed")]
     Closed,
+    /// No nonce could be drawn (the OS random generator failed): nothing is
+    /// sent without one.
+    #[error("no random nonce: {0}")]
+    NoRandomness(#[source] std::io::Error),
     /// Another command is still running in this session.
     #[error("a command is still running in this session (poll, send input or interrupt it first)")]
     Busy,

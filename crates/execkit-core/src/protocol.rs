@@ -27,40 +27,35 @@ const CMD_VAR: &str = "__ek_c";
 ///
 /// The bytes come from the OS generator, drawn 512 at a time: a command
 /// takes two nonces, and a `getrandom` call each was a measurable part of a
-/// round trip.
-pub fn nonce() -> String {
+/// round trip. Fails closed: without the OS generator there is no nonce (a
+/// guessable one would let output forge a command's end).
+pub fn nonce() -> Result<String, std::io::Error> {
     thread_local! {
         static POOL: std::cell::RefCell<(Vec<u8>, usize)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
     }
-    let b: [u8; 8] = POOL.with(|p| {
+    let b: [u8; 8] = POOL.with(|p| -> Result<[u8; 8], std::io::Error> {
         let (pool, used) = &mut *p.borrow_mut();
         if *used + 8 > pool.len() {
             pool.resize(512, 0);
             *used = 0;
-            if getrandom::fill(pool).is_err() {
-                // No entropy source: fall back to time and address noise;
-                // still unique per call.
+            if let Err(e) = getrandom::fill(pool) {
                 pool.clear();
+                return Err(std::io::Error::other(format!(
+                    "the OS random generator failed: {e}"
+                )));
             }
-        }
-        if pool.is_empty() {
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            let salt = (&t as *const _ as u64).rotate_left(17);
-            return ((t as u64) ^ salt).to_le_bytes();
         }
         let mut b = [0u8; 8];
         b.copy_from_slice(&pool[*used..*used + 8]);
         // Never hand the same bytes out twice.
         pool[*used..*used + 8].fill(0);
         *used += 8;
-        b
-    });
-    b.iter().fold(String::with_capacity(16), |mut s, x| {
+        Ok(b)
+    })?;
+    Ok(b.iter().fold(String::with_capacity(16), |mut s, x| {
         let _ = write!(s, "{x:02x}");
         s
-    })
+    }))
 }
 
 /// Why a command cannot be sent.

@@ -307,8 +307,8 @@ impl Session {
     ) -> Result<Session, SessionError> {
         config.validate().map_err(SessionError::InvalidConfig)?;
         let mut s = Session {
-            id: protocol::nonce()[..12].to_string(),
-            marker: protocol::nonce(),
+            id: protocol::nonce().map_err(SessionError::NoRandomness)?[..12].to_string(),
+            marker: protocol::nonce().map_err(SessionError::NoRandomness)?,
             transport,
             config,
             shell: None,
@@ -382,8 +382,8 @@ impl Session {
     /// Starts a shell and waits for its first sentinel.
     async fn start_shell(&mut self) -> Result<(), SessionError> {
         let spec = self.spawn_spec();
+        let nonce = protocol::nonce().map_err(SessionError::NoRandomness)?;
         let shell = self.transport.spawn(&spec).await?;
-        let nonce = protocol::nonce();
         let init = shell::init_source(&nonce);
         let mut scanner = SentinelScanner::new(&nonce);
         let mut seen = Vec::new();
@@ -524,7 +524,10 @@ impl Session {
                 r.output
             },
         };
-        let name = format!("execkit-in-{}", protocol::nonce());
+        let name = format!(
+            "execkit-in-{}",
+            protocol::nonce().map_err(SessionError::NoRandomness)?
+        );
         let setup = format!(
             "command -v base64 >/dev/null 2>&1 || {{ echo 'base64 is not installed'; false; }} && \
              {VAR}=\"${{TMPDIR:-/tmp}}/{name}\" && (umask 077 && : > \"${VAR}\")"
@@ -596,8 +599,8 @@ impl Session {
             .config
             .spool_dir
             .join(format!("{}-{}.out", self.id, self.seq));
-        let nonce = protocol::nonce();
-        let cid = protocol::nonce();
+        let nonce = protocol::nonce().map_err(SessionError::NoRandomness)?;
+        let cid = protocol::nonce().map_err(SessionError::NoRandomness)?;
         let mut pending = Pending {
             command: shown.unwrap_or(command).to_string(),
             started,
@@ -1091,7 +1094,10 @@ impl Session {
     /// kill everything it started and restart it.
     async fn resync(&mut self, p: &mut Pending, result: &mut RunResult) {
         let shell = self.shell.as_deref().expect("shell present");
-        let nonce = protocol::nonce();
+        let Ok(nonce) = protocol::nonce() else {
+            // Nothing can be typed without a fresh nonce.
+            return self.start_over(result).await;
+        };
         let mut fresh = SentinelScanner::new(&nonce);
         // A leading blank: dash's interrupted `read` may still take one byte.
         let resync = format!(" {}\n", protocol::sentinel_source(&nonce, "130"));

@@ -374,7 +374,10 @@ async fn no_job_notice_from_stored_code(ctx: Ctx) -> anyhow::Result<()> {
     s.close().await?;
     // A function loaded from a file.
     let mut s = ctx.open().await?;
-    let file = format!("/tmp/execkit-jobs-{}", protocol::nonce());
+    let file = format!(
+        "/tmp/execkit-jobs-{}",
+        protocol::nonce().expect("random bytes")
+    );
     ok(
         &mut s,
         &format!("printf 'bgg() {{ sleep 0.3 \\046 }}\\n' > {file}; . {file}; rm -f {file}"),

@@ -53,7 +53,10 @@ async fn expect(s: &mut crate::Session, cmd: &str, want: &str) -> anyhow::Result
 async fn prompts_never_leak(ctx: Ctx) -> anyhow::Result<()> {
     let mut s = ctx.open().await?;
     // What `python3 -m venv`'s bin/activate does to the prompt.
-    let dir = format!("/tmp/execkit-venv-{}", protocol::nonce());
+    let dir = format!(
+        "/tmp/execkit-venv-{}",
+        protocol::nonce().expect("random bytes")
+    );
     ok(
         &mut s,
         &format!(
@@ -147,7 +150,10 @@ async fn idle_logout_is_not_a_success(ctx: Ctx) -> anyhow::Result<()> {
     }
     // An inherited TMOUT is scrubbed at start.
     ensure!(ok(&mut s, "echo ${TMOUT:-unset}").await? == "unset");
-    let file = format!("/tmp/execkit-tmout-{}", protocol::nonce());
+    let file = format!(
+        "/tmp/execkit-tmout-{}",
+        protocol::nonce().expect("random bytes")
+    );
     ok(&mut s, "TMOUT=1").await?;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let r = run(&mut s, &format!("touch {file}; exit 3"), 20).await?;
