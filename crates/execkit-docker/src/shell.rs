@@ -27,6 +27,11 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// How long a killed-looking shell end waits for the container's state to
 /// show a stop (a `docker stop` kills the shell a moment before it shows).
 const STOP_SETTLE: Duration = Duration::from_millis(1000);
+/// How long a container found stopped after the shell died may take to be
+/// running again before the end counts as a stop rather than a restart
+/// (`docker restart` is a stop, then a start: ~0.5 s from one to the other
+/// on an idle engine).
+const RESTART_WAIT: Duration = Duration::from_secs(3);
 
 /// A live shell in a container.
 pub(crate) struct DockerShell {
@@ -37,6 +42,9 @@ pub(crate) struct DockerShell {
     /// Full container id (pinned: a new container with the same name is
     /// not this session's).
     container_id: String,
+    /// When the container started (its `StartedAt`) as the shell did: a
+    /// different one later means the container restarted under the shell.
+    container_started: String,
     exec_id: String,
     marker_entry: String,
     /// How scripts run out of band: with the session's own shell (a
@@ -107,6 +115,7 @@ impl DockerShell {
         target: &str,
         name: &str,
         container_id: String,
+        container_started: String,
         spec: &SpawnSpec,
     ) -> Result<DockerShell, TransportError> {
         let spawn_err = |reason: String| TransportError::Spawn {
@@ -176,6 +185,7 @@ impl DockerShell {
             target: target.to_string(),
             name: name.to_string(),
             container_id,
+            container_started,
             exec_id,
             marker_entry: spec.marker_entry(),
             script_sh: shell::script_argv(spec.shell.as_deref()),
@@ -207,8 +217,9 @@ impl DockerShell {
         end.get_or_insert(ev).clone()
     }
 
-    /// The stream ended: find out whether the shell exited (and how) or the
-    /// container (or the engine) went away.
+    /// The stream ended: find out whether the shell exited (and how), the
+    /// container restarted under it, or the container (or the engine) went
+    /// away.
     async fn why_ended(&self) -> ShellEvent {
         // The engine may record the exit a moment after the stream closed.
         let mut exec = self.engine.exec_state(&self.exec_id).await;
@@ -236,9 +247,23 @@ impl DockerShell {
             } else {
                 Duration::ZERO
             };
+        // Found stopped: since when (a restart starts it again soon).
+        let mut stopped_at: Option<Instant> = None;
         loop {
             match self.engine.container_state(&self.container_id).await {
-                Ok(ContainerState::Running { .. } | ContainerState::Paused { .. }) => {
+                Ok(
+                    ContainerState::Running { started, .. }
+                    | ContainerState::Paused { started, .. },
+                ) => {
+                    // Started again since the shell was: a restart killed
+                    // everything in it (the engine reports the shell as
+                    // killed by signal 9, which would blame the shell).
+                    if started != self.container_started {
+                        return ShellEvent::TargetRestarted(format!(
+                            "container {} restarted (everything running in it was killed)",
+                            self.name
+                        ));
+                    }
                     if Instant::now() >= settle {
                         break;
                     }
@@ -251,10 +276,16 @@ impl DockerShell {
                     ))
                 }
                 Ok(ContainerState::NotRunning { status }) => {
-                    return ShellEvent::Lost(format!(
-                        "container {} is not running ({status})",
-                        self.name
-                    ))
+                    // `docker restart` is a stop, then a start: a stop is
+                    // only final once it stays stopped a moment.
+                    let since = *stopped_at.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= RESTART_WAIT {
+                        return ShellEvent::Lost(format!(
+                            "container {} is not running ({status})",
+                            self.name
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(e) => {
                     return ShellEvent::Lost(format!("lost the container {}: {e}", self.name))
@@ -439,6 +470,16 @@ impl ShellProcess for DockerShell {
                 .run_script(&self.container_id, &self.name, &self.script_sh, script)
                 .await,
         )
+    }
+
+    async fn suspended(&self) -> Option<String> {
+        match self.engine.container_state(&self.container_id).await {
+            Ok(ContainerState::Paused { .. }) => Some(format!(
+                "container {} is paused (docker unpause {0})",
+                self.name
+            )),
+            _ => None,
+        }
     }
 
     async fn terminate(&self) -> Result<(), TransportError> {
