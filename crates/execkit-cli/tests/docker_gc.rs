@@ -231,7 +231,10 @@ fn ambiguous_id_prefix_is_a_usage_error(_container: &str) -> Result<(), String> 
     let outcome = (|| {
         let prefix = loop {
             let id = docker(&["create", "--network", "none", &image, "true"])?;
-            let first = id.get(..1).ok_or("docker create printed no id")?.to_string();
+            let first = id
+                .get(..1)
+                .ok_or("docker create printed no id")?
+                .to_string();
             let twice = made.iter().any(|m| m.starts_with(&first));
             made.push(id);
             if twice {

@@ -3,7 +3,8 @@
 //! [`Session::run`] writes one command, reads until that command's sentinel
 //! and returns a [`RunResult`]. Around that core: a hard timeout (Ctrl-C,
 //! resync on a fresh sentinel, else kill and restart), detection of a dying
-//! shell (restart), of a lost target (reported), and output cleaning and
+//! shell (restart), of a lost target (reported), of a frozen one (reported
+//! at once, the shell kept for after the thaw), and output cleaning and
 //! capping.
 
 use std::future::Future;
@@ -873,6 +874,21 @@ impl Session {
         Ok(self.finish(outcome).await)
     }
 
+    /// A write failed: did the shell die (while idle, so nobody read its
+    /// end yet)? Its end event says, once what it printed before is read.
+    async fn death_behind_write_failure(&self) -> Option<Death> {
+        let shell = self.shell.as_deref()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(deadline, shell.read()).await {
+                Ok(ShellEvent::Output(_)) => {}
+                Ok(ShellEvent::Exited(status)) => return Some(Death::Exited(status)),
+                Ok(ShellEvent::TargetRestarted(why)) => return Some(Death::TargetRestarted(why)),
+                Ok(ShellEvent::Lost(_)) | Err(_) => return None,
+            }
+        }
+    }
+
     /// Whether the target is frozen (see [`ShellProcess::suspended`]).
     async fn suspended(&self) -> Option<String> {
         self.shell.as_deref()?.suspended().await
@@ -924,7 +940,12 @@ impl Session {
             }
             Outcome::Suspended(why) => self.after_suspend(&p, why, &mut result).await,
             Outcome::Lost(msg) => self.after_loss(msg, &mut result).await,
-            Outcome::WriteFailed(e) => self.after_loss(e.to_string(), &mut result).await,
+            Outcome::WriteFailed(e) => match self.death_behind_write_failure().await {
+                // It died while idle (a container restart): a line that
+                // could not be written did not run.
+                Some(death) => self.after_death(death, false, &mut result).await,
+                None => self.after_loss(e.to_string(), &mut result).await,
+            },
             Outcome::Yield | Outcome::Quiet => unreachable!("handled by drive"),
         }
         if let Some(bytes) = self.console_line.flush() {

@@ -13,6 +13,9 @@
 //! every process carrying the session marker. A paused container takes no
 //! exec: the cleanup of a shell dropped then waits on the engine's event
 //! stream for the unpause and runs then; `gc` keeps the record meanwhile.
+//! A session's shell in a paused container is kept: the engine in
+//! `execkit-core` asks [`ShellProcess::suspended`] and reports the pause at
+//! once instead of at the command's timeout.
 
 mod engine;
 mod shell;
