@@ -156,6 +156,10 @@ const NO_STAGING_DIR: &str = "no writable place for the input: $TMPDIR, /tmp, /v
     /dev/shm are read-only or missing (a read-only root filesystem?): mount a tmpfs on one \
     (docker run --tmpfs /tmp) or set TMPDIR to a writable directory in the session environment";
 
+/// How long [`ShellProcess::suspended`] may take to answer before it
+/// counts as a no.
+const SUSPENDED_PROBE: Duration = Duration::from_secs(5);
+
 /// How long a command must be quiet before execkit looks whether it waits
 /// for terminal input.
 pub const INPUT_WAIT_GRACE: Duration = Duration::from_millis(1500);
@@ -624,8 +628,7 @@ impl Session {
             restarted = true;
         }
         if let Some(frozen) = self.frozen.take() {
-            let shell = self.shell.as_deref().expect("shell present");
-            if let Some(why) = shell.suspended().await {
+            if let Some(why) = self.suspended().await {
                 // Still frozen: nothing could run it; say so at once.
                 self.frozen = Some(frozen);
                 let mut r = self.blank_result(shown.unwrap_or(command), started);
@@ -889,9 +892,15 @@ impl Session {
         }
     }
 
-    /// Whether the target is frozen (see [`ShellProcess::suspended`]).
+    /// Whether the target is frozen (see [`ShellProcess::suspended`]). A
+    /// question that finds no answer soon (a stalled engine) is a no: the
+    /// command's own deadline is not kept while it is asked.
     async fn suspended(&self) -> Option<String> {
-        self.shell.as_deref()?.suspended().await
+        let shell = self.shell.as_deref()?;
+        tokio::time::timeout(SUSPENDED_PROBE, shell.suspended())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Whether a process of the session (the shell too: `read`) is blocked
