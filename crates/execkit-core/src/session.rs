@@ -273,8 +273,12 @@ struct Pending {
     internal: bool,
     /// What to do when it waits for terminal input.
     input_wait: InputWait,
-    /// Last output, input or probe: the next probe is `probe_every` later.
+    /// Last output, input or quiet-spell look: the next look is
+    /// [`INPUT_WAIT_GRACE`] later (is the target frozen?).
     last_activity: Instant,
+    /// When the input-wait probe is next due, and the step to the one
+    /// after (doubling up to 30 s while it stays quiet).
+    input_probe_at: Instant,
     probe_every: Duration,
     /// Found waiting for input and nothing happened since.
     waiting: bool,
@@ -667,6 +671,7 @@ impl Session {
                 InputWait::Ignore
             },
             last_activity: started,
+            input_probe_at: started + INPUT_WAIT_GRACE,
             probe_every: INPUT_WAIT_GRACE,
             waiting: false,
         };
@@ -744,8 +749,10 @@ impl Session {
             self.publish(o.input_event(self.id.clone(), text, hidden));
         }
         if let Some(p) = self.pending.as_mut() {
+            let now = Instant::now();
             p.waiting = false;
-            p.last_activity = Instant::now();
+            p.last_activity = now;
+            p.input_probe_at = now + INPUT_WAIT_GRACE;
             p.probe_every = INPUT_WAIT_GRACE;
         }
         let shell = self.shell.as_deref().ok_or(SessionError::Idle)?;
@@ -804,6 +811,7 @@ impl Session {
                     deadline,
                     sent,
                     last_activity,
+                    input_probe_at,
                     probe_every,
                     waiting,
                     ..
@@ -811,9 +819,11 @@ impl Session {
                 if input.is_none() {
                     *sent = true;
                 }
-                // Quiet spells are looked at whatever `input_wait` says: a
-                // frozen target is never quiet for a good reason.
-                let quiet = Some((*last_activity + *probe_every, INPUT_WAIT_GRACE));
+                // Quiet spells are looked at whatever `input_wait` says, every
+                // grace period: a frozen target is never quiet for a good
+                // reason, and is told within seconds however long the
+                // command was quiet before.
+                let quiet = Some((*last_activity + INPUT_WAIT_GRACE, INPUT_WAIT_GRACE));
                 pump(
                     shell,
                     input.take().as_deref(),
@@ -825,7 +835,9 @@ impl Session {
                         let scan = scanner.push(b);
                         if !scan.output.is_empty() {
                             // Something happened: it is not (or no longer) stuck.
-                            *last_activity = Instant::now();
+                            let now = Instant::now();
+                            *last_activity = now;
+                            *input_probe_at = now + INPUT_WAIT_GRACE;
                             *probe_every = INPUT_WAIT_GRACE;
                             *waiting = false;
                         }
@@ -849,14 +861,17 @@ impl Session {
             if let Some(why) = self.suspended().await {
                 break Outcome::Suspended(why);
             }
-            let watch = self
-                .pending
-                .as_ref()
-                .is_some_and(|p| p.input_wait != InputWait::Ignore && !p.waiting);
-            let found = watch && self.waits_for_input().await;
+            let now = Instant::now();
+            let p = self.pending.as_mut().expect("pending");
+            p.last_activity = now;
+            if p.input_wait == InputWait::Ignore || p.waiting || now < p.input_probe_at {
+                continue;
+            }
+            let found = self.waits_for_input().await;
             let p = self.pending.as_mut().expect("pending");
             p.last_activity = Instant::now();
             p.probe_every = (p.probe_every * 2).min(Duration::from_secs(30));
+            p.input_probe_at = p.last_activity + p.probe_every;
             if found {
                 p.waiting = true;
                 match p.input_wait {

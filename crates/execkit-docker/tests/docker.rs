@@ -585,6 +585,33 @@ async fn paused_container_fails_fast_and_keeps_the_shell(env: Env) -> anyhow::Re
             "after the unpause: {r:?}"
         );
     }
+
+    // 4. Paused after the command was quiet a while (the input-wait probe
+    //    has backed off to 6 s and more by then): still told within seconds.
+    let pausing = name.clone();
+    let pauser = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        tokio::task::spawn_blocking(move || {
+            docker_cli(&["pause", &pausing]).map(|_| Instant::now())
+        })
+        .await
+        .context("join")?
+    });
+    let r = s.run("sleep 60", long()).await?;
+    let returned = Instant::now();
+    let paused_at = pauser.await??;
+    docker_cli(&["unpause", &name])?;
+    ensure!(says_paused(&r), "{r:?}");
+    let late = returned.saturating_duration_since(paused_at);
+    ensure!(
+        late < Duration::from_secs(4),
+        "told {late:?} after the pause"
+    );
+    let r = s.run("echo $$ $KEPT", long()).await?;
+    ensure!(
+        same_shell(&r, &format!("{pid} yes")),
+        "after the unpause: {r:?}"
+    );
     eprintln!("fault docker-pause: between commands and mid-command, each back within seconds; same shell after the unpause");
     s.close().await?;
     ensure!(leaked(&target, &marker).await?.is_empty(), "survived close");
