@@ -1,7 +1,9 @@
-//! Sessions on disk, end to end: `execkit exec` is `kill -9`ed while
-//! `sleep 300` runs in a container (a `docker exec` shell outlives its
-//! client), and `execkit gc` — or simply the next run — must kill what it
-//! left behind, found by the session record and its marker.
+//! The CLI against a Docker engine, end to end. Sessions on disk:
+//! `execkit exec` is `kill -9`ed while `sleep 300` runs in a container (a
+//! `docker exec` shell outlives its client), and `execkit gc` — or simply
+//! the next run — must kill what it left behind, found by the session
+//! record and its marker. Exit statuses: a target naming no one container
+//! is a usage error.
 //!
 //! Needs the container `cargo xtask test` provisions
 //! (`EXECKIT_TEST_DOCKER_CONTAINER`); without it the case is reported
@@ -202,6 +204,69 @@ fn kill9_then_next_run(container: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("running the docker CLI: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "docker {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// `docker:PREFIX` where the prefix starts the ids of two containers names
+/// neither: a usage error (exit 2) that says so, not "unreachable" (69).
+fn ambiguous_id_prefix_is_a_usage_error(_container: &str) -> Result<(), String> {
+    let image = std::env::var("EXECKIT_TEST_DOCKER_IMAGE")
+        .map_err(|_| "no EXECKIT_TEST_DOCKER_IMAGE (run cargo xtask test)".to_string())?;
+    let state = scratch("ambiguous");
+    // Containers of our own (created, never started) until two ids share
+    // their first digit: 17 at most.
+    let mut made: Vec<String> = Vec::new();
+    let outcome = (|| {
+        let prefix = loop {
+            let id = docker(&["create", "--network", "none", &image, "true"])?;
+            let first = id
+                .get(..1)
+                .ok_or("docker create printed no id")?
+                .to_string();
+            let twice = made.iter().any(|m| m.starts_with(&first));
+            made.push(id);
+            if twice {
+                break first;
+            }
+            if made.len() > 17 {
+                return Err("17 ids without a shared first digit?".to_string());
+            }
+        };
+        let out = execkit(&state)
+            .args(["exec", "--target", &format!("docker:{prefix}"), "true"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(2)
+            || !stderr.contains("more than one container")
+            || !stderr.contains(&format!("`{prefix}`"))
+        {
+            return Err(format!(
+                "want exit 2 naming the ambiguity, got {}: {stderr}",
+                out.status
+            ));
+        }
+        Ok(())
+    })();
+    for id in &made {
+        let _ = docker(&["rm", "-f", id]);
+    }
+    let _ = std::fs::remove_dir_all(&state);
+    outcome
+}
+
 type CaseFn = fn(&str) -> Result<(), String>;
 
 fn main() -> ExitCode {
@@ -209,9 +274,13 @@ fn main() -> ExitCode {
     let container = std::env::var("EXECKIT_TEST_DOCKER_CONTAINER")
         .ok()
         .filter(|c| !c.is_empty());
-    let cases: [(&str, CaseFn); 2] = [
+    let cases: [(&str, CaseFn); 3] = [
         ("kill9_then_gc", kill9_then_gc),
         ("kill9_then_next_run", kill9_then_next_run),
+        (
+            "ambiguous_id_prefix_is_a_usage_error",
+            ambiguous_id_prefix_is_a_usage_error,
+        ),
     ];
     let filter: Vec<String> = std::env::args()
         .skip(1)

@@ -3,7 +3,8 @@
 //! [`Session::run`] writes one command, reads until that command's sentinel
 //! and returns a [`RunResult`]. Around that core: a hard timeout (Ctrl-C,
 //! resync on a fresh sentinel, else kill and restart), detection of a dying
-//! shell (restart), of a lost target (reported), and output cleaning and
+//! shell (restart), of a lost target (reported), of a frozen one (reported
+//! at once, the shell kept for after the thaw), and output cleaning and
 //! capping.
 
 use std::future::Future;
@@ -146,6 +147,19 @@ pub enum InputWait {
     Yield,
 }
 
+/// Where [`Session::run_with_stdin`] stages its input on the target when
+/// `$TMPDIR` is unset or not writable, in this order.
+const STAGING_DIRS: &str = "/tmp /var/tmp /dev/shm";
+
+/// What staging says when no place is writable (one line, no `'`).
+const NO_STAGING_DIR: &str = "no writable place for the input: $TMPDIR, /tmp, /var/tmp and \
+    /dev/shm are read-only or missing (a read-only root filesystem?): mount a tmpfs on one \
+    (docker run --tmpfs /tmp) or set TMPDIR to a writable directory in the session environment";
+
+/// How long [`ShellProcess::suspended`] may take to answer before it
+/// counts as a no.
+const SUSPENDED_PROBE: Duration = Duration::from_secs(5);
+
 /// How long a command must be quiet before execkit looks whether it waits
 /// for terminal input.
 pub const INPUT_WAIT_GRACE: Duration = Duration::from_millis(1500);
@@ -214,7 +228,7 @@ pub struct RunResult {
 /// How a wait on the shell ended.
 enum Outcome {
     Sentinel(Sentinel),
-    Exited(ExitStatus),
+    Died(Death),
     Lost(String),
     Deadline,
     Yield,
@@ -222,7 +236,26 @@ enum Outcome {
     Quiet,
     /// Found waiting for input, to be stopped ([`InputWait::Stop`]).
     InputWait,
+    /// The target is frozen (a paused container): says so.
+    Suspended(String),
     WriteFailed(TransportError),
+}
+
+/// How a shell ended while the target lives on (a fresh one can start).
+enum Death {
+    /// The shell process ended.
+    Exited(ExitStatus),
+    /// The target restarted under it (the transport's words).
+    TargetRestarted(String),
+}
+
+/// A command interrupted because the target was frozen
+/// ([`ShellProcess::suspended`]): its shell is kept; before the next
+/// command, once the target runs again, what it left is killed.
+#[derive(Debug)]
+struct Frozen {
+    cid: String,
+    started: Instant,
 }
 
 /// A command in flight.
@@ -240,8 +273,12 @@ struct Pending {
     internal: bool,
     /// What to do when it waits for terminal input.
     input_wait: InputWait,
-    /// Last output, input or probe: the next probe is `probe_every` later.
+    /// Last output, input or quiet-spell look: the next look is
+    /// [`INPUT_WAIT_GRACE`] later (is the target frozen?).
     last_activity: Instant,
+    /// When the input-wait probe is next due, and the step to the one
+    /// after (doubling up to 30 s while it stays quiet).
+    input_probe_at: Instant,
     probe_every: Duration,
     /// Found waiting for input and nothing happened since.
     waiting: bool,
@@ -291,6 +328,8 @@ pub struct Session {
     /// Why a replaced shell's processes could not be killed, until a
     /// result reports it.
     leftovers: Option<String>,
+    /// The last command was interrupted on a frozen target.
+    frozen: Option<Frozen>,
 }
 
 impl Session {
@@ -326,6 +365,7 @@ impl Session {
             console_line: LineBuffer::default(),
             cleanup_pending: false,
             leftovers: None,
+            frozen: None,
         };
         // Recorded before the shell starts: a kill -9 at any later point
         // leaves a record for `gc` to clean up by.
@@ -437,7 +477,8 @@ impl Session {
                     },
                 })
             }
-            Outcome::Exited(status) => {
+            Outcome::Died(Death::TargetRestarted(msg)) => Err(TransportError::Lost(msg).into()),
+            Outcome::Died(Death::Exited(status)) => {
                 let text = start_excerpt(&seen);
                 Err(SessionError::StartFailed {
                     target,
@@ -450,7 +491,7 @@ impl Session {
                 })
             }
             Outcome::Lost(msg) => Err(TransportError::Lost(msg).into()),
-            Outcome::Yield | Outcome::Quiet | Outcome::InputWait => {
+            Outcome::Yield | Outcome::Quiet | Outcome::InputWait | Outcome::Suspended(_) => {
                 unreachable!("start-up never yields or watches for input")
             }
             Outcome::WriteFailed(e) => {
@@ -462,6 +503,7 @@ impl Session {
 
     /// Kills what is left of the current shell and starts a new one.
     async fn restart(&mut self) -> Result<(), SessionError> {
+        self.frozen = None;
         if let Some(old) = self.shell.take() {
             self.retire(old).await;
         }
@@ -486,7 +528,9 @@ impl Session {
     /// Runs `command` with `input` as its standard input, on any target.
     ///
     /// The bytes are staged first in a private file on the target (mode
-    /// 0600 under `$TMPDIR` or `/tmp`), sent base64-encoded through the
+    /// 0600 in the first writable place of `$TMPDIR`, `/tmp`, `/var/tmp`,
+    /// `/dev/shm`; none writable is an error that says what to mount or
+    /// set), sent base64-encoded through the
     /// command channel in chunks by commands that are neither journaled nor
     /// mirrored; the command then reads that file, which is unlinked before
     /// the command starts, so nothing is left behind even after a timeout.
@@ -509,8 +553,9 @@ impl Session {
         self.run_shown(Some(command), &wrapped, opts).await
     }
 
-    /// Writes `input` to a fresh private file on the target; returns the
-    /// name of the shell variable holding its path.
+    /// Writes `input` to a fresh private file on the target, in the first
+    /// writable place of `$TMPDIR` and [`STAGING_DIRS`]; returns the name
+    /// of the shell variable holding its path.
     async fn stage_input(&mut self, input: &[u8]) -> Result<&'static str, SessionError> {
         const VAR: &str = "__ek_in";
         /// Base64 characters per staging command (~36 KB of input).
@@ -528,9 +573,18 @@ impl Session {
             "execkit-in-{}",
             protocol::nonce().map_err(SessionError::NoRandomness)?
         );
+        // The first of these where a private file can be created: a
+        // read-only root (`docker run --read-only`) has no writable `/tmp`,
+        // but usually a tmpfs on `/dev/shm`. Created by `true`, not `:`: a
+        // failed redirection of a special builtin makes busybox ash's
+        // forked subshell jump back to the interactive loop and go on
+        // reading the terminal as if it were the session's shell.
         let setup = format!(
             "command -v base64 >/dev/null 2>&1 || {{ echo 'base64 is not installed'; false; }} && \
-             {VAR}=\"${{TMPDIR:-/tmp}}/{name}\" && (umask 077 && : > \"${VAR}\")"
+             {{ {VAR}=; for __ek_d in \"${{TMPDIR:-}}\" {STAGING_DIRS}; do \
+             [ -n \"$__ek_d\" ] && (umask 077 && true > \"$__ek_d/{name}\") 2>/dev/null && \
+             {{ {VAR}=\"$__ek_d/{name}\"; break; }}; done; unset __ek_d; [ -n \"${VAR}\" ] || \
+             {{ echo '{NO_STAGING_DIR}'; false; }}; }}"
         );
         let r = self
             .run_shown(None, &setup, RunOptions::timeout(Duration::from_secs(20)))
@@ -595,6 +649,25 @@ impl Session {
             }
             restarted = true;
         }
+        if let Some(frozen) = self.frozen.take() {
+            if let Some(why) = self.suspended().await {
+                // Still frozen: nothing could run it; say so at once.
+                self.frozen = Some(frozen);
+                let mut r = self.blank_result(shown.unwrap_or(command), started);
+                r.session_lost = true;
+                r.error = Some(format!("{why}; the command was not run"));
+                if shown.is_some() {
+                    self.report(&r);
+                }
+                return Ok(r);
+            }
+            // Running again: the interrupted command took its Ctrl-C at the
+            // thaw; whatever of it ignored that is killed now. (This command
+            // is marked: its late output or sentinel falls before our start.)
+            if let Err(e) = self.kill_command(&frozen.cid, frozen.started).await {
+                tracing::warn!("cleanup of a command interrupted while frozen failed: {e}");
+            }
+        }
         let spool = self
             .config
             .spool_dir
@@ -616,6 +689,7 @@ impl Session {
                 InputWait::Ignore
             },
             last_activity: started,
+            input_probe_at: started + INPUT_WAIT_GRACE,
             probe_every: INPUT_WAIT_GRACE,
             waiting: false,
         };
@@ -693,8 +767,10 @@ impl Session {
             self.publish(o.input_event(self.id.clone(), text, hidden));
         }
         if let Some(p) = self.pending.as_mut() {
+            let now = Instant::now();
             p.waiting = false;
-            p.last_activity = Instant::now();
+            p.last_activity = now;
+            p.input_probe_at = now + INPUT_WAIT_GRACE;
             p.probe_every = INPUT_WAIT_GRACE;
         }
         let shell = self.shell.as_deref().ok_or(SessionError::Idle)?;
@@ -747,13 +823,13 @@ impl Session {
                     .as_deref()
                     .map(|o| &o.console)
                     .filter(|c| !p.internal && c.watched());
-                let watch = p.input_wait != InputWait::Ignore && !p.waiting;
                 let Pending {
                     scanner,
                     collector,
                     deadline,
                     sent,
                     last_activity,
+                    input_probe_at,
                     probe_every,
                     waiting,
                     ..
@@ -761,7 +837,11 @@ impl Session {
                 if input.is_none() {
                     *sent = true;
                 }
-                let quiet = watch.then_some((*last_activity + *probe_every, INPUT_WAIT_GRACE));
+                // Quiet spells are looked at whatever `input_wait` says, every
+                // grace period: a frozen target is never quiet for a good
+                // reason, and is told within seconds however long the
+                // command was quiet before.
+                let quiet = Some((*last_activity + INPUT_WAIT_GRACE, INPUT_WAIT_GRACE));
                 pump(
                     shell,
                     input.take().as_deref(),
@@ -773,7 +853,9 @@ impl Session {
                         let scan = scanner.push(b);
                         if !scan.output.is_empty() {
                             // Something happened: it is not (or no longer) stuck.
-                            *last_activity = Instant::now();
+                            let now = Instant::now();
+                            *last_activity = now;
+                            *input_probe_at = now + INPUT_WAIT_GRACE;
                             *probe_every = INPUT_WAIT_GRACE;
                             *waiting = false;
                         }
@@ -795,10 +877,20 @@ impl Session {
             if !matches!(outcome, Outcome::Quiet) {
                 break outcome;
             }
+            if let Some(why) = self.suspended().await {
+                break Outcome::Suspended(why);
+            }
+            let now = Instant::now();
+            let p = self.pending.as_mut().expect("pending");
+            p.last_activity = now;
+            if p.input_wait == InputWait::Ignore || p.waiting || now < p.input_probe_at {
+                continue;
+            }
             let found = self.waits_for_input().await;
             let p = self.pending.as_mut().expect("pending");
             p.last_activity = Instant::now();
             p.probe_every = (p.probe_every * 2).min(Duration::from_secs(30));
+            p.input_probe_at = p.last_activity + p.probe_every;
             if found {
                 p.waiting = true;
                 match p.input_wait {
@@ -817,6 +909,32 @@ impl Session {
             return Ok(r);
         }
         Ok(self.finish(outcome).await)
+    }
+
+    /// A write failed: did the shell die (while idle, so nobody read its
+    /// end yet)? Its end event says, once what it printed before is read.
+    async fn death_behind_write_failure(&self) -> Option<Death> {
+        let shell = self.shell.as_deref()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(deadline, shell.read()).await {
+                Ok(ShellEvent::Output(_)) => {}
+                Ok(ShellEvent::Exited(status)) => return Some(Death::Exited(status)),
+                Ok(ShellEvent::TargetRestarted(why)) => return Some(Death::TargetRestarted(why)),
+                Ok(ShellEvent::Lost(_)) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Whether the target is frozen (see [`ShellProcess::suspended`]). A
+    /// question that finds no answer soon (a stalled engine) is a no: the
+    /// command's own deadline is not kept while it is asked.
+    async fn suspended(&self) -> Option<String> {
+        let shell = self.shell.as_deref()?;
+        tokio::time::timeout(SUSPENDED_PROBE, shell.suspended())
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Whether a process of the session (the shell too: `read`) is blocked
@@ -859,12 +977,18 @@ impl Session {
                 self.recover_from_timeout(&mut p, &mut result).await;
                 result.waiting_for_input = true;
             }
-            Outcome::Exited(status) => {
+            Outcome::Died(death) => {
                 let started = p.scanner.started();
-                self.after_death(status, started, &mut result).await
+                self.after_death(death, started, &mut result).await
             }
+            Outcome::Suspended(why) => self.after_suspend(&p, why, &mut result).await,
             Outcome::Lost(msg) => self.after_loss(msg, &mut result).await,
-            Outcome::WriteFailed(e) => self.after_loss(e.to_string(), &mut result).await,
+            Outcome::WriteFailed(e) => match self.death_behind_write_failure().await {
+                // It died while idle (a container restart): a line that
+                // could not be written did not run.
+                Some(death) => self.after_death(death, false, &mut result).await,
+                None => self.after_loss(e.to_string(), &mut result).await,
+            },
             Outcome::Yield | Outcome::Quiet => unreachable!("handled by drive"),
         }
         if let Some(bytes) = self.console_line.flush() {
@@ -962,17 +1086,22 @@ impl Session {
     /// pid or clock is unknown; `Some(Err)` when the script could not run
     /// (the target is unreachable from here: a stalled connection, a
     /// paused container).
-    async fn signal_command(&self, p: &Pending, signal: &str) -> Option<Result<usize, ()>> {
+    async fn signal_command(
+        &self,
+        cid: &str,
+        started: Instant,
+        signal: &str,
+    ) -> Option<Result<usize, ()>> {
         let shell = self.shell.as_deref()?;
         // When the command started, by the target's clock (learnt at start-up:
         // a script's own start lags by an exec's latency).
         let (at, up) = self.clock?;
-        let since = up + (p.started.saturating_duration_since(at).as_millis() / 10) as u64;
+        let since = up + (started.saturating_duration_since(at).as_millis() / 10) as u64;
         let script = shell::signal_command_script(
             signal,
             self.shell_pid?,
             &format!("{}={}", shell::MARKER_VAR, self.marker),
-            &format!("{COMMAND_VAR}={}", p.cid),
+            &format!("{COMMAND_VAR}={cid}"),
             since,
         );
         match shell.run_script(&script).await? {
@@ -1007,12 +1136,13 @@ impl Session {
     async fn recover_from_timeout(&mut self, p: &mut Pending, result: &mut RunResult) {
         let grace = self.config.interrupt_grace;
         for (signal, wait) in [("INT", grace), ("TERM", grace / 2), ("KILL", grace / 2)] {
-            match self.signal_command(p, signal).await {
+            match self.signal_command(&p.cid, p.started, signal).await {
                 Some(Ok(0)) | None => break,
                 Some(Ok(_)) => {}
                 // Nothing can be run there: neither can the shell be trusted
-                // to answer. Start over (the restart kills what is left).
-                Some(Err(())) => return self.start_over(result).await,
+                // to answer. Start over (the restart kills what is left) —
+                // unless the target is only frozen (see `start_over`).
+                Some(Err(())) => return self.start_over(p, result).await,
             }
             let until = Instant::now() + wait;
             loop {
@@ -1034,18 +1164,24 @@ impl Session {
                         self.kill_rest(p, result).await;
                         return;
                     }
-                    Outcome::Exited(status) => {
+                    Outcome::Died(death) => {
                         let started = p.scanner.started();
-                        return self.after_death(status, started, result).await;
+                        return self.after_death(death, started, result).await;
                     }
                     // The way to the shell broke (a stalled connection) while
                     // the target answers scripts: a fresh shell, if it can.
                     Outcome::Lost(_) | Outcome::WriteFailed(_) => {
-                        return self.start_over(result).await
+                        return self.start_over(p, result).await
                     }
-                    Outcome::Deadline | Outcome::Yield | Outcome::Quiet | Outcome::InputWait => {}
+                    Outcome::Deadline
+                    | Outcome::Yield
+                    | Outcome::Quiet
+                    | Outcome::InputWait
+                    | Outcome::Suspended(_) => {}
                 }
-                if Instant::now() >= until || self.signal_command(p, "0").await == Some(Ok(0)) {
+                if Instant::now() >= until
+                    || self.signal_command(&p.cid, p.started, "0").await == Some(Ok(0))
+                {
                     break;
                 }
             }
@@ -1056,38 +1192,38 @@ impl Session {
     /// KILLs whatever of the command is still running (a background job it
     /// started, a forked subshell); says so in `error` if that failed.
     async fn kill_rest(&mut self, p: &Pending, result: &mut RunResult) {
-        if let Some(Ok(n)) = self.signal_command(p, "KILL").await {
+        if let Err(e) = self.kill_command(&p.cid, p.started).await {
+            tracing::warn!("cleanup after timeout failed: {e}");
+            result.error = Some(e);
+        }
+    }
+
+    /// KILLs whatever of the command `cid` (begun at `started`) still runs.
+    async fn kill_command(&self, cid: &str, started: Instant) -> Result<(), String> {
+        if let Some(Ok(n)) = self.signal_command(cid, started, "KILL").await {
             if n == 0 {
-                return;
+                return Ok(());
             }
             // SIGKILLed processes are gone within moments unless something
             // holds them (uninterruptible sleep, another user's process):
             // look once more, after a moment, and say what survived.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            match self.signal_command(p, "0").await {
-                Some(Ok(0)) | None => {}
-                Some(Ok(left)) => {
-                    result.error = Some(format!(
-                        "{left} process(es) the command started survived SIGKILL"
-                    ));
-                }
-                Some(Err(())) => {
-                    result.error = Some(
-                        "could not check that what the command started was killed \
-                         (the signal script failed on the target)"
-                            .into(),
-                    );
-                }
-            }
-            return;
+            return match self.signal_command(cid, started, "0").await {
+                Some(Ok(0)) | None => Ok(()),
+                Some(Ok(left)) => Err(format!(
+                    "{left} process(es) the command started survived SIGKILL"
+                )),
+                Some(Err(())) => Err("could not check that what the command started was \
+                     killed (the signal script failed on the target)"
+                    .into()),
+            };
         }
         // No script: at least what carries the command's id.
         let shell = self.shell.as_deref().expect("shell present");
-        let entry = format!("{COMMAND_VAR}={}", p.cid);
-        if let Err(e) = shell.kill_matching(&entry).await {
-            tracing::warn!("cleanup after timeout failed: {e}");
-            result.error = Some(format!("what the command started could not be killed: {e}"));
-        }
+        shell
+            .kill_matching(&format!("{COMMAND_VAR}={cid}"))
+            .await
+            .map_err(|e| format!("what the command started could not be killed: {e}"))
     }
 
     /// Ctrl-C, then wait for a fresh sentinel; if the shell does not answer,
@@ -1096,7 +1232,7 @@ impl Session {
         let shell = self.shell.as_deref().expect("shell present");
         let Ok(nonce) = protocol::nonce() else {
             // Nothing can be typed without a fresh nonce.
-            return self.start_over(result).await;
+            return self.start_over(p, result).await;
         };
         let mut fresh = SentinelScanner::new(&nonce);
         // A leading blank: dash's interrupted `read` may still take one byte.
@@ -1172,23 +1308,32 @@ impl Session {
                 // Whatever the command left running dies with it.
                 self.kill_rest(p, result).await;
             }
-            Outcome::Exited(status) => {
+            Outcome::Died(death) => {
                 let started = p.scanner.started();
-                self.after_death(status, started, result).await
+                self.after_death(death, started, result).await
             }
             Outcome::Lost(msg) => self.after_loss(msg, result).await,
             Outcome::WriteFailed(e) => self.after_loss(e.to_string(), result).await,
-            Outcome::Deadline | Outcome::Yield | Outcome::Quiet | Outcome::InputWait => {
+            Outcome::Deadline
+            | Outcome::Yield
+            | Outcome::Quiet
+            | Outcome::InputWait
+            | Outcome::Suspended(_) => {
                 // The shell is wedged (raw-mode program, SIGINT ignored):
                 // kill the marked tree and start over.
-                self.start_over(result).await
+                self.start_over(p, result).await
             }
         }
     }
 
     /// Kills the marked tree and starts a new shell (`restarted`), or says
-    /// the session is lost when none can be started.
-    async fn start_over(&mut self, result: &mut RunResult) {
+    /// the session is lost when none can be started. A frozen target (a
+    /// paused container) is neither: its shell did not answer because
+    /// nothing runs there, and it will once thawed — kept.
+    async fn start_over(&mut self, p: &Pending, result: &mut RunResult) {
+        if let Some(why) = self.suspended().await {
+            return self.after_suspend(p, why, result).await;
+        }
         match self.restart().await {
             Ok(()) => result.restarted = true,
             Err(e) => {
@@ -1218,8 +1363,21 @@ impl Session {
     /// cannot give a fresh one is lost. `started`: the command's start
     /// marker was seen — else the shell died before the command ran (an
     /// idle auto-logout, `TMOUT`), and the result says it did not run.
-    async fn after_death(&mut self, status: ExitStatus, started: bool, result: &mut RunResult) {
+    async fn after_death(&mut self, death: Death, started: bool, result: &mut RunResult) {
         let target = self.transport.target().to_string();
+        let status = match death {
+            Death::Exited(status) => status,
+            Death::TargetRestarted(msg) => {
+                // Nothing of the command survived it.
+                result.exit_code = None;
+                let why = if started {
+                    msg
+                } else {
+                    format!("{msg} before the command ran; the command did not run")
+                };
+                return self.replace_dead_shell(Some(why), result).await;
+            }
+        };
         let why = match status {
             ExitStatus::Code(code) if started => {
                 if !result.timed_out {
@@ -1235,6 +1393,12 @@ impl Session {
                 Some(format!("the shell on {target} {status}"))
             }
         };
+        self.replace_dead_shell(why, result).await
+    }
+
+    /// Starts a fresh shell for one that died (`why`: what to tell, if
+    /// anything); the session is lost when none can be started.
+    async fn replace_dead_shell(&mut self, why: Option<String>, result: &mut RunResult) {
         match self.restart().await {
             Ok(()) => {
                 result.restarted = true;
@@ -1249,6 +1413,34 @@ impl Session {
             }
         }
         self.report_leftovers(result);
+    }
+
+    /// The target is frozen (a paused container): nothing there runs, so
+    /// the command cannot finish and neither a script nor the shell can
+    /// answer. Return now instead of at the timeout, and keep the shell:
+    /// a Ctrl-C written now is taken by the terminal's line discipline, not
+    /// by the frozen shell — it drops a command line the shell has not read
+    /// yet and queues SIGINT, which the command (or the shell) takes at the
+    /// thaw. The next command first kills what is left of this one
+    /// ([`Frozen`]) and is marked, so a late sentinel falls outside it.
+    async fn after_suspend(&mut self, p: &Pending, why: String, result: &mut RunResult) {
+        let shell = self.shell.as_deref().expect("shell present");
+        match tokio::time::timeout(Duration::from_secs(2), shell.interrupt()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!("Ctrl-C to a frozen shell failed: {e}"),
+            Err(_) => tracing::debug!("Ctrl-C to a frozen shell did not go out"),
+        }
+        self.frozen = Some(Frozen {
+            cid: p.cid.clone(),
+            started: p.started,
+        });
+        self.noise_pending = true;
+        result.session_lost = true;
+        result.exit_code = None;
+        result.error = Some(format!(
+            "{why}; the command was interrupted (if it had not begun, it will not run); \
+             once the target runs again, the next command runs in the same shell, state kept"
+        ));
     }
 
     /// The target went away during a command.
@@ -1400,7 +1592,8 @@ async fn pump(
                         quiet_sleep.as_mut().reset(Instant::now() + after);
                     }
                 }
-                ShellEvent::Exited(st) => return Outcome::Exited(st),
+                ShellEvent::Exited(st) => return Outcome::Died(Death::Exited(st)),
+                ShellEvent::TargetRestarted(m) => return Outcome::Died(Death::TargetRestarted(m)),
                 ShellEvent::Lost(m) => return Outcome::Lost(m),
             },
             r = maybe(&mut write) => {
@@ -1582,6 +1775,12 @@ mod tests {
         for no in ["name? ", "Continue? [Y/n] ", "password reset done", ">>> "] {
             assert!(!asks_for_secret(no), "{no:?}");
         }
+    }
+
+    #[test]
+    fn staging_failure_message_fits_in_single_quotes() {
+        assert!(!NO_STAGING_DIR.contains('\''));
+        assert!(!NO_STAGING_DIR.contains('\n'));
     }
 
     #[test]

@@ -123,6 +123,10 @@ pub enum ShellEvent {
     Exited(ExitStatus),
     /// The target went away (container stopped, connection dropped).
     Lost(String),
+    /// The target itself restarted (`docker restart`): the shell and
+    /// everything it started are gone, but a fresh shell can be started.
+    /// Says so in words ("container web restarted …").
+    TargetRestarted(String),
 }
 
 /// Starts shells on one target.
@@ -173,6 +177,17 @@ pub trait ShellProcess: Send + Sync + fmt::Debug {
     /// transport cannot; the engine then only types at the terminal.
     async fn run_script(&self, script: &str) -> Option<Result<String, TransportError>> {
         let _ = script;
+        None
+    }
+
+    /// Whether the target is frozen (a paused container): its processes
+    /// exist but none runs, so neither the shell nor a script can answer
+    /// until it is thawed. `Some` says so in words with the way out
+    /// ("container web is paused (docker unpause web)"). The engine asks
+    /// while a command is quiet and when a script cannot run; it then
+    /// returns at once instead of waiting out the timeout, and keeps the
+    /// shell. Default: never frozen.
+    async fn suspended(&self) -> Option<String> {
         None
     }
 }

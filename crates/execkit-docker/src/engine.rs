@@ -58,11 +58,12 @@ pub(crate) struct Attached {
 /// What an inspect says about the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum ContainerState {
-    /// Running; its full id.
-    Running { id: String },
+    /// Running; its full id and when it (last) started: a restart keeps
+    /// the id and changes that.
+    Running { id: String, started: String },
     /// Frozen by `docker pause`: its processes exist but nothing can be
     /// exec'd into it (so nothing can be killed) until it is unpaused.
-    Paused { id: String },
+    Paused { id: String, started: String },
     /// Exists but is stopped, restarting…
     NotRunning { status: String },
     /// No such container.
@@ -186,9 +187,10 @@ impl Engine {
             Ok(c) => {
                 let state = c.state.unwrap_or_default();
                 let running = state.running == Some(true) && state.restarting != Some(true);
+                let started = state.started_at.unwrap_or_default();
                 match (running, state.paused == Some(true), c.id) {
-                    (true, false, Some(id)) => Ok(ContainerState::Running { id }),
-                    (true, true, Some(id)) => Ok(ContainerState::Paused { id }),
+                    (true, false, Some(id)) => Ok(ContainerState::Running { id, started }),
+                    (true, true, Some(id)) => Ok(ContainerState::Paused { id, started }),
                     _ => Ok(ContainerState::NotRunning {
                         status: state
                             .status
@@ -199,6 +201,20 @@ impl Engine {
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(ContainerState::Missing),
+            // An id prefix of two containers: the target names none (a
+            // usage error, not an unreachable engine).
+            Err(BollardError::DockerResponseServerError { message, .. })
+                if ambiguous_prefix(&message) =>
+            {
+                Err(TransportError::InvalidTarget {
+                    target: self.target.clone(),
+                    reason: format!(
+                        "`{name}` is the start of more than one container's id; \
+                         give more of the id, or the container's name (the engine said: {})",
+                        message.trim()
+                    ),
+                })
+            }
             Err(e) => Err(self.error(&format!("inspecting container {name}"), e)),
         }
     }
@@ -607,6 +623,17 @@ pub(crate) enum Killed {
     Done,
     /// The container is paused: nothing can run in it, its processes live on.
     Paused,
+}
+
+/// Whether the engine's answer says an id prefix matched several
+/// containers: Docker's "Multiple IDs found with provided prefix: X"
+/// (no status of its own: 500 from Docker 20.10), Podman's "more than one
+/// result for container …".
+fn ambiguous_prefix(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("multiple ids found")
+        || m.contains("more than one result")
+        || m.contains("ambiguous")
 }
 
 /// The error for a cleanup that has to wait for an unpause.

@@ -13,6 +13,9 @@
 //! every process carrying the session marker. A paused container takes no
 //! exec: the cleanup of a shell dropped then waits on the engine's event
 //! stream for the unpause and runs then; `gc` keeps the record meanwhile.
+//! A session's shell in a paused container is kept: the engine in
+//! `execkit-core` asks [`ShellProcess::suspended`] and reports the pause at
+//! once instead of at the command's timeout.
 
 mod engine;
 mod shell;
@@ -240,8 +243,8 @@ impl Transport for DockerTransport {
 
     async fn spawn(&self, spec: &SpawnSpec) -> Result<Box<dyn ShellProcess>, TransportError> {
         let engine = self.engine().await?;
-        let id = match engine.container_state(&self.container).await? {
-            ContainerState::Running { id } => id,
+        let (id, started) = match engine.container_state(&self.container).await? {
+            ContainerState::Running { id, started } => (id, started),
             ContainerState::Paused { .. } => {
                 return Err(TransportError::Unreachable {
                     target: self.target.clone(),
@@ -268,7 +271,8 @@ impl Transport for DockerTransport {
             }
         };
         let shell =
-            shell::DockerShell::spawn(engine, &self.target, &self.container, id, spec).await?;
+            shell::DockerShell::spawn(engine, &self.target, &self.container, id, started, spec)
+                .await?;
         Ok(Box::new(shell))
     }
 
@@ -276,7 +280,7 @@ impl Transport for DockerTransport {
         let engine = self.engine().await?;
         match engine.container_state(&self.container).await? {
             // A stopped or removed container runs nothing: nothing to kill.
-            ContainerState::Running { id } => {
+            ContainerState::Running { id, .. } => {
                 engine
                     .kill_matching(
                         &id,

@@ -1,5 +1,7 @@
 //! A shell in a container: an exec with a TTY whose raw stream we own.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +29,11 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 /// How long a killed-looking shell end waits for the container's state to
 /// show a stop (a `docker stop` kills the shell a moment before it shows).
 const STOP_SETTLE: Duration = Duration::from_millis(1000);
+/// How long a container found stopped after the shell died may take to be
+/// running again before the end counts as a stop rather than a restart
+/// (`docker restart` is a stop, then a start: ~0.5 s from one to the other
+/// on an idle engine).
+const RESTART_WAIT: Duration = Duration::from_secs(3);
 
 /// A live shell in a container.
 pub(crate) struct DockerShell {
@@ -37,6 +44,9 @@ pub(crate) struct DockerShell {
     /// Full container id (pinned: a new container with the same name is
     /// not this session's).
     container_id: String,
+    /// When the container started (its `StartedAt`) as the shell did: a
+    /// different one later means the container restarted under the shell.
+    container_started: String,
     exec_id: String,
     marker_entry: String,
     /// How scripts run out of band: with the session's own shell (a
@@ -58,6 +68,124 @@ struct Reader {
     next_poll: Instant,
     /// When the engine said the shell has exited.
     exited_at: Option<Instant>,
+    /// Finding out why the stream ended, once it did. Kept here, not in
+    /// the read's future: it takes seconds (a stop must stay a stop for
+    /// [`RESTART_WAIT`]), and the engine gives up on a read every quiet
+    /// spell — restarted each time, it would never finish.
+    ending: Option<Pin<Box<dyn Future<Output = ShellEvent> + Send>>>,
+}
+
+/// What finding out why a shell's stream ended needs, owned (it outlives
+/// a cancelled read).
+struct EndProbe {
+    engine: Arc<Engine>,
+    name: String,
+    container_id: String,
+    container_started: String,
+    exec_id: String,
+}
+
+impl EndProbe {
+    /// The stream ended: find out whether the shell exited (and how), the
+    /// container restarted under it, or the container (or the engine) went
+    /// away.
+    async fn why_ended(self) -> ShellEvent {
+        // The engine may record the exit a moment after the stream closed.
+        let mut exec = self.engine.exec_state(&self.exec_id).await;
+        for _ in 0..20 {
+            match &exec {
+                Ok(ExecState { running: true, .. }) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    exec = self.engine.exec_state(&self.exec_id).await;
+                }
+                _ => break,
+            }
+        }
+        // Killed-looking ends may be the container stopping: give its state
+        // a moment to catch up before calling it a dead shell.
+        let suspicious = !matches!(
+            exec,
+            Ok(ExecState {
+                running: false,
+                exit_code: Some(0..=128)
+            })
+        );
+        let settle = Instant::now()
+            + if suspicious {
+                STOP_SETTLE
+            } else {
+                Duration::ZERO
+            };
+        // Found stopped: since when (a restart starts it again soon).
+        let mut stopped_at: Option<Instant> = None;
+        loop {
+            match self.engine.container_state(&self.container_id).await {
+                Ok(
+                    ContainerState::Running { started, .. }
+                    | ContainerState::Paused { started, .. },
+                ) => {
+                    // Started again since the shell was: a restart killed
+                    // everything in it (the engine reports the shell as
+                    // killed by signal 9, which would blame the shell).
+                    if started != self.container_started {
+                        return ShellEvent::TargetRestarted(format!(
+                            "container {} restarted (everything running in it was killed)",
+                            self.name
+                        ));
+                    }
+                    if Instant::now() >= settle {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok(ContainerState::Missing) => {
+                    return ShellEvent::Lost(format!(
+                        "container {} is not running (it was removed)",
+                        self.name
+                    ))
+                }
+                Ok(ContainerState::NotRunning { status }) => {
+                    // `docker restart` is a stop, then a start: a stop is
+                    // only final once it stays stopped a moment.
+                    let since = *stopped_at.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= RESTART_WAIT {
+                        return ShellEvent::Lost(format!(
+                            "container {} is not running ({status})",
+                            self.name
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return ShellEvent::Lost(format!("lost the container {}: {e}", self.name))
+                }
+            }
+        }
+        match exec {
+            Ok(ExecState {
+                running: false,
+                exit_code: Some(c),
+            }) => {
+                let c = i32::try_from(c).unwrap_or(-1);
+                // The engine reports a signal death as 128 + signal.
+                if (129..=128 + 31).contains(&c) {
+                    ShellEvent::Exited(ExitStatus::Signal(c - 128))
+                } else {
+                    ShellEvent::Exited(ExitStatus::Code(c))
+                }
+            }
+            Ok(ExecState { running: false, .. }) => ShellEvent::Exited(ExitStatus::Unknown),
+            Ok(ExecState { running: true, .. }) => ShellEvent::Lost(format!(
+                "the connection to the shell in container {} closed",
+                self.name
+            )),
+            Err(e) => ShellEvent::Lost(format!(
+                "lost the shell in container {}: {}",
+                self.name,
+                crate::engine::one_line(&e)
+            )),
+        }
+    }
 }
 
 impl std::fmt::Debug for DockerShell {
@@ -107,6 +235,7 @@ impl DockerShell {
         target: &str,
         name: &str,
         container_id: String,
+        container_started: String,
         spec: &SpawnSpec,
     ) -> Result<DockerShell, TransportError> {
         let spawn_err = |reason: String| TransportError::Spawn {
@@ -176,6 +305,7 @@ impl DockerShell {
             target: target.to_string(),
             name: name.to_string(),
             container_id,
+            container_started,
             exec_id,
             marker_entry: spec.marker_entry(),
             script_sh: shell::script_argv(spec.shell.as_deref()),
@@ -185,6 +315,7 @@ impl DockerShell {
                 eof: false,
                 next_poll: Instant::now() + EXIT_POLL,
                 exited_at: None,
+                ending: None,
             }),
             writer: tokio::sync::Mutex::new(att.write),
             end: Mutex::new(None),
@@ -205,86 +336,6 @@ impl DockerShell {
     fn set_end(&self, ev: ShellEvent) -> ShellEvent {
         let mut end = self.end.lock().unwrap_or_else(|e| e.into_inner());
         end.get_or_insert(ev).clone()
-    }
-
-    /// The stream ended: find out whether the shell exited (and how) or the
-    /// container (or the engine) went away.
-    async fn why_ended(&self) -> ShellEvent {
-        // The engine may record the exit a moment after the stream closed.
-        let mut exec = self.engine.exec_state(&self.exec_id).await;
-        for _ in 0..20 {
-            match &exec {
-                Ok(ExecState { running: true, .. }) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    exec = self.engine.exec_state(&self.exec_id).await;
-                }
-                _ => break,
-            }
-        }
-        // Killed-looking ends may be the container stopping: give its state
-        // a moment to catch up before calling it a dead shell.
-        let suspicious = !matches!(
-            exec,
-            Ok(ExecState {
-                running: false,
-                exit_code: Some(0..=128)
-            })
-        );
-        let settle = Instant::now()
-            + if suspicious {
-                STOP_SETTLE
-            } else {
-                Duration::ZERO
-            };
-        loop {
-            match self.engine.container_state(&self.container_id).await {
-                Ok(ContainerState::Running { .. } | ContainerState::Paused { .. }) => {
-                    if Instant::now() >= settle {
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Ok(ContainerState::Missing) => {
-                    return ShellEvent::Lost(format!(
-                        "container {} is not running (it was removed)",
-                        self.name
-                    ))
-                }
-                Ok(ContainerState::NotRunning { status }) => {
-                    return ShellEvent::Lost(format!(
-                        "container {} is not running ({status})",
-                        self.name
-                    ))
-                }
-                Err(e) => {
-                    return ShellEvent::Lost(format!("lost the container {}: {e}", self.name))
-                }
-            }
-        }
-        match exec {
-            Ok(ExecState {
-                running: false,
-                exit_code: Some(c),
-            }) => {
-                let c = i32::try_from(c).unwrap_or(-1);
-                // The engine reports a signal death as 128 + signal.
-                if (129..=128 + 31).contains(&c) {
-                    ShellEvent::Exited(ExitStatus::Signal(c - 128))
-                } else {
-                    ShellEvent::Exited(ExitStatus::Code(c))
-                }
-            }
-            Ok(ExecState { running: false, .. }) => ShellEvent::Exited(ExitStatus::Unknown),
-            Ok(ExecState { running: true, .. }) => ShellEvent::Lost(format!(
-                "the connection to the shell in container {} closed",
-                self.name
-            )),
-            Err(e) => ShellEvent::Lost(format!(
-                "lost the shell in container {}: {}",
-                self.name,
-                crate::engine::one_line(&e)
-            )),
-        }
     }
 
     /// Runs the marker cleanup on a thread of its own (usable from `Drop`,
@@ -419,7 +470,15 @@ impl ShellProcess for DockerShell {
                 }
             }
         }
-        let ev = self.why_ended().await;
+        let probe = EndProbe {
+            engine: self.engine.clone(),
+            name: self.name.clone(),
+            container_id: self.container_id.clone(),
+            container_started: self.container_started.clone(),
+            exec_id: self.exec_id.clone(),
+        };
+        let ending = r.ending.get_or_insert_with(|| Box::pin(probe.why_ended()));
+        let ev = ending.as_mut().await;
         self.set_end(ev)
     }
 
@@ -439,6 +498,16 @@ impl ShellProcess for DockerShell {
                 .run_script(&self.container_id, &self.name, &self.script_sh, script)
                 .await,
         )
+    }
+
+    async fn suspended(&self) -> Option<String> {
+        match self.engine.container_state(&self.container_id).await {
+            Ok(ContainerState::Paused { .. }) => Some(format!(
+                "container {} is paused (docker unpause {0})",
+                self.name
+            )),
+            _ => None,
+        }
     }
 
     async fn terminate(&self) -> Result<(), TransportError> {

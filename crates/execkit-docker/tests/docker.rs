@@ -68,10 +68,9 @@ fn cases() -> Vec<Case> {
         case!(cwd_round_trip),
         case!(stopped_container_is_session_lost, needs_image),
         case!(removed_container_is_session_lost, needs_image),
-        case!(
-            paused_container_times_out_and_is_cleaned_after_unpause,
-            needs_image
-        ),
+        case!(paused_container_fails_fast_and_keeps_the_shell, needs_image),
+        case!(restarted_container_is_said_to_have_restarted, needs_image),
+        case!(stdin_is_staged_on_a_read_only_root, needs_image),
         case!(drop_leaves_no_process),
         case!(dropped_run_leaves_no_process),
         case!(timed_out_sleep_leaves_no_process),
@@ -264,21 +263,18 @@ struct Scratch(String);
 
 impl Scratch {
     fn start(env: &Env, tag: &str) -> anyhow::Result<Scratch> {
+        Scratch::start_with(env, tag, &[])
+    }
+
+    /// With more `docker run` options (`--read-only`, …).
+    fn start_with(env: &Env, tag: &str, options: &[&str]) -> anyhow::Result<Scratch> {
         let name = format!("execkit-{tag}-{}", std::process::id());
         let _ = docker_cli(&["rm", "-f", &name]);
         let image = env.image.as_deref().context("no test image")?;
-        docker_cli(&[
-            "run",
-            "-d",
-            "--init",
-            "--network",
-            "none",
-            "--name",
-            &name,
-            image,
-            "sleep",
-            "infinity",
-        ])?;
+        let mut args = vec!["run", "-d", "--init", "--network", "none", "--name", &name];
+        args.extend_from_slice(options);
+        args.extend_from_slice(&[image, "sleep", "infinity"]);
+        docker_cli(&args)?;
         Ok(Scratch(name))
     }
 }
@@ -467,34 +463,53 @@ async fn removed_container_is_session_lost(env: Env) -> anyhow::Result<()> {
     lost_mid_command(env, "rm", &["rm", "-f"]).await
 }
 
-/// `docker pause` mid-command (issue 9's fault matrix): the frozen shell
-/// cannot answer, nothing can be exec'd into the container, yet the run
-/// must come back within its timeout plus a bounded escalation and say the
-/// container is paused. What the command left cannot be killed while the
-/// container is frozen; it must be gone soon after the unpause.
-async fn paused_container_times_out_and_is_cleaned_after_unpause(env: Env) -> anyhow::Result<()> {
+/// `docker pause` (issues 9 and 13): nothing runs in a paused container and
+/// nothing can be exec'd there. A command sent to it comes back within
+/// seconds (not at its timeout) saying the container is paused; while it
+/// stays paused the next one is refused as fast; a gc (as if the owner had
+/// died) cannot kill anything and keeps the record. After the unpause the
+/// SAME shell takes the next command with its state — a command that had
+/// not begun never runs, one that had is gone — and nothing of the
+/// interrupted commands shows in later output.
+async fn paused_container_fails_fast_and_keeps_the_shell(env: Env) -> anyhow::Result<()> {
     let scratch = Scratch::start(&env, "pause")?;
     let name = scratch.0.clone();
     let target = format!("docker:{name}");
     let mut s = open(&target).await?;
-    ensure!(ok(&mut s, "echo up").await? == "up");
+    let pid = ok(&mut s, "export KEPT=yes; echo $$").await?;
     let marker = s.marker().to_string();
-    let pausing = name.clone();
-    let pauser = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        tokio::task::spawn_blocking(move || docker_cli(&["pause", &pausing]).map(|_| ()))
-            .await
-            .context("join")?
-    });
-    let timeout = Duration::from_secs(2);
+    let long = || RunOptions::timeout(Duration::from_secs(60));
+    let want = format!("container {name} is paused");
+    let says_paused = |r: &execkit_core::RunResult| {
+        r.session_lost
+            && r.exit_code.is_none()
+            && r.error.as_deref().is_some_and(|e| e.contains(&want))
+    };
+    let same_shell = |r: &execkit_core::RunResult, out: &str| {
+        r.exit_code == Some(0) && !r.restarted && !r.session_lost && r.output == out
+    };
+
+    // 1. Paused between commands: the command never began.
+    docker_cli(&["pause", &name])?;
     let t = Instant::now();
-    let r = s
-        .run("echo started; sleep 60", RunOptions::timeout(timeout))
-        .await?;
+    let r = s.run("echo ran > /tmp/ran; echo ran", long()).await?;
     let took = t.elapsed();
-    pauser.await??;
-    // A gc while paused (as if the owner had died) cannot kill anything
-    // either: it keeps the record for a later try.
+    ensure!(
+        says_paused(&r) && !r.timed_out && r.output.is_empty(),
+        "{r:?}"
+    );
+    ensure!(took < Duration::from_secs(8), "returned after {took:?}");
+    let t = Instant::now();
+    let r = s.run("echo second", long()).await?;
+    ensure!(
+        says_paused(&r) && r.error.as_deref().is_some_and(|e| e.contains("not run")),
+        "still paused: {r:?}"
+    );
+    ensure!(
+        t.elapsed() < Duration::from_secs(3),
+        "still paused: refused after {:?}",
+        t.elapsed()
+    );
     let gc_dir =
         std::env::temp_dir().join(format!("execkit-docker-pause-gc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&gc_dir);
@@ -504,7 +519,7 @@ async fn paused_container_times_out_and_is_cleaned_after_unpause(env: Env) -> an
     };
     let rec_path = sessions::write_record_in(&gc_dir, &rec)?;
     let paused_gc = sessions::gc_in(&gc_dir).await;
-    let unpaused = docker_cli(&["unpause", &name]);
+    docker_cli(&["unpause", &name])?;
     ensure!(
         paused_gc.cleaned.is_empty()
             && paused_gc.failed.len() == 1
@@ -512,52 +527,210 @@ async fn paused_container_times_out_and_is_cleaned_after_unpause(env: Env) -> an
             && rec_path.exists(),
         "gc while paused: {paused_gc:?}"
     );
-    ensure!(
-        r.timed_out && r.session_lost && r.exit_code.is_none(),
-        "{r:?}"
-    );
-    let want = format!("container {name} is paused");
-    ensure!(
-        r.error.as_deref().is_some_and(|e| e.contains(&want)),
-        "error should say {want:?}: {r:?}"
-    );
-    ensure!(
-        took < timeout + Duration::from_secs(15),
-        "returned after {took:?}"
-    );
-    unpaused?;
-    // Unpaused: the marked processes left in the container are killed.
-    let t_clean = Instant::now();
-    let mut left = marked(&target, &marker).await?;
-    while !left.is_empty() && t_clean.elapsed() < Duration::from_secs(20) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        left = marked(&target, &marker).await?;
-    }
-    eprintln!(
-        "fault docker-pause: run returned in {took:?} (timeout {timeout:?}); cleaned {:?} after unpause; leaked processes: {}; error: {:?}",
-        t_clean.elapsed(),
-        left.len(),
-        r.error
-    );
-    ensure!(left.is_empty(), "survived the unpause: {left:?}");
-    // Unpaused, the kept record is cleaned.
-    let report = sessions::gc_in(&gc_dir).await;
     let _ = std::fs::remove_dir_all(&gc_dir);
-    ensure!(
-        report.cleaned.len() == 1 && report.failed.is_empty() && !rec_path.exists(),
-        "gc after unpause: {report:?}"
-    );
-    // The session comes back with a fresh shell.
     let r = s
-        .run("echo again", RunOptions::timeout(Duration::from_secs(30)))
+        .run(
+            "echo $$ $KEPT; cat /tmp/ran 2>/dev/null || echo not-run",
+            long(),
+        )
         .await?;
     ensure!(
-        r.output == "again" && r.exit_code == Some(0) && r.restarted,
-        "{r:?}"
+        same_shell(&r, &format!("{pid} yes\nnot-run")),
+        "after the unpause: {r:?}"
     );
+
+    // 2. Paused mid-command, long timeout: back within seconds.
+    let pausing = name.clone();
+    let pauser = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        tokio::task::spawn_blocking(move || docker_cli(&["pause", &pausing]).map(|_| ()))
+            .await
+            .context("join")?
+    });
+    let t = Instant::now();
+    let r = s
+        .run("echo started; sleep 60; echo finished", long())
+        .await?;
+    let took = t.elapsed();
+    pauser.await??;
+    docker_cli(&["unpause", &name])?;
+    ensure!(says_paused(&r) && r.output == "started", "{r:?}");
+    ensure!(took < Duration::from_secs(8), "returned after {took:?}");
+    let r = s.run("echo $$ $KEPT", long()).await?;
+    ensure!(
+        same_shell(&r, &format!("{pid} yes")),
+        "after the unpause: {r:?}"
+    );
+    let left = leaked_but(&target, &marker, &[pid.parse()?]).await?;
+    ensure!(
+        left.is_empty(),
+        "the interrupted command lives on: {left:?}"
+    );
+
+    // 3. Paused mid-command, a timeout shorter than the quiet spell that
+    //    looks for a pause: the recovery finds the container paused.
+    docker_cli(&["pause", &name])?;
+    let t = Instant::now();
+    let r = s
+        .run("sleep 30", RunOptions::timeout(Duration::from_millis(500)))
+        .await?;
+    let took = t.elapsed();
+    docker_cli(&["unpause", &name])?;
+    ensure!(says_paused(&r) && r.timed_out, "{r:?}");
+    ensure!(took < Duration::from_secs(8), "returned after {took:?}");
+    for _ in 0..3 {
+        let r = s.run("echo $$ $KEPT", long()).await?;
+        ensure!(
+            same_shell(&r, &format!("{pid} yes")),
+            "after the unpause: {r:?}"
+        );
+    }
+
+    // 4. Paused after the command was quiet a while (the input-wait probe
+    //    has backed off to 6 s and more by then): still told within seconds.
+    let pausing = name.clone();
+    let pauser = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        tokio::task::spawn_blocking(move || {
+            docker_cli(&["pause", &pausing]).map(|_| Instant::now())
+        })
+        .await
+        .context("join")?
+    });
+    let r = s.run("sleep 60", long()).await?;
+    let returned = Instant::now();
+    let paused_at = pauser.await??;
+    docker_cli(&["unpause", &name])?;
+    ensure!(says_paused(&r), "{r:?}");
+    let late = returned.saturating_duration_since(paused_at);
+    ensure!(
+        late < Duration::from_secs(4),
+        "told {late:?} after the pause"
+    );
+    let r = s.run("echo $$ $KEPT", long()).await?;
+    ensure!(
+        same_shell(&r, &format!("{pid} yes")),
+        "after the unpause: {r:?}"
+    );
+    eprintln!("fault docker-pause: between commands and mid-command, each back within seconds; same shell after the unpause");
     s.close().await?;
     ensure!(leaked(&target, &marker).await?.is_empty(), "survived close");
     drop(scratch);
+    Ok(())
+}
+
+/// `docker restart` kills everything in the container, the shell too (the
+/// engine reports it killed by signal 9): the result must say the container
+/// restarted, not blame the shell, and a fresh shell carries on — for a
+/// restart mid-command and between commands.
+async fn restarted_container_is_said_to_have_restarted(env: Env) -> anyhow::Result<()> {
+    let scratch = Scratch::start(&env, "restart")?;
+    let name = scratch.0.clone();
+    let mut s = open(&format!("docker:{name}")).await?;
+    ok(&mut s, "export KEPT=yes").await?;
+    let want = format!("container {name} restarted");
+    let says_restarted = |r: &execkit_core::RunResult| {
+        r.restarted
+            && !r.session_lost
+            && r.exit_code.is_none()
+            && r.error
+                .as_deref()
+                .is_some_and(|e| e.contains(&want) && !e.contains("signal"))
+    };
+    let restarting = name.clone();
+    let restarter = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        tokio::task::spawn_blocking(move || {
+            docker_cli(&["restart", "-t", "1", &restarting]).map(|_| ())
+        })
+        .await
+        .context("join")?
+    });
+    let t = Instant::now();
+    let r = s
+        .run(
+            "echo started; sleep 60",
+            RunOptions::timeout(Duration::from_secs(60)),
+        )
+        .await?;
+    let took = t.elapsed();
+    restarter.await??;
+    ensure!(says_restarted(&r), "mid-command: {r:?}");
+    ensure!(took < Duration::from_secs(15), "detected after {took:?}");
+    ensure!(ok(&mut s, "echo ${KEPT:-reset}").await? == "reset");
+    ok(&mut s, "export KEPT=yes").await?;
+    // Between commands: the next command finds the shell gone.
+    docker_cli(&["restart", "-t", "1", &name])?;
+    let r = s
+        .run("echo hi", RunOptions::timeout(Duration::from_secs(60)))
+        .await?;
+    ensure!(says_restarted(&r), "between commands: {r:?}");
+    ensure!(ok(&mut s, "echo ${KEPT:-reset}").await? == "reset");
+    s.close().await?;
+    drop(scratch);
+    Ok(())
+}
+
+/// `--stdin` on a container with a read-only root filesystem: the staging
+/// file cannot go to `/tmp`, so it goes to the first writable place of
+/// `$TMPDIR`, `/tmp`, `/var/tmp`, `/dev/shm`; with none of them writable
+/// the error says what to mount or set, and that advice works.
+async fn stdin_is_staged_on_a_read_only_root(env: Env) -> anyhow::Result<()> {
+    let input = b"line one\nline two\n";
+    // `--read-only` keeps `/dev/shm` (a tmpfs) writable.
+    let ro = Scratch::start_with(&env, "ro", &["--read-only"])?;
+    let mut s = open(&format!("docker:{}", ro.0)).await?;
+    let r = s
+        .run_with_stdin(
+            "wc -l; ls /dev/shm",
+            input,
+            RunOptions::timeout(Duration::from_secs(30)),
+        )
+        .await?;
+    ensure!(
+        r.exit_code == Some(0) && r.output.trim() == "2",
+        "staged in /dev/shm (and unlinked): {r:?}"
+    );
+    s.close().await?;
+    drop(ro);
+    // No /dev/shm either (`--ipc none`): nothing writable.
+    let none = Scratch::start_with(
+        &env,
+        "ro-none",
+        &["--read-only", "--ipc", "none", "--tmpfs", "/scratch"],
+    )?;
+    let target = format!("docker:{}", none.0);
+    let mut s = open(&target).await?;
+    match s
+        .run_with_stdin("cat", input, RunOptions::timeout(Duration::from_secs(30)))
+        .await
+    {
+        Err(SessionError::Stdin { reason, .. }) => ensure!(
+            reason.contains("--tmpfs") && reason.contains("TMPDIR") && !reason.contains('\n'),
+            "the error should say what to mount or set: {reason}"
+        ),
+        other => bail!("expected a staging error, got {other:?}"),
+    }
+    // The session is fine, and no helper variable is left behind.
+    ensure!(ok(&mut s, "echo ${__ek_d:-clean}").await? == "clean");
+    s.close().await?;
+    // The advice: TMPDIR naming a writable place.
+    let mut c = config();
+    c.env.push(("TMPDIR".into(), "/scratch".into()));
+    let mut s = Session::open(&target, c).await?;
+    let r = s
+        .run_with_stdin(
+            "cat; ls /scratch",
+            input,
+            RunOptions::timeout(Duration::from_secs(30)),
+        )
+        .await?;
+    ensure!(
+        r.exit_code == Some(0) && r.output == "line one\nline two",
+        "staged under $TMPDIR: {r:?}"
+    );
+    s.close().await?;
+    drop(none);
     Ok(())
 }
 
