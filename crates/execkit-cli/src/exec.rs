@@ -186,7 +186,7 @@ async fn run_local(
         },
     };
     // Local shells read --stdin from a FIFO; other targets get it staged.
-    let local = execkit_core::registry::scheme_of(&args.target).is_ok_and(|s| s == "local");
+    let local = execkit_core::registry::on_this_host(&args.target);
     let mut config = SessionConfig::default();
     config.output_limit = args.output_limit;
     config.observer = Some(observer);

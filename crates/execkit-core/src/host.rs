@@ -469,7 +469,7 @@ impl Host {
         let all: Vec<Handle> = self.lock().drain().map(|(_, h)| h).collect();
         let (to, mut handed) = mpsc::unbounded_channel();
         for h in &all {
-            if is_local(&h.info.target) {
+            if crate::registry::on_this_host(&h.info.target) {
                 *h.hand_over.lock().unwrap_or_else(|e| e.into_inner()) = Some(to.clone());
             }
             h.kill.notify_one();
@@ -949,11 +949,6 @@ fn deliver(unread: &mut Option<Unread>, fresh: Option<RunResult>) -> Option<RunR
     delta.push(&result.output);
     result.output = delta.finish().text;
     Some(result)
-}
-
-/// Whether `target` is this host (the `local` transport).
-fn is_local(target: &str) -> bool {
-    target == "local" || target.starts_with("local:")
 }
 
 /// Session names travel in CLI arguments, journal lines and messages: a

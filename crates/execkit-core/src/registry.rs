@@ -18,6 +18,10 @@ pub struct TransportInfo {
     pub example: &'static str,
     /// Parses a target of this scheme; must not touch the network.
     pub connect: fn(&str) -> Result<Arc<dyn Transport>, TransportError>,
+    /// Its shells run on this host: they share its filesystem and `/proc`
+    /// (a local FIFO can be their stdin; one sweep of this host's `/proc`
+    /// reaches their processes). Callers ask this, never the scheme's name.
+    pub on_this_host: bool,
 }
 
 inventory::collect!(TransportInfo);
@@ -32,16 +36,18 @@ inventory::collect!(TransportInfo);
 ///     summary: "a PTY on this host",
 ///     example: "local, local:/bin/dash",
 ///     connect: connect,
+///     on_this_host: true, // optional, default false
 /// }
 /// ```
 #[macro_export]
 macro_rules! register_transport {
-    (scheme: $scheme:expr, summary: $summary:expr, example: $example:expr, connect: $connect:expr $(,)?) => {
+    (scheme: $scheme:expr, summary: $summary:expr, example: $example:expr, connect: $connect:expr $(, on_this_host: $here:expr)? $(,)?) => {
         const __EXECKIT_TRANSPORT: $crate::TransportInfo = $crate::TransportInfo {
             scheme: $scheme,
             summary: $summary,
             example: $example,
             connect: $connect,
+            on_this_host: false $(|| $here)?,
         };
 
         /// Registration record of this transport.
@@ -98,6 +104,20 @@ pub fn scheme_of(target: &str) -> Result<&str, TransportError> {
         });
     }
     Ok(scheme)
+}
+
+/// The registered transport for `target`'s scheme, if any.
+pub fn info_of(target: &str) -> Option<&'static TransportInfo> {
+    let scheme = scheme_of(target).ok()?;
+    registry()
+        .into_iter()
+        .find(|i| i.scheme.eq_ignore_ascii_case(scheme))
+}
+
+/// Whether `target`'s shells run on this host
+/// ([`TransportInfo::on_this_host`]); false for an unknown scheme.
+pub fn on_this_host(target: &str) -> bool {
+    info_of(target).is_some_and(|i| i.on_this_host)
 }
 
 /// Builds the transport for `target`, chosen by its scheme.

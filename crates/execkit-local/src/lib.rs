@@ -117,6 +117,7 @@ execkit_core::register_transport! {
     summary: "a PTY on this host (bash if installed, else /bin/sh)",
     example: "local, local:/bin/dash",
     connect: connect,
+    on_this_host: true,
 }
 
 #[cfg(test)]
