@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 use execkit_core::testkit::marked_here;
 use serde_json::{json, Value};
 
+mod support;
+use support::Conn;
+
 struct Server {
     child: Child,
     dir: PathBuf,
@@ -68,47 +71,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-struct Conn {
-    r: BufReader<UnixStream>,
-    w: UnixStream,
-}
-
-impl Conn {
-    fn new(socket: &Path) -> Conn {
-        let s = UnixStream::connect(socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        Conn {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        }
-    }
-
-    fn line(&mut self) -> Value {
-        let mut l = String::new();
-        self.r.read_line(&mut l).unwrap();
-        serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}"))
-    }
-
-    /// Sends a request that must be refused; returns the error text.
-    fn refused(&mut self, req: Value) -> String {
-        let mut line = serde_json::to_vec(&req).unwrap();
-        line.push(b'\n');
-        self.w.write_all(&line).unwrap();
-        let resp = self.line();
-        assert_eq!(resp["ok"], false, "{req} -> {resp}");
-        resp["error"].as_str().unwrap_or_default().to_string()
-    }
-
-    fn call(&mut self, req: Value) -> Value {
-        let mut line = serde_json::to_vec(&req).unwrap();
-        line.push(b'\n');
-        self.w.write_all(&line).unwrap();
-        let resp = self.line();
-        assert_eq!(resp["ok"], true, "{req} -> {resp}");
-        resp["result"].clone()
     }
 }
 
@@ -698,21 +660,6 @@ fn exits_within(child: &mut Child, limit: Duration, what: &str) -> std::process:
             panic!("{what}: still running after {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-impl Conn {
-    /// Sends a request and returns the whole response line.
-    fn raw(&mut self, req: Value) -> Value {
-        let mut line = serde_json::to_vec(&req).unwrap();
-        line.push(b'\n');
-        self.w.write_all(&line).unwrap();
-        self.line()
-    }
-
-    fn timeout(self, d: Duration) -> Self {
-        self.w.set_read_timeout(Some(d)).unwrap();
-        self
     }
 }
 

@@ -13,7 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
+
+mod support;
+use support::Conn;
 
 const BIN: &str = env!("CARGO_BIN_EXE_execkit");
 
@@ -380,37 +383,6 @@ fn a_publisher_cannot_pose_as_a_served_session() {
         let s = ev["session"].as_str().unwrap();
         assert!(s.starts_with("pub") && s.contains('/'), "{ev}");
         assert_eq!(ev["origin"]["pid"], me, "{ev}");
-    }
-}
-
-struct Conn {
-    r: BufReader<UnixStream>,
-    w: UnixStream,
-}
-
-impl Conn {
-    fn new(socket: &Path) -> Conn {
-        let s = UnixStream::connect(socket).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        Conn {
-            r: BufReader::new(s.try_clone().unwrap()),
-            w: s,
-        }
-    }
-
-    fn line(&mut self) -> Value {
-        let mut l = String::new();
-        self.r.read_line(&mut l).unwrap();
-        serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}"))
-    }
-
-    fn call(&mut self, req: Value) -> Value {
-        let mut line = serde_json::to_vec(&req).unwrap();
-        line.push(b'\n');
-        self.w.write_all(&line).unwrap();
-        let resp = self.line();
-        assert_eq!(resp["ok"], true, "{req} -> {resp}");
-        resp["result"].clone()
     }
 }
 

@@ -1,0 +1,63 @@
+//! What several CLI test files share: a raw client of `execkit serve`'s
+//! line protocol. Each test binary uses part of it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// One connection to a server: a JSON request per line, a JSON answer per
+/// line (reads time out after 60 s, so a missing answer fails the test).
+pub struct Conn {
+    pub r: BufReader<UnixStream>,
+    pub w: UnixStream,
+}
+
+impl Conn {
+    pub fn new(socket: &Path) -> Conn {
+        let s = UnixStream::connect(socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        Conn {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+        }
+    }
+
+    /// The same connection with another read timeout.
+    pub fn timeout(self, d: Duration) -> Self {
+        self.w.set_read_timeout(Some(d)).unwrap();
+        self
+    }
+
+    /// The next line, as JSON.
+    pub fn line(&mut self) -> Value {
+        let mut l = String::new();
+        self.r.read_line(&mut l).unwrap();
+        serde_json::from_str(&l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}"))
+    }
+
+    /// Sends a request and returns the whole response line.
+    pub fn raw(&mut self, req: Value) -> Value {
+        let mut line = serde_json::to_vec(&req).unwrap();
+        line.push(b'\n');
+        self.w.write_all(&line).unwrap();
+        self.line()
+    }
+
+    /// Sends a request that must succeed; returns its result.
+    pub fn call(&mut self, req: Value) -> Value {
+        let resp = self.raw(req.clone());
+        assert_eq!(resp["ok"], true, "{req} -> {resp}");
+        resp["result"].clone()
+    }
+
+    /// Sends a request that must be refused; returns the error text.
+    pub fn refused(&mut self, req: Value) -> String {
+        let resp = self.raw(req.clone());
+        assert_eq!(resp["ok"], false, "{req} -> {resp}");
+        resp["error"].as_str().unwrap_or_default().to_string()
+    }
+}
