@@ -31,24 +31,7 @@ impl Server {
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("run/execkit.sock");
         let journal = dir.join("journal.jsonl");
-        let child = Command::new(env!("CARGO_BIN_EXE_execkit"))
-            .args(["serve", "--socket"])
-            .arg(&socket)
-            .arg("--journal")
-            .arg(&journal)
-            .args(extra)
-            .env("XDG_STATE_HOME", dir.join("state"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start execkit serve");
-        let t = Instant::now();
-        while UnixStream::connect(&socket).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "serve did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = support::spawn_serve(&socket, &journal, &dir.join("state"), extra);
         Server {
             child,
             dir,

@@ -32,23 +32,12 @@ impl Server {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("run/execkit.sock");
-        let child = Command::new(BIN)
-            .args(["serve", "--socket"])
-            .arg(&socket)
-            .arg("--journal")
-            .arg(dir.join("serve-journal.jsonl"))
-            .env("XDG_STATE_HOME", dir.join("state"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start execkit serve");
-        let t = Instant::now();
-        while UnixStream::connect(&socket).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(20),
-                "serve did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = support::spawn_serve(
+            &socket,
+            &dir.join("serve-journal.jsonl"),
+            &dir.join("state"),
+            &[],
+        );
         Server { child, dir, socket }
     }
 

@@ -5,7 +5,8 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -60,4 +61,29 @@ impl Conn {
         assert_eq!(resp["ok"], false, "{req} -> {resp}");
         resp["error"].as_str().unwrap_or_default().to_string()
     }
+}
+
+/// Starts `execkit serve` on `socket`, journaling to `journal`, with its
+/// state under `state` and `extra` arguments; returns once the socket
+/// accepts (at most 20 s). The caller stops the child by PID.
+pub fn spawn_serve(socket: &Path, journal: &Path, state: &Path, extra: &[&str]) -> Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args(["serve", "--socket"])
+        .arg(socket)
+        .arg("--journal")
+        .arg(journal)
+        .args(extra)
+        .env("XDG_STATE_HOME", state)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start execkit serve");
+    let t = Instant::now();
+    while UnixStream::connect(socket).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "serve did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
 }
