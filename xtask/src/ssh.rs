@@ -88,7 +88,7 @@ fn user_name() -> Result<String> {
 /// for every channel (it does so when SSH_CLIENT is set and SHLVL < 2): a
 /// developer's rc file (pyenv init, say) must not make the tests slow or
 /// nondeterministic.
-pub(crate) fn sshd_config(dir: &Path, port: u16, pidfile: &Path) -> String {
+pub(crate) fn sshd_config(dir: &Path, port: u16, pidfile: &Path, authorized: &Path) -> String {
     let d = dir.display();
     format!(
         "Port {port}\n\
@@ -96,7 +96,7 @@ pub(crate) fn sshd_config(dir: &Path, port: u16, pidfile: &Path) -> String {
          HostKey {d}/host_ed25519\n\
          HostKey {d}/host_rsa\n\
          PidFile {}\n\
-         AuthorizedKeysFile {d}/authorized_keys\n\
+         AuthorizedKeysFile {}\n\
          PubkeyAuthentication yes\n\
          PasswordAuthentication no\n\
          KbdInteractiveAuthentication no\n\
@@ -112,7 +112,8 @@ pub(crate) fn sshd_config(dir: &Path, port: u16, pidfile: &Path) -> String {
          SetEnv SHLVL=1\n\
          MaxStartups 100:30:200\n\
          LogLevel ERROR\n",
-        pidfile.display()
+        pidfile.display(),
+        authorized.display()
     )
 }
 
@@ -265,12 +266,27 @@ pub(crate) fn provision(out_dir: &Path) -> Result<Provision> {
     for k in ["user_ed25519.pub", "user_rsa.pub"] {
         authorized.push_str(&std::fs::read_to_string(dir.join(k))?);
     }
-    std::fs::write(dir.join("authorized_keys"), authorized)?;
+    // sshd reads a user's keys as that user: outside the checkout, whose
+    // directory may be private (a `mktemp -d` clone), so the login-shell
+    // test users can read them too.
+    let keys_dir = std::env::temp_dir().join(format!("execkit-sshd-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&keys_dir);
+    std::fs::create_dir_all(&keys_dir)?;
+    std::fs::set_permissions(
+        &keys_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let authorized_path = keys_dir.join("authorized_keys");
+    std::fs::write(&authorized_path, authorized)?;
+    std::fs::set_permissions(
+        &authorized_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
 
     let port = crate::daemon_port()?;
     let pidfile = dir.join("sshd.pid");
     let config = dir.join("sshd_config");
-    std::fs::write(&config, sshd_config(&dir, port, &pidfile))?;
+    std::fs::write(&config, sshd_config(&dir, port, &pidfile, &authorized_path))?;
     let mut known = String::new();
     for k in ["host_ed25519.pub", "host_rsa.pub"] {
         let pubkey = std::fs::read_to_string(dir.join(k))?;
@@ -325,6 +341,7 @@ pub(crate) fn provision(out_dir: &Path) -> Result<Provision> {
             stop(&mut child);
             println!("xtask: sshd (pid {pid}) stopped");
             let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(&keys_dir);
         })),
     })
 }

@@ -91,7 +91,10 @@ fn clients_never_talk_to_another_users_socket() {
     chown_nobody(&run);
     let socket = run.join("execkit.sock");
 
-    let mut listener = Command::new(std::env::current_exe().unwrap());
+    // A copy another uid can run: the checkout may be a private directory.
+    let exe = scratch.join("helper");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    let mut listener = Command::new(&exe);
     listener
         .args([
             "--exact",

@@ -439,7 +439,10 @@ fn another_uid_is_refused() {
     for p in [srv.dir.as_path(), dir, srv.socket.as_path()] {
         Command::new("chmod").arg("a+rwx").arg(p).status().unwrap();
     }
-    let out = Command::new(std::env::current_exe().unwrap())
+    // A copy another uid can run: the checkout may be a private directory.
+    let exe = srv.dir.join("intruder");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    let out = Command::new(&exe)
         .args([
             "--exact",
             "intruder",
