@@ -210,6 +210,12 @@ fn test(args: &[String]) -> Result<bool> {
     // execkit-ssh links the system OpenSSL: every build needs its headers.
     ssh::ensure_build_deps()?;
 
+    // 0. The code's own checks: formatting, clippy, and the API docs (every
+    // public item documented, no broken or private links).
+    let lints = lints(&root)?;
+    total += lints;
+    rows.push(("fmt, clippy, doc".into(), fmt_counts(lints)));
+
     // 1. Single-feature builds list exactly what they were built with.
     let features = feature_builds(&root, &out_dir)?;
     total += features;
@@ -393,6 +399,67 @@ fn nix_is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
+}
+
+/// `cargo fmt --check`, `cargo clippy --all-targets -D warnings` and
+/// `cargo doc --no-deps` with `-D warnings`: one count each.
+fn lints(root: &Path) -> Result<Counts> {
+    let has = |c: &str| {
+        Command::new("cargo")
+            .args([c, "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !(has("clippy") && has("fmt")) {
+        // A toolchain installed with a minimal profile lacks them.
+        let st = Command::new("rustup")
+            .args(["component", "add", "clippy", "rustfmt"])
+            .status()
+            .context("rustup component add clippy rustfmt")?;
+        if !st.success() {
+            bail!("installing clippy and rustfmt failed");
+        }
+    }
+    /// A check: its name, cargo's arguments, one environment variable.
+    type Check<'a> = (&'a str, &'a [&'a str], Option<(&'a str, &'a str)>);
+    let checks: [Check<'_>; 3] = [
+        ("cargo fmt --check", &["fmt", "--all", "--check"], None),
+        (
+            "cargo clippy",
+            &[
+                "clippy",
+                "--quiet",
+                "--workspace",
+                "--all-targets",
+                "--features",
+                "execkit-core/testkit",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            None,
+        ),
+        (
+            "cargo doc",
+            &["doc", "--quiet", "--no-deps", "--workspace"],
+            Some(("RUSTDOCFLAGS", "-D warnings")),
+        ),
+    ];
+    let mut c = Counts::default();
+    for (name, args, env) in checks {
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(root).args(args);
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        if cmd.status().with_context(|| name.to_string())?.success() {
+            c.passed += 1;
+        } else {
+            println!("xtask: {name} FAILED");
+            c.failed += 1;
+        }
+    }
+    Ok(c)
 }
 
 /// Builds the CLI with one transport feature (and with none) and checks

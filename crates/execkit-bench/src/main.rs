@@ -16,15 +16,18 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use execkit_core::testkit::time_true;
 use execkit_core::{RunOptions, Session, SessionConfig};
+use execkit_docker as _;
+use execkit_local as _;
+use execkit_ssh as _;
 use serde::{Deserialize, Serialize};
 
 /// Latency samples of one system.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Latency {
-    pub system: String,
-    pub samples: usize,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
+pub(crate) struct Latency {
+    pub(crate) system: String,
+    pub(crate) samples: usize,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 impl Latency {
@@ -45,39 +48,39 @@ impl Latency {
 
 /// Everything one run measured.
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Results {
-    pub quick: bool,
-    pub round_trip: Vec<Latency>,
-    pub start: Vec<Latency>,
-    pub throughput: Vec<Throughput>,
-    pub concurrent: Option<Concurrent>,
-    pub serve_idle: Option<ServeIdle>,
-    pub notes: Vec<String>,
+pub(crate) struct Results {
+    pub(crate) quick: bool,
+    pub(crate) round_trip: Vec<Latency>,
+    pub(crate) start: Vec<Latency>,
+    pub(crate) throughput: Vec<Throughput>,
+    pub(crate) concurrent: Option<Concurrent>,
+    pub(crate) serve_idle: Option<ServeIdle>,
+    pub(crate) notes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Throughput {
-    pub system: String,
-    pub bytes: u64,
-    pub mb_per_s: f64,
-    pub peak_rss_mb: f64,
+pub(crate) struct Throughput {
+    pub(crate) system: String,
+    pub(crate) bytes: u64,
+    pub(crate) mb_per_s: f64,
+    pub(crate) peak_rss_mb: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Concurrent {
-    pub sessions: usize,
-    pub commands_each: usize,
-    pub wall_s: f64,
-    pub all_correct: bool,
-    pub kb_per_session: f64,
+pub(crate) struct Concurrent {
+    pub(crate) sessions: usize,
+    pub(crate) commands_each: usize,
+    pub(crate) wall_s: f64,
+    pub(crate) all_correct: bool,
+    pub(crate) kb_per_session: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ServeIdle {
-    pub sessions: usize,
-    pub rss_mb: f64,
-    pub kb_per_session: f64,
-    pub cpu_ms_over_10s: f64,
+pub(crate) struct ServeIdle {
+    pub(crate) sessions: usize,
+    pub(crate) rss_mb: f64,
+    pub(crate) kb_per_session: f64,
+    pub(crate) cpu_ms_over_10s: f64,
 }
 
 struct Args {
@@ -118,9 +121,6 @@ fn main() -> Result<()> {
         Some("soak") => return soak::main(&argv[2..]),
         _ => {}
     }
-    execkit_local::register();
-    execkit_docker::register();
-    execkit_ssh::register();
     let args = parse_args()?;
     // One thread, as `execkit exec` runs.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -363,7 +363,6 @@ fn run_child<T: for<'de> Deserialize<'de>>(args: &[&str]) -> Result<T> {
 
 /// Child modes: one measurement in a fresh process, JSON on stdout.
 fn child(args: &[String]) -> Result<()> {
-    execkit_local::register();
     // Like `execkit exec`: one thread. (The concurrent case builds its own.)
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

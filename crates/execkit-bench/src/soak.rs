@@ -21,6 +21,7 @@ use anyhow::{bail, Context, Result};
 use execkit_core::{RunOptions, RunResult, Session, SessionConfig};
 
 use crate::proc_status_kb;
+use execkit_local as _;
 
 const COMMANDS: usize = 10_000;
 const CYCLES: usize = 2_000;
@@ -177,7 +178,6 @@ pub fn main(args: &[String]) -> Result<()> {
     // Session records go under DIR too (checked empty after each phase).
     // Still one thread: nothing reads the environment concurrently.
     std::env::set_var("XDG_STATE_HOME", dir.join("state"));
-    execkit_local::register();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -187,7 +187,7 @@ pub fn main(args: &[String]) -> Result<()> {
         tag: format!(
             "{}-{}",
             std::process::id(),
-            execkit_core::protocol::nonce().expect("random bytes")
+            execkit_core::raw::nonce().expect("random bytes")
         ),
         violations: Vec::new(),
     };

@@ -186,7 +186,7 @@ async fn run_local(
         },
     };
     // Local shells read --stdin from a FIFO; other targets get it staged.
-    let local = execkit_core::registry::on_this_host(&args.target);
+    let local = execkit_core::on_this_host(&args.target);
     let mut config = SessionConfig::default();
     config.output_limit = args.output_limit;
     config.observer = Some(observer);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use execkit_core::sessions::{self, GcOptions, GcReport};
+use execkit_core::cleanup::{self, GcOptions, GcReport};
 
 /// How long a command waits at its end for the start-up cleanup.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -39,7 +39,7 @@ pub fn main(args: GcArgs) -> ExitCode {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let report = rt.block_on(sessions::gc());
+    let report = rt.block_on(cleanup::gc());
     // An attempt that timed out may still hold a blocking thread (a
     // connect to a stalled host): it must not hold the exit up.
     rt.shutdown_background();
@@ -80,24 +80,6 @@ pub fn main(args: GcArgs) -> ExitCode {
 /// Prunes the spool directory by age, then by total size; false when it
 /// cannot be read.
 fn prune_spool(args: &GcArgs) -> bool {
-    use execkit_core::cap;
-    let dir = execkit_core::paths::spool_dir();
-    let fail = |e: std::io::Error| {
-        eprintln!(
-            "execkit: cannot prune the spool directory {}: {e}",
-            dir.display()
-        );
-        false
-    };
-    // Only a spool directory of this user's that nobody else may write is
-    // pruned (in the state directory, verified the same way).
-    let verified = execkit_core::paths::verified_dir(&execkit_core::paths::state_dir())
-        .and_then(|state| Ok(state && execkit_core::paths::verified_dir(&dir)?));
-    match verified {
-        Ok(true) => {}
-        Ok(false) => return true,
-        Err(e) => return fail(e),
-    }
     let (age_secs, age_text) = match args.spool_hours {
         Some(h) => (h.saturating_mul(3600), format!("{h} hour(s)")),
         None => (
@@ -105,26 +87,37 @@ fn prune_spool(args: &GcArgs) -> bool {
             format!("{} day(s)", args.spool_days),
         ),
     };
-    if age_secs > 0 {
-        match cap::prune_spool(&dir, Duration::from_secs(age_secs)) {
-            Ok(p) => println!(
-                "gc: pruned {} spool file(s), {} bytes, older than {age_text}",
-                p.removed, p.bytes
-            ),
-            Err(e) => return fail(e),
-        }
-    }
-    let max = args.spool_max_bytes.unwrap_or_else(cap::spool_max_bytes);
-    if max > 0 {
-        match cap::prune_spool_to(&dir, max, None) {
+    let max = args
+        .spool_max_bytes
+        .unwrap_or_else(cleanup::spool_max_bytes);
+    let opts = cleanup::SpoolPrune {
+        max_age: Duration::from_secs(age_secs),
+        max_bytes: max,
+    };
+    match cleanup::prune_spool(opts) {
+        Ok(None) => {}
+        Ok(Some(p)) => {
+            if age_secs > 0 {
+                println!(
+                    "gc: pruned {} spool file(s), {} bytes, older than {age_text}",
+                    p.by_age.removed, p.by_age.bytes
+                );
+            }
             // Said only when it removed something (`--spool-days 0` then
             // reads as "kept everything").
-            Ok(p) if p.removed > 0 => println!(
-                "gc: pruned {} spool file(s), {} bytes, oldest first, to keep the spool within {max} bytes",
-                p.removed, p.bytes
-            ),
-            Ok(_) => {}
-            Err(e) => return fail(e),
+            if p.by_size.removed > 0 {
+                println!(
+                    "gc: pruned {} spool file(s), {} bytes, oldest first, to keep the spool within {max} bytes",
+                    p.by_size.removed, p.by_size.bytes
+                );
+            }
+        }
+        Err(e) => {
+            eprintln!(
+                "execkit: cannot prune the spool directory {}: {e}",
+                execkit_core::state::spool_dir().display()
+            );
+            return false;
         }
     }
     true
@@ -152,7 +145,7 @@ pub async fn alongside<F: Future>(work: F) -> F::Output {
                 .max_blocking_threads(2)
                 .build();
             if let Ok(rt) = rt {
-                let report = rt.block_on(sessions::gc_here(GcOptions::background(flag)));
+                let report = rt.block_on(cleanup::gc_here(GcOptions::background(flag)));
                 let _ = tx.send(report);
                 // A cleanup still on a blocking thread is not waited for.
                 rt.shutdown_background();

@@ -58,7 +58,7 @@ impl Token {
             }
         }
         if let Some(dir) = default_file.parent() {
-            execkit_core::paths::private_dir(dir)
+            execkit_core::state::private_dir(dir)
                 .map_err(|e| format!("the token's directory {}: {e}", dir.display()))?;
         }
         // A stale token of an earlier run on this port: ours to replace.

@@ -104,7 +104,7 @@ pub fn runtime(multi: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
 /// that does not parse would admit nothing, silently. Exit 2 naming it.
 pub fn check_allow_targets(command: &str, patterns: &[String]) -> Result<(), ExitCode> {
     for p in patterns {
-        if let Err(e) = execkit_core::allow::TargetPattern::parse(p) {
+        if let Err(e) = execkit_core::TargetPattern::parse(p) {
             eprintln!("execkit {command}: --allow-target {e}");
             return Err(ExitCode::from(EXIT_USAGE));
         }
@@ -112,19 +112,16 @@ pub fn check_allow_targets(command: &str, patterns: &[String]) -> Result<(), Exi
     Ok(())
 }
 
-/// Links the transports chosen by cargo features; registering them
-/// explicitly keeps the linker from dropping their `inventory` records.
-fn link_transports() {
-    #[cfg(feature = "docker")]
-    execkit_docker::register();
-    #[cfg(feature = "local")]
-    execkit_local::register();
-    #[cfg(feature = "ssh")]
-    execkit_ssh::register();
-}
+// The transports chosen by cargo features: naming a crate links it, and
+// linking it registers its scheme.
+#[cfg(feature = "docker")]
+use execkit_docker as _;
+#[cfg(feature = "local")]
+use execkit_local as _;
+#[cfg(feature = "ssh")]
+use execkit_ssh as _;
 
 fn main() -> ExitCode {
-    link_transports();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -146,7 +143,7 @@ fn main() -> ExitCode {
         Command::Interrupt(args) => remote::verb(remote::Verb::Interrupt(args)),
         Command::Close(args) => remote::verb(remote::Verb::Close(args)),
         Command::Transports => {
-            let all = execkit_core::registry();
+            let all = execkit_core::transports();
             if all.is_empty() {
                 eprintln!("execkit: this build has no transports (enable the `local`, `docker` or `ssh` feature)");
                 return ExitCode::from(1);

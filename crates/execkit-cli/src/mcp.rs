@@ -1,6 +1,6 @@
 //! `execkit mcp`: an MCP server on stdio (built on `rmcp`) exposing
 //! execkit sessions as tools for any agent that speaks the Model Context
-//! Protocol. Sessions live in an [`execkit_core::host::Host`], so they keep
+//! Protocol. Sessions live in an [`execkit_core::Host`], so they keep
 //! running between tool calls; everything is journaled and mirrored to the
 //! console exactly like the CLI.
 

@@ -66,7 +66,7 @@ impl JournalArgs {
             if self.journal.is_none() {
                 // The default path is in the state directory: private and
                 // this user's, or refused (never a shared directory).
-                execkit_core::paths::private_state_dir().map_err(cant)?;
+                execkit_core::state::private_state_dir().map_err(cant)?;
             }
             Journal::open_with(&path, redactor, opts).map_err(cant)?
         };

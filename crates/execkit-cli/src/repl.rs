@@ -65,7 +65,7 @@ pub fn main(args: ShellArgs) -> ExitCode {
         }
     };
     // Only in the private state directory (else no history is kept).
-    let history = execkit_core::paths::private_state_dir()
+    let history = execkit_core::state::private_state_dir()
         .ok()
         .map(|d| d.join("shell_history"));
     if let Some(h) = &history {

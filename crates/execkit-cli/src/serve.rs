@@ -159,7 +159,7 @@ fn prepare_socket(path: &Path) -> Result<(), String> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    execkit_core::paths::socket_dir(dir).map_err(|e| {
+    execkit_core::state::socket_dir(dir).map_err(|e| {
         format!(
             "cannot use {} for the socket: {e}; refusing to serve there",
             dir.display()

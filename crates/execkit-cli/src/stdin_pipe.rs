@@ -40,7 +40,7 @@ impl StdinSource {
         let dir = std::env::temp_dir().join(format!(
             "execkit-stdin-{}-{}",
             std::process::id(),
-            execkit_core::protocol::nonce()?
+            execkit_core::raw::nonce()?
         ));
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         let path = dir.join("stdin");
@@ -97,7 +97,7 @@ pub struct StdinPipe {
 impl StdinPipe {
     /// The command with its stdin redirected from the FIFO.
     pub fn wrap(&self, command: &str) -> String {
-        let p = execkit_core::protocol::shell_quote(&self.path.to_string_lossy());
+        let p = execkit_core::raw::shell_quote(&self.path.to_string_lossy());
         format!("{{ {command}\n}} < {p}")
     }
 }

@@ -569,6 +569,7 @@ fn peak_rss_kib(cmd: &mut Command) -> (std::process::ExitStatus, i64) {
     // SAFETY: plain wait4 on our own child, out-pointers valid; `child` is
     // not waited on again (dropping a `Child` does not wait).
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(r, pid, "wait4: {}", std::io::Error::last_os_error());
     (std::process::ExitStatus::from_raw(status), usage.ru_maxrss)

@@ -1,36 +1,6 @@
 //! The target allow list (`--allow-target` of `serve` and `mcp`).
 //!
-//! A target is never matched as a raw string: it is split into its parts —
-//! scheme, then either an opaque value (`docker:web`, `local:/bin/dash`) or
-//! `//[user@]host[:port][/path][?name=value&…]` — and each part is compared
-//! with the same part of a pattern, which is written like a target with `*`
-//! allowed in its parts. The split is generic (core knows no transport's
-//! grammar) and strict: whatever it cannot read unambiguously (two `@`, a
-//! host with unbracketed `:`) is refused, and the transport's own parser
-//! still decides whether the target is valid. Grammar, in brief (the user
-//! documentation is `docs/SECURITY.md`, "Allowed targets"):
-//!
-//! * `*` alone admits every target; `SCHEME*` (`local*`) every target of
-//!   that scheme, in any form.
-//! * `SCHEME` admits the bare target (`local`); `SCHEME:VALUE` the opaque
-//!   form (`local:/bin/dash`, `docker:web-*`); `SCHEME://…` the URL form
-//!   (`ssh://deploy@*.example.com:22`, `docker://127.0.0.1:2375/*`).
-//!   `docker:NAME` and `docker://HOST/NAME` are different forms.
-//! * A part that is exactly `*` admits any value, or the part being absent
-//!   (`ssh://*@host:*`; `local:*` admits `local` too). Otherwise `*` stays
-//!   inside one label of a host (`*.example.com` is one label deep) and one
-//!   segment of a path (never `.` or `..`), and never crosses `@`, `:`, `/`,
-//!   `?`, `&` or `=`. A part the pattern leaves out must be absent from the
-//!   target (`ssh://deploy@h` admits no `:PORT`). Hosts compare without
-//!   regard to case; everything else exactly, as written.
-//! * A target's parameters (`?known_hosts=…`, in the URL form) must each be
-//!   named by the pattern (`?connect_timeout=*&host_key=accept_new`); a
-//!   pattern without `?` admits no parameter at all. Values are compared
-//!   percent-decoded.
-//! * The `shell` of an open request is part of the match: on `local` it
-//!   replaces the target's shell (`local:/bin/dash` with shell `/bin/bash`
-//!   is matched as `local:/bin/bash`); on any scheme a pattern parameter
-//!   `shell=GLOB` (`docker:web?shell=/bin/sh`) admits only those shells.
+//! The grammar is documented on [`TargetPattern`].
 
 use std::fmt;
 
@@ -268,6 +238,38 @@ pub fn percent_decode(s: &str) -> Result<String, String> {
 }
 
 /// One parsed `--allow-target` pattern.
+///
+/// A target is never matched as a raw string: it is split into its parts —
+/// scheme, then either an opaque value (`docker:web`, `local:/bin/dash`) or
+/// `//[user@]host[:port][/path][?name=value&…]` — and each part is compared
+/// with the same part of a pattern, which is written like a target with `*`
+/// allowed in its parts. The split is generic (core knows no transport's
+/// grammar) and strict: whatever it cannot read unambiguously (two `@`, a
+/// host with unbracketed `:`) is refused, and the transport's own parser
+/// still decides whether the target is valid. Grammar, in brief (the user
+/// documentation is `docs/SECURITY.md`, "Allowed targets"):
+///
+/// * `*` alone admits every target; `SCHEME*` (`local*`) every target of
+///   that scheme, in any form.
+/// * `SCHEME` admits the bare target (`local`); `SCHEME:VALUE` the opaque
+///   form (`local:/bin/dash`, `docker:web-*`); `SCHEME://…` the URL form
+///   (`ssh://deploy@*.example.com:22`, `docker://127.0.0.1:2375/*`).
+///   `docker:NAME` and `docker://HOST/NAME` are different forms.
+/// * A part that is exactly `*` admits any value, or the part being absent
+///   (`ssh://*@host:*`; `local:*` admits `local` too). Otherwise `*` stays
+///   inside one label of a host (`*.example.com` is one label deep) and one
+///   segment of a path (never `.` or `..`), and never crosses `@`, `:`, `/`,
+///   `?`, `&` or `=`. A part the pattern leaves out must be absent from the
+///   target (`ssh://deploy@h` admits no `:PORT`). Hosts compare without
+///   regard to case; everything else exactly, as written.
+/// * A target's parameters (`?known_hosts=…`, in the URL form) must each be
+///   named by the pattern (`?connect_timeout=*&host_key=accept_new`); a
+///   pattern without `?` admits no parameter at all. Values are compared
+///   percent-decoded.
+/// * The `shell` of an open request is part of the match: on `local` it
+///   replaces the target's shell (`local:/bin/dash` with shell `/bin/bash`
+///   is matched as `local:/bin/bash`); on any scheme a pattern parameter
+///   `shell=GLOB` (`docker:web?shell=/bin/sh`) admits only those shells.
 #[derive(Debug, Clone)]
 pub struct TargetPattern {
     /// `*`: every target.

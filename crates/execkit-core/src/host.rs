@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use tokio::time::Instant;
 
-use crate::cap::OutputCap;
+use crate::output_cap::OutputCap;
 use crate::{Observer, RunOptions, RunResult, Session, SessionConfig, SessionError};
 
 /// Why a host request failed.
@@ -95,8 +95,9 @@ pub struct HostConfig {
     /// Target for sessions opened without one.
     pub default_target: String,
     /// Patterns a target (and the shell an open names) must match; empty =
-    /// any. Grammar: [`crate::allow`]; a pattern that does not parse admits
-    /// nothing (check them with [`crate::allow::TargetPattern::parse`]).
+    /// any. Grammar: [`TargetPattern`](crate::TargetPattern); a pattern that
+    /// does not parse admits nothing (check them with
+    /// [`TargetPattern::parse`](crate::TargetPattern::parse)).
     pub allow_targets: Vec<String>,
     /// Sessions with no request and no running command for this long close.
     pub idle_timeout: Duration,
@@ -216,7 +217,7 @@ impl std::fmt::Debug for Handle {
     }
 }
 
-/// Whether `target` matches the allow-list `pattern` (see [`crate::allow`]).
+/// Whether `target` matches the allow-list `pattern` (see [`TargetPattern`](crate::TargetPattern)).
 pub fn target_matches(pattern: &str, target: &str) -> bool {
     crate::allow::matches(pattern, target)
 }
@@ -487,13 +488,13 @@ impl Host {
         }
         let markers: Vec<String> = local.iter().map(|s| s.marker().to_string()).collect();
         let swept = tokio::task::spawn_blocking(move || {
-            crate::sessions::kill_marked_here(&markers);
+            crate::cleanup::kill_marked_here(&markers);
             markers
         })
         .await;
         if let Ok(markers) = swept {
             for m in &markers {
-                crate::sessions::remove_record(m);
+                crate::cleanup::remove_record(m);
             }
             for s in local {
                 // Its shell is dead; dropping it would scan `/proc` again.

@@ -1,11 +1,13 @@
-//! Transports are found by URL scheme. Each transport crate submits a
-//! [`TransportInfo`] with `inventory::submit!`; library users who do not want
-//! link-time registration call [`register`].
+//! Transports are found by URL scheme. Each transport crate submits one
+//! [`TransportInfo`] with `inventory::submit!` (through
+//! [`register_transport!`](crate::register_transport)); linking the crate is
+//! the whole registration — a program that names it once
+//! (`use execkit_docker as _;`) has it.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::error::TransportError;
-use crate::transport::Transport;
+use crate::raw::Transport;
 
 /// A registered transport: its scheme and how to build it for a target.
 #[derive(Debug)]
@@ -26,9 +28,8 @@ pub struct TransportInfo {
 
 inventory::collect!(TransportInfo);
 
-/// Declares a transport crate's registration: a `pub static INFO`, its
-/// link-time `inventory` record, and a `pub fn register()` for explicit
-/// registration (binaries call it so the linker cannot drop the record).
+/// Declares a transport crate's registration: a `pub static INFO` and its
+/// link-time `inventory` record (see [`crate::raw`]).
 ///
 /// ```text
 /// execkit_core::register_transport! {
@@ -54,33 +55,13 @@ macro_rules! register_transport {
         pub static INFO: $crate::TransportInfo = __EXECKIT_TRANSPORT;
 
         $crate::inventory::submit!(__EXECKIT_TRANSPORT);
-
-        /// Registers this transport explicitly (link-time registration
-        /// already does this when the crate is linked and referenced).
-        pub fn register() {
-            $crate::register(&INFO);
-        }
     };
 }
 
-static RUNTIME: Mutex<Vec<&'static TransportInfo>> = Mutex::new(Vec::new());
-
-/// Registers a transport at run time (for builds where link-time
-/// registration is not wanted or was dropped by the linker).
-pub fn register(info: &'static TransportInfo) {
-    let mut list = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
-    if !list.iter().any(|i| i.scheme == info.scheme) {
-        list.push(info);
-    }
-}
-
-/// Every known transport, sorted by scheme, one per scheme (link-time
-/// registrations win over run-time ones).
-pub fn registry() -> Vec<&'static TransportInfo> {
+/// Every linked transport, sorted by scheme, one per scheme.
+pub fn transports() -> Vec<&'static TransportInfo> {
     let mut all: Vec<&'static TransportInfo> =
         inventory::iter::<TransportInfo>.into_iter().collect();
-    let runtime = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
-    all.extend(runtime.iter().copied());
     all.sort_by_key(|i| i.scheme);
     all.dedup_by_key(|i| i.scheme);
     all
@@ -109,7 +90,7 @@ pub fn scheme_of(target: &str) -> Result<&str, TransportError> {
 /// The registered transport for `target`'s scheme, if any.
 pub fn info_of(target: &str) -> Option<&'static TransportInfo> {
     let scheme = scheme_of(target).ok()?;
-    registry()
+    transports()
         .into_iter()
         .find(|i| i.scheme.eq_ignore_ascii_case(scheme))
 }
@@ -123,7 +104,7 @@ pub fn on_this_host(target: &str) -> bool {
 /// Builds the transport for `target`, chosen by its scheme.
 pub fn connect(target: &str) -> Result<Arc<dyn Transport>, TransportError> {
     let scheme = scheme_of(target)?;
-    let all = registry();
+    let all = transports();
     match all.iter().find(|i| i.scheme.eq_ignore_ascii_case(scheme)) {
         Some(info) => (info.connect)(target),
         None => Err(TransportError::UnknownScheme {

@@ -15,12 +15,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::cap::OutputCap;
 use crate::clean::OutputCleaner;
 use crate::console::{ConsoleEvent, LineBuffer};
 use crate::error::{SessionError, TransportError};
 use crate::fields;
 use crate::observer::Observer;
+use crate::output_cap::OutputCap;
 use crate::protocol::{self, Sentinel, SentinelScanner};
 use crate::shell;
 use crate::transport::{ExitStatus, ShellEvent, ShellProcess, Size, SpawnSpec, Transport};
@@ -130,7 +130,7 @@ pub struct RunOptions {
 
 /// What [`Session::run`] does when the command is found blocked reading
 /// the terminal (a prompt, `read`, an editor, a pager) with no new output
-/// for a short grace ([`INPUT_WAIT_GRACE`]; looked for again less and less
+/// for a short grace (1.5 s; looked for again less and less
 /// often while it waits, never while idle).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -369,9 +369,9 @@ impl Session {
         };
         // Recorded before the shell starts: a kill -9 at any later point
         // leaves a record for `gc` to clean up by.
-        crate::sessions::write_record(&s.marker, s.transport.target());
+        crate::cleanup::write_record(&s.marker, s.transport.target());
         if let Err(e) = s.start_shell().await {
-            crate::sessions::remove_record(&s.marker);
+            crate::cleanup::remove_record(&s.marker);
             return Err(e);
         }
         if let Some(o) = &s.config.observer {
@@ -749,7 +749,7 @@ impl Session {
 
     /// Sends `text` as typed input to the running command (answers a
     /// prompt, feeds `read`, drives a REPL). Include the newline. A line
-    /// over [`protocol::MAX_INPUT_LINE`] bytes is refused: a terminal would
+    /// over 4,095 bytes is refused: a terminal would
     /// silently cut it.
     pub async fn send_input(&mut self, text: &str) -> Result<(), SessionError> {
         if self.pending.is_none() {
@@ -1481,7 +1481,7 @@ impl Session {
             shell.terminate().await?;
         }
         if !self.cleanup_pending {
-            crate::sessions::remove_record(&self.marker);
+            crate::cleanup::remove_record(&self.marker);
         }
         Ok(())
     }
@@ -1550,7 +1550,7 @@ impl Collector {
     }
 
     /// The whole capped output and the unread rest.
-    fn finish(mut self) -> (crate::cap::CappedOutput, String) {
+    fn finish(mut self) -> (crate::output_cap::CappedOutput, String) {
         self.text.clear();
         self.cleaner.finish(&mut self.text);
         self.cap.push(&self.text);

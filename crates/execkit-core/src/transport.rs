@@ -173,7 +173,7 @@ pub trait ShellProcess: Send + Sync + fmt::Debug {
     /// Runs `script` with `/bin/sh` on the target, out of band (not in the
     /// session's shell, not through its terminal), and returns what it
     /// printed on stdout. The engine stops a timed-out command's processes
-    /// this way ([`crate::shell::signal_command_script`]). `None`: this
+    /// this way (a `/proc` sweep by marker). `None`: this
     /// transport cannot; the engine then only types at the terminal.
     async fn run_script(&self, script: &str) -> Option<Result<String, TransportError>> {
         let _ = script;

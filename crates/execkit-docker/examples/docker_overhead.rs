@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use execkit_core::testkit::{p50_p99_ms, time_true};
 use execkit_core::{RunOptions, Session, SessionConfig};
+use execkit_docker as _;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    execkit_docker::register();
     let mut args = std::env::args().skip(1);
     let container = args
         .next()

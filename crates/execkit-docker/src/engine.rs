@@ -376,7 +376,7 @@ impl Engine {
         sh: &[String],
         entry: &str,
     ) -> Result<Killed, TransportError> {
-        let script = execkit_core::shell::kill_matching_script(entry);
+        let script = execkit_core::raw::kill_matching_script(entry);
         let what = format!("marker cleanup in container {name}");
         Ok(self.oneshot(container_id, &what, sh, &script).await?.0)
     }

@@ -4,12 +4,12 @@
 //! `/var/run/docker.sock`) and `docker://HOST:PORT/NAME` (a remote engine
 //! over plain HTTP). The container is inspected and the exec created,
 //! resized and inspected through `bollard`; the exec's terminal stream is a
-//! raw HTTP upgrade written here (see [`engine`]), because bollard's TTY
+//! raw HTTP upgrade written here (module `engine`), because bollard's TTY
 //! attach decoder mangles chunks that start with bytes 0x00–0x02.
 //!
 //! Dropping the attach does not stop a process in a container, so every
 //! cleanup (close, drop, timeout escalation, restart, dead-owner gc) runs a
-//! one-shot exec of [`execkit_core::shell::kill_matching_script`] that kills
+//! one-shot exec of [`execkit_core::raw::kill_matching_script`] that kills
 //! every process carrying the session marker. A paused container takes no
 //! exec: the cleanup of a shell dropped then waits on the engine's event
 //! stream for the unpause and runs then; `gc` keeps the record meanwhile.
@@ -25,7 +25,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use execkit_core::{ShellProcess, SpawnSpec, Transport, TransportError};
+use execkit_core::{
+    raw::{ShellProcess, SpawnSpec, Transport},
+    TransportError,
+};
 use tokio::sync::OnceCell;
 
 use crate::engine::{ContainerState, Engine};
@@ -285,7 +288,7 @@ impl Transport for DockerTransport {
                     .kill_matching(
                         &id,
                         &self.container,
-                        &execkit_core::shell::script_argv(None),
+                        &execkit_core::raw::script_argv(None),
                         entry,
                     )
                     .await

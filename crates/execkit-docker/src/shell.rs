@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
-use execkit_core::protocol::shell_quote;
-use execkit_core::{shell, ExitStatus, ShellEvent, ShellProcess, Size, SpawnSpec, TransportError};
+use execkit_core::raw::shell_quote;
+use execkit_core::{
+    raw::{self, ExitStatus, ShellEvent, ShellProcess, SpawnSpec},
+    Size, TransportError,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -50,7 +53,7 @@ pub(crate) struct DockerShell {
     exec_id: String,
     marker_entry: String,
     /// How scripts run out of band: with the session's own shell (a
-    /// container may have no `/bin/sh`), see `shell::script_argv`.
+    /// container may have no `/bin/sh`), see `raw::script_argv`.
     script_sh: Vec<String>,
     reader: tokio::sync::Mutex<Reader>,
     writer: tokio::sync::Mutex<WriteHalf>,
@@ -211,15 +214,15 @@ fn quote_argv(argv: &[String]) -> String {
 /// also drops inherited rc hooks from the container's environment.
 fn command(spec: &SpawnSpec) -> Vec<String> {
     if let Some(sh) = &spec.shell {
-        return shell::startup_argv(sh, spec.load_profile);
+        return raw::startup_argv(sh, spec.load_profile);
     }
-    let strip: Vec<&str> = shell::STRIP_ENV
+    let strip: Vec<&str> = raw::STRIP_ENV
         .iter()
         .copied()
         .filter(|k| !spec.env.iter().any(|(sk, _)| sk == k))
         .collect();
-    let bash = shell::startup_argv("/bin/bash", spec.load_profile);
-    let sh = shell::startup_argv("/bin/sh", spec.load_profile);
+    let bash = raw::startup_argv("/bin/bash", spec.load_profile);
+    let sh = raw::startup_argv("/bin/sh", spec.load_profile);
     let script = format!(
         "unset {} 2>/dev/null; if [ -x /bin/bash ]; then exec {}; fi; exec {}",
         strip.join(" "),
@@ -308,7 +311,7 @@ impl DockerShell {
             container_started,
             exec_id,
             marker_entry: spec.marker_entry(),
-            script_sh: shell::script_argv(spec.shell.as_deref()),
+            script_sh: raw::script_argv(spec.shell.as_deref()),
             reader: tokio::sync::Mutex::new(Reader {
                 stream: att.read,
                 pending: att.initial,

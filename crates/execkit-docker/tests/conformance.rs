@@ -5,9 +5,9 @@
 use std::process::ExitCode;
 
 use execkit_core::testkit::{self, Capabilities, Fixture};
+use execkit_docker as _;
 
 fn main() -> ExitCode {
-    execkit_docker::register();
     // Shells in a container are not children of this process; busybox ash
     // lets Ctrl-C reach background jobs.
     let caps = Capabilities::full()

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
-use execkit_core::sessions::{self, SessionRecord};
+use execkit_core::cleanup::{self, SessionRecord};
 use execkit_core::{
-    RunOptions, Session, SessionConfig, SessionError, ShellEvent, ShellProcess, SpawnSpec,
-    Transport, TransportError,
+    raw::{ShellEvent, ShellProcess, SpawnSpec, Transport},
+    RunOptions, Session, SessionConfig, SessionError, TransportError,
 };
+use execkit_docker as _;
 use execkit_docker::DockerTransport;
 
 #[derive(Debug, Clone)]
@@ -85,7 +86,6 @@ fn cases() -> Vec<Case> {
 }
 
 fn main() -> ExitCode {
-    execkit_docker::register();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
         for c in cases() {
@@ -517,8 +517,8 @@ async fn paused_container_fails_fast_and_keeps_the_shell(env: Env) -> anyhow::Re
         owner_pid: u32::MAX - 7,
         ..SessionRecord::new(&marker, &target)
     };
-    let rec_path = sessions::write_record_in(&gc_dir, &rec)?;
-    let paused_gc = sessions::gc_in(&gc_dir).await;
+    let rec_path = cleanup::write_record_in(&gc_dir, &rec)?;
+    let paused_gc = cleanup::gc_in(&gc_dir).await;
     docker_cli(&["unpause", &name])?;
     ensure!(
         paused_gc.cleaned.is_empty()
@@ -845,8 +845,8 @@ async fn orphaned_session_is_cleaned_by_gc(env: Env) -> anyhow::Result<()> {
         owner_pid: u32::MAX - 7,
         ..SessionRecord::new(&marker, &target)
     };
-    sessions::write_record_in(&dir, &rec)?;
-    let report = sessions::gc_in(&dir).await;
+    cleanup::write_record_in(&dir, &rec)?;
+    let report = cleanup::gc_in(&dir).await;
     let _ = std::fs::remove_dir_all(&dir);
     ensure!(
         report.cleaned.len() == 1 && report.failed.is_empty(),

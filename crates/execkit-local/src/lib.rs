@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use execkit_core::{ShellProcess, SpawnSpec, Transport, TransportError};
+use execkit_core::{
+    raw::{ShellProcess, SpawnSpec, Transport},
+    TransportError,
+};
 
 pub use procs::kill_matching;
 

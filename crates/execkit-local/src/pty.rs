@@ -15,7 +15,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use execkit_core::{shell, ExitStatus, ShellEvent, ShellProcess, Size, SpawnSpec, TransportError};
+use execkit_core::{
+    raw::{self, ExitStatus, ShellEvent, ShellProcess, SpawnSpec},
+    Size, TransportError,
+};
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use nix::pty::{forkpty, ForkptyResult, Winsize};
@@ -64,7 +67,7 @@ impl PtyShell {
         spec: &SpawnSpec,
     ) -> Result<Self, TransportError> {
         let shell_str = shell_path.to_string_lossy().into_owned();
-        let argv: Vec<CString> = shell::startup_argv(&shell_str, spec.load_profile)
+        let argv: Vec<CString> = raw::startup_argv(&shell_str, spec.load_profile)
             .iter()
             .map(|a| cstring(a.as_bytes(), "shell argument"))
             .collect::<Result<_, _>>()?;
@@ -73,7 +76,7 @@ impl PtyShell {
         let mut env: Vec<CString> = Vec::new();
         for (k, v) in std::env::vars_os() {
             let key = k.as_bytes();
-            if shell::STRIP_ENV.iter().any(|s| s.as_bytes() == key)
+            if raw::STRIP_ENV.iter().any(|s| s.as_bytes() == key)
                 || spec.env.iter().any(|(sk, _)| sk.as_bytes() == key)
             {
                 continue;
@@ -392,6 +395,8 @@ fn fork_shell(spec: &ChildSpec, winsize: &Winsize) -> Result<(Pid, OwnedFd), (u3
     // prepared above, then execs or _exits.
     let forked = unsafe { forkpty(Some(winsize), None) }.map_err(|e| (0, io::Error::from(e)))?;
     match forked {
+        // SAFETY: in the forked child; child_exec only makes
+        // async-signal-safe calls on the argv/envp prepared before the fork.
         ForkptyResult::Child => unsafe {
             child_exec(spec.path.as_ptr(), &argv, &envp, cwd, err_w_raw)
         },
@@ -433,6 +438,9 @@ unsafe fn child_exec(
     cwd: Option<*const libc::c_char>,
     err_fd: RawFd,
 ) -> ! {
+    // SAFETY: the caller is the forked child (see `spawn_child`); every
+    // call below is async-signal-safe and every pointer was prepared (and
+    // NUL-terminated) by the parent before the fork.
     unsafe {
         // Signal dispositions and mask back to defaults.
         for sig in 1..libc::SIGRTMAX() {
@@ -478,6 +486,8 @@ unsafe fn child_exec(
 
 /// Writes (stage, errno) to the error pipe and exits the child.
 unsafe fn report(err_fd: RawFd, stage: u32) -> ! {
+    // SAFETY: errno is this thread's; write and _exit are async-signal-safe
+    // and `buf` lives on this stack.
     unsafe {
         let errno = *libc::__errno_location();
         let mut buf = [0u8; 8];

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use execkit_core::testkit::{self, Capabilities, Fixture};
+use execkit_local as _;
 
 fn find(candidates: &[&str]) -> Option<String> {
     candidates
@@ -14,7 +15,6 @@ fn find(candidates: &[&str]) -> Option<String> {
 }
 
 fn main() -> ExitCode {
-    execkit_local::register();
     let caps = Capabilities::full().host_signals(true);
     let mut fixtures = Vec::new();
     // (name, where the shell may live, $'…' quoting, POSIX background SIGINT)

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use execkit_core::testkit::{marked_here, Tmpfs};
 use execkit_core::{RunOptions, RunResult, Session, SessionConfig};
+use execkit_local as _;
 
 fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -68,7 +69,6 @@ const BIG: u32 = 700_000; // `seq 1 700000` prints 4.8 MB
 
 #[tokio::test]
 async fn spool_dir_that_cannot_be_created_keeps_head_and_tail() {
-    execkit_local::register();
     let dir = scratch("spool-unwritable");
     // Root ignores permissions: a directory under a regular file cannot be
     // made by anyone.
@@ -136,7 +136,6 @@ fn tmpfs_or_skip(name: &str, size: &str) -> Option<Tmpfs> {
 
 #[tokio::test]
 async fn disk_full_spool_keeps_head_and_tail_and_frees_the_space() {
-    execkit_local::register();
     let Some(fs) = tmpfs_or_skip("spool-full", "1m") else {
         return;
     };

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use execkit_core::journal::Journal;
-use execkit_core::observer::Observer;
 use execkit_core::redact::Redactor;
+use execkit_core::Observer;
 use execkit_core::{RunOptions, Session, SessionConfig};
+use execkit_local as _;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_passwords_and_secret_settings_stay_out_of_the_journal() {
-    execkit_local::register();
     let dir = std::env::temp_dir().join(format!("execkit-journal-input-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("journal.jsonl");

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use execkit_core::testkit::{p50_p99_ms, time_true};
 use execkit_core::{RunOptions, Session, SessionConfig};
+use execkit_ssh as _;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -16,7 +17,6 @@ fn ms(d: Duration) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    execkit_ssh::register();
     let mut args = std::env::args().skip(1);
     let url = match args.next() {
         Some(u) => u,

@@ -28,8 +28,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use execkit_core::protocol::shell_quote;
-use execkit_core::{ShellEvent, ShellProcess, Size, SpawnSpec, Transport, TransportError};
+use execkit_core::raw::shell_quote;
+use execkit_core::{
+    raw::{ShellEvent, ShellProcess, SpawnSpec, Transport},
+    Size, TransportError,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use actor::{Conn, OpenError, Req, What, HIGH_WATER};
@@ -86,7 +89,7 @@ fn login_command(script: &str) -> String {
 fn shell_command(spec: &SpawnSpec) -> String {
     let mut s = String::new();
     s.push_str("unset");
-    for v in execkit_core::shell::STRIP_ENV {
+    for v in execkit_core::raw::STRIP_ENV {
         s.push(' ');
         s.push_str(v);
     }
@@ -106,7 +109,7 @@ fn shell_command(spec: &SpawnSpec) -> String {
         env.push_str(&shell_quote(&format!("{k}={v}")));
     }
     let argv = |shell: &str| -> String {
-        execkit_core::shell::startup_argv(shell, spec.load_profile)
+        execkit_core::raw::startup_argv(shell, spec.load_profile)
             .iter()
             .map(|a| shell_quote(a))
             .collect::<Vec<_>>()
@@ -126,7 +129,7 @@ fn shell_command(spec: &SpawnSpec) -> String {
 /// The kill script always ends with `exit 0`: anything else means it could
 /// not run (the login shell failed, a process limit stopped its forks).
 fn cleanup_outcome(label: &str, out: &actor::ExecOutput) -> Result<(), TransportError> {
-    if out.status == execkit_core::ExitStatus::Code(0) {
+    if out.status == execkit_core::raw::ExitStatus::Code(0) {
         return Ok(());
     }
     let text = String::from_utf8_lossy(&out.output);
@@ -144,7 +147,7 @@ fn cleanup_outcome(label: &str, out: &actor::ExecOutput) -> Result<(), Transport
 fn kill_command(entry: &str) -> String {
     login_command(&format!(
         "exec 2>&1; {}",
-        execkit_core::shell::kill_matching_script(entry)
+        execkit_core::raw::kill_matching_script(entry)
     ))
 }
 

@@ -39,7 +39,7 @@ pub struct SshTarget {
     /// Host key policy.
     pub host_key: HostKeyPolicy,
     /// Deadline for establishing a connection, all stages together
-    /// (default [`DEFAULT_CONNECT_TIMEOUT`]).
+    /// (default 10 s).
     pub connect_timeout: Duration,
 }
 
@@ -82,7 +82,7 @@ impl SshTarget {
                 )))
             }
             Some((u, h)) => (
-                Some(execkit_core::allow::percent_decode(u).map_err(&invalid)?),
+                Some(execkit_core::raw::percent_decode(u).map_err(&invalid)?),
                 h,
             ),
             None => (None, authority),
@@ -144,7 +144,7 @@ impl SshTarget {
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = execkit_core::allow::percent_decode(v).map_err(&invalid)?;
+            let v = execkit_core::raw::percent_decode(v).map_err(&invalid)?;
             match k {
                 "identity" | "identity_file" => {
                     if v.is_empty() {

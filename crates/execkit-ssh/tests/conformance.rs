@@ -4,9 +4,9 @@
 use std::process::ExitCode;
 
 use execkit_core::testkit::{self, Capabilities, Fixture};
+use execkit_ssh as _;
 
 fn main() -> ExitCode {
-    execkit_ssh::register();
     // The shell is not our child: no host signal dispositions to inherit.
     let caps = Capabilities::full().host_signals(false);
     let fixture = match std::env::var("EXECKIT_TEST_SSH_URL") {

@@ -8,10 +8,10 @@
 use std::time::{Duration, Instant};
 
 use execkit_core::{RunOptions, Session, SessionConfig, SessionError};
+use execkit_ssh as _;
 
 /// The test URL with its user swapped for the one in `var`.
 fn url_for(var: &str) -> Option<String> {
-    execkit_ssh::register();
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     let (Ok(url), Ok(user)) = (std::env::var("EXECKIT_TEST_SSH_URL"), std::env::var(var)) else {
         assert!(

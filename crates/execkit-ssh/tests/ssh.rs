@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use execkit_core::testkit::marked_here;
 use execkit_core::{RunOptions, Session, SessionConfig, SessionError, TransportError};
+use execkit_ssh as _;
 use execkit_ssh::SshTarget;
 
 struct Env {
@@ -17,7 +18,6 @@ struct Env {
 }
 
 fn env() -> Option<Env> {
-    execkit_ssh::register();
     let url = std::env::var("EXECKIT_TEST_SSH_URL")
         .ok()
         .filter(|u| !u.is_empty());
@@ -682,7 +682,6 @@ impl StalledHost {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_opens_to_a_stalled_host_share_one_attempt() {
     // No sshd needed: the stalled host is the test's own listener.
-    execkit_ssh::register();
     let host = StalledHost::start().await;
     let timeout = Duration::from_secs(2);
     let url = host.url("&connect_timeout=2");
@@ -769,7 +768,6 @@ async fn a_stalled_host_does_not_delay_another() {
 /// any connection is tried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_must_be_a_positive_duration() {
-    execkit_ssh::register();
     let host = StalledHost::start().await;
     for bad in ["0", "-2", "nan", "inf", "1e300", "31536001", "2s", ""] {
         let url = host.url(&format!("&connect_timeout={bad}"));
@@ -828,7 +826,6 @@ async fn concurrent_opens_share_one_new_connection() {
 /// is full (SYNs dropped, as for a blackholed address) never connects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_timeout_names_the_stage() {
-    execkit_ssh::register();
     let host = StalledHost::saying(b"SSH-2.0-OpenSSH_9.6 stalled\r\n").await;
     let t = Instant::now();
     let reason = unreachable_reason(open(&host.url("&connect_timeout=1")).await);

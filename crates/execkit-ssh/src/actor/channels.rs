@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use execkit_core::{ExitStatus, ShellEvent, Size};
+use execkit_core::{
+    raw::{ExitStatus, ShellEvent},
+    Size,
+};
 use ssh2::Channel;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
 
-use execkit_core::{ExitStatus, ShellEvent, Size};
+use execkit_core::{
+    raw::{ExitStatus, ShellEvent},
+    Size,
+};
 use ssh2::Session;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 

@@ -22,7 +22,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use execkit_core::ShellEvent;
+use execkit_core::raw::ShellEvent;
 use ssh2::{BlockDirections, Channel, Session};
 
 macro_rules! trace {

@@ -158,6 +158,7 @@ pub(super) fn bytes_received(fd: RawFd) -> Option<u64> {
     // bytes into it and reports how many.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: as above; `info` and `len` outlive the call.
     let rc = unsafe {
         libc::getsockopt(
             fd,

@@ -2,9 +2,9 @@
 //! decoder, the ANSI stripper and the output cap, over arbitrary inputs and
 //! arbitrary chunk boundaries.
 
-use execkit_core::cap::OutputCap;
-use execkit_core::clean::{clean, OutputCleaner, Utf8Decoder};
-use execkit_core::protocol::{Sentinel, SentinelScanner};
+use crate::clean::{clean, OutputCleaner, Utf8Decoder};
+use crate::output_cap::OutputCap;
+use crate::protocol::{Sentinel, SentinelScanner};
 use proptest::prelude::*;
 
 /// Splits `data` at the given cut points (taken modulo its length).

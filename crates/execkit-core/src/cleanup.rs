@@ -8,9 +8,9 @@
 //! The owner is identified by pid *and* its start time (field 22 of
 //! `/proc/PID/stat`), so a recycled pid does not keep a dead session alive.
 //!
-//! The directory is private (0700, see [`crate::paths::private_dir`]) and
+//! The directory is private (0700, see [`crate::state::private_dir`]) and
 //! records are 0600. A gc reads records only from a directory that is this
-//! user's and nobody else may write ([`crate::paths::verified_dir`], the
+//! user's and nobody else may write ([`crate::state::verified_dir`], the
 //! state directory too), and only records that are regular files of this
 //! user (opened without following a symlink): a record another user planted
 //! never points a gc at a target. A gc is bounded: one runs at a time (`.gc.lock`,
@@ -32,6 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::output_cap::{spool_max_bytes, PruneReport, DEFAULT_SPOOL_MAX_BYTES};
 use crate::shell::MARKER_VAR;
 
 /// How long one cleanup (connect the target, kill by marker) may take.
@@ -44,7 +45,7 @@ pub const BACKOFF: Duration = Duration::from_secs(60);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 /// How long one gc may spend on one target before leaving the rest of its
 /// records for a later gc.
-const TARGET_BUDGET: Duration = Duration::from_secs(60);
+pub const TARGET_BUDGET: Duration = Duration::from_secs(60);
 /// Records that could not be cleaned for this long are dropped.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The lock file that makes gcs take turns.
@@ -148,7 +149,7 @@ pub(crate) fn remove_record(marker: &str) {
 /// Writes `rec` into `dir` atomically (temp file, then rename); the
 /// directory is made private (0700) and the file is 0600.
 pub fn write_record_in(dir: &Path, rec: &SessionRecord) -> std::io::Result<PathBuf> {
-    crate::paths::private_dir(dir)?;
+    crate::state::private_dir(dir)?;
     store(dir, rec)
 }
 
@@ -327,11 +328,11 @@ pub async fn gc() -> GcReport {
 }
 
 /// [`gc`] with options: the state directory is verified first (this
-/// user's, nobody else may write it; see [`crate::paths::verified_dir`]),
+/// user's, nobody else may write it; see [`crate::state::verified_dir`]),
 /// then [`gc_with`] on its `sessions/`.
 pub async fn gc_here(opts: GcOptions) -> GcReport {
     let state = crate::paths::state_dir();
-    match crate::paths::verified_dir(&state) {
+    match crate::state::verified_dir(&state) {
         Ok(true) => gc_with(&sessions_dir(), opts).await,
         Ok(false) => GcReport::default(),
         Err(e) => GcReport {
@@ -381,10 +382,10 @@ fn backoff(failures: u32) -> Duration {
 /// second one returns at once with `busy`), [`GC_CONCURRENCY`] cleanups at
 /// once, [`ATTEMPT_TIMEOUT`] each, one failure per target per gc, and
 /// [`TARGET_BUDGET`] per target. Only a verified directory is read
-/// ([`crate::paths::verified_dir`]; otherwise `refused` says why).
+/// ([`crate::state::verified_dir`]; otherwise `refused` says why).
 pub async fn gc_with(dir: &Path, opts: GcOptions) -> GcReport {
     let mut report = GcReport::default();
-    match crate::paths::verified_dir(dir) {
+    match crate::state::verified_dir(dir) {
         Ok(true) => {}
         Ok(false) => return report,
         Err(e) => {
@@ -522,6 +523,46 @@ async fn clean(rec: &SessionRecord) -> Result<(), String> {
             ATTEMPT_TIMEOUT.as_secs()
         )),
     }
+}
+
+/// How `execkit gc` prunes the spool directory (full outputs of capped
+/// commands): files last written longer ago than `max_age`, then the oldest
+/// until the rest fit in `max_bytes` (0 turns a step off).
+#[derive(Debug, Clone, Copy)]
+pub struct SpoolPrune {
+    /// Remove files older than this.
+    pub max_age: Duration,
+    /// Then remove the oldest files until the total is at most this.
+    pub max_bytes: u64,
+}
+
+/// What [`prune_spool`] removed, per step.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SpoolPruned {
+    /// Removed for their age.
+    pub by_age: PruneReport,
+    /// Removed, oldest first, to bring the total within `max_bytes`.
+    pub by_size: PruneReport,
+}
+
+/// Prunes this user's spool directory ([`crate::state::spool_dir`]). Only a
+/// directory of this user's that nobody else may write (the state directory
+/// too) is touched: `Ok(None)` when it is missing or not such a directory.
+pub fn prune_spool(opts: SpoolPrune) -> std::io::Result<Option<SpoolPruned>> {
+    let dir = crate::paths::spool_dir();
+    if !(crate::state::verified_dir(&crate::paths::state_dir())?
+        && crate::state::verified_dir(&dir)?)
+    {
+        return Ok(None);
+    }
+    let mut done = SpoolPruned::default();
+    if !opts.max_age.is_zero() {
+        done.by_age = crate::output_cap::prune_spool(&dir, opts.max_age)?;
+    }
+    if opts.max_bytes > 0 {
+        done.by_size = crate::output_cap::prune_spool_to(&dir, opts.max_bytes, None)?;
+    }
+    Ok(Some(done))
 }
 
 #[cfg(test)]
@@ -748,6 +789,7 @@ mod tests {
                 .unwrap()
                 .flatten()
                 .filter_map(|d| d.file_name().to_str()?.parse::<i32>().ok())
+                // SAFETY: getpgid takes a plain pid and touches no memory.
                 .filter(|&p| unsafe { libc::getpgid(p) } == pgid)
                 .count()
         };
