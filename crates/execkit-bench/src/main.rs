@@ -371,88 +371,11 @@ fn child(args: &[String]) -> Result<()> {
         Some("throughput") => {
             let system = args.get(1).context("system")?;
             let bytes: u64 = args.get(2).context("bytes")?.parse()?;
-            // Lines of 50 bytes, like real logs.
-            let cmd =
-                format!("yes 0123456789012345678901234567890123456789012345678 | head -c {bytes}");
-            let secs = match system.as_str() {
-                "raw-pty-floor" => {
-                    let mut p = floor::RawPty::start()?;
-                    let (d, got) = p.round_trip(&cmd)?;
-                    ensure!(got == bytes, "floor got {got} bytes");
-                    d.as_secs_f64()
-                }
-                _ => rt.block_on(async {
-                    let mut s = Session::open("local:/bin/bash", bench_config()).await?;
-                    let t = Instant::now();
-                    let res = s.run(&cmd, RunOptions::default()).await?;
-                    let d = t.elapsed().as_secs_f64();
-                    ensure!(
-                        res.exit_code == Some(0) && res.truncated,
-                        "{:?}",
-                        res.exit_code
-                    );
-                    if let Some(p) = &res.output_path {
-                        let len = std::fs::metadata(p)?.len();
-                        ensure!(len == bytes, "spooled {len} bytes");
-                        std::fs::remove_file(p)?;
-                    }
-                    s.close().await?;
-                    anyhow::Ok(d)
-                })?,
-            };
-            serde_json::to_value(Throughput {
-                system: system.clone(),
-                bytes,
-                mb_per_s: bytes as f64 / 1e6 / secs,
-                peak_rss_mb: status_kb("VmHWM") as f64 / 1024.0,
-            })?
+            serde_json::to_value(child_throughput(&rt, system, bytes)?)?
         }
         Some("concurrent") => {
             let n: usize = args.get(1).context("n")?.parse()?;
-            let before = status_kb("VmRSS");
-            let t = Instant::now();
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            let (ok, sessions) = rt.block_on(async {
-                let mut tasks = Vec::new();
-                for i in 0..n {
-                    tasks.push(tokio::spawn(async move {
-                        let mut s = Session::open("local:/bin/bash", bench_config()).await?;
-                        let mut ok = true;
-                        for k in 0..10 {
-                            let r = s
-                                .run(&format!("echo $(({i} + {k}))"), RunOptions::default())
-                                .await?;
-                            ok &= r.output == (i + k).to_string();
-                        }
-                        anyhow::Ok((ok, s))
-                    }));
-                }
-                let mut all = true;
-                let mut held = Vec::new();
-                for t in tasks {
-                    let (ok, s) = t.await??;
-                    all &= ok;
-                    held.push(s);
-                }
-                anyhow::Ok((all, held))
-            })?;
-            let wall = t.elapsed().as_secs_f64();
-            let after = status_kb("VmRSS");
-            rt.block_on(async {
-                for s in sessions {
-                    let _ = s.close().await;
-                }
-            });
-            serde_json::to_value(Concurrent {
-                sessions: n,
-                commands_each: 10,
-                wall_s: wall,
-                all_correct: ok,
-                kb_per_session: after.saturating_sub(before) as f64 / n as f64,
-            })?
+            serde_json::to_value(child_concurrent(n)?)?
         }
         Some("local-pair") => {
             // Profiling aid: only the interleaved floor / execkit local round trips.
@@ -478,6 +401,93 @@ fn child(args: &[String]) -> Result<()> {
     let _ = std::fs::remove_dir_all(bench_config().spool_dir);
     println!("{value}");
     Ok(())
+}
+
+/// `bytes` of output through `system` (the raw-PTY floor or an execkit
+/// local session, whose output is capped and spooled).
+fn child_throughput(rt: &tokio::runtime::Runtime, system: &str, bytes: u64) -> Result<Throughput> {
+    // Lines of 50 bytes, like real logs.
+    let cmd = format!("yes 0123456789012345678901234567890123456789012345678 | head -c {bytes}");
+    let secs = match system {
+        "raw-pty-floor" => {
+            let mut p = floor::RawPty::start()?;
+            let (d, got) = p.round_trip(&cmd)?;
+            ensure!(got == bytes, "floor got {got} bytes");
+            d.as_secs_f64()
+        }
+        _ => rt.block_on(async {
+            let mut s = Session::open("local:/bin/bash", bench_config()).await?;
+            let t = Instant::now();
+            let res = s.run(&cmd, RunOptions::default()).await?;
+            let d = t.elapsed().as_secs_f64();
+            ensure!(
+                res.exit_code == Some(0) && res.truncated,
+                "{:?}",
+                res.exit_code
+            );
+            if let Some(p) = &res.output_path {
+                let len = std::fs::metadata(p)?.len();
+                ensure!(len == bytes, "spooled {len} bytes");
+                std::fs::remove_file(p)?;
+            }
+            s.close().await?;
+            anyhow::Ok(d)
+        })?,
+    };
+    Ok(Throughput {
+        system: system.to_string(),
+        bytes,
+        mb_per_s: bytes as f64 / 1e6 / secs,
+        peak_rss_mb: status_kb("VmHWM") as f64 / 1024.0,
+    })
+}
+
+/// `n` local sessions at once, ten commands each, on two worker threads.
+fn child_concurrent(n: usize) -> Result<Concurrent> {
+    let before = status_kb("VmRSS");
+    let t = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let (ok, sessions) = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            tasks.push(tokio::spawn(async move {
+                let mut s = Session::open("local:/bin/bash", bench_config()).await?;
+                let mut ok = true;
+                for k in 0..10 {
+                    let r = s
+                        .run(&format!("echo $(({i} + {k}))"), RunOptions::default())
+                        .await?;
+                    ok &= r.output == (i + k).to_string();
+                }
+                anyhow::Ok((ok, s))
+            }));
+        }
+        let mut all = true;
+        let mut held = Vec::new();
+        for t in tasks {
+            let (ok, s) = t.await??;
+            all &= ok;
+            held.push(s);
+        }
+        anyhow::Ok((all, held))
+    })?;
+    let wall = t.elapsed().as_secs_f64();
+    let after = status_kb("VmRSS");
+    rt.block_on(async {
+        for s in sessions {
+            let _ = s.close().await;
+        }
+    });
+    Ok(Concurrent {
+        sessions: n,
+        commands_each: 10,
+        wall_s: wall,
+        all_correct: ok,
+        kb_per_session: after.saturating_sub(before) as f64 / n as f64,
+    })
 }
 
 /// A `/proc/self/status` field in kB.

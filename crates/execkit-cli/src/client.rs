@@ -206,23 +206,34 @@ impl ConsoleMirror {
 /// to stop, forward what is queued without waiting on a stopped server.
 async fn mirror(
     socket: PathBuf,
-    mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<execkit_core::console::ConsoleEvent>>,
+    rx: tokio::sync::broadcast::Receiver<std::sync::Arc<execkit_core::console::ConsoleEvent>>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
-    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    if let Some((client, peer, draining)) = publish_to(&socket, &mut stopped).await {
+        forward(client, rx, stopped, peer, draining).await;
+    }
+}
+
+/// Connects to the server at `socket` (verified, [`trust`]) and asks to
+/// publish: the client, the server's pid, and whether the run ended
+/// meanwhile. `None` when there is nobody to publish to.
+async fn publish_to(
+    socket: &Path,
+    stopped: &mut tokio::sync::oneshot::Receiver<()>,
+) -> Option<(Client, Option<i32>, bool)> {
     let deadline = tokio::time::Instant::now() + MIRROR_CONNECT;
     // A Unix socket connects at once unless the server's backlog is full;
     // a run that ends first does not wait for it.
     let stream = tokio::select! {
-        r = tokio::time::timeout_at(deadline, UnixStream::connect(&socket)) => match r {
+        r = tokio::time::timeout_at(deadline, UnixStream::connect(socket)) => match r {
             Ok(Ok(stream)) => stream,
-            _ => return,
+            _ => return None,
         },
-        _ = &mut stopped => return,
+        _ = &mut *stopped => return None,
     };
-    if let Err(e) = trust(&stream, &socket) {
+    if let Err(e) = trust(&stream, socket) {
         tracing::debug!("console mirror skipped: {e}");
-        return;
+        return None;
     }
     let peer = stream.peer_cred().ok().and_then(|c| c.pid());
     let mut client = Client::from_stream(stream);
@@ -234,18 +245,31 @@ async fn mirror(
             tokio::select! {
                 r = &mut publish => match r {
                     Ok(Ok(_)) => break,
-                    _ => return,
+                    _ => return None,
                 },
-                _ = &mut stopped, if !draining => {
+                _ = &mut *stopped, if !draining => {
                     // The run is over: a stopped server is not waited for.
                     draining = true;
                     if process_stopped(peer) {
-                        return;
+                        return None;
                     }
                 }
             }
         }
     }
+    Some((client, peer, draining))
+}
+
+/// Forwards console events to the server; once the run is over
+/// (`draining`), only what is queued, never waiting on a stopped server.
+async fn forward(
+    mut client: Client,
+    mut rx: tokio::sync::broadcast::Receiver<std::sync::Arc<execkit_core::console::ConsoleEvent>>,
+    mut stopped: tokio::sync::oneshot::Receiver<()>,
+    peer: Option<i32>,
+    mut draining: bool,
+) {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
     loop {
         let ev = if draining {
             match rx.try_recv() {

@@ -169,21 +169,44 @@ async fn run(args: ExecArgs, timeout: Option<Duration>) -> ExitCode {
     code
 }
 
+/// `--stdin`'s bytes, read before anything starts; `Err` is the usage error
+/// already reported.
+fn load_stdin(args: &ExecArgs) -> Result<Option<crate::stdin_pipe::StdinSource>, ExitCode> {
+    let Some(src) = &args.stdin else {
+        return Ok(None);
+    };
+    crate::stdin_pipe::StdinSource::load(src)
+        .map(Some)
+        .map_err(|e| {
+            eprintln!("execkit: --stdin {src}: {e}");
+            ExitCode::from(EXIT_USAGE)
+        })
+}
+
+/// How `exec` runs each command. Nobody can answer a prompt of a one-shot
+/// run: a command found waiting for terminal input is stopped and says so.
+/// One given `--stdin` reads that instead.
+fn command_options(timeout: Option<Duration>, has_stdin: bool) -> RunOptions {
+    let opts = match timeout {
+        Some(t) => RunOptions::timeout(t),
+        None => RunOptions::default(),
+    };
+    if has_stdin {
+        opts
+    } else {
+        opts.input_wait(InputWait::Stop)
+    }
+}
+
 /// `exec` in sessions of its own (not through a server).
 async fn run_local(
     args: ExecArgs,
     timeout: Option<Duration>,
     observer: std::sync::Arc<execkit_core::Observer>,
 ) -> ExitCode {
-    let stdin = match &args.stdin {
-        None => None,
-        Some(src) => match crate::stdin_pipe::StdinSource::load(src) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("execkit: --stdin {src}: {e}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        },
+    let stdin = match load_stdin(&args) {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     // Local shells read --stdin from a FIFO; other targets get it staged.
     let local = execkit_core::on_this_host(&args.target);
@@ -197,18 +220,7 @@ async fn run_local(
     let mut status = ExitCode::SUCCESS;
     let mut first = true;
     for cmd in &args.commands {
-        let opts = match timeout {
-            Some(t) => RunOptions::timeout(t),
-            None => RunOptions::default(),
-        };
-        // Nobody can answer a prompt of a one-shot run: a command found
-        // waiting for terminal input is stopped and says so. One given
-        // --stdin reads that instead.
-        let opts = if stdin.is_some() {
-            opts
-        } else {
-            opts.input_wait(InputWait::Stop)
-        };
+        let opts = command_options(timeout, stdin.is_some());
         if args.fresh && !first {
             let fresh = match Session::open(&args.target, config.clone()).await {
                 Ok(s) => s,
@@ -222,6 +234,7 @@ async fn run_local(
                 Ok(p) => Some(p),
                 Err(e) => {
                     eprintln!("execkit: cannot set up --stdin: {e}");
+                    let _ = session.close().await;
                     return ExitCode::from(1);
                 }
             },
@@ -329,15 +342,16 @@ pub fn print_result(r: &RunResult, json: bool) {
     }
     let _ = out.flush();
     let mut notes = Vec::new();
-    if r.timed_out {
-        notes.push(format!(
+    match r.outcome() {
+        RunOutcome::TimedOut => notes.push(format!(
             "timed out after {:.1} s",
             r.duration_ms as f64 / 1000.0
-        ));
-    } else if r.waiting_for_input {
-        notes.push("stopped: it waited for terminal input".to_string());
-    } else if let Some(c) = r.exit_code.filter(|c| *c != 0) {
-        notes.push(format!("exit {c}"));
+        )),
+        RunOutcome::StoppedAtPrompt => {
+            notes.push("stopped: it waited for terminal input".to_string())
+        }
+        RunOutcome::Failed(c) => notes.push(format!("exit {c}")),
+        _ => {}
     }
     if r.restarted {
         notes.push("shell restarted, state reset".to_string());

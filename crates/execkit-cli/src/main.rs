@@ -8,6 +8,7 @@ mod gc;
 mod http_auth;
 mod journal_cmd;
 mod mcp;
+mod mcp_http;
 mod mcp_stdio;
 mod observe;
 mod proto;

@@ -320,17 +320,10 @@ async fn connection(stream: UnixStream, host: Arc<Host>, me: u32, limits: Arc<Li
                 return;
             }
         }
-        let env: Envelope = match serde_json::from_slice(&line) {
+        let env = match parse_request(&line) {
             Ok(e) => e,
-            Err(e) => {
-                let id = serde_json::from_slice::<Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("id").cloned())
-                    .unwrap_or(Value::Null);
-                if send(&mut write, &refuse(id, format!("malformed request: {e}")))
-                    .await
-                    .is_err()
-                {
+            Err(refusal) => {
+                if send(&mut write, &refusal).await.is_err() {
                     return;
                 }
                 continue;
@@ -365,28 +358,48 @@ async fn connection(stream: UnixStream, host: Arc<Host>, me: u32, limits: Arc<Li
             return;
         }
         charge.release();
-        // Only a wait for a command is given up when its client goes: an
-        // open, close or interrupt half done would leave a half state.
-        let waits = matches!(env.request, Request::Run { .. } | Request::Poll { .. });
-        let work = handle(&host, env);
-        tokio::pin!(work);
-        let resp = if waits {
-            tokio::select! {
-                resp = &mut work => resp,
-                gone = hung_up(&mut reader, &write) => {
-                    if gone {
-                        // Nobody to answer: dropping the wait leaves the
-                        // command going (its result waits for `poll`).
-                        return;
-                    }
-                    work.await
-                }
-            }
-        } else {
-            work.await
+        let Some(resp) = serve_request(&host, env, &mut reader, &write).await else {
+            return;
         };
         if send(&mut write, &resp).await.is_err() {
             return;
+        }
+    }
+}
+
+/// One request line as an [`Envelope`], or the refusal to send back (with
+/// the request's `id` when it has one).
+fn parse_request(line: &[u8]) -> Result<Envelope, Response> {
+    serde_json::from_slice(line).map_err(|e| {
+        let id = serde_json::from_slice::<Value>(line)
+            .ok()
+            .and_then(|v| v.get("id").cloned())
+            .unwrap_or(Value::Null);
+        refuse(id, format!("malformed request: {e}"))
+    })
+}
+
+/// Serves one request; `None` when the client went away while it waited
+/// for a command. Only a wait for a command is given up when its client
+/// goes: an open, close or interrupt half done would leave a half state.
+async fn serve_request(
+    host: &Arc<Host>,
+    env: Envelope,
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &tokio::net::unix::OwnedWriteHalf,
+) -> Option<Response> {
+    let waits = matches!(env.request, Request::Run { .. } | Request::Poll { .. });
+    let work = handle(host, env);
+    tokio::pin!(work);
+    if !waits {
+        return Some(work.await);
+    }
+    tokio::select! {
+        resp = &mut work => Some(resp),
+        gone = hung_up(reader, write) => {
+            // Nobody to answer: dropping the wait leaves the command going
+            // (its result waits for `poll`).
+            if gone { None } else { Some(work.await) }
         }
     }
 }
