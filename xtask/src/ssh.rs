@@ -238,6 +238,43 @@ fn login_shell_users() -> Result<Vec<(String, String)>> {
     Ok(env)
 }
 
+/// The test user keys of `dir` as an `authorized_keys` file: the directory
+/// holding it (removed at teardown) and its path. sshd reads a user's keys
+/// as that user: outside the checkout, whose directory may be private (a
+/// `mktemp -d` clone), so the login-shell test users can read them too.
+fn authorized_keys(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut authorized = String::new();
+    for k in ["user_ed25519.pub", "user_rsa.pub"] {
+        authorized.push_str(&std::fs::read_to_string(dir.join(k))?);
+    }
+    let keys_dir = std::env::temp_dir().join(format!("execkit-sshd-keys-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&keys_dir);
+    std::fs::create_dir_all(&keys_dir)?;
+    std::fs::set_permissions(&keys_dir, PermissionsExt::from_mode(0o755))?;
+    let path = keys_dir.join("authorized_keys");
+    std::fs::write(&path, authorized)?;
+    std::fs::set_permissions(&path, PermissionsExt::from_mode(0o644))?;
+    Ok((keys_dir, path))
+}
+
+/// A `known_hosts` file in `dir` naming the host keys of `dir` for
+/// `[127.0.0.1]:port`.
+fn known_hosts(dir: &Path, port: u16) -> Result<PathBuf> {
+    let mut known = String::new();
+    for k in ["host_ed25519.pub", "host_rsa.pub"] {
+        let pubkey = std::fs::read_to_string(dir.join(k))?;
+        let mut fields = pubkey.split_whitespace();
+        let (Some(alg), Some(key)) = (fields.next(), fields.next()) else {
+            bail!("unexpected public key format in {k}");
+        };
+        known.push_str(&format!("[127.0.0.1]:{port} {alg} {key}\n"));
+    }
+    let path = dir.join("known_hosts");
+    std::fs::write(&path, known)?;
+    Ok(path)
+}
+
 /// Installs openssh-server if needed, makes keys, starts a private sshd
 /// and tells the tests where it is.
 pub(crate) fn provision(out_dir: &Path) -> Result<Provision> {
@@ -262,42 +299,12 @@ pub(crate) fn provision(out_dir: &Path) -> Result<Provision> {
     ] {
         keygen(&dir.join(name), kind, &format!("execkit-test-{name}"))?;
     }
-    let mut authorized = String::new();
-    for k in ["user_ed25519.pub", "user_rsa.pub"] {
-        authorized.push_str(&std::fs::read_to_string(dir.join(k))?);
-    }
-    // sshd reads a user's keys as that user: outside the checkout, whose
-    // directory may be private (a `mktemp -d` clone), so the login-shell
-    // test users can read them too.
-    let keys_dir = std::env::temp_dir().join(format!("execkit-sshd-keys-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&keys_dir);
-    std::fs::create_dir_all(&keys_dir)?;
-    std::fs::set_permissions(
-        &keys_dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
-    let authorized_path = keys_dir.join("authorized_keys");
-    std::fs::write(&authorized_path, authorized)?;
-    std::fs::set_permissions(
-        &authorized_path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )?;
-
+    let (keys_dir, authorized_path) = authorized_keys(&dir)?;
     let port = crate::daemon_port()?;
     let pidfile = dir.join("sshd.pid");
     let config = dir.join("sshd_config");
     std::fs::write(&config, sshd_config(&dir, port, &pidfile, &authorized_path))?;
-    let mut known = String::new();
-    for k in ["host_ed25519.pub", "host_rsa.pub"] {
-        let pubkey = std::fs::read_to_string(dir.join(k))?;
-        let mut fields = pubkey.split_whitespace();
-        let (Some(alg), Some(key)) = (fields.next(), fields.next()) else {
-            bail!("unexpected public key format in {k}");
-        };
-        known.push_str(&format!("[127.0.0.1]:{port} {alg} {key}\n"));
-    }
-    let known_hosts = dir.join("known_hosts");
-    std::fs::write(&known_hosts, known)?;
+    let known_hosts = known_hosts(&dir, port)?;
 
     let child = start_sshd(&config, port, &dir.join("sshd.log"))?;
     let pid = child.id();

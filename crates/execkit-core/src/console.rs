@@ -257,57 +257,12 @@ impl Renderer {
                 target,
                 command,
                 origin,
-            } => {
-                self.own_line(&mut out);
-                let mut line = String::from("── ");
-                self.field(&mut line, session);
-                line.push_str(" @ ");
-                self.field(&mut line, target);
-                line.push_str(" ──");
-                self.origin(&mut line, origin.as_ref());
-                self.styled_line(&mut out, Style::Bold, &line);
-                let mut line = String::from("$ ");
-                self.command(&mut line, command);
-                self.styled_line(&mut out, Style::Bold, &line);
-                self.current = Some(session.clone());
-                // A new command starts its output in a fresh parser.
-                self.filters.remove(session);
-            }
+            } => self.header(&mut out, session, target, command, origin.as_ref()),
             ConsoleEvent::Output {
                 session,
                 bytes,
                 origin,
-            } => {
-                if self.current.as_deref() != Some(session.as_str()) {
-                    self.own_line(&mut out);
-                    let mut line = String::from("── ");
-                    self.field(&mut line, session);
-                    line.push_str(" ──");
-                    self.origin(&mut line, origin.as_ref());
-                    self.styled_line(&mut out, Style::Dim, &line);
-                    self.current = Some(session.clone());
-                }
-                if self.raw_output {
-                    out.extend_from_slice(bytes);
-                    if let Some(&last) = bytes.last() {
-                        self.state.dirty = last != b'\n';
-                    }
-                    self.state.styled |= bytes.contains(&0x1b);
-                } else {
-                    if !self.filters.contains_key(session) && self.filters.len() >= MAX_PANE_FILTERS
-                    {
-                        // Bounded whatever a publisher claims: parsers are
-                        // dropped, so at worst the rest of a sequence split
-                        // across events shows as text.
-                        self.filters.clear();
-                    }
-                    self.filters.entry(session.clone()).or_default().push(
-                        bytes,
-                        &mut out,
-                        &mut self.state,
-                    );
-                }
-            }
+            } => self.output(&mut out, session, bytes, origin.as_ref()),
             ConsoleEvent::Footer {
                 session,
                 exit_code,
@@ -341,6 +296,63 @@ impl Renderer {
             }
         }
         out
+    }
+
+    /// A command's header: `── session @ target ──` and `$ command`.
+    fn header(
+        &mut self,
+        out: &mut Vec<u8>,
+        session: &str,
+        target: &str,
+        command: &str,
+        origin: Option<&Origin>,
+    ) {
+        self.own_line(out);
+        let mut line = String::from("── ");
+        self.field(&mut line, session);
+        line.push_str(" @ ");
+        self.field(&mut line, target);
+        line.push_str(" ──");
+        self.origin(&mut line, origin);
+        self.styled_line(out, Style::Bold, &line);
+        let mut line = String::from("$ ");
+        self.command(&mut line, command);
+        self.styled_line(out, Style::Bold, &line);
+        self.current = Some(session.to_string());
+        // A new command starts its output in a fresh parser.
+        self.filters.remove(session);
+    }
+
+    /// A command's output, under a `── session ──` line when another
+    /// session spoke last; filtered unless `raw_output`.
+    fn output(&mut self, out: &mut Vec<u8>, session: &str, bytes: &[u8], origin: Option<&Origin>) {
+        if self.current.as_deref() != Some(session) {
+            self.own_line(out);
+            let mut line = String::from("── ");
+            self.field(&mut line, session);
+            line.push_str(" ──");
+            self.origin(&mut line, origin);
+            self.styled_line(out, Style::Dim, &line);
+            self.current = Some(session.to_string());
+        }
+        if self.raw_output {
+            out.extend_from_slice(bytes);
+            if let Some(&last) = bytes.last() {
+                self.state.dirty = last != b'\n';
+            }
+            self.state.styled |= bytes.contains(&0x1b);
+            return;
+        }
+        if !self.filters.contains_key(session) && self.filters.len() >= MAX_PANE_FILTERS {
+            // Bounded whatever a publisher claims: parsers are dropped, so
+            // at worst the rest of a sequence split across events shows as
+            // text.
+            self.filters.clear();
+        }
+        self.filters
+            .entry(session.to_string())
+            .or_default()
+            .push(bytes, out, &mut self.state);
     }
 
     /// A line of watch's own (`[console: …]`), `text` escaped.

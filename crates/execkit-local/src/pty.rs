@@ -61,6 +61,8 @@ fn cstring(bytes: &[u8], what: &str) -> Result<CString, TransportError> {
 }
 
 impl PtyShell {
+    // Long on purpose: argv, envp and cwd are all built here, before the
+    // fork, so the child only makes async-signal-safe calls.
     pub async fn spawn(
         target: &str,
         shell_path: &Path,
