@@ -77,6 +77,29 @@ struct Skipped {
     lossy: u64,
 }
 
+impl Skipped {
+    /// Says on stderr what was skipped or shown lossily, if anything.
+    fn report(&self) {
+        if self.unparseable + self.too_long > 0 {
+            eprintln!(
+                "execkit journal: skipped {} unparseable line(s){}",
+                self.unparseable + self.too_long,
+                if self.too_long > 0 {
+                    format!(", {} of them longer than {MAX_LINE} bytes", self.too_long)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if self.lossy > 0 {
+            eprintln!(
+                "execkit journal: {} line(s) held invalid UTF-8, shown with U+FFFD",
+                self.lossy
+            );
+        }
+    }
+}
+
 fn run(args: &JournalCmdArgs, path: &Path) -> Result<(), Failure> {
     // What is at the path itself is checked first: a directory or a FIFO
     // is an error, not an empty journal.
@@ -139,26 +162,7 @@ fn run(args: &JournalCmdArgs, path: &Path) -> Result<(), Failure> {
             .map_err(|e| Failure::Unreadable(format!("{}: {e}", p.display())))
         }),
     };
-    if skipped.unparseable + skipped.too_long > 0 {
-        eprintln!(
-            "execkit journal: skipped {} unparseable line(s){}",
-            skipped.unparseable + skipped.too_long,
-            if skipped.too_long > 0 {
-                format!(
-                    ", {} of them longer than {MAX_LINE} bytes",
-                    skipped.too_long
-                )
-            } else {
-                String::new()
-            }
-        );
-    }
-    if skipped.lossy > 0 {
-        eprintln!(
-            "execkit journal: {} line(s) held invalid UTF-8, shown with U+FFFD",
-            skipped.lossy
-        );
-    }
+    skipped.report();
     result
 }
 
