@@ -4,6 +4,10 @@
 //! being written, never tear an earlier one. Secrets are masked before
 //! anything touches disk.
 //!
+//! **What a line says** is one [`JournalEvent`] in a [`JournalLine`] (its
+//! time and session): sessions record those, and `execkit journal` reads
+//! them back (module `event`).
+//!
 //! **Only regular files.** The path must be a regular file (or not exist
 //! yet): a FIFO, a device or a directory is refused when the journal is
 //! opened (the open itself is non-blocking, so a FIFO cannot hang it), and
