@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use execkit_core::{journal, term};
+use execkit_core::journal::{self, JournalEvent, ResultEvent};
+use execkit_core::term;
+use serde::Deserialize;
 use serde_json::Value;
 
 #[derive(Debug, Args)]
@@ -73,6 +75,29 @@ struct Skipped {
     unparseable: u64,
     too_long: u64,
     lossy: u64,
+}
+
+impl Skipped {
+    /// Says on stderr what was skipped or shown lossily, if anything.
+    fn report(&self) {
+        if self.unparseable + self.too_long > 0 {
+            eprintln!(
+                "execkit journal: skipped {} unparseable line(s){}",
+                self.unparseable + self.too_long,
+                if self.too_long > 0 {
+                    format!(", {} of them longer than {MAX_LINE} bytes", self.too_long)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if self.lossy > 0 {
+            eprintln!(
+                "execkit journal: {} line(s) held invalid UTF-8, shown with U+FFFD",
+                self.lossy
+            );
+        }
+    }
 }
 
 fn run(args: &JournalCmdArgs, path: &Path) -> Result<(), Failure> {
@@ -137,26 +162,7 @@ fn run(args: &JournalCmdArgs, path: &Path) -> Result<(), Failure> {
             .map_err(|e| Failure::Unreadable(format!("{}: {e}", p.display())))
         }),
     };
-    if skipped.unparseable + skipped.too_long > 0 {
-        eprintln!(
-            "execkit journal: skipped {} unparseable line(s){}",
-            skipped.unparseable + skipped.too_long,
-            if skipped.too_long > 0 {
-                format!(
-                    ", {} of them longer than {MAX_LINE} bytes",
-                    skipped.too_long
-                )
-            } else {
-                String::new()
-            }
-        );
-    }
-    if skipped.lossy > 0 {
-        eprintln!(
-            "execkit journal: {} line(s) held invalid UTF-8, shown with U+FFFD",
-            skipped.lossy
-        );
-    }
+    skipped.report();
     result
 }
 
@@ -316,69 +322,90 @@ fn read_backwards(f: &File, mut each: impl FnMut(&[u8]) -> bool) -> std::io::Res
 
 /// One event as a line for a person: every field from the journal has its
 /// control characters escaped (`\e`, `\r`, `\n`, …), so command text,
-/// output or an error cannot erase, recolour or hide what is printed.
+/// output or an error cannot erase, recolour or hide what is printed. An
+/// event this version does not know (or a line that does not fit its
+/// event) shows as its `event` name.
 fn human(v: &Value) -> String {
-    let s = |k: &str| term::escape(v[k].as_str().unwrap_or("")).into_owned();
     let ts = term::escape(v["ts"].as_str().unwrap_or("?")).into_owned();
     let id = term::escape(v["session"].as_str().unwrap_or("-")).into_owned();
     let session = match v["name"].as_str() {
         Some(name) => format!("{}({id})", term::escape(name)),
         None => id,
     };
-    let detail = match v["event"].as_str().unwrap_or("?") {
-        "session_open" => format!("open {} (cwd {})", s("target"), s("cwd")),
-        "session_close" => "close".to_string(),
-        "command" => format!("$ {}", s("command")),
-        "input" if v["hidden"] == Value::Bool(true) => "< [hidden input]".to_string(),
-        "input" => format!("< \"{}\"", s("text")),
-        "journal_gap" => format!(
-            "[journal gap: {} event(s) not journaled since {}: {}]",
-            v["skipped"].as_u64().unwrap_or(0),
-            s("since"),
-            s("error")
-        ),
-        "interrupt" => "^C".to_string(),
-        "result" => {
-            let status = match outcome_of(v) {
-                execkit_core::RunOutcome::Lost => format!("target lost: {}", s("error")),
-                o => o.label(),
-            };
-            let mut line = format!("→ {status} ({} ms)", v["duration_ms"].as_u64().unwrap_or(0));
-            if v["output_path"].is_string() {
-                line.push_str(&format!(" full output: {}", s("output_path")));
-            } else if let Some(o) = v["output"].as_str().filter(|o| !o.is_empty()) {
-                let first = o.lines().next().unwrap_or("");
-                let more = o.lines().count().saturating_sub(1);
-                line.push_str(&format!(" | {}", term::escape(first)));
-                if more > 0 {
-                    line.push_str(&format!(" (+{more} lines)"));
-                }
-            }
-            line
-        }
-        other => term::escape(other).into_owned(),
+    let detail = match JournalEvent::deserialize(v) {
+        Ok(event) => detail(&event, v["target"].as_str().unwrap_or("")),
+        Err(_) => term::escape(v["event"].as_str().unwrap_or("?")).into_owned(),
     };
     format!("{ts} {session} {detail}")
 }
 
+/// What happened, after the time and the session; `target` is the line's
+/// (shown on `session_open`).
+fn detail(event: &JournalEvent, target: &str) -> String {
+    let esc = |s: &str| term::escape(s).into_owned();
+    match event {
+        JournalEvent::SessionOpen { cwd } => format!("open {} (cwd {})", esc(target), esc(cwd)),
+        JournalEvent::SessionClose => "close".to_string(),
+        JournalEvent::Command { command } => format!("$ {}", esc(command)),
+        JournalEvent::Input { hidden: true, .. } => "< [hidden input]".to_string(),
+        JournalEvent::Input { text, .. } => {
+            format!("< \"{}\"", esc(text.as_deref().unwrap_or("")))
+        }
+        JournalEvent::JournalGap {
+            skipped,
+            since,
+            error,
+        } => format!(
+            "[journal gap: {skipped} event(s) not journaled since {}: {}]",
+            esc(since),
+            esc(error)
+        ),
+        JournalEvent::Interrupt => "^C".to_string(),
+        JournalEvent::Result(r) => result_detail(r),
+    }
+}
+
+/// A `result` event: its outcome, its time and where its output is (or
+/// the output's first line).
+fn result_detail(r: &ResultEvent) -> String {
+    let status = match outcome_of(r) {
+        execkit_core::RunOutcome::Lost => format!(
+            "target lost: {}",
+            term::escape(r.error.as_deref().unwrap_or(""))
+        ),
+        o => o.label(),
+    };
+    let mut line = format!("→ {status} ({} ms)", r.duration_ms);
+    if let Some(p) = &r.output_path {
+        line.push_str(&format!(" full output: {}", term::escape(p)));
+    } else if let Some(o) = r.output.as_deref().filter(|o| !o.is_empty()) {
+        let first = o.lines().next().unwrap_or("");
+        let more = o.lines().count().saturating_sub(1);
+        line.push_str(&format!(" | {}", term::escape(first)));
+        if more > 0 {
+            line.push_str(&format!(" (+{more} lines)"));
+        }
+    }
+    line
+}
+
 /// A journaled `result` event's outcome, weighed by the engine's own rule
 /// (`RunResult::outcome`) from the flags the event carries.
-fn outcome_of(v: &Value) -> execkit_core::RunOutcome {
-    let flag = |k: &str| v[k] == Value::Bool(true);
+fn outcome_of(r: &ResultEvent) -> execkit_core::RunOutcome {
     execkit_core::RunResult {
         command: String::new(),
-        exit_code: v["exit_code"].as_i64().and_then(|c| i32::try_from(c).ok()),
+        exit_code: r.exit_code,
         output: String::new(),
-        timed_out: flag("timed_out"),
+        timed_out: r.timed_out,
         truncated: false,
         restarted: false,
-        session_lost: flag("session_lost"),
+        session_lost: r.session_lost,
         error: None,
         duration_ms: 0,
         cwd: String::new(),
         output_path: None,
         running: false,
-        waiting_for_input: flag("waiting_for_input"),
+        waiting_for_input: r.waiting_for_input,
     }
     .outcome()
 }

@@ -8,10 +8,10 @@
 
 use std::ops::Deref;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::console::{Console, ConsoleEvent};
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalEvent, SessionRef};
 use crate::redact::Redactor;
 
 /// The journal and console every session of one host reports to.
@@ -52,11 +52,14 @@ impl Observer {
     /// through `tracing` and never fails the command. Secret values
     /// assigned in the event's text are learned first, so they are masked
     /// here and wherever they show up later.
-    pub fn record(&self, event: &str, fields: Map<String, Value>) {
-        for v in fields.values() {
-            learn_value(self.redactor(), v);
+    pub fn record(&self, session: SessionRef, event: JournalEvent) {
+        for fields in [serde_json::to_value(&session), serde_json::to_value(&event)] {
+            if let Ok(Value::Object(fields)) = fields {
+                let fields = fields.iter().filter(|(k, _)| *k != "event");
+                fields.for_each(|(_, v)| learn_value(self.redactor(), v));
+            }
         }
-        if let Err(e) = self.journal.append(event, fields) {
+        if let Err(e) = self.journal.append(session, event) {
             tracing::warn!("journal write failed: {e}");
         }
     }
@@ -68,21 +71,16 @@ impl Observer {
             .learn_env(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
 
-    /// The journal fields for input typed into a running command. Input
+    /// The journal event for input typed into a running command. Input
     /// typed while the terminal's echo is off (a password prompt) is
     /// `{"hidden": true, "chars": N}`, without its text, and its value is
     /// learned so it is masked if it shows up later; other input is
     /// `{"text": …}` (masked as usual).
-    pub fn input_fields(&self, text: &str, hidden: bool) -> Map<String, Value> {
-        let mut m = Map::new();
+    pub fn input_record(&self, text: &str, hidden: bool) -> JournalEvent {
         if hidden {
             self.redactor().learn_secret(text);
-            m.insert("hidden".into(), true.into());
-            m.insert("chars".into(), text.chars().count().into());
-        } else {
-            m.insert("text".into(), text.into());
         }
-        m
+        JournalEvent::input(text, hidden)
     }
 
     /// The console event for input typed into a running command; hidden
@@ -190,18 +188,6 @@ impl Deref for MaskedConsole {
     }
 }
 
-/// Builds a JSON object from `key => value` pairs.
-#[macro_export]
-#[doc(hidden)]
-macro_rules! fields {
-    ($($k:expr => $v:expr),* $(,)?) => {{
-        #[allow(unused_mut)]
-        let mut m = ::serde_json::Map::new();
-        $( m.insert($k.to_string(), ::serde_json::json!($v)); )*
-        m
-    }};
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,14 +231,18 @@ mod tests {
     #[test]
     fn hidden_input_has_no_text_and_is_learned() {
         let o = Observer::default();
-        let f = o.input_fields("correct-horse\n", true);
+        let json = |e: JournalEvent| serde_json::to_value(e).unwrap();
+        let f = o.input_record("correct-horse\n", true);
         assert_eq!(
-            Value::Object(f),
-            serde_json::json!({"hidden": true, "chars": 14})
+            json(f),
+            serde_json::json!({"event": "input", "hidden": true, "chars": 14})
         );
         assert_eq!(o.redactor().redact("pw correct-horse"), "pw [REDACTED]");
-        let f = o.input_fields("yes\n", false);
-        assert_eq!(Value::Object(f), serde_json::json!({"text": "yes\n"}));
+        let f = o.input_record("yes\n", false);
+        assert_eq!(
+            json(f),
+            serde_json::json!({"event": "input", "text": "yes\n"})
+        );
         let env = [("GH_TOKEN".to_string(), "ghx-env-secret".to_string())];
         assert_eq!(o.learn_env(&env), 1);
         assert_eq!(o.redactor().redact("ghx-env-secret"), "[REDACTED]");

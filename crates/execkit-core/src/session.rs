@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::clean::OutputCleaner;
 use crate::console::{ConsoleEvent, LineBuffer};
 use crate::error::{SessionError, TransportError};
-use crate::fields;
+use crate::journal::{JournalEvent, SessionRef};
 use crate::observer::Observer;
 use crate::output_cap::OutputCap;
 use crate::protocol::{self, Sentinel, SentinelScanner};
@@ -378,7 +378,7 @@ impl Session {
             // Values of secret-named settings are masked wherever they show.
             o.learn_env(&s.config.env);
         }
-        s.record("session_open", fields! {"cwd" => s.cwd});
+        s.record(JournalEvent::SessionOpen { cwd: s.cwd.clone() });
         Ok(s)
     }
 
@@ -627,7 +627,9 @@ impl Session {
         let started = Instant::now();
         self.seq += 1;
         if let Some(shown) = shown {
-            self.record("command", fields! {"command" => shown});
+            self.record(JournalEvent::Command {
+                command: shown.to_string(),
+            });
             self.publish(ConsoleEvent::Header {
                 session: self.id.clone(),
                 target: self.target().to_string(),
@@ -763,7 +765,7 @@ impl Session {
                 .pending
                 .as_ref()
                 .is_some_and(|p| asks_for_secret(&p.collector.last_line));
-            self.record("input", o.input_fields(text, hidden));
+            self.record(o.input_record(text, hidden));
             self.publish(o.input_event(self.id.clone(), text, hidden));
         }
         if let Some(p) = self.pending.as_mut() {
@@ -784,7 +786,7 @@ impl Session {
         if self.pending.is_none() {
             return Err(SessionError::Idle);
         }
-        self.record("interrupt", fields! {});
+        self.record(JournalEvent::Interrupt);
         let mut r = self.finish(Outcome::Deadline).await;
         r.timed_out = false;
         if r.exit_code.is_none() && r.error.is_none() {
@@ -1024,14 +1026,14 @@ impl Session {
         r
     }
 
-    fn record(&self, event: &str, mut fields: serde_json::Map<String, serde_json::Value>) {
+    fn record(&self, event: JournalEvent) {
         if let Some(o) = &self.config.observer {
-            fields.insert("session".into(), self.id.clone().into());
-            if let Some(name) = &self.config.name {
-                fields.insert("name".into(), name.clone().into());
-            }
-            fields.insert("target".into(), self.target().into());
-            o.record(event, fields);
+            let session = SessionRef {
+                session: self.id.clone(),
+                name: self.config.name.clone(),
+                target: self.target().into(),
+            };
+            o.record(session, event);
         }
     }
 
@@ -1043,25 +1045,7 @@ impl Session {
 
     /// Journals and mirrors the end of a command.
     fn report(&self, r: &RunResult) {
-        let mut f = fields! {
-            "command" => r.command,
-            "exit_code" => r.exit_code,
-            "duration_ms" => r.duration_ms,
-            "timed_out" => r.timed_out,
-            "truncated" => r.truncated,
-            "restarted" => r.restarted,
-            "session_lost" => r.session_lost,
-            "waiting_for_input" => r.waiting_for_input,
-            "cwd" => r.cwd,
-        };
-        if let Some(e) = &r.error {
-            f.insert("error".into(), e.clone().into());
-        }
-        match &r.output_path {
-            Some(p) => f.insert("output_path".into(), p.display().to_string().into()),
-            None => f.insert("output".into(), r.output.clone().into()),
-        };
-        self.record("result", f);
+        self.record(JournalEvent::Result(r.into()));
         self.publish(ConsoleEvent::Footer {
             session: self.id.clone(),
             exit_code: r.exit_code,
@@ -1476,7 +1460,7 @@ impl Session {
     /// Closes the session: the shell and every process it started are killed.
     pub async fn close(mut self) -> Result<(), SessionError> {
         self.pending = None;
-        self.record("session_close", fields! {});
+        self.record(JournalEvent::SessionClose);
         if let Some(shell) = self.shell.take() {
             shell.terminate().await?;
         }
