@@ -16,7 +16,7 @@ use std::time::Duration;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, ResizeExecOptions};
 use bollard::{ClientVersion, Docker};
-use execkit_core::{Size, TransportError};
+use execkit_core::{ErrorKind, Size, TransportError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::Endpoint;
@@ -98,10 +98,7 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Builds a client for `endpoint` and negotiates the API version.
     pub async fn connect(endpoint: Endpoint, target: &str) -> Result<Engine, TransportError> {
-        let unreachable = |reason: String| TransportError::Unreachable {
-            target: target.to_string(),
-            reason,
-        };
+        let unreachable = |kind, reason: String| TransportError::unreachable(target, kind, reason);
         let known = NEGOTIATED
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -112,7 +109,7 @@ impl Engine {
         let docker = match &endpoint {
             Endpoint::Unix(path) => {
                 if !path.exists() {
-                    return Err(unreachable(format!(
+                    return Err(unreachable(ErrorKind::ConnectionRefused, format!(
                         "no Docker engine at {endpoint} (socket not found; is dockerd running? DOCKER_HOST selects another engine)"
                     )));
                 }
@@ -122,7 +119,13 @@ impl Engine {
                 Docker::connect_with_http(&format!("http://{addr}"), API_TIMEOUT, version)
             }
         }
-        .map_err(|e| unreachable(format!("cannot use the Docker engine at {endpoint}: {e}")))?;
+        .map_err(|e| {
+            unreachable(
+                ErrorKind::Other,
+                format!("cannot use the Docker engine at {endpoint}: {e}"),
+            )
+            .with_source(e)
+        })?;
         let docker = if known.is_some() {
             docker
         } else {
@@ -130,16 +133,23 @@ impl Engine {
                 match tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version()).await {
                     Ok(Ok(d)) => d,
                     Ok(Err(e)) => {
-                        return Err(unreachable(format!(
-                            "the Docker engine at {endpoint} does not answer: {}",
-                            one_line(&e)
-                        )))
+                        return Err(unreachable(
+                            chain_kind(&e),
+                            format!(
+                                "the Docker engine at {endpoint} does not answer: {}",
+                                one_line(&e)
+                            ),
+                        )
+                        .with_source(e))
                     }
                     Err(_) => {
-                        return Err(unreachable(format!(
-                            "the Docker engine at {endpoint} did not answer within {} s",
-                            CONNECT_TIMEOUT.as_secs()
-                        )))
+                        return Err(unreachable(
+                            ErrorKind::Timeout,
+                            format!(
+                                "the Docker engine at {endpoint} did not answer within {} s",
+                                CONNECT_TIMEOUT.as_secs()
+                            ),
+                        ))
                     }
                 };
             let mut cache = NEGOTIATED.lock().unwrap_or_else(|e| e.into_inner());
@@ -170,14 +180,16 @@ impl Engine {
                     message.trim()
                 ),
             },
-            other => TransportError::Unreachable {
-                target: self.target.clone(),
-                reason: format!(
+            other => TransportError::unreachable(
+                &self.target,
+                chain_kind(&other),
+                format!(
                     "{what}: the Docker engine at {} does not answer: {}",
                     self.endpoint,
                     one_line(&other)
                 ),
-            },
+            )
+            .with_source(other),
         }
     }
 
@@ -330,13 +342,12 @@ impl Engine {
             .and_then(|v| v["message"].as_str().map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
         let reason = format!("starting the exec: the engine answered {status}: {message}");
-        Err(if status == 404 || status == 409 {
-            TransportError::Unreachable {
-                target: self.target.clone(),
-                reason,
-            }
-        } else {
-            self.spawn_err(&reason)
+        Err(match status {
+            // The exec or its container is gone.
+            404 => TransportError::unreachable(&self.target, ErrorKind::NotFound, reason),
+            // The container stopped or was paused since the exec was made.
+            409 => TransportError::unreachable(&self.target, conflict_kind(&message), reason),
+            _ => self.spawn_err(&reason),
         })
     }
 
@@ -445,7 +456,8 @@ impl Engine {
                     CLEANUP_TIMEOUT.as_secs()
                 )))
             }
-            Ok(Err(TransportError::Unreachable { reason, .. })) if reason.contains(" 409:") => {
+            // The engine's 409 on start: the container stopped or paused.
+            Ok(Err(e)) if matches!(e.kind(), ErrorKind::NotRunning | ErrorKind::Paused) => {
                 return Ok((self.why_no_exec(container_id).await?, Vec::new()))
             }
             Ok(r) => r?,
@@ -564,10 +576,12 @@ impl Engine {
     }
 
     fn io_err(&self, what: &str, e: io::Error) -> TransportError {
-        TransportError::Unreachable {
-            target: self.target.clone(),
-            reason: format!("{what} the Docker engine at {}: {e}", self.endpoint),
-        }
+        TransportError::unreachable(
+            &self.target,
+            io_kind(&e),
+            format!("{what} the Docker engine at {}: {e}", self.endpoint),
+        )
+        .with_source(e)
     }
 
     /// Sends one hand-written HTTP/1.1 request on a fresh connection and
@@ -638,12 +652,46 @@ fn ambiguous_prefix(message: &str) -> bool {
 
 /// The error for a cleanup that has to wait for an unpause.
 pub(crate) fn paused_error(target: &str, name: &str) -> TransportError {
-    TransportError::Unreachable {
-        target: target.to_string(),
-        reason: format!(
-            "container {name} is paused; its session processes are killed once it is unpaused"
-        ),
+    TransportError::unreachable(
+        target,
+        ErrorKind::Paused,
+        format!("container {name} is paused; its session processes are killed once it is unpaused"),
+    )
+}
+
+/// The kind of the engine's 409 Conflict to an exec: Docker says
+/// "Container X is paused, unpause the container before exec" or
+/// "container X is not running".
+pub(crate) fn conflict_kind(message: &str) -> ErrorKind {
+    if message.to_ascii_lowercase().contains("paused") {
+        ErrorKind::Paused
+    } else {
+        ErrorKind::NotRunning
     }
+}
+
+/// The kind of an I/O error talking to the engine: a socket that is not
+/// there refuses like a closed port.
+fn io_kind(e: &io::Error) -> ErrorKind {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound => ErrorKind::ConnectionRefused,
+        io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+        io::ErrorKind::TimedOut => ErrorKind::Timeout,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// The kind of a client error, from the first I/O error in its chain
+/// (hyper and bollard wrap the connect error).
+pub(crate) fn chain_kind(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<io::Error>() {
+            return io_kind(io);
+        }
+        cur = c.source();
+    }
+    ErrorKind::Other
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -11,7 +11,7 @@ use bollard::errors::Error as BollardError;
 use execkit_core::raw::shell_quote;
 use execkit_core::{
     raw::{self, ExitStatus, ShellEvent, ShellProcess, SpawnSpec},
-    Size, TransportError,
+    ErrorKind, Size, TransportError,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -278,28 +278,32 @@ impl DockerShell {
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
             }) => {
-                return Err(TransportError::Unreachable {
-                    target: target.to_string(),
-                    reason: format!("container {name} is not running (it was removed)"),
-                })
+                return Err(TransportError::unreachable(
+                    target,
+                    ErrorKind::NotFound,
+                    format!("container {name} is not running (it was removed)"),
+                ))
             }
             Err(BollardError::DockerResponseServerError {
                 status_code: 409,
                 message,
             }) => {
-                return Err(TransportError::Unreachable {
-                    target: target.to_string(),
-                    reason: format!("container {name} is not running ({})", message.trim()),
-                })
+                return Err(TransportError::unreachable(
+                    target,
+                    crate::engine::conflict_kind(&message),
+                    format!("container {name} is not running ({})", message.trim()),
+                ))
             }
             Err(e) => {
-                return Err(TransportError::Unreachable {
-                    target: target.to_string(),
-                    reason: format!(
+                return Err(TransportError::unreachable(
+                    target,
+                    crate::engine::chain_kind(&e),
+                    format!(
                         "creating the exec in container {name}: {}",
                         crate::engine::one_line(&e)
                     ),
-                })
+                )
+                .with_source(e))
             }
         };
         let att = engine.start_raw(&exec_id, true).await?;
