@@ -23,6 +23,14 @@ pub enum ClientError {
     NotRunning(PathBuf, std::io::Error),
     /// The server answered with an error.
     Refused(String),
+    /// The server could not open or use the target: which failure
+    /// (`ErrorKind::as_str`) and the message.
+    Target {
+        /// `invalid_target`, `host_key_mismatch`, ….
+        kind: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The connection broke.
     Io(String),
     /// Something answers at the socket, but not a server of this user in a
@@ -41,6 +49,7 @@ impl std::fmt::Display for ClientError {
                 )
             }
             ClientError::Refused(e) => write!(f, "{e}"),
+            ClientError::Target { message, .. } => write!(f, "{message}"),
             ClientError::Io(e) => write!(f, "connection to execkit serve failed: {e}"),
             ClientError::Untrusted(e) => write!(f, "refusing to talk to {e}"),
         }
@@ -82,7 +91,7 @@ impl Client {
             // peer): its last word is more useful than EPIPE.
             return match self.next_line().await {
                 Ok(v) => match serde_json::from_value::<Response>(v) {
-                    Ok(r) if !r.ok => Err(ClientError::Refused(r.error.unwrap_or_default())),
+                    Ok(r) if !r.ok => Err(refusal(r)),
                     _ => Err(ClientError::Io(e.to_string())),
                 },
                 Err(_) => Err(ClientError::Io(e.to_string())),
@@ -94,9 +103,7 @@ impl Client {
         if resp.ok {
             Ok(resp.result.unwrap_or(Value::Null))
         } else {
-            Err(ClientError::Refused(
-                resp.error.unwrap_or_else(|| "unknown error".into()),
-            ))
+            Err(refusal(resp))
         }
     }
 
@@ -335,4 +342,14 @@ fn process_stopped(pid: Option<i32>) -> bool {
     stat.rsplit_once(')')
         .and_then(|(_, rest)| rest.split_whitespace().next())
         .is_some_and(|state| state == "T" || state == "t")
+}
+
+/// The error of a refused response: with the target's failure kind when
+/// the server gave one.
+fn refusal(r: Response) -> ClientError {
+    let message = r.error.unwrap_or_else(|| "unknown error".into());
+    match r.kind {
+        Some(kind) => ClientError::Target { kind, message },
+        None => ClientError::Refused(message),
+    }
 }

@@ -92,6 +92,10 @@ pub struct Response {
     /// One line saying what went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When the target failed: which failure (`ErrorKind::as_str` of
+    /// execkit-core: `invalid_target`, `host_key_mismatch`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
 }
 
 /// `${XDG_RUNTIME_DIR:-/tmp/execkit-$UID}/execkit.sock`.

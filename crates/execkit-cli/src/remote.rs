@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use execkit_core::RunResult;
+use execkit_core::{ErrorKind, RunResult};
 
 use crate::client::{Client, ClientError};
 use crate::proto::{self, Request};
@@ -44,13 +44,10 @@ pub async fn exec(
         if let Err(e) = client.call(Request::Open(req)).await {
             eprintln!("execkit: {e}");
             return ExitCode::from(match e {
-                ClientError::Refused(m)
-                    if m.contains("not allowed")
-                        || m.contains("unknown target scheme")
-                        || m.contains("invalid target") =>
-                {
+                ClientError::Target { kind, .. } if kind == ErrorKind::InvalidTarget.as_str() => {
                     crate::EXIT_USAGE
                 }
+                ClientError::Refused(m) if m.contains("not allowed") => crate::EXIT_USAGE,
                 _ => EXIT_UNREACHABLE,
             });
         }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::Args;
 use execkit_core::console::{ConsoleEvent, Origin};
-use execkit_core::host::{Host, HostConfig};
+use execkit_core::host::{Host, HostConfig, HostError};
 use execkit_core::{RunOptions, SessionConfig};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -539,6 +539,12 @@ async fn watch(
 
 async fn handle(host: &Arc<Host>, env: Envelope) -> Response {
     let id = env.id;
+    // The kind of a target's failure, for the client to act on.
+    let mut kind = None;
+    let mut note = |e: &HostError| {
+        kind = target_kind(e);
+        e.to_string()
+    };
     let result: Result<Value, String> = async {
         match env.request {
             Request::Ping => {
@@ -548,7 +554,7 @@ async fn handle(host: &Arc<Host>, env: Envelope) -> Response {
                 .open(req)
                 .await
                 .map(|i| to_value(&i))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| note(&e)),
             Request::Run {
                 session,
                 command,
@@ -561,7 +567,7 @@ async fn handle(host: &Arc<Host>, env: Envelope) -> Response {
                 host.run(&session, &command, opts)
                     .await
                     .map(|r| to_value(&r))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| note(&e))
             }
             Request::Poll { session, wait_secs } => {
                 let wait = proto::seconds("wait_secs", wait_secs)?.unwrap_or(Duration::ZERO);
@@ -594,7 +600,18 @@ async fn handle(host: &Arc<Host>, env: Envelope) -> Response {
     .await;
     match result {
         Ok(v) => accept(id, v),
-        Err(e) => refuse(id, e),
+        Err(e) => Response {
+            kind: kind.map(|k| k.as_str().to_string()),
+            ..refuse(id, e)
+        },
+    }
+}
+
+/// The kind of the transport's error inside a host's error, if any.
+fn target_kind(e: &HostError) -> Option<execkit_core::ErrorKind> {
+    match e {
+        HostError::Session(s) => s.transport().map(|t| t.kind()),
+        _ => None,
     }
 }
 
@@ -608,6 +625,7 @@ fn accept(id: Value, result: Value) -> Response {
         ok: true,
         result: Some(result),
         error: None,
+        kind: None,
     }
 }
 
@@ -617,6 +635,7 @@ fn refuse(id: Value, error: String) -> Response {
         ok: false,
         result: None,
         error: Some(error),
+        kind: None,
     }
 }
 

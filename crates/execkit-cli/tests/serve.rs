@@ -1210,3 +1210,36 @@ fn a_long_capped_command_reads_as_one_result() {
     assert_eq!(r["truncated"], true);
     let _ = std::fs::remove_file(path);
 }
+
+/// A refused open says which failure it was (`kind`), so a client maps it
+/// to an exit code without reading the message.
+#[test]
+fn a_failed_open_says_its_kind() {
+    let srv = Server::start("kinds");
+    let mut c = Conn::new(&srv.socket);
+    let r = c.raw(json!({"op": "open", "target": "nosuch:x"}));
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["kind"], "invalid_target", "{r}");
+    let reserved = execkit_core::testkit::ReservedPort::new();
+    let target = format!("docker://127.0.0.1:{}/web", reserved.port);
+    let r = c.raw(json!({"op": "open", "target": target}));
+    assert_eq!(r["kind"], "connection_refused", "{r}");
+    // Not a target's failure: no kind.
+    let r = c.raw(json!({"op": "open", "name": "-rf"}));
+    assert!(r.get("kind").is_none(), "{r}");
+    // `exec --session` maps the kind: a usage error (2), unreachable (69).
+    let sock = srv.socket.to_string_lossy().to_string();
+    for (target, code) in [("nosuch:x", 2), (target.as_str(), 69)] {
+        let out = srv.execkit(&[
+            "exec",
+            "--session",
+            "k",
+            "--socket",
+            &sock,
+            "--target",
+            target,
+            "true",
+        ]);
+        assert_eq!(out.status.code(), Some(code), "{target}: {out:?}");
+    }
+}

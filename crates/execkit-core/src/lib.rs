@@ -72,6 +72,7 @@
 //!   owner left behind; spool pruning. [`state`]: where the files live.
 //! - [`term`]: showing untrusted text on a person's terminal.
 //! - [`raw`]: for transport authors.
+//! - [`TransportError::kind`]: an [`ErrorKind`] to match on (host key mismatch, …).
 //!
 //! Only this crate knows the sentinel protocol (the encoder, the scanner,
 //! the output cleaner and cap are private): a transport moves bytes and
@@ -103,7 +104,7 @@ pub mod testkit;
 mod transport;
 
 pub use allow::TargetPattern;
-pub use error::{SessionError, TransportError};
+pub use error::{ErrorKind, ErrorSource, SessionError, TransportError};
 pub use host::{Host, HostConfig, HostError, OpenRequest};
 pub use observer::Observer;
 pub use outcome::RunOutcome;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use execkit_core::{
     raw::{ShellProcess, SpawnSpec, Transport},
-    TransportError,
+    ErrorKind, TransportError,
 };
 use tokio::sync::OnceCell;
 
@@ -249,28 +249,31 @@ impl Transport for DockerTransport {
         let (id, started) = match engine.container_state(&self.container).await? {
             ContainerState::Running { id, started } => (id, started),
             ContainerState::Paused { .. } => {
-                return Err(TransportError::Unreachable {
-                    target: self.target.clone(),
-                    reason: format!(
+                return Err(TransportError::unreachable(
+                    &self.target,
+                    ErrorKind::Paused,
+                    format!(
                         "container {} is paused (docker unpause {0})",
                         self.container
                     ),
-                })
+                ))
             }
             ContainerState::NotRunning { status } => {
-                return Err(TransportError::Unreachable {
-                    target: self.target.clone(),
-                    reason: format!("container {} is not running ({status})", self.container),
-                })
+                return Err(TransportError::unreachable(
+                    &self.target,
+                    ErrorKind::NotRunning,
+                    format!("container {} is not running ({status})", self.container),
+                ))
             }
             ContainerState::Missing => {
-                return Err(TransportError::Unreachable {
-                    target: self.target.clone(),
-                    reason: format!(
+                return Err(TransportError::unreachable(
+                    &self.target,
+                    ErrorKind::NotFound,
+                    format!(
                         "no such container {} on the Docker engine at {}",
                         self.container, self.endpoint
                     ),
-                })
+                ))
             }
         };
         let shell =

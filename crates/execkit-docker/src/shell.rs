@@ -11,7 +11,7 @@ use bollard::errors::Error as BollardError;
 use execkit_core::raw::shell_quote;
 use execkit_core::{
     raw::{self, ExitStatus, ShellEvent, ShellProcess, SpawnSpec},
-    Size, TransportError,
+    ErrorKind, Size, TransportError,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -164,30 +164,36 @@ impl EndProbe {
                 }
             }
         }
-        match exec {
-            Ok(ExecState {
-                running: false,
-                exit_code: Some(c),
-            }) => {
-                let c = i32::try_from(c).unwrap_or(-1);
-                // The engine reports a signal death as 128 + signal.
-                if (129..=128 + 31).contains(&c) {
-                    ShellEvent::Exited(ExitStatus::Signal(c - 128))
-                } else {
-                    ShellEvent::Exited(ExitStatus::Code(c))
-                }
+        exec_end(&self.name, exec)
+    }
+}
+
+/// What the exec's state says of a shell whose container is still there
+/// and was not restarted.
+fn exec_end(name: &str, exec: Result<ExecState, BollardError>) -> ShellEvent {
+    match exec {
+        Ok(ExecState {
+            running: false,
+            exit_code: Some(c),
+        }) => {
+            let c = i32::try_from(c).unwrap_or(-1);
+            // The engine reports a signal death as 128 + signal.
+            if (129..=128 + 31).contains(&c) {
+                ShellEvent::Exited(ExitStatus::Signal(c - 128))
+            } else {
+                ShellEvent::Exited(ExitStatus::Code(c))
             }
-            Ok(ExecState { running: false, .. }) => ShellEvent::Exited(ExitStatus::Unknown),
-            Ok(ExecState { running: true, .. }) => ShellEvent::Lost(format!(
-                "the connection to the shell in container {} closed",
-                self.name
-            )),
-            Err(e) => ShellEvent::Lost(format!(
-                "lost the shell in container {}: {}",
-                self.name,
-                crate::engine::one_line(&e)
-            )),
         }
+        Ok(ExecState { running: false, .. }) => ShellEvent::Exited(ExitStatus::Unknown),
+        Ok(ExecState { running: true, .. }) => ShellEvent::Lost(format!(
+            "the connection to the shell in container {} closed",
+            name
+        )),
+        Err(e) => ShellEvent::Lost(format!(
+            "lost the shell in container {}: {}",
+            name,
+            crate::engine::one_line(&e)
+        )),
     }
 }
 
@@ -230,6 +236,37 @@ fn command(spec: &SpawnSpec) -> Vec<String> {
         quote_argv(&sh)
     );
     vec!["/bin/sh".into(), "-c".into(), script]
+}
+
+/// The error for an exec the engine would not create: a 404 is a removed
+/// container, a 409 one that stopped or is paused.
+fn create_exec_error(target: &str, name: &str, e: BollardError) -> TransportError {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code: 404, ..
+        } => TransportError::unreachable(
+            target,
+            ErrorKind::NotFound,
+            format!("container {name} is not running (it was removed)"),
+        ),
+        BollardError::DockerResponseServerError {
+            status_code: 409,
+            message,
+        } => TransportError::unreachable(
+            target,
+            crate::engine::conflict_kind(&message),
+            format!("container {name} is not running ({})", message.trim()),
+        ),
+        e => TransportError::unreachable(
+            target,
+            crate::engine::chain_kind(&e),
+            format!(
+                "creating the exec in container {name}: {}",
+                crate::engine::one_line(&e)
+            ),
+        )
+        .with_source(e),
+    }
 }
 
 impl DockerShell {
@@ -275,32 +312,7 @@ impl DockerShell {
             .await
         {
             Ok(id) => id,
-            Err(BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {
-                return Err(TransportError::Unreachable {
-                    target: target.to_string(),
-                    reason: format!("container {name} is not running (it was removed)"),
-                })
-            }
-            Err(BollardError::DockerResponseServerError {
-                status_code: 409,
-                message,
-            }) => {
-                return Err(TransportError::Unreachable {
-                    target: target.to_string(),
-                    reason: format!("container {name} is not running ({})", message.trim()),
-                })
-            }
-            Err(e) => {
-                return Err(TransportError::Unreachable {
-                    target: target.to_string(),
-                    reason: format!(
-                        "creating the exec in container {name}: {}",
-                        crate::engine::one_line(&e)
-                    ),
-                })
-            }
+            Err(e) => return Err(create_exec_error(target, name, e)),
         };
         let att = engine.start_raw(&exec_id, true).await?;
         let shell = DockerShell {

@@ -16,7 +16,7 @@ use anyhow::{bail, ensure, Context as _};
 use execkit_core::cleanup::{self, SessionRecord};
 use execkit_core::{
     raw::{ShellEvent, ShellProcess, SpawnSpec, Transport},
-    RunOptions, Session, SessionConfig, SessionError, TransportError,
+    ErrorKind, RunOptions, Session, SessionConfig, SessionError, TransportError,
 };
 use execkit_docker as _;
 use execkit_docker::DockerTransport;
@@ -81,6 +81,7 @@ fn cases() -> Vec<Case> {
             "EXECKIT_TEST_DOCKER_TCP (an engine on a loopback TCP port)"
         )),
         case!(unknown_container_is_unreachable),
+        case!(stopped_or_paused_container_says_which, needs_image),
         case!(unreachable_engine_is_unreachable),
     ]
 }
@@ -874,12 +875,13 @@ async fn remote_engine_over_tcp(env: Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn unreachable(r: Result<Session, SessionError>) -> anyhow::Result<String> {
+/// The message of an Unreachable error (one line) and the error.
+fn unreachable_error(r: Result<Session, SessionError>) -> anyhow::Result<(String, TransportError)> {
     match r {
         Err(SessionError::Transport(e @ TransportError::Unreachable { .. })) => {
             let msg = e.to_string();
             ensure!(!msg.contains('\n'), "not one line: {msg:?}");
-            Ok(msg)
+            Ok((msg, e))
         }
         other => bail!("expected Unreachable, got {other:?}"),
     }
@@ -887,8 +889,9 @@ fn unreachable(r: Result<Session, SessionError>) -> anyhow::Result<String> {
 
 async fn unknown_container_is_unreachable(_env: Env) -> anyhow::Result<()> {
     let name = format!("execkit-no-such-{}", std::process::id());
-    let msg = unreachable(Session::open(&format!("docker:{name}"), config()).await)?;
+    let (msg, e) = unreachable_error(Session::open(&format!("docker:{name}"), config()).await)?;
     ensure!(msg.contains(&name), "{msg}");
+    ensure!(e.kind() == ErrorKind::NotFound, "{:?}: {msg}", e.kind());
     let t = DockerTransport::new(&format!("docker:{name}"))?;
     // Cleanup of a container that does not exist has nothing to do.
     t.kill_matching("EXECKIT_SID=x").await?;
@@ -901,8 +904,15 @@ async fn unreachable_engine_is_unreachable(env: Env) -> anyhow::Result<()> {
     let port = reserved.port;
     let target = format!("docker://127.0.0.1:{port}/{}", env.container);
     let t = Instant::now();
-    let msg = unreachable(Session::open(&target, config()).await)?;
+    let (msg, e) = unreachable_error(Session::open(&target, config()).await)?;
     ensure!(msg.contains(&format!("127.0.0.1:{port}")), "{msg}");
+    ensure!(
+        e.kind() == ErrorKind::ConnectionRefused,
+        "{:?}: {msg}",
+        e.kind()
+    );
+    // The client's error is kept underneath, not only its text.
+    ensure!(std::error::Error::source(&e).is_some(), "no source: {e:?}");
     ensure!(
         t.elapsed() < Duration::from_secs(5),
         "took {:?}",
@@ -916,5 +926,21 @@ async fn unreachable_engine_is_unreachable(env: Env) -> anyhow::Result<()> {
         ),
         "gc must keep records of an unreachable engine"
     );
+    Ok(())
+}
+
+async fn stopped_or_paused_container_says_which(env: Env) -> anyhow::Result<()> {
+    let scratch = Scratch::start(&env, "kinds")?;
+    let name = scratch.0.clone();
+    let target = format!("docker:{name}");
+    docker_cli(&["pause", &name])?;
+    let (msg, e) = unreachable_error(Session::open(&target, config()).await)?;
+    ensure!(e.kind() == ErrorKind::Paused, "{:?}: {msg}", e.kind());
+    ensure!(msg.contains("is paused"), "{msg}");
+    docker_cli(&["unpause", &name])?;
+    docker_cli(&["kill", &name])?;
+    let (msg, e) = unreachable_error(Session::open(&target, config()).await)?;
+    ensure!(e.kind() == ErrorKind::NotRunning, "{:?}: {msg}", e.kind());
+    ensure!(msg.contains("is not running"), "{msg}");
     Ok(())
 }

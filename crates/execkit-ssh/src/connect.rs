@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use execkit_core::TransportError;
+use execkit_core::{ErrorKind, TransportError};
 use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, MethodType, Session};
 
 use crate::target::{home, HostKeyPolicy, SshTarget};
@@ -51,11 +51,12 @@ impl AsRawFd for BorrowedSocket {
     }
 }
 
-pub(crate) fn unreachable(target: &str, reason: impl Into<String>) -> TransportError {
-    TransportError::Unreachable {
-        target: target.to_string(),
-        reason: reason.into(),
-    }
+pub(crate) fn unreachable(
+    target: &str,
+    kind: ErrorKind,
+    reason: impl Into<String>,
+) -> TransportError {
+    TransportError::unreachable(target, kind, reason)
 }
 
 /// The stage of establishing a connection a deadline can end.
@@ -105,6 +106,7 @@ impl Deadline {
         let secs = self.total.as_secs_f64();
         unreachable(
             target,
+            ErrorKind::Timeout,
             match stage {
                 Stage::Tcp => format!("no TCP connection to {addr} within {secs} s"),
                 Stage::Banner => format!("no SSH banner from {addr} within {secs} s"),
@@ -130,14 +132,21 @@ pub(crate) fn establish(t: &SshTarget, target: &str) -> Result<Established, Tran
         if !id.is_file() {
             return Err(unreachable(
                 target,
+                ErrorKind::Other,
                 format!("identity file {} does not exist", id.display()),
             ));
         }
     }
     let deadline = Deadline::new(t.connect_timeout);
     let stream = tcp_connect(t, target, &deadline)?;
-    let mut session = Session::new()
-        .map_err(|e| unreachable(target, format!("cannot create an SSH session: {e}")))?;
+    let mut session = Session::new().map_err(|e| {
+        unreachable(
+            target,
+            ErrorKind::Other,
+            format!("cannot create an SSH session: {e}"),
+        )
+        .with_source(e)
+    })?;
     // libssh2 uses the same fd; `stream` owns it and outlives the session.
     session.set_tcp_stream(BorrowedSocket(stream.as_raw_fd()));
     if let Ok(supported) = session.supported_algs(MethodType::HostKey) {
@@ -162,12 +171,14 @@ pub(crate) fn establish(t: &SshTarget, target: &str) -> Result<Established, Tran
                 None => Stage::Banner,
                 Some(_) => Stage::KeyExchange,
             };
-            return deadline.missed(stage, t, target);
+            return deadline.missed(stage, t, target).with_source(e);
         }
         unreachable(
             target,
+            ErrorKind::Other,
             format!("SSH handshake with {} failed: {}", t.addr(), e.message()),
         )
+        .with_source(e)
     })?;
     tracing::debug!(
         "ssh {}: cipher {:?}, kex {:?}",
@@ -191,13 +202,16 @@ fn tcp_connect(
         Err(e) => {
             return Err(unreachable(
                 target,
+                ErrorKind::NotFound,
                 format!("cannot resolve host `{}`: {}", t.host, dns_reason(&e)),
-            ))
+            )
+            .with_source(e))
         }
     };
     if addrs.is_empty() {
         return Err(unreachable(
             target,
+            ErrorKind::NotFound,
             format!("cannot resolve host `{}`: no addresses", t.host),
         ));
     }
@@ -214,15 +228,22 @@ fn tcp_connect(
                 return Ok(s);
             }
             Err(e) => {
-                last = Some(match e.kind() {
-                    std::io::ErrorKind::ConnectionRefused => {
-                        unreachable(target, format!("connection refused by {}", t.addr()))
-                    }
+                let err = match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => unreachable(
+                        target,
+                        ErrorKind::ConnectionRefused,
+                        format!("connection refused by {}", t.addr()),
+                    ),
                     std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
                         deadline.missed(Stage::Tcp, t, target)
                     }
-                    _ => unreachable(target, format!("cannot connect to {}: {e}", t.addr())),
-                })
+                    _ => unreachable(
+                        target,
+                        ErrorKind::Other,
+                        format!("cannot connect to {}: {e}", t.addr()),
+                    ),
+                };
+                last = Some(err.with_source(e));
             }
         }
     }
@@ -290,14 +311,19 @@ fn key_algorithm(blob: &[u8]) -> Option<&str> {
 fn verify_host_key(session: &Session, t: &SshTarget, target: &str) -> Result<(), TransportError> {
     let (key, kind) = session
         .host_key()
-        .ok_or_else(|| unreachable(target, "the server sent no host key"))?;
+        .ok_or_else(|| unreachable(target, ErrorKind::Other, "the server sent no host key"))?;
     let fp = fingerprint(session);
     let kind = key_kind(kind);
     let name = t.known_hosts_name();
     let path = t.known_hosts_path();
-    let mut kh = session
-        .known_hosts()
-        .map_err(|e| unreachable(target, format!("cannot check host keys: {e}")))?;
+    let mut kh = session.known_hosts().map_err(|e| {
+        unreachable(
+            target,
+            ErrorKind::Other,
+            format!("cannot check host keys: {e}"),
+        )
+        .with_source(e)
+    })?;
     let shown = path
         .as_ref()
         .map_or_else(|| "known_hosts".to_string(), |p| p.display().to_string());
@@ -308,6 +334,7 @@ fn verify_host_key(session: &Session, t: &SshTarget, target: &str) -> Result<(),
         CheckResult::Match => Ok(()),
         CheckResult::Mismatch => Err(unreachable(
             target,
+            ErrorKind::HostKeyMismatch,
             format!(
                 "host key for {name} has CHANGED: the server offered {kind} key {fp}, \
                  which does not match the one in {shown}; refusing to connect \
@@ -316,20 +343,28 @@ fn verify_host_key(session: &Session, t: &SshTarget, target: &str) -> Result<(),
         )),
         CheckResult::NotFound | CheckResult::Failure => match (t.host_key, &path) {
             (HostKeyPolicy::AcceptNew, Some(p)) => {
-                let alg = key_algorithm(key)
-                    .ok_or_else(|| unreachable(target, "the server's host key is malformed"))?;
+                let alg = key_algorithm(key).ok_or_else(|| {
+                    unreachable(
+                        target,
+                        ErrorKind::Other,
+                        "the server's host key is malformed",
+                    )
+                })?;
                 let line = format!("{name} {alg} {}\n", base64(key, true));
                 append_known_host(p, &line).map_err(|e| {
                     unreachable(
                         target,
+                        ErrorKind::Other,
                         format!("cannot record the host key of {name} in {shown}: {e}"),
                     )
+                    .with_source(e)
                 })?;
                 tracing::info!("recorded {kind} host key {fp} of {name} in {shown}");
                 Ok(())
             }
             _ => Err(unreachable(
                 target,
+                ErrorKind::HostKeyUnknown,
                 format!(
                     "host {name} is not in {shown}: the server offered {kind} key {fp}; \
                      refusing to connect (verify the fingerprint and add the key to \
@@ -395,7 +430,7 @@ fn authenticate(
                     tried.push(format!("key {} (not accepted)", path.display()));
                     false
                 }
-                Err(e) if timed_out(&e) || deadline.expired() => return Err(late()),
+                Err(e) if timed_out(&e) || deadline.expired() => return Err(late().with_source(e)),
                 Err(e) => {
                     let why = match e.code() {
                         ssh2::ErrorCode::Session(-18) | ssh2::ErrorCode::Session(-19) => {
@@ -444,6 +479,7 @@ fn authenticate(
     }
     Err(unreachable(
         target,
+        ErrorKind::AuthRefused,
         format!(
             "authentication failed for {user}@{} (tried {})",
             t.addr(),

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use execkit_core::TransportError;
+use execkit_core::{ErrorKind, ErrorSource, TransportError};
 use tokio::sync::watch;
 
 use crate::actor::{Conn, ExecOutput, OpenError};
@@ -46,11 +46,16 @@ impl Key {
 }
 
 /// Why a connection attempt failed, in a form every waiter can have a copy
-/// of (`TransportError` holds an `io::Error`, which is not `Clone`); each
-/// waiter gets it back as a `TransportError` naming its own target.
+/// of (`TransportError` holds an `io::Error`, which is not `Clone`; the
+/// source of an unreachable target is shared); each waiter gets it back as
+/// a `TransportError` naming its own target.
 #[derive(Debug, Clone)]
 enum Failure {
-    Unreachable(String),
+    Unreachable {
+        kind: ErrorKind,
+        reason: String,
+        source: Option<ErrorSource>,
+    },
     Invalid(String),
     Spawn(String),
     Lost(String),
@@ -64,7 +69,16 @@ enum Failure {
 impl Failure {
     fn of(e: TransportError) -> Failure {
         match e {
-            TransportError::Unreachable { reason, .. } => Failure::Unreachable(reason),
+            TransportError::Unreachable {
+                kind,
+                reason,
+                source,
+                ..
+            } => Failure::Unreachable {
+                kind,
+                reason,
+                source,
+            },
             TransportError::InvalidTarget { reason, .. } => Failure::Invalid(reason),
             TransportError::Spawn { reason, .. } => Failure::Spawn(reason),
             TransportError::Lost(m) => Failure::Lost(m),
@@ -73,14 +87,27 @@ impl Failure {
                 kind: source.kind(),
                 message: source.to_string(),
             },
-            other => Failure::Unreachable(other.to_string()),
+            other => Failure::Unreachable {
+                kind: other.kind(),
+                reason: other.to_string(),
+                source: None,
+            },
         }
     }
 
     fn error(&self, target: &str) -> TransportError {
         let target = target.to_string();
         match self.clone() {
-            Failure::Unreachable(reason) => TransportError::Unreachable { target, reason },
+            Failure::Unreachable {
+                kind,
+                reason,
+                source,
+            } => TransportError::Unreachable {
+                target,
+                kind,
+                reason,
+                source,
+            },
             Failure::Invalid(reason) => TransportError::InvalidTarget { target, reason },
             Failure::Spawn(reason) => TransportError::Spawn { target, reason },
             Failure::Lost(m) => TransportError::Lost(m),

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use execkit_core::testkit::marked_here;
-use execkit_core::{RunOptions, Session, SessionConfig, SessionError, TransportError};
+use execkit_core::{ErrorKind, RunOptions, Session, SessionConfig, SessionError, TransportError};
 use execkit_ssh as _;
 use execkit_ssh::SshTarget;
 
@@ -76,11 +76,30 @@ async fn open(url: &str) -> Result<Session, SessionError> {
 }
 
 fn unreachable_reason(r: Result<Session, SessionError>) -> String {
+    unreachable_error(r).1
+}
+
+/// The kind and reason of an Unreachable error, and the error itself (its
+/// source is the library's error underneath).
+fn unreachable_error(r: Result<Session, SessionError>) -> (ErrorKind, String, TransportError) {
     match r {
-        Err(SessionError::Transport(TransportError::Unreachable { reason, .. })) => reason,
+        Err(SessionError::Transport(e)) => match &e {
+            TransportError::Unreachable { kind, reason, .. } => {
+                assert_eq!(*kind, e.kind());
+                (*kind, reason.clone(), e)
+            }
+            _ => panic!("expected Unreachable, got {e:?}"),
+        },
         Err(e) => panic!("expected Unreachable, got {e:?}"),
         Ok(_) => panic!("expected Unreachable, got a session"),
     }
+}
+
+/// The I/O error a transport error keeps as its source.
+fn io_source(e: &TransportError) -> &std::io::Error {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<std::io::Error>())
+        .unwrap_or_else(|| panic!("no io::Error source in {e:?}"))
 }
 
 /// `SHA256:…` of a public key file, as OpenSSH prints it.
@@ -122,7 +141,8 @@ async fn ed25519_and_rsa_keys_work() {
 async fn wrong_key_is_refused() {
     let Some(e) = env() else { return };
     let url = e.url_with(&e.key("wrong_ed25519"), &e.key("known_hosts"), "");
-    let reason = unreachable_reason(open(&url).await);
+    let (kind, reason, _) = unreachable_error(open(&url).await);
+    assert_eq!(kind, ErrorKind::AuthRefused, "{reason}");
     assert!(reason.contains("authentication failed"), "{reason}");
     assert!(reason.contains("wrong_ed25519"), "{reason}");
 }
@@ -159,7 +179,8 @@ async fn changed_host_key_is_refused_with_its_fingerprint() {
     let expected = fingerprint(&e.key("host_ed25519.pub"));
     for extra in ["", "&host_key=accept_new"] {
         let url = e.url_with(&e.key("user_ed25519"), &kh, extra);
-        let reason = unreachable_reason(open(&url).await);
+        let (kind, reason, _) = unreachable_error(open(&url).await);
+        assert_eq!(kind, ErrorKind::HostKeyMismatch, "{reason}");
         assert!(reason.contains("CHANGED"), "{reason}");
         assert!(reason.contains(&expected), "{reason} lacks {expected}");
         assert!(
@@ -178,7 +199,8 @@ async fn unknown_host_is_refused_unless_accept_new() {
     let kh = dir.join("sub/known_hosts");
     let expected = fingerprint(&e.key("host_ed25519.pub"));
     let strict = e.url_with(&e.key("user_ed25519"), &kh, "");
-    let reason = unreachable_reason(open(&strict).await);
+    let (kind, reason, _) = unreachable_error(open(&strict).await);
+    assert_eq!(kind, ErrorKind::HostKeyUnknown, "{reason}");
     assert!(
         reason.contains("is not in") && reason.contains(&expected),
         "{reason}"
@@ -220,20 +242,28 @@ async fn connection_refused_and_dns_failure_are_clear() {
         e.key("user_ed25519").display()
     );
     let t = Instant::now();
-    let reason = unreachable_reason(open(&url).await);
+    let (kind, reason, err) = unreachable_error(open(&url).await);
     assert!(reason.contains("connection refused"), "{reason}");
     assert!(t.elapsed() < Duration::from_secs(5));
+    assert_eq!(kind, ErrorKind::ConnectionRefused, "{reason}");
+    // The OS error is kept, not only its text.
+    assert_eq!(
+        io_source(&err).kind(),
+        std::io::ErrorKind::ConnectionRefused
+    );
 
     let url = format!(
         "ssh://{}@no-such-host.invalid:22?identity={}",
         e.target.user,
         e.key("user_ed25519").display()
     );
-    let reason = unreachable_reason(open(&url).await);
+    let (kind, reason, err) = unreachable_error(open(&url).await);
     assert!(
         reason.contains("cannot resolve host `no-such-host.invalid`"),
         "{reason}"
     );
+    assert_eq!(kind, ErrorKind::NotFound, "{reason}");
+    io_source(&err);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -689,7 +719,9 @@ async fn concurrent_opens_to_a_stalled_host_share_one_attempt() {
     let timed = || {
         let url = url.clone();
         async move {
-            let reason = unreachable_reason(open(&url).await);
+            let (kind, reason, _) = unreachable_error(open(&url).await);
+            // Every waiter of the shared attempt gets its kind.
+            assert_eq!(kind, ErrorKind::Timeout, "{reason}");
             (reason, t0.elapsed())
         }
     };
@@ -774,6 +806,7 @@ async fn connect_timeout_must_be_a_positive_duration() {
         match open(&url).await {
             Err(SessionError::Transport(e @ TransportError::InvalidTarget { .. })) => {
                 assert!(e.is_usage());
+                assert_eq!(e.kind(), ErrorKind::InvalidTarget);
                 let text = e.to_string();
                 assert!(
                     text.contains(&format!("connect_timeout={bad} is not a duration")),
@@ -828,8 +861,9 @@ async fn concurrent_opens_share_one_new_connection() {
 async fn a_connect_timeout_names_the_stage() {
     let host = StalledHost::saying(b"SSH-2.0-OpenSSH_9.6 stalled\r\n").await;
     let t = Instant::now();
-    let reason = unreachable_reason(open(&host.url("&connect_timeout=1")).await);
+    let (kind, reason, _) = unreachable_error(open(&host.url("&connect_timeout=1")).await);
     let took = t.elapsed();
+    assert_eq!(kind, ErrorKind::Timeout, "{reason}");
     assert_eq!(
         reason,
         format!(
@@ -843,8 +877,9 @@ async fn a_connect_timeout_names_the_stage() {
     let full = FullAcceptQueue::new();
     let t = Instant::now();
     let url = format!("ssh://nobody@127.0.0.1:{}?connect_timeout=1.5", full.port);
-    let reason = unreachable_reason(open(&url).await);
+    let (kind, reason, _) = unreachable_error(open(&url).await);
     let took = t.elapsed();
+    assert_eq!(kind, ErrorKind::Timeout, "{reason}");
     assert_eq!(
         reason,
         format!("no TCP connection to 127.0.0.1:{} within 1.5 s", full.port)
