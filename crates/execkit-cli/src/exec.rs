@@ -320,7 +320,9 @@ pub(crate) async fn interrupted() {
     }
 }
 
-fn fail(e: &SessionError) -> ExitCode {
+/// Says why a session failed and maps it to the CLI's exit status: 2 for
+/// what the user wrote (target, command, config), 69 for the target.
+pub(crate) fn fail(e: &SessionError) -> ExitCode {
     eprintln!("execkit: {e}");
     match e {
         SessionError::Transport(t) if t.is_usage() => ExitCode::from(EXIT_USAGE),

@@ -52,10 +52,8 @@ pub fn main(args: ShellArgs) -> ExitCode {
     config.observer = Some(observer);
     let mut session = match rt.block_on(Session::open(&args.target, config)) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("execkit: {e}");
-            return ExitCode::from(crate::EXIT_UNREACHABLE);
-        }
+        // The same exit status as `exec`: 2 for a bad target, else 69.
+        Err(e) => return crate::exec::fail(&e),
     };
     let mut editor = match rustyline::DefaultEditor::new() {
         Ok(e) => e,

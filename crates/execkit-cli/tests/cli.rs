@@ -422,6 +422,28 @@ fn inherited_bash_function_starting_a_job_prints_no_notice() {
     assert_eq!(lines[1]["output"], "x", "{lines:?}");
 }
 
+/// `shell` and `exec` agree on what a target that cannot work means: a
+/// target that does not parse is the user's mistake (exit 2), an
+/// unreachable one is the target's (exit 69).
+#[test]
+fn shell_and_exec_give_the_same_status_for_a_bad_target() {
+    for verb in ["exec", "shell"] {
+        let mut args = vec![verb, "--no-journal", "--target", "nosuchscheme:x"];
+        if verb == "exec" {
+            args.push("true");
+        }
+        let out = execkit(&args);
+        assert_eq!(out.status.code(), Some(2), "{verb}: {}", stderr(&out));
+        assert!(stderr(&out).contains("nosuchscheme"), "{}", stderr(&out));
+        let mut args = vec![verb, "--no-journal", "--target", "local:/nonexistent/shell"];
+        if verb == "exec" {
+            args.push("true");
+        }
+        let out = execkit(&args);
+        assert_eq!(out.status.code(), Some(69), "{verb}: {}", stderr(&out));
+    }
+}
+
 /// Every duration the CLI takes is checked: huge, negative or not-a-number
 /// seconds are one line on stderr and exit 2, never a panic (exit 101).
 #[test]
