@@ -1,0 +1,128 @@
+//! A command's end: its [`RunResult`] built from how the wait ended, and
+//! what the journal and the console are told.
+
+use tokio::time::Instant;
+
+use super::drive::Outcome;
+use super::{blank, RunResult, Session};
+use crate::console::ConsoleEvent;
+use crate::fields;
+
+impl Session {
+    /// Ends the pending command according to `outcome` and builds its result.
+    pub(super) async fn finish(&mut self, outcome: Outcome) -> RunResult {
+        let mut p = self.pending.take().expect("pending command");
+        let mut result = blank(&p.command, p.started, &self.cwd);
+        result.restarted = p.collector.restarted;
+        match outcome {
+            Outcome::Sentinel(s) => {
+                result.exit_code = Some(s.status);
+                self.take_state(s);
+            }
+            Outcome::Deadline => {
+                result.timed_out = true;
+                self.recover_from_timeout(&mut p, &mut result).await;
+            }
+            Outcome::InputWait => {
+                // Nobody can answer: stop it as a timeout would, keep the shell.
+                self.recover_from_timeout(&mut p, &mut result).await;
+                result.waiting_for_input = true;
+            }
+            Outcome::Died(death) => {
+                let started = p.scanner.started();
+                self.after_death(death, started, &mut result).await
+            }
+            Outcome::Suspended(why) => self.after_suspend(&p, why, &mut result).await,
+            Outcome::Lost(msg) => self.after_loss(msg, &mut result).await,
+            Outcome::WriteFailed(e) => match self.death_behind_write_failure().await {
+                // It died while idle (a container restart): a line that
+                // could not be written did not run.
+                Some(death) => self.after_death(death, false, &mut result).await,
+                None => self.after_loss(e.to_string(), &mut result).await,
+            },
+            Outcome::Yield | Outcome::Quiet => unreachable!("handled by drive"),
+        }
+        if let Some(bytes) = self.console_line.flush() {
+            self.publish(ConsoleEvent::Output {
+                session: self.id.clone(),
+                bytes,
+                origin: None,
+            });
+        }
+        let internal = p.internal;
+        let yielded = p.collector.yielded;
+        let (capped, delta) = p.collector.finish();
+        result.output = if yielded { delta } else { capped.text };
+        if result.output.ends_with('\n') {
+            result.output.pop();
+        }
+        result.truncated = capped.truncated;
+        result.output_path = capped.spool_path;
+        if let (Some(e), None) = (capped.spool_error, &result.error) {
+            result.error = Some(e);
+        }
+        result.cwd = self.cwd.clone();
+        result.duration_ms = p.started.elapsed().as_millis() as u64;
+        if !internal {
+            self.report(&result);
+        }
+        result
+    }
+
+    pub(super) fn blank_result(&self, command: &str, started: Instant) -> RunResult {
+        let mut r = blank(command, started, &self.cwd);
+        r.duration_ms = started.elapsed().as_millis() as u64;
+        r
+    }
+
+    pub(super) fn record(
+        &self,
+        event: &str,
+        mut fields: serde_json::Map<String, serde_json::Value>,
+    ) {
+        if let Some(o) = &self.config.observer {
+            fields.insert("session".into(), self.id.clone().into());
+            if let Some(name) = &self.config.name {
+                fields.insert("name".into(), name.clone().into());
+            }
+            fields.insert("target".into(), self.target().into());
+            o.record(event, fields);
+        }
+    }
+
+    pub(super) fn publish(&self, event: ConsoleEvent) {
+        if let Some(o) = &self.config.observer {
+            o.console.publish(event);
+        }
+    }
+
+    /// Journals and mirrors the end of a command.
+    pub(super) fn report(&self, r: &RunResult) {
+        let mut f = fields! {
+            "command" => r.command,
+            "exit_code" => r.exit_code,
+            "duration_ms" => r.duration_ms,
+            "timed_out" => r.timed_out,
+            "truncated" => r.truncated,
+            "restarted" => r.restarted,
+            "session_lost" => r.session_lost,
+            "waiting_for_input" => r.waiting_for_input,
+            "cwd" => r.cwd,
+        };
+        if let Some(e) = &r.error {
+            f.insert("error".into(), e.clone().into());
+        }
+        match &r.output_path {
+            Some(p) => f.insert("output_path".into(), p.display().to_string().into()),
+            None => f.insert("output".into(), r.output.clone().into()),
+        };
+        self.record("result", f);
+        self.publish(ConsoleEvent::Footer {
+            session: self.id.clone(),
+            exit_code: r.exit_code,
+            duration_ms: r.duration_ms,
+            timed_out: r.timed_out,
+            origin: None,
+        });
+    }
+}
