@@ -1,10 +1,13 @@
 //! One command from its text to the wire: the shell made ready, the
 //! command's state ([`Pending`]) and the cheapest safe encoding.
 
+use std::ops::ControlFlow;
+
 use tokio::time::Instant;
 
 use super::{
-    Collector, InputWait, Pending, RunOptions, RunResult, Session, COMMAND_VAR, INPUT_WAIT_GRACE,
+    blank, Collector, InputWait, Pending, RunOptions, RunResult, Session, COMMAND_VAR,
+    INPUT_WAIT_GRACE,
 };
 use crate::console::ConsoleEvent;
 use crate::error::SessionError;
@@ -36,39 +39,10 @@ impl Session {
                 origin: None,
             });
         }
-        let mut restarted = false;
-        if self.shell.is_none() {
-            // The previous command lost the shell; try a fresh one.
-            if let Err(e) = self.restart().await {
-                let mut r = self.blank_result(shown.unwrap_or(command), started);
-                r.session_lost = true;
-                r.error = Some(e.to_string());
-                if shown.is_some() {
-                    self.report(&r);
-                }
-                return Ok(r);
-            }
-            restarted = true;
-        }
-        if let Some(frozen) = self.frozen.take() {
-            if let Some(why) = self.suspended().await {
-                // Still frozen: nothing could run it; say so at once.
-                self.frozen = Some(frozen);
-                let mut r = self.blank_result(shown.unwrap_or(command), started);
-                r.session_lost = true;
-                r.error = Some(format!("{why}; the command was not run"));
-                if shown.is_some() {
-                    self.report(&r);
-                }
-                return Ok(r);
-            }
-            // Running again: the interrupted command took its Ctrl-C at the
-            // thaw; whatever of it ignored that is killed now. (This command
-            // is marked: its late output or sentinel falls before our start.)
-            if let Err(e) = self.kill_command(&frozen.cid, frozen.started).await {
-                tracing::warn!("cleanup of a command interrupted while frozen failed: {e}");
-            }
-        }
+        let restarted = match self.ready_shell(shown, command, started).await {
+            ControlFlow::Continue(restarted) => restarted,
+            ControlFlow::Break(refused) => return Ok(refused),
+        };
         let spool = self
             .config
             .spool_dir
@@ -98,6 +72,66 @@ impl Session {
         pending.collector.track_delta =
             opts.yield_after.is_some() || opts.input_wait == InputWait::Yield;
         let mut line = format!("export {COMMAND_VAR}={cid}; ").into_bytes();
+        let (scanner, encoded) = self.encode(command, &nonce);
+        pending.scanner = scanner;
+        line.extend(encoded);
+        self.pending = Some(pending);
+        let yield_at = opts.yield_after.map(|y| started + y);
+        self.drive(Some(line), yield_at).await
+    }
+
+    /// Makes sure a shell can take the command: a lost one is replaced
+    /// (`Continue(true)`: the result says `restarted`); after a command
+    /// interrupted on a frozen target, a target still frozen refuses it
+    /// (`Break`: its result), one running again first has what is left of
+    /// that command killed.
+    async fn ready_shell(
+        &mut self,
+        shown: Option<&str>,
+        command: &str,
+        started: Instant,
+    ) -> ControlFlow<RunResult, bool> {
+        let mut restarted = false;
+        if self.shell.is_none() {
+            // The previous command lost the shell; try a fresh one.
+            if let Err(e) = self.restart().await {
+                let mut r = blank(shown.unwrap_or(command), started, &self.cwd);
+                r.session_lost = true;
+                r.error = Some(e.to_string());
+                if shown.is_some() {
+                    self.report(&r);
+                }
+                return ControlFlow::Break(r);
+            }
+            restarted = true;
+        }
+        if let Some(frozen) = self.frozen.take() {
+            if let Some(why) = self.suspended().await {
+                // Still frozen: nothing could run it; say so at once.
+                self.frozen = Some(frozen);
+                let mut r = blank(shown.unwrap_or(command), started, &self.cwd);
+                r.session_lost = true;
+                r.error = Some(format!("{why}; the command was not run"));
+                if shown.is_some() {
+                    self.report(&r);
+                }
+                return ControlFlow::Break(r);
+            }
+            // Running again: the interrupted command took its Ctrl-C at the
+            // thaw; whatever of it ignored that is killed now. (This command
+            // is marked: its late output or sentinel falls before our start.)
+            if let Err(e) = self.kill_command(&frozen.cid, frozen.started).await {
+                tracing::warn!("cleanup of a command interrupted while frozen failed: {e}");
+            }
+        }
+        ControlFlow::Continue(restarted)
+    }
+
+    /// The cheapest wire form that is safe for `command` in this session
+    /// (start marker, guard, sourced or `eval`ed, short sentinel; see
+    /// [`protocol::encode_command`]): the scanner for its output and the
+    /// encoded text. Notes what the text may turn on for later commands.
+    fn encode(&mut self, command: &str, nonce: &str) -> (SentinelScanner, Vec<u8>) {
         let starts_jobs = protocol::may_start_jobs(command);
         let changes_hooks = starts_jobs || protocol::may_change_hooks(command);
         self.jobs_possible |= starts_jobs;
@@ -125,17 +159,15 @@ impl Session {
             || self.jobs_possible
             || std::mem::take(&mut self.noise_pending);
         let full = !self.plain;
-        if marked {
-            pending.scanner = SentinelScanner::with_start(&nonce);
-        }
+        let mut scanner = if marked {
+            SentinelScanner::with_start(nonce)
+        } else {
+            SentinelScanner::new(nonce)
+        };
         if !full {
-            pending.scanner = pending.scanner.short();
+            scanner = scanner.short();
         }
-        line.extend(protocol::encode_command(
-            command, &nonce, via, guard, marked, full,
-        ));
-        self.pending = Some(pending);
-        let yield_at = opts.yield_after.map(|y| started + y);
-        self.drive(Some(line), yield_at).await
+        let line = protocol::encode_command(command, nonce, via, guard, marked, full);
+        (scanner, line)
     }
 }

@@ -23,8 +23,9 @@ const SUSPENDED_PROBE: Duration = Duration::from_secs(5);
 /// for terminal input.
 pub const INPUT_WAIT_GRACE: Duration = Duration::from_millis(1500);
 
-/// How a wait on the shell ended.
-pub(super) enum Outcome {
+/// How a wait on the shell ended (what became of the command is
+/// `RunOutcome`, built later from the result).
+pub(super) enum WaitEnd {
     Sentinel(Sentinel),
     Died(Death),
     Lost(String),
@@ -56,101 +57,15 @@ impl Session {
         yield_at: Option<Instant>,
     ) -> Result<RunResult, SessionError> {
         let outcome = loop {
-            let outcome = {
-                let Session {
-                    shell,
-                    pending,
-                    config,
-                    console_line,
-                    id,
-                    ..
-                } = self;
-                let observer = &config.observer;
-                let (Some(shell), Some(p)) = (shell.as_deref(), pending.as_mut()) else {
-                    return Err(SessionError::Idle);
-                };
-                let console = observer
-                    .as_deref()
-                    .map(|o| &o.console)
-                    .filter(|c| !p.internal && c.watched());
-                let Pending {
-                    scanner,
-                    collector,
-                    deadline,
-                    sent,
-                    last_activity,
-                    input_probe_at,
-                    probe_every,
-                    waiting,
-                    ..
-                } = p;
-                if input.is_none() {
-                    *sent = true;
-                }
-                // Quiet spells are looked at whatever `input_wait` says, every
-                // grace period: a frozen target is never quiet for a good
-                // reason, and is told within seconds however long the
-                // command was quiet before.
-                let quiet = Some((*last_activity + INPUT_WAIT_GRACE, INPUT_WAIT_GRACE));
-                pump(
-                    shell,
-                    input.take().as_deref(),
-                    *deadline,
-                    yield_at,
-                    quiet,
-                    sent,
-                    &mut |b| {
-                        let scan = scanner.push(b);
-                        if !scan.output.is_empty() {
-                            // Something happened: it is not (or no longer) stuck.
-                            let now = Instant::now();
-                            *last_activity = now;
-                            *input_probe_at = now + INPUT_WAIT_GRACE;
-                            *probe_every = INPUT_WAIT_GRACE;
-                            *waiting = false;
-                        }
-                        collector.push(&scan.output);
-                        if let Some(c) = console {
-                            if let Some(line) = console_line.push(&scan.output) {
-                                c.publish(ConsoleEvent::Output {
-                                    session: id.clone(),
-                                    bytes: line,
-                                    origin: None,
-                                });
-                            }
-                        }
-                        scan.sentinel
-                    },
-                )
-                .await
-            };
-            if !matches!(outcome, Outcome::Quiet) {
+            let outcome = self.pump_pending(input.take(), yield_at).await?;
+            if !matches!(outcome, WaitEnd::Quiet) {
                 break outcome;
             }
-            if let Some(why) = self.suspended().await {
-                break Outcome::Suspended(why);
-            }
-            let now = Instant::now();
-            let p = self.pending.as_mut().expect("pending");
-            p.last_activity = now;
-            if p.input_wait == InputWait::Ignore || p.waiting || now < p.input_probe_at {
-                continue;
-            }
-            let found = self.waits_for_input().await;
-            let p = self.pending.as_mut().expect("pending");
-            p.last_activity = Instant::now();
-            p.probe_every = (p.probe_every * 2).min(Duration::from_secs(30));
-            p.input_probe_at = p.last_activity + p.probe_every;
-            if found {
-                p.waiting = true;
-                match p.input_wait {
-                    InputWait::Stop => break Outcome::InputWait,
-                    InputWait::Yield => break Outcome::Yield,
-                    InputWait::Ignore => {}
-                }
+            if let Some(end) = self.look_at_quiet_spell().await {
+                break end;
             }
         };
-        if let Outcome::Yield = outcome {
+        if let WaitEnd::Yield = outcome {
             let p = self.pending.as_mut().expect("pending");
             let mut r = blank(&p.command, p.started, &self.cwd);
             r.running = true;
@@ -159,6 +74,111 @@ impl Session {
             return Ok(r);
         }
         Ok(self.finish(outcome).await)
+    }
+
+    /// One [`pump`] of the pending command: writes `input` (if any) and
+    /// reads, feeding the scanner, the collector and the console, until
+    /// the command ends, a deadline passes or it is quiet for a while.
+    async fn pump_pending(
+        &mut self,
+        input: Option<Vec<u8>>,
+        yield_at: Option<Instant>,
+    ) -> Result<WaitEnd, SessionError> {
+        let Session {
+            shell,
+            pending,
+            config,
+            console_line,
+            id,
+            ..
+        } = self;
+        let observer = &config.observer;
+        let (Some(shell), Some(p)) = (shell.as_deref(), pending.as_mut()) else {
+            return Err(SessionError::Idle);
+        };
+        let console = observer
+            .as_deref()
+            .map(|o| &o.console)
+            .filter(|c| !p.internal && c.watched());
+        let Pending {
+            scanner,
+            collector,
+            deadline,
+            sent,
+            last_activity,
+            input_probe_at,
+            probe_every,
+            waiting,
+            ..
+        } = p;
+        if input.is_none() {
+            *sent = true;
+        }
+        // Quiet spells are looked at whatever `input_wait` says, every
+        // grace period: a frozen target is never quiet for a good
+        // reason, and is told within seconds however long the
+        // command was quiet before.
+        let quiet = Some((*last_activity + INPUT_WAIT_GRACE, INPUT_WAIT_GRACE));
+        Ok(pump(
+            shell,
+            input.as_deref(),
+            *deadline,
+            yield_at,
+            quiet,
+            sent,
+            &mut |b| {
+                let scan = scanner.push(b);
+                if !scan.output.is_empty() {
+                    // Something happened: it is not (or no longer) stuck.
+                    let now = Instant::now();
+                    *last_activity = now;
+                    *input_probe_at = now + INPUT_WAIT_GRACE;
+                    *probe_every = INPUT_WAIT_GRACE;
+                    *waiting = false;
+                }
+                collector.push(&scan.output);
+                if let Some(c) = console {
+                    if let Some(line) = console_line.push(&scan.output) {
+                        c.publish(ConsoleEvent::Output {
+                            session: id.clone(),
+                            bytes: line,
+                            origin: None,
+                        });
+                    }
+                }
+                scan.sentinel
+            },
+        )
+        .await)
+    }
+
+    /// The command was quiet for [`INPUT_WAIT_GRACE`]: is the target frozen,
+    /// and (when due, and wanted) does the command wait for terminal
+    /// input? `Some`: how the wait ends; `None`: it goes on.
+    async fn look_at_quiet_spell(&mut self) -> Option<WaitEnd> {
+        if let Some(why) = self.suspended().await {
+            return Some(WaitEnd::Suspended(why));
+        }
+        let now = Instant::now();
+        let p = self.pending.as_mut().expect("pending");
+        p.last_activity = now;
+        if p.input_wait == InputWait::Ignore || p.waiting || now < p.input_probe_at {
+            return None;
+        }
+        let found = self.waits_for_input().await;
+        let p = self.pending.as_mut().expect("pending");
+        p.last_activity = Instant::now();
+        p.probe_every = (p.probe_every * 2).min(Duration::from_secs(30));
+        p.input_probe_at = p.last_activity + p.probe_every;
+        if found {
+            p.waiting = true;
+            match p.input_wait {
+                InputWait::Stop => return Some(WaitEnd::InputWait),
+                InputWait::Yield => return Some(WaitEnd::Yield),
+                InputWait::Ignore => {}
+            }
+        }
+        None
     }
 
     /// Whether the target is frozen (see [`ShellProcess::suspended`]). A
@@ -197,7 +217,7 @@ impl Session {
 /// Writes `input` (if any) while reading, feeding output to `feed` until it
 /// reports a sentinel, the shell ends, or `deadline` passes.
 ///
-/// `quiet`: when to report [`Outcome::Quiet`] (first at the given instant,
+/// `quiet`: when to report [`WaitEnd::Quiet`] (first at the given instant,
 /// then the given time after the latest output), once the input is out.
 pub(super) async fn pump(
     shell: &dyn ShellProcess,
@@ -207,7 +227,7 @@ pub(super) async fn pump(
     quiet: Option<(Instant, Duration)>,
     sent: &mut bool,
     feed: &mut (dyn FnMut(&[u8]) -> Option<Sentinel> + Send),
-) -> Outcome {
+) -> WaitEnd {
     let mut write = input.map(|d| shell.write(d));
     let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
     tokio::pin!(sleep);
@@ -221,27 +241,27 @@ pub(super) async fn pump(
             ev = shell.read() => match ev {
                 ShellEvent::Output(b) => {
                     if let Some(s) = feed(&b) {
-                        return Outcome::Sentinel(s);
+                        return WaitEnd::Sentinel(s);
                     }
                     if let Some((_, after)) = quiet {
                         quiet_sleep.as_mut().reset(Instant::now() + after);
                     }
                 }
-                ShellEvent::Exited(st) => return Outcome::Died(Death::Exited(st)),
-                ShellEvent::TargetRestarted(m) => return Outcome::Died(Death::TargetRestarted(m)),
-                ShellEvent::Lost(m) => return Outcome::Lost(m),
+                ShellEvent::Exited(st) => return WaitEnd::Died(Death::Exited(st)),
+                ShellEvent::TargetRestarted(m) => return WaitEnd::Died(Death::TargetRestarted(m)),
+                ShellEvent::Lost(m) => return WaitEnd::Lost(m),
             },
             r = maybe(&mut write) => {
                 write = None;
                 *sent = true;
                 if let Err(e) = r {
-                    return Outcome::WriteFailed(e);
+                    return WaitEnd::WriteFailed(e);
                 }
             }
-            _ = &mut sleep, if deadline.is_some() => return Outcome::Deadline,
-            _ = &mut quiet_sleep, if quiet.is_some() && *sent => return Outcome::Quiet,
+            _ = &mut sleep, if deadline.is_some() => return WaitEnd::Deadline,
+            _ = &mut quiet_sleep, if quiet.is_some() && *sent => return WaitEnd::Quiet,
             // A half-written command line cannot be resumed: yield only after it is out.
-            _ = &mut yield_sleep, if yield_at.is_some() && *sent => return Outcome::Yield,
+            _ = &mut yield_sleep, if yield_at.is_some() && *sent => return WaitEnd::Yield,
         }
     }
 }

@@ -41,7 +41,7 @@ use crate::transport::{ShellProcess, Size, Transport};
 pub(crate) use collector::last_chars;
 use collector::Collector;
 pub use config::SessionConfig;
-use drive::{Outcome, INPUT_WAIT_GRACE};
+use drive::{WaitEnd, INPUT_WAIT_GRACE};
 use recovery::Frozen;
 pub(crate) use result::blank;
 pub use result::{InputWait, RunOptions, RunResult};
@@ -261,7 +261,7 @@ impl Session {
             return Err(SessionError::Idle);
         }
         self.record("interrupt", fields! {});
-        let mut r = self.finish(Outcome::Deadline).await;
+        let mut r = self.finish(WaitEnd::Deadline).await;
         r.timed_out = false;
         if r.exit_code.is_none() && r.error.is_none() {
             r.error = Some("interrupted".into());

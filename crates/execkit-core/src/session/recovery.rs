@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::drive::{pump, Death, Outcome};
+use super::drive::{pump, Death, WaitEnd};
 use super::{Pending, RunResult, Session, COMMAND_VAR};
 use crate::protocol::{self, SentinelScanner};
 use crate::shell;
@@ -115,26 +115,26 @@ impl Session {
                 })
                 .await;
                 match o {
-                    Outcome::Sentinel(s) => {
+                    WaitEnd::Sentinel(s) => {
                         // The command ended under our signal: still a timeout.
                         self.take_state(s);
                         self.kill_rest(p, result).await;
                         return;
                     }
-                    Outcome::Died(death) => {
+                    WaitEnd::Died(death) => {
                         let started = p.scanner.started();
                         return self.after_death(death, started, result).await;
                     }
                     // The way to the shell broke (a stalled connection) while
                     // the target answers scripts: a fresh shell, if it can.
-                    Outcome::Lost(_) | Outcome::WriteFailed(_) => {
+                    WaitEnd::Lost(_) | WaitEnd::WriteFailed(_) => {
                         return self.start_over(p, result).await
                     }
-                    Outcome::Deadline
-                    | Outcome::Yield
-                    | Outcome::Quiet
-                    | Outcome::InputWait
-                    | Outcome::Suspended(_) => {}
+                    WaitEnd::Deadline
+                    | WaitEnd::Yield
+                    | WaitEnd::Quiet
+                    | WaitEnd::InputWait
+                    | WaitEnd::Suspended(_) => {}
                 }
                 if Instant::now() >= until
                     || self.signal_command(&p.cid, p.started, "0").await == Some(Ok(0))
@@ -191,96 +191,108 @@ impl Session {
             // Nothing can be typed without a fresh nonce.
             return self.start_over(p, result).await;
         };
-        let mut fresh = SentinelScanner::new(&nonce);
+        let outcome = match shell.interrupt().await {
+            Err(e) => WaitEnd::WriteFailed(e),
+            Ok(()) => self.type_fresh_sentinel(p, &nonce, result).await,
+        };
+        match outcome {
+            WaitEnd::Sentinel(s) => {
+                self.take_state(s);
+                // Whatever the command left running dies with it.
+                self.kill_rest(p, result).await;
+            }
+            WaitEnd::Died(death) => {
+                let started = p.scanner.started();
+                self.after_death(death, started, result).await
+            }
+            WaitEnd::Lost(msg) => self.after_loss(msg, result).await,
+            WaitEnd::WriteFailed(e) => self.after_loss(e.to_string(), result).await,
+            WaitEnd::Deadline
+            | WaitEnd::Yield
+            | WaitEnd::Quiet
+            | WaitEnd::InputWait
+            | WaitEnd::Suspended(_) => {
+                // The shell is wedged (raw-mode program, SIGINT ignored):
+                // kill the marked tree and start over.
+                self.start_over(p, result).await
+            }
+        }
+    }
+
+    /// After the Ctrl-C: types a fresh sentinel once the shell took it
+    /// (again if it was dropped) and reads until one answers or
+    /// `interrupt_grace` passes. A command that printed its own sentinel
+    /// meanwhile gets its real status in `result`.
+    async fn type_fresh_sentinel(
+        &mut self,
+        p: &mut Pending,
+        nonce: &str,
+        result: &mut RunResult,
+    ) -> WaitEnd {
+        let shell = self.shell.as_deref().expect("shell present");
+        let mut fresh = SentinelScanner::new(nonce);
         // A leading blank: dash's interrupted `read` may still take one byte.
-        let resync = format!(" {}\n", protocol::sentinel_source(&nonce, "130"));
+        let resync = format!(" {}\n", protocol::sentinel_source(nonce, "130"));
         let Pending {
             scanner: old,
             collector,
             ..
         } = p;
         let grace = self.config.interrupt_grace;
-        let outcome = match shell.interrupt().await {
-            Err(e) => Outcome::WriteFailed(e),
-            Ok(()) => {
-                let deadline = Instant::now() + grace;
-                let mut finished_late = None;
-                let mut feed = |b: &[u8]| {
-                    // The command may still print its own sentinel (it ended
-                    // just as we interrupted); what precedes the fresh one is
-                    // still this command's output.
-                    let first = if old.is_done() {
-                        crate::protocol::Scan {
-                            output: b.to_vec(),
-                            sentinel: None,
-                        }
-                    } else {
-                        old.push(b)
-                    };
-                    if let Some(s) = first.sentinel {
-                        finished_late = Some(s);
-                        let mut bytes = first.output;
-                        bytes.extend(old.take_after());
-                        let scan = fresh.push(&bytes);
-                        collector.push(&scan.output);
-                        return scan.sentinel;
-                    }
-                    let scan = fresh.push(&first.output);
-                    collector.push(&scan.output);
-                    scan.sentinel
-                };
-                // Let the shell take the Ctrl-C first: bash and busybox drop
-                // input typed along with it.
-                let soon = |ms| Some((Instant::now() + Duration::from_millis(ms)).min(deadline));
-                let mut o = pump(shell, None, soon(150), None, None, &mut true, &mut feed).await;
-                // Typed again if it was dropped anyway (a slow shell); a late
-                // copy's sentinel falls before the next command's start marker.
-                for _ in 0..3 {
-                    if !matches!(o, Outcome::Deadline) || Instant::now() >= deadline {
-                        break;
-                    }
-                    self.noise_pending = true;
-                    o = pump(
-                        shell,
-                        Some(resync.as_bytes()),
-                        soon(600),
-                        None,
-                        None,
-                        &mut false,
-                        &mut feed,
-                    )
-                    .await;
+        let deadline = Instant::now() + grace;
+        let mut finished_late = None;
+        let mut feed = |b: &[u8]| {
+            // The command may still print its own sentinel (it ended
+            // just as we interrupted); what precedes the fresh one is
+            // still this command's output.
+            let first = if old.is_done() {
+                crate::protocol::Scan {
+                    output: b.to_vec(),
+                    sentinel: None,
                 }
-                if let (Outcome::Sentinel(_), Some(s)) = (&o, finished_late) {
-                    // It completed after all: report its real status.
-                    result.exit_code = Some(s.status);
-                    result.timed_out = false;
-                }
-                o
+            } else {
+                old.push(b)
+            };
+            if let Some(s) = first.sentinel {
+                finished_late = Some(s);
+                let mut bytes = first.output;
+                bytes.extend(old.take_after());
+                let scan = fresh.push(&bytes);
+                collector.push(&scan.output);
+                return scan.sentinel;
             }
+            let scan = fresh.push(&first.output);
+            collector.push(&scan.output);
+            scan.sentinel
         };
-        match outcome {
-            Outcome::Sentinel(s) => {
-                self.take_state(s);
-                // Whatever the command left running dies with it.
-                self.kill_rest(p, result).await;
+        // Let the shell take the Ctrl-C first: bash and busybox drop
+        // input typed along with it.
+        let soon = |ms| Some((Instant::now() + Duration::from_millis(ms)).min(deadline));
+        let mut o = pump(shell, None, soon(150), None, None, &mut true, &mut feed).await;
+        // Typed again if it was dropped anyway (a slow shell); a late
+        // copy's sentinel falls before the next command's start marker.
+        for _ in 0..3 {
+            if !matches!(o, WaitEnd::Deadline) || Instant::now() >= deadline {
+                break;
             }
-            Outcome::Died(death) => {
-                let started = p.scanner.started();
-                self.after_death(death, started, result).await
-            }
-            Outcome::Lost(msg) => self.after_loss(msg, result).await,
-            Outcome::WriteFailed(e) => self.after_loss(e.to_string(), result).await,
-            Outcome::Deadline
-            | Outcome::Yield
-            | Outcome::Quiet
-            | Outcome::InputWait
-            | Outcome::Suspended(_) => {
-                // The shell is wedged (raw-mode program, SIGINT ignored):
-                // kill the marked tree and start over.
-                self.start_over(p, result).await
-            }
+            self.noise_pending = true;
+            o = pump(
+                shell,
+                Some(resync.as_bytes()),
+                soon(600),
+                None,
+                None,
+                &mut false,
+                &mut feed,
+            )
+            .await;
         }
+        if let (WaitEnd::Sentinel(_), Some(s)) = (&o, finished_late) {
+            // It completed after all: report its real status.
+            result.exit_code = Some(s.status);
+            result.timed_out = false;
+        }
+        o
     }
 
     /// Kills the marked tree and starts a new shell (`restarted`), or says
@@ -298,12 +310,12 @@ impl Session {
                 result.error = Some(format!("shell did not recover after timeout: {e}"));
             }
         }
-        self.report_leftovers(result);
+        self.note_leftovers(result);
     }
 
     /// Adds to `error` that a replaced shell's processes could not be
     /// killed (its record stays for `gc`), if so.
-    fn report_leftovers(&mut self, result: &mut RunResult) {
+    fn note_leftovers(&mut self, result: &mut RunResult) {
         if let Some(e) = self.leftovers.take() {
             let what = format!(
                 "what the old shell started could not be killed ({e}); `execkit gc` retries"
@@ -374,7 +386,7 @@ impl Session {
                 });
             }
         }
-        self.report_leftovers(result);
+        self.note_leftovers(result);
     }
 
     /// The target is frozen (a paused container): nothing there runs, so
@@ -413,7 +425,7 @@ impl Session {
         result.session_lost = true;
         result.exit_code = None;
         result.error = Some(msg);
-        self.report_leftovers(result);
+        self.note_leftovers(result);
     }
 
     /// Kills a shell that is being replaced or was lost. If its processes

@@ -1,46 +1,44 @@
 //! A command's end: its [`RunResult`] built from how the wait ended, and
 //! what the journal and the console are told.
 
-use tokio::time::Instant;
-
-use super::drive::Outcome;
+use super::drive::WaitEnd;
 use super::{blank, RunResult, Session};
 use crate::console::ConsoleEvent;
 use crate::fields;
 
 impl Session {
     /// Ends the pending command according to `outcome` and builds its result.
-    pub(super) async fn finish(&mut self, outcome: Outcome) -> RunResult {
+    pub(super) async fn finish(&mut self, outcome: WaitEnd) -> RunResult {
         let mut p = self.pending.take().expect("pending command");
         let mut result = blank(&p.command, p.started, &self.cwd);
         result.restarted = p.collector.restarted;
         match outcome {
-            Outcome::Sentinel(s) => {
+            WaitEnd::Sentinel(s) => {
                 result.exit_code = Some(s.status);
                 self.take_state(s);
             }
-            Outcome::Deadline => {
+            WaitEnd::Deadline => {
                 result.timed_out = true;
                 self.recover_from_timeout(&mut p, &mut result).await;
             }
-            Outcome::InputWait => {
+            WaitEnd::InputWait => {
                 // Nobody can answer: stop it as a timeout would, keep the shell.
                 self.recover_from_timeout(&mut p, &mut result).await;
                 result.waiting_for_input = true;
             }
-            Outcome::Died(death) => {
+            WaitEnd::Died(death) => {
                 let started = p.scanner.started();
                 self.after_death(death, started, &mut result).await
             }
-            Outcome::Suspended(why) => self.after_suspend(&p, why, &mut result).await,
-            Outcome::Lost(msg) => self.after_loss(msg, &mut result).await,
-            Outcome::WriteFailed(e) => match self.death_behind_write_failure().await {
+            WaitEnd::Suspended(why) => self.after_suspend(&p, why, &mut result).await,
+            WaitEnd::Lost(msg) => self.after_loss(msg, &mut result).await,
+            WaitEnd::WriteFailed(e) => match self.death_behind_write_failure().await {
                 // It died while idle (a container restart): a line that
                 // could not be written did not run.
                 Some(death) => self.after_death(death, false, &mut result).await,
                 None => self.after_loss(e.to_string(), &mut result).await,
             },
-            Outcome::Yield | Outcome::Quiet => unreachable!("handled by drive"),
+            WaitEnd::Yield | WaitEnd::Quiet => unreachable!("handled by drive"),
         }
         if let Some(bytes) = self.console_line.flush() {
             self.publish(ConsoleEvent::Output {
@@ -67,12 +65,6 @@ impl Session {
             self.report(&result);
         }
         result
-    }
-
-    pub(super) fn blank_result(&self, command: &str, started: Instant) -> RunResult {
-        let mut r = blank(command, started, &self.cwd);
-        r.duration_ms = started.elapsed().as_millis() as u64;
-        r
     }
 
     pub(super) fn record(

@@ -6,12 +6,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::collector::last_chars;
-use super::drive::{pump, Death, Outcome};
+use super::drive::{pump, Death, WaitEnd};
 use super::Session;
 use crate::error::{SessionError, TransportError};
 use crate::protocol::{self, SentinelScanner};
 use crate::shell;
-use crate::transport::SpawnSpec;
+use crate::transport::{ShellProcess, SpawnSpec};
 
 impl Session {
     fn spawn_spec(&self) -> SpawnSpec {
@@ -53,9 +53,8 @@ impl Session {
             },
         )
         .await;
-        let target = self.transport.target().to_string();
         match outcome {
-            Outcome::Sentinel(s) => {
+            WaitEnd::Sentinel(s) => {
                 let status = s.status;
                 self.take_state(s);
                 self.flavor = shell::Flavor::from_status(status);
@@ -66,13 +65,27 @@ impl Session {
                 self.shell = Some(shell);
                 Ok(())
             }
-            Outcome::Deadline => {
+            failed => Err(self.start_error(failed, shell, &seen).await),
+        }
+    }
+
+    /// Why a start-up that did not reach its sentinel failed, with what
+    /// the shell printed; the shell is let go.
+    async fn start_error(
+        &self,
+        outcome: WaitEnd,
+        shell: Box<dyn ShellProcess>,
+        seen: &[u8],
+    ) -> SessionError {
+        let target = self.transport.target().to_string();
+        match outcome {
+            WaitEnd::Deadline => {
                 // Bounded: a clean-up that itself waits on the slow start
                 // (an rc file runs for every SSH channel) must not double
                 // the wait; the transport closes the shell's terminal anyway.
                 let _ = tokio::time::timeout(START_CLEANUP, shell.terminate()).await;
-                let text = start_excerpt(&seen);
-                Err(SessionError::StartTimeout {
+                let text = start_excerpt(seen);
+                SessionError::StartTimeout {
                     target,
                     secs: self.config.start_timeout.as_secs(),
                     detail: if text.is_empty() {
@@ -82,12 +95,12 @@ impl Session {
                     } else {
                         format!("; it printed: {text}")
                     },
-                })
+                }
             }
-            Outcome::Died(Death::TargetRestarted(msg)) => Err(TransportError::Lost(msg).into()),
-            Outcome::Died(Death::Exited(status)) => {
-                let text = start_excerpt(&seen);
-                Err(SessionError::StartFailed {
+            WaitEnd::Died(Death::TargetRestarted(msg)) => TransportError::Lost(msg).into(),
+            WaitEnd::Died(Death::Exited(status)) => {
+                let text = start_excerpt(seen);
+                SessionError::StartFailed {
                     target,
                     status: status.to_string(),
                     output: if text.is_empty() {
@@ -95,16 +108,17 @@ impl Session {
                     } else {
                         format!(": {text}")
                     },
-                })
+                }
             }
-            Outcome::Lost(msg) => Err(TransportError::Lost(msg).into()),
-            Outcome::Yield | Outcome::Quiet | Outcome::InputWait | Outcome::Suspended(_) => {
+            WaitEnd::Lost(msg) => TransportError::Lost(msg).into(),
+            WaitEnd::Yield | WaitEnd::Quiet | WaitEnd::InputWait | WaitEnd::Suspended(_) => {
                 unreachable!("start-up never yields or watches for input")
             }
-            Outcome::WriteFailed(e) => {
+            WaitEnd::WriteFailed(e) => {
                 let _ = shell.terminate().await;
-                Err(e.into())
+                e.into()
             }
+            WaitEnd::Sentinel(_) => unreachable!("a sentinel is a start"),
         }
     }
 
