@@ -223,62 +223,6 @@ fn read_own_file(path: &Path) -> Option<Vec<u8>> {
     Some(bytes)
 }
 
-/// SIGKILLs every process on this host whose environment carries one of
-/// `markers` (`EXECKIT_SID`), and their process groups (a child that
-/// cleared its environment stays in its shell's group) — one `/proc` scan
-/// per round for all of them, rounds until none is left (at most 10).
-/// Used when a host shuts down thousands of local sessions at once.
-pub(crate) fn kill_marked_here(markers: &[String]) -> usize {
-    let wanted: std::collections::HashSet<&[u8]> = markers.iter().map(|m| m.as_bytes()).collect();
-    let prefix = format!("{MARKER_VAR}=");
-    let me = std::process::id() as i32;
-    let mut killed = 0;
-    for _ in 0..10 {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return killed;
-        };
-        let mut pids = Vec::new();
-        for d in dir.flatten() {
-            let Some(pid) = d.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            let Ok(env) = std::fs::read(d.path().join("environ")) else {
-                continue;
-            };
-            let hit = env.split(|&b| b == 0).any(|e| {
-                e.strip_prefix(prefix.as_bytes())
-                    .is_some_and(|v| wanted.contains(v))
-            });
-            if hit {
-                pids.push(pid);
-            }
-        }
-        if pids.is_empty() {
-            break;
-        }
-        // SAFETY: kill/getpgid/killpg take plain integers.
-        unsafe {
-            for &p in &pids {
-                libc::kill(p, libc::SIGSTOP);
-            }
-            for &p in &pids {
-                let pgid = libc::getpgid(p);
-                if pgid > 1 && pgid != libc::getpgrp() {
-                    libc::killpg(pgid, libc::SIGKILL);
-                }
-                if libc::kill(p, libc::SIGKILL) == 0 {
-                    killed += 1;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    killed
-}
-
 /// What a [`gc`] did.
 #[derive(Debug, Default)]
 #[non_exhaustive]
@@ -768,45 +712,5 @@ mod tests {
         assert_eq!(mode, 0o777);
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(&outside);
-    }
-
-    /// One sweep kills every marked process and its process group (a child
-    /// that cleared its environment included).
-    #[test]
-    fn sweep_kills_marked_processes_and_their_groups() {
-        use std::os::unix::process::CommandExt;
-        let marker = format!("sweep{}", std::process::id());
-        let mut child = std::process::Command::new("sh")
-            .args(["-c", "env -i sleep 301 & sleep 300 & wait"])
-            .env(MARKER_VAR, &marker)
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let pgid = child.id() as i32;
-        // Ready once both sleeps are in the group.
-        let in_group = || {
-            std::fs::read_dir("/proc")
-                .unwrap()
-                .flatten()
-                .filter_map(|d| d.file_name().to_str()?.parse::<i32>().ok())
-                // SAFETY: getpgid takes a plain pid and touches no memory.
-                .filter(|&p| unsafe { libc::getpgid(p) } == pgid)
-                .count()
-        };
-        let t = std::time::Instant::now();
-        while in_group() < 3 {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "sleeps did not start"
-            );
-            std::thread::yield_now();
-        }
-        assert!(kill_marked_here(std::slice::from_ref(&marker)) >= 2);
-        child.wait().unwrap();
-        let t = std::time::Instant::now();
-        while in_group() > 0 {
-            assert!(t.elapsed() < Duration::from_secs(10), "group survived");
-            std::thread::yield_now();
-        }
     }
 }

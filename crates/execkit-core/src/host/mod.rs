@@ -20,7 +20,7 @@
 
 mod actor;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -479,10 +479,11 @@ impl Host {
     /// and refuses new ones; for a process about to exit. Sessions on other
     /// targets close in parallel, at most [`CLOSE_CONCURRENCY`] at a time.
     /// Local sessions are not closed one by one (each close scans `/proc`:
-    /// thousands of them took minutes): their actors stop, one sweep of
-    /// `/proc` kills every process carrying any of their markers, their
-    /// records are removed, and what is left of them (descriptors of dead
-    /// shells) is let go with the process.
+    /// thousands of them took minutes): their actors stop, one
+    /// [`kill_sessions`](crate::raw::Transport::kill_sessions) per scheme
+    /// (for `local`, one sweep of `/proc`) kills every process carrying any
+    /// of their markers, their records are removed, and what is left of
+    /// them (descriptors of dead shells) is let go with the process.
     pub async fn shutdown(&self) {
         self.closing.store(true, Ordering::SeqCst);
         let all: Vec<Handle> = self.lock().drain().map(|(_, h)| h).collect();
@@ -504,19 +505,24 @@ impl Host {
         if local.is_empty() {
             return;
         }
-        let markers: Vec<String> = local.iter().map(|s| s.marker().to_string()).collect();
-        let swept = tokio::task::spawn_blocking(move || {
-            crate::cleanup::kill_marked_here(&markers);
-            markers
-        })
-        .await;
-        if let Ok(markers) = swept {
-            for m in &markers {
-                crate::cleanup::remove_record(m);
-            }
-            for s in local {
-                // Its shell is dead; dropping it would scan `/proc` again.
-                std::mem::forget(s);
+        // Their shells share this host's process table: one call per
+        // scheme, on any one of its sessions' transports, ends them all.
+        let mut by_scheme: BTreeMap<String, Vec<Session>> = BTreeMap::new();
+        for s in local {
+            let scheme = crate::registry::scheme_of(s.target()).unwrap_or_default();
+            by_scheme.entry(scheme.to_string()).or_default().push(s);
+        }
+        for sessions in by_scheme.into_values() {
+            let markers: Vec<String> = sessions.iter().map(|s| s.marker().to_string()).collect();
+            let transport = sessions[0].transport().clone();
+            if transport.kill_sessions(&markers).await.is_ok() {
+                for m in &markers {
+                    crate::cleanup::remove_record(m);
+                }
+                for s in sessions {
+                    // Its shell is dead; dropping it would scan `/proc` again.
+                    std::mem::forget(s);
+                }
             }
         }
     }

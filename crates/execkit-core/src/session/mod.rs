@@ -189,6 +189,11 @@ impl Session {
         self.transport.target()
     }
 
+    /// The transport the session's shells are started with.
+    pub(crate) fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+
     /// The shell's working directory after the last command.
     pub fn cwd(&self) -> &str {
         &self.cwd
