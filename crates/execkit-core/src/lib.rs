@@ -78,7 +78,6 @@
 //! knows how to spawn and kill, nothing more.
 
 mod allow;
-mod clean;
 pub mod cleanup;
 pub mod console;
 mod error;
@@ -87,6 +86,7 @@ pub mod journal;
 mod observer;
 mod outcome;
 mod output_cap;
+mod output_clean;
 mod paths;
 #[cfg(test)]
 mod properties;

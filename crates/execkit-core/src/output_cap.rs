@@ -207,7 +207,7 @@ impl OutputCap {
             return;
         };
         if let Some(dir) = path.parent() {
-            let _ = prune_spool_to(dir, self.spool_cap, Some(path));
+            let _ = prune_spool_by_size(dir, self.spool_cap, Some(path));
         }
     }
 
@@ -408,7 +408,10 @@ fn spool_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, std::fs::Metadata)>>
 /// Removes spool files (`*.out`, regular files only, never through a
 /// symlink) in `dir` last written more than `older_than` ago. A missing
 /// directory is nothing to prune.
-pub fn prune_spool(dir: &Path, older_than: std::time::Duration) -> std::io::Result<PruneReport> {
+pub fn prune_spool_by_age(
+    dir: &Path,
+    older_than: std::time::Duration,
+) -> std::io::Result<PruneReport> {
     let mut report = PruneReport::default();
     let now = std::time::SystemTime::now();
     for (path, meta) in spool_files(dir)? {
@@ -429,7 +432,7 @@ pub fn prune_spool(dir: &Path, older_than: std::time::Duration) -> std::io::Resu
 /// through a symlink; by last write, `keep` never) in `dir` until their
 /// total size is at most `max_total` bytes. A missing directory is nothing
 /// to prune.
-pub fn prune_spool_to(
+pub fn prune_spool_by_size(
     dir: &Path,
     max_total: u64,
     keep: Option<&Path>,

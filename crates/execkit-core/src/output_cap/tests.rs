@@ -86,7 +86,7 @@ fn prune_removes_only_old_spool_files() {
             f.set_modified(t).unwrap();
         }
     }
-    let r = prune_spool(&d, 7 * day).unwrap();
+    let r = prune_spool_by_age(&d, 7 * day).unwrap();
     assert_eq!(
         r,
         PruneReport {
@@ -97,7 +97,7 @@ fn prune_removes_only_old_spool_files() {
     assert!(!d.join("a-1.out").exists());
     assert!(d.join("b-2.out").exists() && d.join("notes.txt").exists());
     assert_eq!(
-        prune_spool(&d.join("missing"), day).unwrap(),
+        prune_spool_by_age(&d.join("missing"), day).unwrap(),
         PruneReport::default()
     );
 }
@@ -169,7 +169,7 @@ fn spool_directory_cap_removes_oldest_first() {
         "{:?}",
         spool_files(&d)
     );
-    let r = prune_spool_to(&d, 150_000, None).unwrap();
+    let r = prune_spool_by_size(&d, 150_000, None).unwrap();
     assert_eq!(r.removed, 2);
     assert_eq!(spool_files(&d), ["new.out", "notes.txt"]);
     std::fs::remove_dir_all(&d).unwrap();

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::clean::OutputCleaner;
 use crate::output_cap::OutputCap;
+use crate::output_clean::OutputCleaner;
 
 /// Raw bytes → clean, capped text (whole output, plus what arrived since
 /// the last read for yielded commands).

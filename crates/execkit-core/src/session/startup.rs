@@ -141,7 +141,7 @@ const START_CLEANUP: Duration = Duration::from_secs(1);
 /// marks the spot with a `^~~^` under hundreds of spaces; those marker lines
 /// say nothing in a one-line error.
 fn start_excerpt(seen: &[u8]) -> String {
-    let text = crate::clean::clean(seen);
+    let text = crate::output_clean::clean(seen);
     let raw: Vec<&str> = text.lines().collect();
     let is_marker = |l: &str| {
         let t = l.trim();
