@@ -79,7 +79,6 @@
 //! knows how to spawn and kill, nothing more.
 
 mod allow;
-mod clean;
 pub mod cleanup;
 pub mod console;
 mod error;
@@ -88,6 +87,7 @@ pub mod journal;
 mod observer;
 mod outcome;
 mod output_cap;
+mod output_clean;
 mod paths;
 #[cfg(test)]
 mod properties;

@@ -2,8 +2,8 @@
 //! decoder, the ANSI stripper and the output cap, over arbitrary inputs and
 //! arbitrary chunk boundaries.
 
-use crate::clean::{clean, OutputCleaner, Utf8Decoder};
 use crate::output_cap::OutputCap;
+use crate::output_clean::{clean, OutputCleaner, Utf8Decoder};
 use crate::protocol::{Sentinel, SentinelScanner};
 use proptest::prelude::*;
 

@@ -141,6 +141,28 @@ pub trait Transport: Send + Sync + fmt::Debug {
     /// Kills every process on the target whose environment holds exactly
     /// `entry` (`KEY=VALUE`). Used for cleanup of sessions whose owner died.
     async fn kill_matching(&self, entry: &str) -> Result<(), TransportError>;
+
+    /// Ends whole sessions at once: kills every process on the target
+    /// carrying one of `markers` (their `EXECKIT_SID` values) and, where
+    /// the target has process groups to signal, their groups (a child that
+    /// cleared its environment stays in its shell's group).
+    /// [`Host::shutdown`](crate::Host::shutdown) calls it once per scheme
+    /// for all the sessions whose shells run on this host
+    /// ([`TransportInfo::on_this_host`](crate::TransportInfo::on_this_host)),
+    /// on one of their transports, so a transport that can should do it in
+    /// one pass. Default: [`kill_matching`](Transport::kill_matching) for
+    /// each marker (no groups), the first error returned after all were
+    /// tried.
+    async fn kill_sessions(&self, markers: &[String]) -> Result<(), TransportError> {
+        let mut first_err = None;
+        for m in markers {
+            let entry = format!("{}={m}", crate::shell::MARKER_VAR);
+            if let Err(e) = self.kill_matching(&entry).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
 }
 
 /// A live shell on a terminal. Methods take `&self` so reading and writing can

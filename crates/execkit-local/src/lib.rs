@@ -109,6 +109,15 @@ impl Transport for LocalTransport {
             .map_err(|e| TransportError::io("marker cleanup", std::io::Error::other(e)))?;
         Ok(())
     }
+
+    /// One `/proc` sweep for all of them (thousands at a host's shutdown).
+    async fn kill_sessions(&self, markers: &[String]) -> Result<(), TransportError> {
+        let markers = markers.to_vec();
+        tokio::task::spawn_blocking(move || procs::kill_sessions(&markers))
+            .await
+            .map_err(|e| TransportError::io("marker cleanup", std::io::Error::other(e)))?;
+        Ok(())
+    }
 }
 
 fn connect(target: &str) -> Result<Arc<dyn Transport>, TransportError> {

@@ -1,0 +1,123 @@
+//! What a command is run with ([`RunOptions`], [`InputWait`]) and what it
+//! answers ([`RunResult`]).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+#[cfg(doc)]
+use super::Session;
+
+/// Per-command options.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// Hard timeout; `None` waits forever.
+    pub timeout: Option<Duration>,
+    /// Return with `running: true` and the output so far if the command is
+    /// still going after this long; continue with [`Session::poll`].
+    pub yield_after: Option<Duration>,
+    /// What to do when the command waits for terminal input.
+    pub input_wait: InputWait,
+}
+
+/// What [`Session::run`] does when the command is found blocked reading
+/// the terminal (a prompt, `read`, an editor, a pager) with no new output
+/// for a short grace (1.5 s; looked for again less and less
+/// often while it waits, never while idle).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InputWait {
+    /// Keep waiting (the default; a person at a terminal answers).
+    #[default]
+    Ignore,
+    /// Stop the command (as a timeout would, keeping the shell) and return
+    /// with `waiting_for_input: true` and the prompt in `output`: for a
+    /// one-shot run nobody could answer.
+    Stop,
+    /// Return at once with `running: true, waiting_for_input: true`; the
+    /// caller answers with [`Session::send_input`], polls or interrupts.
+    Yield,
+}
+
+impl RunOptions {
+    /// Options with a hard timeout.
+    pub fn timeout(timeout: Duration) -> Self {
+        RunOptions {
+            timeout: Some(timeout),
+            yield_after: None,
+            input_wait: InputWait::Ignore,
+        }
+    }
+
+    /// Sets what happens when the command waits for terminal input.
+    pub fn input_wait(mut self, what: InputWait) -> Self {
+        self.input_wait = what;
+        self
+    }
+
+    /// Sets `yield_after`.
+    pub fn yield_after(mut self, after: Option<Duration>) -> Self {
+        self.yield_after = after;
+        self
+    }
+}
+
+/// The structured result of one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The command as given.
+    pub command: String,
+    /// `$?`, or `None` when the command did not finish (timed out, killed, lost).
+    pub exit_code: Option<i32>,
+    /// stdout and stderr as the terminal saw them, cleaned and capped, final newline trimmed.
+    pub output: String,
+    /// The hard timeout fired.
+    pub timed_out: bool,
+    /// Output was capped; the full text is at `output_path`.
+    pub truncated: bool,
+    /// The shell died or was killed during this command (or before it) and a
+    /// fresh one replaced it: cwd, variables and functions are reset.
+    pub restarted: bool,
+    /// The target went away; the session cannot go on until it comes back.
+    pub session_lost: bool,
+    /// What went wrong, when something did besides the command failing.
+    pub error: Option<String>,
+    /// Wall time of the command in milliseconds.
+    pub duration_ms: u64,
+    /// Working directory of the shell afterwards.
+    pub cwd: String,
+    /// Spool file with the full output, when it was capped.
+    pub output_path: Option<PathBuf>,
+    /// The command is still running (it yielded); `output` is what it printed
+    /// since the last read. Continue with `poll`, `send_input` or `interrupt`.
+    #[serde(default)]
+    pub running: bool,
+    /// The command was found blocked reading the terminal, quiet (see
+    /// [`InputWait`]): with `running`, it waits for an answer; without, it
+    /// was stopped because nobody could give one (`output` ends with the
+    /// prompt).
+    #[serde(default)]
+    pub waiting_for_input: bool,
+}
+
+/// A result with nothing happened yet.
+pub(crate) fn blank(command: &str, started: Instant, cwd: &str) -> RunResult {
+    RunResult {
+        command: command.to_string(),
+        exit_code: None,
+        output: String::new(),
+        timed_out: false,
+        truncated: false,
+        restarted: false,
+        session_lost: false,
+        error: None,
+        duration_ms: started.elapsed().as_millis() as u64,
+        cwd: cwd.to_string(),
+        output_path: None,
+        running: false,
+        waiting_for_input: false,
+    }
+}
