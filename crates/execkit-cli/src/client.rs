@@ -21,13 +21,12 @@ pub struct Client {
 pub enum ClientError {
     /// No server at the socket.
     NotRunning(PathBuf, std::io::Error),
-    /// The server answered with an error.
-    Refused(String),
-    /// The server could not open or use the target: which failure
-    /// (`ErrorKind::as_str`) and the message.
-    Target {
-        /// `invalid_target`, `host_key_mismatch`, ….
-        kind: String,
+    /// The server answered with an error: which failure (the host's
+    /// `HostError::code`: `busy`, `no_such_session`, `invalid_target`, …;
+    /// none for a request it could not read) and the message.
+    Refused {
+        /// `busy`, `no_such_session`, `host_key_mismatch`, ….
+        kind: Option<String>,
         /// What went wrong.
         message: String,
     },
@@ -48,8 +47,7 @@ impl std::fmt::Display for ClientError {
                     p.display()
                 )
             }
-            ClientError::Refused(e) => write!(f, "{e}"),
-            ClientError::Target { message, .. } => write!(f, "{message}"),
+            ClientError::Refused { message, .. } => write!(f, "{message}"),
             ClientError::Io(e) => write!(f, "connection to execkit serve failed: {e}"),
             ClientError::Untrusted(e) => write!(f, "refusing to talk to {e}"),
         }
@@ -344,12 +342,10 @@ fn process_stopped(pid: Option<i32>) -> bool {
         .is_some_and(|state| state == "T" || state == "t")
 }
 
-/// The error of a refused response: with the target's failure kind when
-/// the server gave one.
+/// The error of a refused response, with its kind when the server gave one.
 fn refusal(r: Response) -> ClientError {
-    let message = r.error.unwrap_or_else(|| "unknown error".into());
-    match r.kind {
-        Some(kind) => ClientError::Target { kind, message },
-        None => ClientError::Refused(message),
+    ClientError::Refused {
+        kind: r.kind,
+        message: r.error.unwrap_or_else(|| "unknown error".into()),
     }
 }

@@ -44,10 +44,11 @@ pub async fn exec(
         if let Err(e) = client.call(Request::Open(req)).await {
             eprintln!("execkit: {e}");
             return ExitCode::from(match e {
-                ClientError::Target { kind, .. } if kind == ErrorKind::InvalidTarget.as_str() => {
+                ClientError::Refused { kind: Some(k), .. }
+                    if k == ErrorKind::InvalidTarget.as_str() || k == "target_not_allowed" =>
+                {
                     crate::EXIT_USAGE
                 }
-                ClientError::Refused(m) if m.contains("not allowed") => crate::EXIT_USAGE,
                 _ => EXIT_UNREACHABLE,
             });
         }
@@ -69,11 +70,12 @@ pub async fn exec(
             Err(e) => {
                 eprintln!("execkit: {e}");
                 return ExitCode::from(match e {
-                    ClientError::Refused(m) if m.contains("NUL") || m.contains("empty") => {
-                        crate::EXIT_USAGE
-                    }
-                    // Another client's command runs there: try again later.
-                    ClientError::Refused(m) if m.contains("is busy") => EXIT_RUNNING,
+                    ClientError::Refused { kind: Some(k), .. } => match k.as_str() {
+                        "invalid_command" => crate::EXIT_USAGE,
+                        // Another client's command runs there: try again later.
+                        "busy" => EXIT_RUNNING,
+                        _ => EXIT_UNREACHABLE,
+                    },
                     _ => EXIT_UNREACHABLE,
                 });
             }
@@ -218,17 +220,14 @@ async fn call_verb(args: SessionArgs, request: Request) -> ExitCode {
     };
     let value = match client.call(request).await {
         Ok(v) => v,
-        Err(ClientError::Refused(m)) => {
-            let code = if m.starts_with("no session named") || m.ends_with("has ended") {
-                EXIT_NO_SESSION
-            } else if m.starts_with("no command is running") {
-                1
-            } else if m.contains("is not a session name") || m.contains("NUL") {
-                crate::EXIT_USAGE
-            } else {
-                EXIT_UNREACHABLE
+        Err(ClientError::Refused { kind: why, message }) => {
+            let code = match why.as_deref() {
+                Some("no_such_session" | "ended") => EXIT_NO_SESSION,
+                Some("idle") => 1,
+                Some("invalid_name" | "invalid_command") => crate::EXIT_USAGE,
+                _ => EXIT_UNREACHABLE,
             };
-            eprintln!("execkit {kind}: {m}");
+            eprintln!("execkit {kind}: {message}");
             return ExitCode::from(code);
         }
         Err(e) => {

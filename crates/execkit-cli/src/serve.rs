@@ -539,10 +539,10 @@ async fn watch(
 
 async fn handle(host: &Arc<Host>, env: Envelope) -> Response {
     let id = env.id;
-    // The kind of a target's failure, for the client to act on.
+    // Which failure it was, for the client to act on.
     let mut kind = None;
     let mut note = |e: &HostError| {
-        kind = target_kind(e);
+        kind = Some(e.code());
         e.to_string()
     };
     let result: Result<Value, String> = async {
@@ -574,23 +574,23 @@ async fn handle(host: &Arc<Host>, env: Envelope) -> Response {
                 host.poll(&session, wait)
                     .await
                     .map(|r| to_value(&r))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| note(&e))
             }
             Request::Input { session, text } => host
                 .send_input(&session, &text)
                 .await
                 .map(|()| json!({}))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| note(&e)),
             Request::Interrupt { session } => host
                 .interrupt(&session)
                 .await
                 .map(|r| to_value(&r))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| note(&e)),
             Request::Close { session } => host
                 .close(&session)
                 .await
                 .map(|()| json!({}))
-                .map_err(|e| e.to_string()),
+                .map_err(|e| note(&e)),
             Request::List => Ok(to_value(&host.list())),
             Request::Watch | Request::Publish => {
                 Err("watch and publish take the whole connection; send them first".into())
@@ -601,17 +601,9 @@ async fn handle(host: &Arc<Host>, env: Envelope) -> Response {
     match result {
         Ok(v) => accept(id, v),
         Err(e) => Response {
-            kind: kind.map(|k| k.as_str().to_string()),
+            kind: kind.map(str::to_string),
             ..refuse(id, e)
         },
-    }
-}
-
-/// The kind of the transport's error inside a host's error, if any.
-fn target_kind(e: &HostError) -> Option<execkit_core::ErrorKind> {
-    match e {
-        HostError::Session(s) => s.transport().map(|t| t.kind()),
-        _ => None,
     }
 }
 

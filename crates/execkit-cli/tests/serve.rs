@@ -1224,8 +1224,24 @@ fn a_failed_open_says_its_kind() {
     let target = format!("docker://127.0.0.1:{}/web", reserved.port);
     let r = c.raw(json!({"op": "open", "target": target}));
     assert_eq!(r["kind"], "connection_refused", "{r}");
-    // Not a target's failure: no kind.
+    // Every refusal of the host says which one it is, so clients never
+    // read the message: a bad name, a missing session, an idle one, a
+    // busy one.
     let r = c.raw(json!({"op": "open", "name": "-rf"}));
+    assert_eq!(r["kind"], "invalid_name", "{r}");
+    let r = c.raw(json!({"op": "poll", "session": "nosuch"}));
+    assert_eq!(r["kind"], "no_such_session", "{r}");
+    assert_eq!(c.raw(json!({"op": "open", "name": "w"}))["ok"], true);
+    let r = c.raw(json!({"op": "interrupt", "session": "w"}));
+    assert_eq!(r["kind"], "idle", "{r}");
+    let r =
+        c.raw(json!({"op": "run", "session": "w", "command": "sleep 30", "yield_after_secs": 0.1}));
+    assert_eq!(r["result"]["running"], true, "{r}");
+    let r = c.raw(json!({"op": "run", "session": "w", "command": "true"}));
+    assert_eq!(r["kind"], "busy", "{r}");
+    // A request the server cannot read has no kind.
+    let r = c.raw(json!({"op": "nosuchop"}));
+    assert_eq!(r["ok"], false, "{r}");
     assert!(r.get("kind").is_none(), "{r}");
     // `exec --session` maps the kind: a usage error (2), unreachable (69).
     let sock = srv.socket.to_string_lossy().to_string();

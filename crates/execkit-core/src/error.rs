@@ -327,4 +327,24 @@ impl SessionError {
             _ => None,
         }
     }
+
+    /// A stable snake_case name of this failure for wire protocols (the
+    /// serve protocol's `kind`): the transport's [`ErrorKind::as_str`] for
+    /// a transport error, else `invalid_command`, `start_timeout`,
+    /// `start_failed`, `invalid_config`, `closed`, `no_randomness`, `busy`,
+    /// `idle` or `stdin`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SessionError::Transport(e) => e.kind().as_str(),
+            SessionError::Command(_) => "invalid_command",
+            SessionError::StartTimeout { .. } => "start_timeout",
+            SessionError::StartFailed { .. } => "start_failed",
+            SessionError::InvalidConfig(_) => "invalid_config",
+            SessionError::Closed => "closed",
+            SessionError::NoRandomness(_) => "no_randomness",
+            SessionError::Busy => "busy",
+            SessionError::Idle => "idle",
+            SessionError::Stdin { .. } => "stdin",
+        }
+    }
 }

@@ -93,6 +93,37 @@ pub enum HostError {
     },
 }
 
+impl HostError {
+    /// The transport's error inside, if that is what this is: its
+    /// [`kind`](crate::TransportError::kind) says which failure.
+    pub fn transport(&self) -> Option<&crate::TransportError> {
+        match self {
+            HostError::Session(e) => e.transport(),
+            _ => None,
+        }
+    }
+
+    /// A stable snake_case name of this failure for wire protocols (the
+    /// serve protocol's `kind`): `no_such_session`, `name_taken`,
+    /// `invalid_name`, `target_not_allowed`, `ended`, `busy`,
+    /// `too_many_sessions`, `shutting_down`, `close_failed`, or the
+    /// session's [`SessionError::code`].
+    pub fn code(&self) -> &'static str {
+        match self {
+            HostError::NoSuchSession(_) => "no_such_session",
+            HostError::NameTaken(_) => "name_taken",
+            HostError::InvalidName(_) => "invalid_name",
+            HostError::TargetNotAllowed { .. } => "target_not_allowed",
+            HostError::Session(e) => e.code(),
+            HostError::Ended(_) => "ended",
+            HostError::Busy { .. } => "busy",
+            HostError::TooManySessions(_) => "too_many_sessions",
+            HostError::ShuttingDown => "shutting_down",
+            HostError::CloseFailed { .. } => "close_failed",
+        }
+    }
+}
+
 /// How the host runs sessions.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
