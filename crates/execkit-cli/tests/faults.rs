@@ -12,12 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use execkit_core::testkit::Tmpfs;
+use execkit_core::testkit::{ci, Tmpfs};
 use serde_json::Value;
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("execkit-cli-faults-{name}-{}", std::process::id()));

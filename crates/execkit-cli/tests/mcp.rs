@@ -12,9 +12,8 @@ use std::time::{Duration, Instant};
 fn mcp_python() -> Option<std::ffi::OsString> {
     let python = std::env::var_os("EXECKIT_TEST_MCP_PYTHON");
     if python.is_none() {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
         assert!(
-            !ci,
+            !execkit_core::testkit::ci(),
             "EXECKIT_TEST_MCP_PYTHON is not set; run `cargo xtask test`"
         );
         eprintln!("skipped: EXECKIT_TEST_MCP_PYTHON not set (run `cargo xtask test`)");

@@ -11,13 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use execkit_core::testkit::{marked_here, Tmpfs};
+use execkit_core::testkit::{ci, marked_here, Tmpfs};
 use execkit_core::{RunOptions, RunResult, Session, SessionConfig};
 use execkit_local as _;
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("execkit-faults-{name}-{}", std::process::id()));
