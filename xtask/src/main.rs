@@ -269,7 +269,8 @@ fn test(args: &[String]) -> Result<bool> {
         }
     }
     let _ = std::fs::remove_dir_all(&report_dir);
-    // Unit tests count from libtest's lines, conformance from its reports.
+    // Unit tests count from libtest's lines, conformance from its reports
+    // (`run_cargo_test` leaves the conformance suites' libtest lines out).
     total += unit.libtest;
     total += conformance;
     if !unit.success && total.failed == 0 {
@@ -530,7 +531,13 @@ struct CargoTest {
     success: bool,
 }
 
-/// Runs `cargo test`, streaming its output, and sums libtest result lines.
+/// What the conformance runner (`execkit_core::testkit::main`) prints
+/// before its libtest output: the `test result:` line that follows is
+/// counted from the per-fixture reports instead.
+const CONFORMANCE_BANNER: &str = "conformance suite on";
+
+/// Runs `cargo test`, streaming its output, and sums libtest result lines
+/// (an ignored test counts as skipped), but for the conformance suites'.
 fn run_cargo_test(mut cmd: Command) -> Result<CargoTest> {
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -538,10 +545,17 @@ fn run_cargo_test(mut cmd: Command) -> Result<CargoTest> {
         .context("starting cargo test")?;
     let stdout = child.stdout.take().context("cargo stdout")?;
     let mut counts = Counts::default();
+    let mut conformance_next = false;
     for line in BufReader::new(stdout).lines() {
         let line = line?;
         println!("{line}");
+        if line.starts_with(CONFORMANCE_BANNER) {
+            conformance_next = true;
+        }
         if let Some(rest) = line.strip_prefix("test result: ") {
+            if std::mem::take(&mut conformance_next) {
+                continue;
+            }
             // test result: ok. 15 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; ...
             for part in rest.split(';') {
                 let words: Vec<&str> = part.split_whitespace().collect();

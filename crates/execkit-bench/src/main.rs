@@ -9,17 +9,18 @@ mod baselines;
 mod floor;
 mod report;
 mod soak;
+mod timing;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use execkit_core::testkit::time_true;
 use execkit_core::{RunOptions, Session, SessionConfig};
 use execkit_docker as _;
 use execkit_local as _;
 use execkit_ssh as _;
 use serde::{Deserialize, Serialize};
+use timing::time_true;
 
 /// Latency samples of one system.
 #[derive(Debug, Clone, Serialize, Deserialize)]

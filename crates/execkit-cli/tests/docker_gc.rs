@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use execkit_core::testkit;
+
 fn execkit(state: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_execkit"));
     c.env("XDG_STATE_HOME", state).stdin(Stdio::null());
@@ -270,10 +272,10 @@ fn ambiguous_id_prefix_is_a_usage_error(_container: &str) -> Result<(), String> 
 type CaseFn = fn(&str) -> Result<(), String>;
 
 fn main() -> ExitCode {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     let container = std::env::var("EXECKIT_TEST_DOCKER_CONTAINER")
         .ok()
-        .filter(|c| !c.is_empty());
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| "no test container; run cargo xtask test".to_string());
     let cases: [(&str, CaseFn); 3] = [
         ("kill9_then_gc", kill9_then_gc),
         ("kill9_then_next_run", kill9_then_next_run),
@@ -282,46 +284,10 @@ fn main() -> ExitCode {
             ambiguous_id_prefix_is_a_usage_error,
         ),
     ];
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
+    let trials = cases
+        .into_iter()
+        .map(|(name, case)| testkit::test_with(name, &container, move |c: String| case(&c)))
         .collect();
-    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
-    let t = Instant::now();
-    println!("\nrunning {} tests", cases.len());
-    for (name, case) in cases {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let Some(c) = &container else {
-            if ci {
-                println!("test {name} ... FAILED: no test container (required under CI=true)");
-                failed += 1;
-            } else {
-                println!("test {name} ... ignored, no test container; run cargo xtask test");
-                ignored += 1;
-            }
-            continue;
-        };
-        match case(c) {
-            Ok(()) => {
-                println!("test {name} ... ok");
-                passed += 1;
-            }
-            Err(e) => {
-                println!("test {name} ... FAILED: {e}");
-                failed += 1;
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {passed} passed; {failed} failed; {ignored} ignored; 0 measured; 0 filtered out; finished in {:.2}s\n",
-        if failed == 0 { "ok" } else { "FAILED" },
-        t.elapsed().as_secs_f64()
-    );
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    // One at a time, as they always ran.
+    testkit::harness_in_order(trials)
 }

@@ -1,25 +1,19 @@
 //! `execkit mcp` driven by the official MCP Python client (`pip install
 //! mcp`, in a venv `cargo xtask test` makes and names in
-//! EXECKIT_TEST_MCP_PYTHON). Without it the test says it was skipped, and
-//! fails under CI=true.
+//! EXECKIT_TEST_MCP_PYTHON). On testkit's runner (`harness = false`):
+//! without it the tests that need it show as ignored, and fail under
+//! CI=true.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-/// The venv's python, or `None` (skip) outside `cargo xtask test`; a
-/// failure under CI=true.
-fn mcp_python() -> Option<std::ffi::OsString> {
-    let python = std::env::var_os("EXECKIT_TEST_MCP_PYTHON");
-    if python.is_none() {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(
-            !ci,
-            "EXECKIT_TEST_MCP_PYTHON is not set; run `cargo xtask test`"
-        );
-        eprintln!("skipped: EXECKIT_TEST_MCP_PYTHON not set (run `cargo xtask test`)");
-    }
-    python
+use execkit_core::testkit;
+
+/// The venv's python, or why there is none (outside `cargo xtask test`).
+fn mcp_python() -> Result<std::ffi::OsString, String> {
+    std::env::var_os("EXECKIT_TEST_MCP_PYTHON")
+        .ok_or_else(|| "EXECKIT_TEST_MCP_PYTHON not set (run `cargo xtask test`)".to_string())
 }
 
 /// Runs `tests/mcp/SCRIPT ARG REPORT` with the venv's python, asserts it
@@ -53,9 +47,7 @@ fn run_client(python: &std::ffi::OsStr, script: &str, arg: &str, token: Option<&
     numbers
 }
 
-#[test]
-fn official_python_client_drives_execkit_mcp() {
-    let Some(python) = mcp_python() else { return };
+fn official_python_client_drives_execkit_mcp(python: std::ffi::OsString) {
     let numbers = run_client(&python, "client.py", env!("CARGO_BIN_EXE_execkit"), None);
     println!("mcp latency: {numbers}");
 }
@@ -138,9 +130,7 @@ impl Drop for HttpServer {
     }
 }
 
-#[test]
-fn official_python_client_over_streamable_http() {
-    let Some(python) = mcp_python() else { return };
+fn official_python_client_over_streamable_http(python: std::ffi::OsString) {
     let server = HttpServer::start();
     let url = format!("http://{}/mcp", server.addr);
     let numbers = run_client(&python, "http_client.py", &url, Some(&server.token));
@@ -163,7 +153,6 @@ fn official_python_client_over_streamable_http() {
     assert!(st.success(), "mcp --http exited with {st} on SIGTERM");
 }
 
-#[test]
 fn http_refuses_addresses_off_loopback() {
     let out = Command::new(env!("CARGO_BIN_EXE_execkit"))
         .args(["mcp", "--http", "0.0.0.0:0", "--no-journal"])
@@ -276,7 +265,6 @@ impl Drop for McpStdio {
 /// A line that is not JSON gets JSON-RPC's parse error (-32700) — the
 /// first line back, before the reply to the request sent after it — and
 /// `serverInfo` names execkit and its version, not the MCP library.
-#[test]
 fn malformed_json_is_answered_and_server_info_is_execkit() {
     let mut mcp = McpStdio::start();
     mcp.send("{this is not json");
@@ -317,7 +305,6 @@ fn malformed_json_is_answered_and_server_info_is_execkit() {
 /// Every duration a tool takes is checked: a huge, negative or
 /// out-of-range number of seconds is a tool error, never a panic that
 /// leaves the call unanswered.
-#[test]
 fn huge_durations_are_tool_errors() {
     let mut mcp = McpStdio::start();
     mcp.initialize();
@@ -370,7 +357,6 @@ fn huge_durations_are_tool_errors() {
 
 /// `session_open` names count successful opens only: after a failed open
 /// the next session is still `s1`.
-#[test]
 fn session_open_names_count_successful_opens_only() {
     let mut mcp = McpStdio::start();
     mcp.initialize();
@@ -389,7 +375,6 @@ fn session_open_names_count_successful_opens_only() {
 /// string, is a tool error saying it is not allowed, and nothing connects
 /// to the loopback listener they name; `shell` cannot swap the shell a
 /// pattern names.
-#[test]
 fn crafted_targets_and_shells_are_refused_over_mcp() {
     let wire = execkit_core::testkit::Tripwire::new();
     let port = wire.port;
@@ -446,7 +431,6 @@ fn crafted_targets_and_shells_are_refused_over_mcp() {
 
 /// Over streamable HTTP too, a body that is not JSON gets JSON-RPC's parse
 /// error (-32700, with a 400), not a plain-text 415.
-#[test]
 fn http_malformed_json_is_a_parse_error() {
     let server = HttpServer::start();
     let body = "{this is not json";
@@ -507,7 +491,6 @@ fn initialize_as(server: &HttpServer, uid: Option<u32>, token: Option<&str>) -> 
 /// commands as the server's user (no token; loopback was the only check):
 /// a request needs the bearer token, and a connection from another uid is
 /// refused even with it (a leaked token is not enough).
-#[test]
 fn http_serves_only_its_user_with_the_token() {
     let server = HttpServer::start();
     let meta = std::fs::metadata(&server.token_file).expect("token file");
@@ -535,4 +518,54 @@ fn http_serves_only_its_user_with_the_token() {
     let st = server.stop();
     assert!(st.success(), "mcp --http exited with {st} on SIGTERM");
     assert!(!file.exists(), "the generated token is removed at exit");
+}
+
+fn main() -> ExitCode {
+    let python = mcp_python();
+    let none: Result<(), String> = Ok(());
+    testkit::harness(vec![
+        testkit::test_with(
+            stringify!(official_python_client_drives_execkit_mcp),
+            &python,
+            official_python_client_drives_execkit_mcp,
+        ),
+        testkit::test_with(
+            stringify!(official_python_client_over_streamable_http),
+            &python,
+            official_python_client_over_streamable_http,
+        ),
+        testkit::test_with(
+            stringify!(http_refuses_addresses_off_loopback),
+            &none,
+            |()| http_refuses_addresses_off_loopback(),
+        ),
+        testkit::test_with(
+            stringify!(malformed_json_is_answered_and_server_info_is_execkit),
+            &none,
+            |()| malformed_json_is_answered_and_server_info_is_execkit(),
+        ),
+        testkit::test_with(stringify!(huge_durations_are_tool_errors), &none, |()| {
+            huge_durations_are_tool_errors()
+        }),
+        testkit::test_with(
+            stringify!(session_open_names_count_successful_opens_only),
+            &none,
+            |()| session_open_names_count_successful_opens_only(),
+        ),
+        testkit::test_with(
+            stringify!(crafted_targets_and_shells_are_refused_over_mcp),
+            &none,
+            |()| crafted_targets_and_shells_are_refused_over_mcp(),
+        ),
+        testkit::test_with(
+            stringify!(http_malformed_json_is_a_parse_error),
+            &none,
+            |()| http_malformed_json_is_a_parse_error(),
+        ),
+        testkit::test_with(
+            stringify!(http_serves_only_its_user_with_the_token),
+            &none,
+            |()| http_serves_only_its_user_with_the_token(),
+        ),
+    ])
 }

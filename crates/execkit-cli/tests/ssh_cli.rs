@@ -2,12 +2,15 @@
 //! the commands of one call, and every connection fault is one clear line on
 //! stderr with exit status 69, promptly. Needs the test sshd that
 //! `cargo xtask test` provisions (`EXECKIT_TEST_SSH_*`); without it the cases
-//! are skipped, and under `CI=true` that is a failure.
+//! show as ignored (testkit's runner), and under `CI=true` that is a failure.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, ExitCode, Output};
 use std::time::{Duration, Instant};
 
+use execkit_core::testkit;
+
+#[derive(Clone)]
 struct Env {
     url: String,
     dir: PathBuf,
@@ -15,17 +18,12 @@ struct Env {
     port: u16,
 }
 
-fn env() -> Option<Env> {
-    let Some(url) = std::env::var("EXECKIT_TEST_SSH_URL")
+/// The test sshd, or why there is none.
+fn env() -> Result<Env, String> {
+    let url = std::env::var("EXECKIT_TEST_SSH_URL")
         .ok()
         .filter(|u| !u.is_empty())
-    else {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("no test sshd (EXECKIT_TEST_SSH_URL) under CI=true; run cargo xtask test");
-        }
-        eprintln!("skipped: no test sshd; run cargo xtask test");
-        return None;
-    };
+        .ok_or("no test sshd; run cargo xtask test")?;
     let dir = PathBuf::from(std::env::var("EXECKIT_TEST_SSH_DIR").expect("EXECKIT_TEST_SSH_DIR"));
     // ssh://USER@127.0.0.1:PORT?...
     let rest = url.strip_prefix("ssh://").expect("ssh URL");
@@ -35,7 +33,7 @@ fn env() -> Option<Env> {
         .and_then(|(_, p)| p.split('?').next())
         .and_then(|p| p.parse().ok())
         .expect("port in URL");
-    Some(Env {
+    Ok(Env {
         user: user.to_string(),
         url,
         dir,
@@ -78,9 +76,7 @@ fn assert_unavailable(args: &[&str], needle: &str) {
     assert!(took < Duration::from_secs(15), "{args:?} took {took:?}");
 }
 
-#[test]
-fn state_persists_within_one_call() {
-    let Some(e) = env() else { return };
+fn state_persists_within_one_call(e: Env) {
     let (out, _) = execkit(&[
         "exec",
         "--target",
@@ -101,9 +97,7 @@ fn state_persists_within_one_call() {
 /// `--stdin` on a remote target: each command reads the file's bytes, the
 /// session's state carries over, and the journal shows the commands as
 /// typed, not the staging around them.
-#[test]
-fn stdin_reaches_each_command_on_an_ssh_target() {
-    let Some(e) = env() else { return };
+fn stdin_reaches_each_command_on_an_ssh_target(e: Env) {
     let dir = std::env::temp_dir().join(format!("execkit-ssh-stdin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let input = dir.join("in");
@@ -148,9 +142,7 @@ fn stdin_reaches_each_command_on_an_ssh_target() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[test]
-fn connection_faults_exit_69_with_one_line() {
-    let Some(e) = env() else { return };
+fn connection_faults_exit_69_with_one_line(e: Env) {
     let key = e.dir.join("user_ed25519");
     let known = e.dir.join("known_hosts");
 
@@ -180,4 +172,25 @@ fn connection_faults_exit_69_with_one_line() {
     let url = e.url_with("127.0.0.1", e.port, &key, &forged);
     assert_unavailable(&["exec", "--target", &url, "true"], "SHA256:");
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+fn main() -> ExitCode {
+    let env = env();
+    testkit::harness(vec![
+        testkit::test_with(
+            stringify!(state_persists_within_one_call),
+            &env,
+            state_persists_within_one_call,
+        ),
+        testkit::test_with(
+            stringify!(stdin_reaches_each_command_on_an_ssh_target),
+            &env,
+            stdin_reaches_each_command_on_an_ssh_target,
+        ),
+        testkit::test_with(
+            stringify!(connection_faults_exit_69_with_one_line),
+            &env,
+            connection_faults_exit_69_with_one_line,
+        ),
+    ])
 }

@@ -4,11 +4,15 @@
 //! `cargo run --release -p execkit-docker --example docker_overhead -- CONTAINER [N]`
 //! (the engine is `DOCKER_HOST`'s, else `/var/run/docker.sock`).
 
+/// `time_true` and `p50_p99_ms`, shared with `execkit-bench`.
+#[path = "../../execkit-bench/src/timing.rs"]
+mod timing;
+
 use std::time::Instant;
 
-use execkit_core::testkit::{p50_p99_ms, time_true};
 use execkit_core::{RunOptions, Session, SessionConfig};
 use execkit_docker as _;
+use timing::{p50_p99_ms, time_true};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {

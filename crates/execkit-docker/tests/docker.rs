@@ -2,9 +2,8 @@
 //! provisions (`DOCKER_HOST`, `EXECKIT_TEST_DOCKER_CONTAINER`,
 //! `EXECKIT_TEST_DOCKER_IMAGE`, `EXECKIT_TEST_DOCKER_TCP`).
 //!
-//! Own runner (`harness = false`): without a test container every case is
-//! reported as ignored — or failed under `CI=true` — never silently passed.
-//! The summary line has libtest's shape so `cargo xtask test` counts it.
+//! On testkit's runner (`harness = false`): without a test container every
+//! case is reported as ignored — or failed under `CI=true` — never passed.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use execkit_core::cleanup::{self, SessionRecord};
+use execkit_core::testkit;
 use execkit_core::{
     raw::{ShellEvent, ShellProcess, SpawnSpec, Transport},
     ErrorKind, RunOptions, Session, SessionConfig, SessionError, TransportError,
@@ -87,15 +87,6 @@ fn cases() -> Vec<Case> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        for c in cases() {
-            println!("{}: test", c.name);
-        }
-        return ExitCode::SUCCESS;
-    }
-    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     let env = std::env::var("EXECKIT_TEST_DOCKER_CONTAINER")
         .ok()
         .filter(|c| !c.is_empty())
@@ -108,74 +99,29 @@ fn main() -> ExitCode {
                 .ok()
                 .filter(|v| !v.is_empty()),
         });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let started = Instant::now();
-    let (mut passed, mut failed, mut ignored, mut filtered) = (0, 0, 0, 0);
-    let selected: Vec<Case> = cases()
+    let trials = cases()
         .into_iter()
-        .filter(|c| {
-            let keep = filter.is_empty() || filter.iter().any(|f| c.name.contains(f.as_str()));
-            if !keep {
-                filtered += 1;
-            }
-            keep
+        .map(|case| {
+            let env = match &env {
+                None => Err("no test container; run cargo xtask test".to_string()),
+                Some(e) => match (case.needs)(e) {
+                    Some(why) => Err(why.to_string()),
+                    None => Ok(e.clone()),
+                },
+            };
+            testkit::async_test_with(case.name, &env, move |env| async move {
+                match tokio::time::timeout(Duration::from_secs(120), tokio::spawn((case.run)(env)))
+                    .await
+                {
+                    Err(_) => Err(anyhow::anyhow!("did not finish within 120 s")),
+                    Ok(Err(join)) => Err(anyhow::anyhow!("panicked: {join}")),
+                    Ok(Ok(r)) => r,
+                }
+            })
         })
         .collect();
-    println!("\nrunning {} tests", selected.len());
-    for case in selected {
-        let why_not = match &env {
-            None => Some("no test container; run cargo xtask test"),
-            Some(e) => (case.needs)(e),
-        };
-        if let Some(why) = why_not {
-            if ci {
-                println!(
-                    "test {} ... FAILED: {why} (required under CI=true)",
-                    case.name
-                );
-                failed += 1;
-            } else {
-                println!("test {} ... ignored, {why}", case.name);
-                ignored += 1;
-            }
-            continue;
-        }
-        let env = env.clone().expect("env");
-        let t = Instant::now();
-        let res = rt.block_on(async {
-            match tokio::time::timeout(Duration::from_secs(120), tokio::spawn((case.run)(env)))
-                .await
-            {
-                Err(_) => Err(anyhow::anyhow!("did not finish within 120 s")),
-                Ok(Err(join)) => Err(anyhow::anyhow!("panicked: {join}")),
-                Ok(Ok(r)) => r,
-            }
-        });
-        match res {
-            Ok(()) => {
-                println!("test {} ... ok ({} ms)", case.name, t.elapsed().as_millis());
-                passed += 1;
-            }
-            Err(e) => {
-                println!("test {} ... FAILED: {e:#}", case.name);
-                failed += 1;
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {passed} passed; {failed} failed; {ignored} ignored; 0 measured; {filtered} filtered out; finished in {:.2}s\n",
-        if failed == 0 { "ok" } else { "FAILED" },
-        started.elapsed().as_secs_f64()
-    );
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    // The cases share the test container: one at a time, as they were.
+    testkit::harness_in_order(trials)
 }
 
 // ---------------------------------------------------------------- helpers

@@ -2,11 +2,15 @@
 //!
 //! `cargo run --release -p execkit-local --example local_overhead [N] [--no-spawn]`
 
+/// `time_true` and `p50_p99_ms`, shared with `execkit-bench`.
+#[path = "../../execkit-bench/src/timing.rs"]
+mod timing;
+
 use std::time::{Duration, Instant};
 
-use execkit_core::testkit::{p50_p99_ms, time_true};
 use execkit_core::{RunOptions, Session, SessionConfig};
 use execkit_local as _;
+use timing::{p50_p99_ms, time_true};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {

@@ -5,19 +5,17 @@
 //! sentence; the session goes on and leaves no marked process behind.
 //!
 //! The disk-full case mounts a 1 MiB tmpfs (root only). Without root, or if
-//! the mount fails, it is skipped with a message — except under `CI=true`,
-//! where it must run.
+//! the mount fails, it shows as ignored (testkit's runner) — except under
+//! `CI=true`, where it must run.
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use execkit_core::testkit::{marked_here, Tmpfs};
+use execkit_core::testkit::libtest_mimic::{Completion, Failed};
+use execkit_core::testkit::{self, marked_here, Tmpfs};
 use execkit_core::{RunOptions, RunResult, Session, SessionConfig};
 use execkit_local as _;
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("execkit-faults-{name}-{}", std::process::id()));
@@ -67,7 +65,6 @@ fn assert_head_and_tail(r: &RunResult, full: &str) {
 
 const BIG: u32 = 700_000; // `seq 1 700000` prints 4.8 MB
 
-#[tokio::test]
 async fn spool_dir_that_cannot_be_created_keeps_head_and_tail() {
     let dir = scratch("spool-unwritable");
     // Root ignores permissions: a directory under a regular file cannot be
@@ -123,21 +120,16 @@ async fn spool_dir_that_cannot_be_created_keeps_head_and_tail() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-fn tmpfs_or_skip(name: &str, size: &str) -> Option<Tmpfs> {
-    match Tmpfs::mount(&scratch(name), &format!("size={size},mode=0700")) {
-        Ok(t) => Some(t),
-        Err(why) if ci() => panic!("cannot mount a tmpfs under CI=true: {why}"),
-        Err(why) => {
-            eprintln!("skipped: cannot mount a tmpfs ({why}); run as root");
-            None
-        }
-    }
+/// A tmpfs of `size`, or why there is none (not root, mount refused).
+fn tmpfs(name: &str, size: &str) -> Result<Tmpfs, String> {
+    Tmpfs::mount(&scratch(name), &format!("size={size},mode=0700"))
+        .map_err(|why| format!("cannot mount a tmpfs ({why}); run as root"))
 }
 
-#[tokio::test]
-async fn disk_full_spool_keeps_head_and_tail_and_frees_the_space() {
-    let Some(fs) = tmpfs_or_skip("spool-full", "1m") else {
-        return;
+async fn disk_full_spool_keeps_head_and_tail_and_frees_the_space() -> Result<Completion, Failed> {
+    let fs = match tmpfs("spool-full", "1m") {
+        Ok(fs) => fs,
+        Err(why) => return testkit::unprovisioned(why),
     };
     let spool = fs.dir.join("spool");
     let mut s = Session::open("local", config(&spool)).await.unwrap();
@@ -182,4 +174,21 @@ async fn disk_full_spool_keeps_head_and_tail_and_frees_the_space() {
     );
     assert!(left.is_empty(), "survived: {left:?}");
     drop(fs);
+    Ok(Completion::Completed)
+}
+
+fn main() -> ExitCode {
+    let none: Result<(), String> = Ok(());
+    testkit::harness(vec![
+        testkit::async_test_with(
+            "spool_dir_that_cannot_be_created_keeps_head_and_tail",
+            &none,
+            |()| spool_dir_that_cannot_be_created_keeps_head_and_tail(),
+        ),
+        testkit::async_test_with(
+            "disk_full_spool_keeps_head_and_tail_and_frees_the_space",
+            &none,
+            |()| disk_full_spool_keeps_head_and_tail_and_frees_the_space(),
+        ),
+    ])
 }

@@ -5,11 +5,15 @@
 //! `cargo run --release -p execkit-ssh --example ssh_overhead -- URL [N]`
 //! (URL as `EXECKIT_TEST_SSH_URL`; defaults to that variable).
 
+/// `time_true` and `p50_p99_ms`, shared with `execkit-bench`.
+#[path = "../../execkit-bench/src/timing.rs"]
+mod timing;
+
 use std::time::{Duration, Instant};
 
-use execkit_core::testkit::{p50_p99_ms, time_true};
 use execkit_core::{RunOptions, Session, SessionConfig};
 use execkit_ssh as _;
+use timing::{p50_p99_ms, time_true};
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

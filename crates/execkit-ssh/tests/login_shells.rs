@@ -3,27 +3,25 @@
 //! out-of-band scripts must read the same to fish and tcsh as to sh, and a
 //! slow rc file must cost its own time, not twice that. The users come from
 //! `cargo xtask test` (`EXECKIT_TEST_SSH_FISH_USER`, `…_SLOWRC_USER`);
-//! without them the cases are skipped, under `CI=true` that is a failure.
+//! without them the cases show as ignored (testkit's runner), under
+//! `CI=true` that is a failure.
 
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use execkit_core::testkit;
 use execkit_core::{RunOptions, Session, SessionConfig, SessionError};
 use execkit_ssh as _;
 
-/// The test URL with its user swapped for the one in `var`.
-fn url_for(var: &str) -> Option<String> {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+/// The test URL with its user swapped for the one in `var`, or why there
+/// is none.
+fn url_for(var: &str) -> Result<String, String> {
     let (Ok(url), Ok(user)) = (std::env::var("EXECKIT_TEST_SSH_URL"), std::env::var(var)) else {
-        assert!(
-            !ci,
-            "no test sshd or no {var} under CI=true; run cargo xtask test"
-        );
-        eprintln!("skipped: no test sshd or no {var}; run cargo xtask test");
-        return None;
+        return Err(format!("no test sshd or no {var}; run cargo xtask test"));
     };
     let rest = url.strip_prefix("ssh://").expect("ssh URL");
     let (_, host) = rest.split_once('@').expect("URL names a user");
-    Some(format!("ssh://{user}@{host}"))
+    Ok(format!("ssh://{user}@{host}"))
 }
 
 fn timeout(secs: u64) -> RunOptions {
@@ -34,11 +32,7 @@ fn timeout(secs: u64) -> RunOptions {
 
 /// Fails on a start-up line written for sh only: fish answered it with a
 /// parse error (`^~~^` under ~400 spaces) and the session never started.
-#[tokio::test]
-async fn a_fish_login_shell_runs_sessions_and_scripts() {
-    let Some(url) = url_for("EXECKIT_TEST_SSH_FISH_USER") else {
-        return;
-    };
+async fn a_fish_login_shell_runs_sessions_and_scripts(url: String) {
     let mut s = Session::open(&url, SessionConfig::default())
         .await
         .expect("a session starts under a fish login shell");
@@ -60,11 +54,7 @@ async fn a_fish_login_shell_runs_sessions_and_scripts() {
 /// Fails when a start-up that times out then waits for a clean-up script
 /// that itself sits behind the same rc file (20 s of `.bashrc` answered
 /// after 35 s): the answer comes at the start timeout, and says why.
-#[tokio::test]
-async fn a_slow_rc_file_fails_at_the_start_timeout_and_says_why() {
-    let Some(url) = url_for("EXECKIT_TEST_SSH_SLOWRC_USER") else {
-        return;
-    };
+async fn a_slow_rc_file_fails_at_the_start_timeout_and_says_why(url: String) {
     let mut config = SessionConfig::default();
     config.start_timeout = Duration::from_secs(2);
     let t = Instant::now();
@@ -120,11 +110,7 @@ fn kill_all_of(user: &str) -> usize {
 /// null while the command's `sleep`s live on): the user's process limit
 /// (16, from the login shell's rc) is filled by the command, so no clean-up
 /// script can start on the host.
-#[tokio::test]
-async fn leftovers_that_cannot_be_killed_are_named_in_error() {
-    let Some(url) = url_for("EXECKIT_TEST_SSH_NPROC_USER") else {
-        return;
-    };
+async fn leftovers_that_cannot_be_killed_are_named_in_error(url: String) {
     let user = std::env::var("EXECKIT_TEST_SSH_NPROC_USER").unwrap();
     kill_all_of(&user);
     let mut s = Session::open(&url, SessionConfig::default())
@@ -146,4 +132,24 @@ async fn leftovers_that_cannot_be_killed_are_named_in_error() {
         "{left} left, error: {r:?}"
     );
     drop(s);
+}
+
+fn main() -> ExitCode {
+    testkit::harness(vec![
+        testkit::async_test_with(
+            stringify!(a_fish_login_shell_runs_sessions_and_scripts),
+            &url_for("EXECKIT_TEST_SSH_FISH_USER"),
+            a_fish_login_shell_runs_sessions_and_scripts,
+        ),
+        testkit::async_test_with(
+            stringify!(a_slow_rc_file_fails_at_the_start_timeout_and_says_why),
+            &url_for("EXECKIT_TEST_SSH_SLOWRC_USER"),
+            a_slow_rc_file_fails_at_the_start_timeout_and_says_why,
+        ),
+        testkit::async_test_with(
+            stringify!(leftovers_that_cannot_be_killed_are_named_in_error),
+            &url_for("EXECKIT_TEST_SSH_NPROC_USER"),
+            leftovers_that_cannot_be_killed_are_named_in_error,
+        ),
+    ])
 }

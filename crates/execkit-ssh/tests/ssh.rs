@@ -1,36 +1,33 @@
 //! SSH-only cases against the test sshd that `cargo xtask test` provisions
-//! (`EXECKIT_TEST_SSH_*`). Without it every case returns early (skipped);
-//! under `CI=true` a missing sshd is a failure.
+//! (`EXECKIT_TEST_SSH_*`). On testkit's runner (`harness = false`): without
+//! it every case shows as ignored; under `CI=true` a missing sshd is a
+//! failure.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use execkit_core::testkit::marked_here;
+use execkit_core::testkit::{self, marked_here};
 use execkit_core::{ErrorKind, RunOptions, Session, SessionConfig, SessionError, TransportError};
 use execkit_ssh as _;
 use execkit_ssh::SshTarget;
 
+#[derive(Clone)]
 struct Env {
     url: String,
     target: SshTarget,
     dir: PathBuf,
 }
 
-fn env() -> Option<Env> {
+/// The test sshd, or why there is none.
+fn env() -> Result<Env, String> {
     let url = std::env::var("EXECKIT_TEST_SSH_URL")
         .ok()
-        .filter(|u| !u.is_empty());
-    let Some(url) = url else {
-        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-            panic!("no test sshd (EXECKIT_TEST_SSH_URL) under CI=true; run cargo xtask test");
-        }
-        eprintln!("skipped: no test sshd; run cargo xtask test");
-        return None;
-    };
+        .filter(|u| !u.is_empty())
+        .ok_or("no test sshd; run cargo xtask test")?;
     let dir = PathBuf::from(std::env::var("EXECKIT_TEST_SSH_DIR").expect("EXECKIT_TEST_SSH_DIR"));
     let target = SshTarget::parse(&url).expect("test URL parses");
-    Some(Env { url, target, dir })
+    Ok(Env { url, target, dir })
 }
 
 impl Env {
@@ -125,9 +122,7 @@ async fn run_ok(s: &mut Session, cmd: &str) -> String {
     r.output
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ed25519_and_rsa_keys_work() {
-    let Some(e) = env() else { return };
+async fn ed25519_and_rsa_keys_work(e: Env) {
     let mut s = open(&e.url).await.unwrap();
     assert_eq!(run_ok(&mut s, "echo ed25519").await, "ed25519");
     s.close().await.unwrap();
@@ -137,9 +132,7 @@ async fn ed25519_and_rsa_keys_work() {
     s.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_key_is_refused() {
-    let Some(e) = env() else { return };
+async fn wrong_key_is_refused(e: Env) {
     let url = e.url_with(&e.key("wrong_ed25519"), &e.key("known_hosts"), "");
     let (kind, reason, _) = unreachable_error(open(&url).await);
     assert_eq!(kind, ErrorKind::AuthRefused, "{reason}");
@@ -147,9 +140,7 @@ async fn wrong_key_is_refused() {
     assert!(reason.contains("wrong_ed25519"), "{reason}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_identity_is_a_clear_error() {
-    let Some(e) = env() else { return };
+async fn missing_identity_is_a_clear_error(e: Env) {
     let url = e.url_with(Path::new("/nonexistent/key"), &e.key("known_hosts"), "");
     let reason = unreachable_reason(open(&url).await);
     assert!(
@@ -158,9 +149,7 @@ async fn missing_identity_is_a_clear_error() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changed_host_key_is_refused_with_its_fingerprint() {
-    let Some(e) = env() else { return };
+async fn changed_host_key_is_refused_with_its_fingerprint(e: Env) {
     // known_hosts claims another key for this host:port.
     let dir = scratch("mismatch");
     let kh = dir.join("known_hosts");
@@ -192,9 +181,7 @@ async fn changed_host_key_is_refused_with_its_fingerprint() {
     assert_eq!(std::fs::read_to_string(&kh).unwrap().lines().count(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_host_is_refused_unless_accept_new() {
-    let Some(e) = env() else { return };
+async fn unknown_host_is_refused_unless_accept_new(e: Env) {
     let dir = scratch("accept-new");
     let kh = dir.join("sub/known_hosts");
     let expected = fingerprint(&e.key("host_ed25519.pub"));
@@ -228,9 +215,7 @@ async fn unknown_host_is_refused_unless_accept_new() {
     s.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_refused_and_dns_failure_are_clear() {
-    let Some(e) = env() else { return };
+async fn connection_refused_and_dns_failure_are_clear(e: Env) {
     let reserved = execkit_core::testkit::ReservedPort::new();
     let port = reserved.port;
     // The port stays ours: a concurrently started sshd cannot take it.
@@ -266,9 +251,7 @@ async fn connection_refused_and_dns_failure_are_clear() {
     io_source(&err);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_share_one_connection_that_closes_with_the_last() {
-    let Some(e) = env() else { return };
+async fn sessions_share_one_connection_that_closes_with_the_last(e: Env) {
     let kh = e.own_known_hosts("share");
     let url = e.url_with(&e.key("user_ed25519"), &kh, "");
     let t = SshTarget::parse(&url).unwrap();
@@ -305,9 +288,7 @@ fn parent_of(pid: u32) -> u32 {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_session_leaves_no_process() {
-    let Some(e) = env() else { return };
+async fn dropped_session_leaves_no_process(e: Env) {
     let mut s = open(&e.url).await.unwrap();
     run_ok(
         &mut s,
@@ -336,9 +317,7 @@ async fn dropped_session_leaves_no_process() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_megabytes_out_and_one_megabyte_in_do_not_deadlock() {
-    let Some(e) = env() else { return };
+async fn twenty_megabytes_out_and_one_megabyte_in_do_not_deadlock(e: Env) {
     // Regression: with a canonical remote PTY, sshd answered each PTY write
     // with an SSH_MSG_IGNORE as large as the write, and libssh2 dropped the
     // connection on the first one over 35,000 bytes (1 run in ~10).
@@ -442,9 +421,7 @@ impl Drop for PrivateSshd {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sshd_killed_mid_command_is_reported_promptly() {
-    let Some(e) = env() else { return };
+async fn sshd_killed_mid_command_is_reported_promptly(e: Env) {
     let mut daemon = PrivateSshd::start(&e);
     let url = format!(
         "ssh://{}@127.0.0.1:{}?identity={}&known_hosts={}",
@@ -540,9 +517,7 @@ fn cmdlines(pids: &[u32]) -> Vec<String> {
 /// session B `sleep 60` with none, on the same connection. Both must come
 /// back within the stall limit plus a bounded escalation; what they ran
 /// must be killed even before the server resumes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_connection_mid_command_is_given_up_promptly() {
-    let Some(e) = env() else { return };
+async fn stalled_connection_mid_command_is_given_up_promptly(e: Env) {
     // A connection of its own: stopping its server process must not stall
     // the other tests' sessions.
     let kh = e.own_known_hosts("stall");
@@ -709,7 +684,6 @@ impl StalledHost {
 /// banner used to queue behind one another (10, 20 and 30 s). They now
 /// share one connection attempt and all fail with its error, at once,
 /// after the target's connect_timeout.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_opens_to_a_stalled_host_share_one_attempt() {
     // No sshd needed: the stalled host is the test's own listener.
     let host = StalledHost::start().await;
@@ -752,9 +726,7 @@ async fn concurrent_opens_to_a_stalled_host_share_one_attempt() {
 /// Opens to different hosts never wait for each other: a healthy sshd
 /// answers while three opens to a stalled host are still waiting for its
 /// banner (default connect timeout, 10 s).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_host_does_not_delay_another() {
-    let Some(e) = env() else { return };
+async fn a_stalled_host_does_not_delay_another(e: Env) {
     let host = StalledHost::start().await;
     let stalled_url = host.url("");
     let t0 = Instant::now();
@@ -798,7 +770,6 @@ async fn a_stalled_host_does_not_delay_another() {
 /// `connect_timeout` must be a positive number of seconds, at most a
 /// year: anything else is an invalid target (CLI exit 2), refused before
 /// any connection is tried.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_timeout_must_be_a_positive_duration() {
     let host = StalledHost::start().await;
     for bad in ["0", "-2", "nan", "inf", "1e300", "31536001", "2s", ""] {
@@ -826,9 +797,7 @@ async fn connect_timeout_must_be_a_positive_duration() {
 
 /// The other side of a shared attempt: concurrent opens to a healthy
 /// sshd make one connection, and each gets its own shell on it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_opens_share_one_new_connection() {
-    let Some(e) = env() else { return };
+async fn concurrent_opens_share_one_new_connection(e: Env) {
     let kh = e.own_known_hosts("concurrent");
     let url = e.url_with(&e.key("user_ed25519"), &kh, "&connect_timeout=30");
     let t = SshTarget::parse(&url).unwrap();
@@ -857,7 +826,6 @@ async fn concurrent_opens_share_one_new_connection() {
 /// A timeout names the stage that stalled: a server that sends its banner
 /// and then nothing stalls the key exchange; a host whose TCP accept queue
 /// is full (SYNs dropped, as for a blackholed address) never connects.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_timeout_names_the_stage() {
     let host = StalledHost::saying(b"SSH-2.0-OpenSSH_9.6 stalled\r\n").await;
     let t = Instant::now();
@@ -925,4 +893,38 @@ impl FullAcceptQueue {
             _queued: queued,
         }
     }
+}
+
+fn main() -> ExitCode {
+    let env = env();
+    // The async fn of that name, given the test sshd (ignored without one).
+    macro_rules! with_sshd {
+        ($name:ident) => {
+            testkit::async_test_with(stringify!($name), &env, $name)
+        };
+    }
+    // The async fn of that name, which needs no sshd.
+    macro_rules! no_sshd {
+        ($name:ident) => {
+            testkit::async_test_with(stringify!($name), &Ok(()), |()| $name())
+        };
+    }
+    testkit::harness(vec![
+        with_sshd!(ed25519_and_rsa_keys_work),
+        with_sshd!(wrong_key_is_refused),
+        with_sshd!(missing_identity_is_a_clear_error),
+        with_sshd!(changed_host_key_is_refused_with_its_fingerprint),
+        with_sshd!(unknown_host_is_refused_unless_accept_new),
+        with_sshd!(connection_refused_and_dns_failure_are_clear),
+        with_sshd!(sessions_share_one_connection_that_closes_with_the_last),
+        with_sshd!(dropped_session_leaves_no_process),
+        with_sshd!(twenty_megabytes_out_and_one_megabyte_in_do_not_deadlock),
+        with_sshd!(sshd_killed_mid_command_is_reported_promptly),
+        with_sshd!(stalled_connection_mid_command_is_given_up_promptly),
+        no_sshd!(concurrent_opens_to_a_stalled_host_share_one_attempt),
+        with_sshd!(a_stalled_host_does_not_delay_another),
+        no_sshd!(connect_timeout_must_be_a_positive_duration),
+        with_sshd!(concurrent_opens_share_one_new_connection),
+        no_sshd!(a_connect_timeout_names_the_stage),
+    ])
 }
