@@ -39,11 +39,20 @@ impl Collector {
         }
     }
 
-    /// What arrived since the last call (capped), final newline kept.
+    /// What arrived since the last call (capped). A final newline is held
+    /// back until more output follows or the command ends: it may be the
+    /// one the end of the command trims, so the parts a caller reads always
+    /// add up to exactly the output a single `run` returns, wherever the
+    /// reads fall.
     pub(super) fn take_delta(&mut self) -> String {
         self.yielded = true;
         let fresh = std::mem::replace(&mut self.delta, OutputCap::memory_only(self.limit));
-        fresh.finish().text
+        let mut text = fresh.finish().text;
+        if text.ends_with('\n') {
+            text.pop();
+            self.delta.push("\n");
+        }
+        text
     }
 
     pub(super) fn push(&mut self, bytes: &[u8]) {

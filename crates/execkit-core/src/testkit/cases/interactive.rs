@@ -60,9 +60,11 @@ pub(super) async fn yield_then_poll(ctx: Ctx) -> anyhow::Result<()> {
     let r = s
         .run("echo first; sleep 1; echo second", yielding(30, 300))
         .await?;
-    // Partial outputs are exact deltas (newlines kept), so they concatenate.
+    // Partial outputs are exact deltas that concatenate to the whole
+    // output: a final newline waits until more follows (it may be the one
+    // the end trims).
     ensure!(
-        r.running && r.exit_code.is_none() && r.output == "first\n",
+        r.running && r.exit_code.is_none() && r.output == "first",
         "{r:?}"
     );
     match s.run("echo no", RunOptions::default()).await {
@@ -79,8 +81,29 @@ pub(super) async fn yield_then_poll(ctx: Ctx) -> anyhow::Result<()> {
         }
     }
     ensure!(!last.running && last.exit_code == Some(0), "{last:?}");
-    ensure!(out == "second", "poll returned {out:?}");
+    ensure!(out == "\nsecond", "poll returned {out:?}");
     ensure!(ok(&mut s, "echo next").await? == "next");
+    s.close().await?;
+    Ok(())
+}
+
+/// Wherever the reads fall, the parts of a yielded command add up to
+/// exactly what one `run` returns: here the last line arrives a second
+/// before the end, in a part of its own, and its newline is still the one
+/// the end trims.
+pub(super) async fn partial_outputs_add_up_to_the_whole(ctx: Ctx) -> anyhow::Result<()> {
+    let mut s = ctx.open().await?;
+    let cmd = "echo one; sleep 1; echo two; sleep 1";
+    let mut last = s.run(cmd, yielding(30, 300)).await?;
+    let mut parts = vec![last.output.clone()];
+    while last.running {
+        last = s.poll(Duration::from_millis(300)).await?;
+        parts.push(last.output.clone());
+    }
+    ensure!(last.exit_code == Some(0), "{last:?}");
+    let whole = ok(&mut s, cmd).await?;
+    ensure!(whole == "one\ntwo", "{whole:?}");
+    ensure!(parts.concat() == whole, "parts {parts:?}");
     s.close().await?;
     Ok(())
 }

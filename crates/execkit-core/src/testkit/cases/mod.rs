@@ -63,6 +63,7 @@ pub(super) fn all() -> Vec<Case> {
         case!(close_leaves_no_process, proc_fs),
         case!(hundred_sessions_concurrently).heavy(),
         case!(yield_then_poll),
+        case!(partial_outputs_add_up_to_the_whole),
         case!(send_input_feeds_read),
         case!(interrupt_running_command),
         case!(python_repl_through_input),
