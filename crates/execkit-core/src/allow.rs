@@ -16,8 +16,14 @@ impl fmt::Display for Refusal {
 
 /// Checks `target` (opened with `shell`, when the request names one)
 /// against the allow list `patterns`; an empty list admits everything.
-/// Patterns that do not parse admit nothing.
-pub fn check(patterns: &[String], target: &str, shell: Option<&str>) -> Result<(), Refusal> {
+/// Patterns that do not parse admit nothing. `shell_in_target`: the
+/// target's opaque form names the shell, so `shell` replaces it.
+pub fn check(
+    patterns: &[String],
+    target: &str,
+    shell: Option<&str>,
+    shell_in_target: bool,
+) -> Result<(), Refusal> {
     if patterns.is_empty() {
         return Ok(());
     }
@@ -28,7 +34,7 @@ pub fn check(patterns: &[String], target: &str, shell: Option<&str>) -> Result<(
     if parsed.iter().any(|p| p.everything) {
         return Ok(());
     }
-    let effective = effective_target(target, shell);
+    let effective = effective_target(target, shell, shell_in_target);
     let parts = Parts::parse(&effective)
         .map_err(|why| Refusal(format!("it cannot be read as a target ({why})")))?;
     let mut param = None;
@@ -53,15 +59,15 @@ pub fn check(patterns: &[String], target: &str, shell: Option<&str>) -> Result<(
 
 /// Whether `target` (with no shell of its own) matches `pattern`.
 pub fn matches(pattern: &str, target: &str) -> bool {
-    check(&[pattern.to_string()], target, None).is_ok()
+    check(&[pattern.to_string()], target, None, false).is_ok()
 }
 
 /// The target as it will run: on `local`, a requested shell replaces the
 /// target's own (the transport starts the requested one).
-fn effective_target(target: &str, shell: Option<&str>) -> String {
+fn effective_target(target: &str, shell: Option<&str>, shell_in_target: bool) -> String {
     let scheme = target.split_once(':').map_or(target, |(s, _)| s);
     match shell {
-        Some(sh) if scheme.eq_ignore_ascii_case("local") => format!("local:{sh}"),
+        Some(sh) if shell_in_target => format!("{scheme}:{sh}"),
         _ => target.to_string(),
     }
 }
@@ -272,8 +278,9 @@ pub fn percent_decode(s: &str) -> Result<String, String> {
 ///   named by the pattern (`?connect_timeout=*&host_key=accept_new`); a
 ///   pattern without `?` admits no parameter at all. Values are compared
 ///   percent-decoded.
-/// * The `shell` of an open request is part of the match: on `local` it
-///   replaces the target's shell (`local:/bin/dash` with shell `/bin/bash`
+/// * The `shell` of an open request is part of the match: on a scheme
+///   whose target names the shell (`local`, which declares
+///   `shell_in_target` in its registration) it replaces the target's shell (`local:/bin/dash` with shell `/bin/bash`
 ///   is matched as `local:/bin/bash`); on any scheme a pattern parameter
 ///   `shell=GLOB` (`docker:web?shell=/bin/sh`) admits only those shells.
 #[derive(Debug, Clone)]

@@ -19,6 +19,7 @@
 //!     example: "local, local:/bin/dash",
 //!     connect: connect,        // fn(&str) -> Result<Arc<dyn Transport>, TransportError>
 //!     on_this_host: true,      // optional: its shells share this host's files and /proc
+//!     shell_in_target: true,   // optional: `local:/bin/dash` names the shell
 //! }
 //! ```
 //!

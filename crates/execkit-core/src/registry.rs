@@ -24,6 +24,9 @@ pub struct TransportInfo {
     /// (a local FIFO can be their stdin; one sweep of this host's `/proc`
     /// reaches their processes). Callers ask this, never the scheme's name.
     pub on_this_host: bool,
+    /// Its opaque target form names the shell (`local:/bin/dash`): a shell
+    /// an open request names replaces it, also for the allow list.
+    pub shell_in_target: bool,
 }
 
 inventory::collect!(TransportInfo);
@@ -37,18 +40,20 @@ inventory::collect!(TransportInfo);
 ///     summary: "a PTY on this host",
 ///     example: "local, local:/bin/dash",
 ///     connect: connect,
-///     on_this_host: true, // optional, default false
+///     on_this_host: true,    // optional, default false
+///     shell_in_target: true, // optional, default false
 /// }
 /// ```
 #[macro_export]
 macro_rules! register_transport {
-    (scheme: $scheme:expr, summary: $summary:expr, example: $example:expr, connect: $connect:expr $(, on_this_host: $here:expr)? $(,)?) => {
+    (scheme: $scheme:expr, summary: $summary:expr, example: $example:expr, connect: $connect:expr $(, on_this_host: $here:expr)? $(, shell_in_target: $sh:expr)? $(,)?) => {
         const __EXECKIT_TRANSPORT: $crate::TransportInfo = $crate::TransportInfo {
             scheme: $scheme,
             summary: $summary,
             example: $example,
             connect: $connect,
             on_this_host: false $(|| $here)?,
+            shell_in_target: false $(|| $sh)?,
         };
 
         /// Registration record of this transport.

@@ -130,6 +130,7 @@ execkit_core::register_transport! {
     example: "local, local:/bin/dash",
     connect: connect,
     on_this_host: true,
+    shell_in_target: true,
 }
 
 #[cfg(test)]

@@ -8,7 +8,9 @@ fn admits(pattern: &str, target: &str) -> bool {
 }
 
 fn admits_shell(pattern: &str, target: &str, shell: &str) -> bool {
-    check(&[pattern.to_string()], target, Some(shell)).is_ok()
+    // `local:SHELL` names the shell (the local transport declares it).
+    let shell_in_target = target.starts_with("local");
+    check(&[pattern.to_string()], target, Some(shell), shell_in_target).is_ok()
 }
 
 /// The reproductions of issue 14 item 5, each refused.
@@ -47,7 +49,9 @@ fn the_reported_bypasses_are_refused() {
 #[test]
 fn refusals_say_why() {
     let why = |p: &str, t: &str, sh: Option<&str>| {
-        check(&[p.to_string()], t, sh).unwrap_err().to_string()
+        check(&[p.to_string()], t, sh, t.starts_with("local"))
+            .unwrap_err()
+            .to_string()
     };
     let e = why(
         "ssh://deploy@h",
@@ -207,7 +211,7 @@ fn parameters_must_be_named() {
 #[test]
 fn everything_and_nothing() {
     assert!(admits("*", "ssh://u@h?known_hosts=/dev/null"));
-    assert!(check(&[], "anything:at all", Some("/bin/x")).is_ok());
+    assert!(check(&[], "anything:at all", Some("/bin/x"), false).is_ok());
     assert!(!admits("docker:*", "elsewhere:x"));
     assert!(!admits("docker:*", "ssh://x"));
     assert!(!admits("local", "local\n"));

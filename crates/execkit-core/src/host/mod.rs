@@ -290,11 +290,16 @@ impl Host {
     /// that the allow list does not admit.
     pub fn check_target(&self, target: &str, shell: Option<&str>) -> Result<(), HostError> {
         let allow = &self.config.allow_targets;
-        crate::allow::check(allow, target, shell).map_err(|why| HostError::TargetNotAllowed {
-            target: target.to_string(),
-            shell: shell.map(str::to_string),
-            why: why.to_string(),
-            allowed: allow.join(", "),
+        // Where the target form names the shell (`local:/bin/dash`), the
+        // requested shell replaces it before matching.
+        let shell_in_target = crate::registry::info_of(target).is_some_and(|i| i.shell_in_target);
+        crate::allow::check(allow, target, shell, shell_in_target).map_err(|why| {
+            HostError::TargetNotAllowed {
+                target: target.to_string(),
+                shell: shell.map(str::to_string),
+                why: why.to_string(),
+                allowed: allow.join(", "),
+            }
         })
     }
 
