@@ -13,6 +13,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod checks;
 mod docker;
 mod soak;
 mod ssh;
@@ -164,6 +165,8 @@ impl std::ops::AddAssign for Counts {
     }
 }
 
+// One function on purpose: the whole run in order (provision, checks,
+// tests, teardown, tally), read top to bottom.
 fn test(args: &[String]) -> Result<bool> {
     let mut which = "all".to_string();
     let mut it = args.iter();
@@ -212,12 +215,12 @@ fn test(args: &[String]) -> Result<bool> {
 
     // 0. The code's own checks: formatting, clippy, and the API docs (every
     // public item documented, no broken or private links).
-    let lints = lints(&root)?;
+    let lints = checks::lints(&root)?;
     total += lints;
     rows.push(("fmt, clippy, doc".into(), fmt_counts(lints)));
 
     // 1. Single-feature builds list exactly what they were built with.
-    let features = feature_builds(&root, &out_dir)?;
+    let features = checks::feature_builds(&root, &out_dir)?;
     total += features;
     rows.push(("cli feature builds".into(), fmt_counts(features)));
 
@@ -239,6 +242,33 @@ fn test(args: &[String]) -> Result<bool> {
     teardown_all(provisions);
     let unit = unit?;
 
+    let conformance = conformance_rows(&selected, &report_dir, &mut rows)?;
+    let _ = std::fs::remove_dir_all(&report_dir);
+    // Unit tests count from libtest's lines, conformance from its reports
+    // (`run_cargo_test` leaves the conformance suites' libtest lines out).
+    total += unit.libtest;
+    total += conformance;
+    if !unit.success && total.failed == 0 {
+        // cargo failed without a failing test: a build error or a crash.
+        println!("xtask: cargo test failed without a failing test (build error?)");
+        total.failed += 1;
+    }
+    rows.insert(
+        1,
+        ("unit + integration tests".into(), fmt_counts(unit.libtest)),
+    );
+
+    print_table(&rows, total);
+    Ok(total.failed == 0 && unit.success)
+}
+
+/// One row per conformance fixture of the selected transports, from the
+/// JSON reports the suites wrote; a transport without a report fails.
+fn conformance_rows(
+    selected: &[&str],
+    report_dir: &Path,
+    rows: &mut Vec<(String, String)>,
+) -> Result<Counts> {
     let mut conformance = Counts::default();
     for t in TRANSPORTS {
         if !selected.contains(t) {
@@ -249,7 +279,7 @@ fn test(args: &[String]) -> Result<bool> {
             continue;
         }
         let mut found = false;
-        for report in reports(&report_dir)? {
+        for report in reports(report_dir)? {
             let name = report["fixture"].as_str().unwrap_or("?").to_string();
             if !name.starts_with(t) {
                 continue;
@@ -268,24 +298,13 @@ fn test(args: &[String]) -> Result<bool> {
             conformance.failed += 1;
         }
     }
-    let _ = std::fs::remove_dir_all(&report_dir);
-    // Unit tests count from libtest's lines, conformance from its reports
-    // (`run_cargo_test` leaves the conformance suites' libtest lines out).
-    total += unit.libtest;
-    total += conformance;
-    if !unit.success && total.failed == 0 {
-        // cargo failed without a failing test: a build error or a crash.
-        println!("xtask: cargo test failed without a failing test (build error?)");
-        total.failed += 1;
-    }
-    rows.insert(
-        1,
-        ("unit + integration tests".into(), fmt_counts(unit.libtest)),
-    );
+    Ok(conformance)
+}
 
+fn print_table(rows: &[(String, String)], total: Counts) {
     println!("\n{:<28} result", "suite");
     println!("{}", "-".repeat(60));
-    for (name, res) in &rows {
+    for (name, res) in rows {
         println!("{name:<28} {res}");
     }
     println!();
@@ -293,7 +312,6 @@ fn test(args: &[String]) -> Result<bool> {
         "{} passed, {} failed, {} skipped",
         total.passed, total.failed, total.skipped
     );
-    Ok(total.failed == 0 && unit.success)
 }
 
 fn fmt_counts(c: Counts) -> String {
@@ -400,130 +418,6 @@ fn nix_is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
-}
-
-/// `cargo fmt --check`, `cargo clippy --all-targets -D warnings` and
-/// `cargo doc --no-deps` with `-D warnings`: one count each.
-fn lints(root: &Path) -> Result<Counts> {
-    let has = |c: &str| {
-        Command::new("cargo")
-            .args([c, "--version"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !(has("clippy") && has("fmt")) {
-        // A toolchain installed with a minimal profile lacks them.
-        let st = Command::new("rustup")
-            .args(["component", "add", "clippy", "rustfmt"])
-            .status()
-            .context("rustup component add clippy rustfmt")?;
-        if !st.success() {
-            bail!("installing clippy and rustfmt failed");
-        }
-    }
-    /// A check: its name, cargo's arguments, one environment variable.
-    type Check<'a> = (&'a str, &'a [&'a str], Option<(&'a str, &'a str)>);
-    let checks: [Check<'_>; 3] = [
-        ("cargo fmt --check", &["fmt", "--all", "--check"], None),
-        (
-            "cargo clippy",
-            &[
-                "clippy",
-                "--quiet",
-                "--workspace",
-                "--all-targets",
-                "--features",
-                "execkit-core/testkit",
-                "--",
-                "-D",
-                "warnings",
-            ],
-            None,
-        ),
-        (
-            "cargo doc",
-            &["doc", "--quiet", "--no-deps", "--workspace"],
-            Some(("RUSTDOCFLAGS", "-D warnings")),
-        ),
-    ];
-    let mut c = Counts::default();
-    for (name, args, env) in checks {
-        let mut cmd = Command::new("cargo");
-        cmd.current_dir(root).args(args);
-        if let Some((k, v)) = env {
-            cmd.env(k, v);
-        }
-        if cmd.status().with_context(|| name.to_string())?.success() {
-            c.passed += 1;
-        } else {
-            println!("xtask: {name} FAILED");
-            c.failed += 1;
-        }
-    }
-    Ok(c)
-}
-
-/// Builds the CLI with one transport feature (and with none) and checks
-/// `execkit transports` lists exactly what was linked.
-fn feature_builds(root: &Path, out_dir: &Path) -> Result<Counts> {
-    let mut c = Counts::default();
-    for (features, expect) in [
-        ("local", Some("local")),
-        ("docker", Some("docker")),
-        ("ssh", Some("ssh")),
-        ("", None),
-    ] {
-        let mut cmd = Command::new("cargo");
-        cmd.current_dir(root).args([
-            "build",
-            "--quiet",
-            "-p",
-            "execkit-cli",
-            "--no-default-features",
-        ]);
-        if !features.is_empty() {
-            cmd.args(["--features", features]);
-        }
-        let st = cmd.status().context("cargo build")?;
-        if !st.success() {
-            bail!("building execkit-cli with features [{features}] failed");
-        }
-        let bin = out_dir.join(format!(
-            "execkit-features-{}",
-            if features.is_empty() {
-                "none"
-            } else {
-                features
-            }
-        ));
-        std::fs::copy(target_dir(root).join("debug/execkit"), &bin)?;
-        let out = Command::new(&bin).arg("transports").output()?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let schemes: Vec<&str> = stdout
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .collect();
-        let ok = match expect {
-            Some(s) => out.status.success() && schemes == [s],
-            None => !out.status.success() && schemes.is_empty(),
-        };
-        let label = if features.is_empty() {
-            "no features"
-        } else {
-            features
-        };
-        if ok {
-            println!("xtask: feature build [{label}]: transports = {schemes:?} ok");
-            c.passed += 1;
-        } else {
-            println!(
-                "xtask: feature build [{label}]: FAILED: transports printed {stdout:?} (status {})",
-                out.status
-            );
-            c.failed += 1;
-        }
-    }
-    Ok(c)
 }
 
 struct CargoTest {

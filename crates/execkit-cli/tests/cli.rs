@@ -1,3 +1,6 @@
+//! Long on purpose: one test binary (one link step) for the whole CLI
+//! contract, which reads best in one place.
+//!
 //! The CLI contract (README.md), tested from outside against the real binary.
 
 use std::process::{Command, Output};

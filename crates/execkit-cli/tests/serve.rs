@@ -1,3 +1,6 @@
+//! Long on purpose: one test binary (one link step) for every case of the
+//! server, which share one harness of real clients.
+//!
 //! `execkit serve` against real clients on a temp socket: concurrency, the
 //! console, the journal, crash cleanup and the peer-uid check.
 

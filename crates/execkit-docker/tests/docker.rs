@@ -1,3 +1,6 @@
+//! Long on purpose: one test binary (one link step) for every case that
+//! needs the provisioned engine.
+//!
 //! Docker-only cases, against the engine and container `cargo xtask test`
 //! provisions (`DOCKER_HOST`, `EXECKIT_TEST_DOCKER_CONTAINER`,
 //! `EXECKIT_TEST_DOCKER_IMAGE`, `EXECKIT_TEST_DOCKER_TCP`).

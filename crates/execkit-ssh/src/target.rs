@@ -46,21 +46,25 @@ pub struct SshTarget {
 impl SshTarget {
     /// Parses a target; never touches the network or the file system.
     pub fn parse(target: &str) -> Result<Self, TransportError> {
-        let invalid = |reason: String| TransportError::InvalidTarget {
+        Self::parse_parts(target).map_err(|reason| TransportError::InvalidTarget {
             target: target.to_string(),
             reason,
-        };
+        })
+    }
+
+    /// [`SshTarget::parse`], failing with the reason alone.
+    fn parse_parts(target: &str) -> Result<Self, String> {
         let rest = match target.split_once("://") {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("ssh") => rest,
             _ => {
-                return Err(invalid(
+                return Err(
                     "expected ssh://user@host[:port][?identity=PATH&known_hosts=PATH&host_key=accept_new&connect_timeout=SECS]"
                         .into(),
-                ))
+                )
             }
         };
         if rest.contains('\0') {
-            return Err(invalid("the target contains a NUL byte".into()));
+            return Err("the target contains a NUL byte".into());
         }
         let (authority, query) = match rest.split_once('?') {
             Some((a, q)) => (a, Some(q)),
@@ -68,71 +72,20 @@ impl SshTarget {
         };
         let authority = authority.strip_suffix('/').unwrap_or(authority);
         if authority.contains('/') {
-            return Err(invalid("a path after the host is not supported".into()));
+            return Err("a path after the host is not supported".into());
         }
-        let (user, hostport) = match authority.split_once('@') {
-            // `ssh://deploy@prod.example.com@10.0.0.1` reads as a user at
-            // prod.example.com, yet connects to 10.0.0.1: refused.
-            Some((u, h)) if h.contains('@') => {
-                return Err(invalid(format!(
-                    "`@` in the user name `{u}@{}`: the host is what follows the last `@` \
-                     ({}), which is easy to misread; write an `@` in a user name as %40",
-                    h.rsplit_once('@').map_or(h, |(a, _)| a),
-                    h.rsplit_once('@').map_or(h, |(_, b)| b),
-                )))
-            }
-            Some((u, h)) => (
-                Some(execkit_core::raw::percent_decode(u).map_err(&invalid)?),
-                h,
-            ),
-            None => (None, authority),
-        };
-        let user = match user {
-            Some(u) if u.is_empty() => return Err(invalid("empty user name before `@`".into())),
-            Some(u) => u,
-            None => std::env::var("USER")
-                .ok()
-                .filter(|u| !u.is_empty())
-                .ok_or_else(|| invalid("no user name (write ssh://USER@HOST)".into()))?,
-        };
-        let (host, port) = if let Some(after) = hostport.strip_prefix('[') {
-            let (h, tail) = after
-                .split_once(']')
-                .ok_or_else(|| invalid("unclosed `[` in the host".into()))?;
-            let port = match tail {
-                "" => None,
-                t => Some(
-                    t.strip_prefix(':')
-                        .ok_or_else(|| invalid(format!("unexpected `{t}` after the host")))?,
-                ),
-            };
-            (h.to_string(), port)
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), Some(p)),
-                None => (hostport.to_string(), None),
-            }
-        };
-        if host.is_empty() {
-            return Err(invalid("no host name".into()));
-        }
+        let (user, hostport) = split_user(authority)?;
+        let (host, port) = split_host_port(hostport)?;
         if !valid_user(&user) {
-            return Err(invalid(format!(
+            return Err(format!(
                 "`{user}` is not a user name (letters, digits, `.`, `_`, `-`, and `@` written as %40; not starting with `-`)"
-            )));
+            ));
         }
         if !valid_host(&host) {
-            return Err(invalid(format!(
+            return Err(format!(
                 "`{host}` is not a host name or address (letters, digits, `.`, `-`, `_`, or [IPv6]; not starting with `-`)"
-            )));
+            ));
         }
-        let port = match port {
-            None => 22,
-            Some(p) => match p.parse::<u16>() {
-                Ok(n) if n > 0 => n,
-                _ => return Err(invalid(format!("`{p}` is not a port number"))),
-            },
-        };
         let mut t = SshTarget {
             user,
             host,
@@ -144,42 +97,45 @@ impl SshTarget {
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = execkit_core::raw::percent_decode(v).map_err(&invalid)?;
-            match k {
-                "identity" | "identity_file" => {
-                    if v.is_empty() {
-                        return Err(invalid("identity= needs a path".into()));
-                    }
-                    t.identity = Some(expand_home(&v));
-                }
-                "known_hosts" => {
-                    if v.is_empty() {
-                        return Err(invalid("known_hosts= needs a path".into()));
-                    }
-                    t.known_hosts = Some(expand_home(&v));
-                }
-                "host_key" => {
-                    t.host_key = match v.as_str() {
-                        "accept_new" | "accept-new" => HostKeyPolicy::AcceptNew,
-                        "strict" | "yes" => HostKeyPolicy::Strict,
-                        other => {
-                            return Err(invalid(format!(
-                                "host_key={other} is not supported (use host_key=accept_new)"
-                            )))
-                        }
-                    }
-                }
-                "connect_timeout" => {
-                    t.connect_timeout = connect_timeout(&v).map_err(&invalid)?;
-                }
-                other => {
-                    return Err(invalid(format!(
-                        "unknown parameter `{other}` (known: identity, known_hosts, host_key, connect_timeout)"
-                    )))
-                }
-            }
+            t.apply_param(k, &execkit_core::raw::percent_decode(v)?)?;
         }
         Ok(t)
+    }
+
+    /// One `?name=value` parameter (the value percent-decoded).
+    fn apply_param(&mut self, name: &str, v: &str) -> Result<(), String> {
+        match name {
+            "identity" | "identity_file" => {
+                if v.is_empty() {
+                    return Err("identity= needs a path".into());
+                }
+                self.identity = Some(expand_home(v));
+            }
+            "known_hosts" => {
+                if v.is_empty() {
+                    return Err("known_hosts= needs a path".into());
+                }
+                self.known_hosts = Some(expand_home(v));
+            }
+            "host_key" => {
+                self.host_key = match v {
+                    "accept_new" | "accept-new" => HostKeyPolicy::AcceptNew,
+                    "strict" | "yes" => HostKeyPolicy::Strict,
+                    other => {
+                        return Err(format!(
+                            "host_key={other} is not supported (use host_key=accept_new)"
+                        ))
+                    }
+                }
+            }
+            "connect_timeout" => self.connect_timeout = connect_timeout(v)?,
+            other => {
+                return Err(format!(
+                    "unknown parameter `{other}` (known: identity, known_hosts, host_key, connect_timeout)"
+                ))
+            }
+        }
+        Ok(())
     }
 
     /// `host:port` for messages.
@@ -234,6 +190,67 @@ fn expand_home(p: &str) -> PathBuf {
         (Some(rest), Some(h)) => h.join(rest),
         _ => PathBuf::from(p),
     }
+}
+
+/// `[user@]host[:port]` → the user (percent-decoded; `$USER` when absent)
+/// and the rest.
+fn split_user(authority: &str) -> Result<(String, &str), String> {
+    let (user, hostport) = match authority.split_once('@') {
+        // `ssh://deploy@prod.example.com@10.0.0.1` reads as a user at
+        // prod.example.com, yet connects to 10.0.0.1: refused.
+        Some((u, h)) if h.contains('@') => {
+            return Err(format!(
+                "`@` in the user name `{u}@{}`: the host is what follows the last `@` \
+                 ({}), which is easy to misread; write an `@` in a user name as %40",
+                h.rsplit_once('@').map_or(h, |(a, _)| a),
+                h.rsplit_once('@').map_or(h, |(_, b)| b),
+            ))
+        }
+        Some((u, h)) => (Some(execkit_core::raw::percent_decode(u)?), h),
+        None => (None, authority),
+    };
+    let user = match user {
+        Some(u) if u.is_empty() => return Err("empty user name before `@`".into()),
+        Some(u) => u,
+        None => std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| "no user name (write ssh://USER@HOST)".to_string())?,
+    };
+    Ok((user, hostport))
+}
+
+/// `host[:port]` or `[v6]:port` → host and port (22 when absent).
+fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(after) = hostport.strip_prefix('[') {
+        let (h, tail) = after
+            .split_once(']')
+            .ok_or_else(|| "unclosed `[` in the host".to_string())?;
+        let port = match tail {
+            "" => None,
+            t => Some(
+                t.strip_prefix(':')
+                    .ok_or_else(|| format!("unexpected `{t}` after the host"))?,
+            ),
+        };
+        (h.to_string(), port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (hostport.to_string(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err("no host name".into());
+    }
+    let port = match port {
+        None => 22,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(format!("`{p}` is not a port number")),
+        },
+    };
+    Ok((host, port))
 }
 
 /// Login names: portable POSIX names plus `@` (directory accounts). Never

@@ -1,3 +1,6 @@
+//! Long on purpose: one test binary (one link step) for every case that
+//! needs the provisioned sshd.
+//!
 //! SSH-only cases against the test sshd that `cargo xtask test` provisions
 //! (`EXECKIT_TEST_SSH_*`). On testkit's runner (`harness = false`): without
 //! it every case shows as ignored; under `CI=true` a missing sshd is a
