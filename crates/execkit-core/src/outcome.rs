@@ -86,21 +86,9 @@ mod tests {
     use super::*;
 
     fn result() -> RunResult {
-        RunResult {
-            command: "x".into(),
-            exit_code: Some(0),
-            output: String::new(),
-            timed_out: false,
-            truncated: false,
-            restarted: false,
-            session_lost: false,
-            error: None,
-            duration_ms: 1,
-            cwd: "/".into(),
-            output_path: None,
-            running: false,
-            waiting_for_input: false,
-        }
+        let mut r = crate::session::blank("x", tokio::time::Instant::now(), "/");
+        r.exit_code = Some(0);
+        r
     }
 
     #[test]
