@@ -16,6 +16,7 @@ mod remote;
 mod repl;
 mod serve;
 mod stdin_pipe;
+mod tty;
 mod watch;
 
 use std::process::ExitCode;

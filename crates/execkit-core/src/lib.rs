@@ -109,7 +109,7 @@ pub use host::{Host, HostConfig, HostError, OpenRequest};
 pub use observer::Observer;
 pub use outcome::RunOutcome;
 pub use registry::{connect, on_this_host, transports, TransportInfo};
-pub use session::{InputWait, RunOptions, RunResult, Session, SessionConfig};
+pub use session::{InputWait, PersonTerminal, RunOptions, RunResult, Session, SessionConfig};
 pub use transport::Size;
 
 #[doc(hidden)]

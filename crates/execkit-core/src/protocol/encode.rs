@@ -115,6 +115,29 @@ pub enum Guard {
     Trace,
 }
 
+/// Shell source run before a person's command (`execkit shell`, see
+/// `PersonTerminal`): keeps execkit's terminal modes in `__ek_t`, gives
+/// the terminal the modes a person expects (echo, line editing, `\n` →
+/// `\r\n`) and the command the person's `TERM`, no forced pager, colour
+/// allowed.
+/// Silent (its trace too, under `set -x`).
+fn person_prelude(term: &str) -> String {
+    format!(
+        "{{ __ek_t=$(stty -g); stty sane; stty susp undef; export TERM={}; \
+         unset PAGER GIT_PAGER MANPAGER SYSTEMD_PAGER NO_COLOR LESS; }} >/dev/null 2>&1; ",
+        shell_quote(term)
+    )
+}
+
+/// Shell source that puts back what [`person_prelude`] changed: the
+/// terminal modes execkit set up (those kept in `__ek_t`; the start-up
+/// ones if none were) and its variables. Prints nothing, keeps `$?`.
+pub fn person_restore() -> &'static str {
+    "{ stty \"$__ek_t\" || stty -echo -onlcr -ixon; \
+     export TERM=dumb PAGER=cat GIT_PAGER=cat MANPAGER=cat SYSTEMD_PAGER= NO_COLOR=1 LESS=-FRX; \
+     } >/dev/null 2>&1"
+}
+
 /// The bytes to write for one command: the start marker, the command run
 /// in the current shell, then the sentinel. Long commands are sent in
 /// chunks into a variable first so no physical line reaches the PTY line
@@ -129,6 +152,10 @@ pub enum Guard {
 /// `full`: the sentinel reports flags and prompts ([`sentinel_source_as`]);
 /// the command's scanner must be built to match
 /// ([`SentinelScanner::short`] when not).
+///
+/// `person`: a person's command at a real terminal, with that `TERM`: the
+/// terminal gets a person's modes before the command and execkit's back
+/// before the sentinel ([`person_restore`]), status kept.
 pub fn encode_command(
     command: &str,
     nonce: &str,
@@ -136,6 +163,7 @@ pub fn encode_command(
     guard: Guard,
     marked: bool,
     full: bool,
+    person: Option<&str>,
 ) -> Vec<u8> {
     // `text`: one shell word holding the command's text.
     let run = |text: &str| match via {
@@ -145,17 +173,27 @@ pub fn encode_command(
     let start = start_source(nonce);
     let mut sentinel = sentinel_source_as(nonce, "$?", full);
     let mut prefix = String::new();
+    // Run after the start marker: the marker must end in a bare `\n`.
+    let prelude = person.map(person_prelude).unwrap_or_default();
+    if person.is_some() {
+        sentinel = format!(
+            "{{ __ek_r=$?; {}; }} >/dev/null 2>&1; {}",
+            person_restore(),
+            sentinel_source_as(nonce, "$__ek_r", full)
+        );
+    }
     if guard != Guard::Off {
         sentinel = format!("{{ {sentinel} >&3; }} 3>&1 >/dev/null 2>&1");
         let v = TRACE_MARK_VAR;
         let _ = write!(prefix, "PS4=${v}${{PS4#\"${v}\"}}; ");
     }
     let text = if guard == Guard::Trace {
-        std::borrow::Cow::Owned(format!("{start}\n{command}"))
+        std::borrow::Cow::Owned(format!("{start}\n{prelude}{command}"))
     } else {
         if marked || guard != Guard::Off {
             let _ = write!(prefix, "{start}; ");
         }
+        prefix.push_str(&prelude);
         std::borrow::Cow::Borrowed(command)
     };
     let quoted = shell_quote(&text);
@@ -248,7 +286,7 @@ mod tests {
         let cmd = format!("echo {}", "x'y".repeat(100_000));
         for via in [Via::Eval, Via::Source] {
             for guard in [Guard::Off, Guard::Hooks, Guard::Trace] {
-                let enc = encode_command(&cmd, "n", via, guard, true, true);
+                let enc = encode_command(&cmd, "n", via, guard, true, true, None);
                 assert!(enc.split(|&b| b == b'\n').all(|l| l.len() < 4000));
             }
         }

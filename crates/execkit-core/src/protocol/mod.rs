@@ -27,7 +27,8 @@ use std::fmt::Write as _;
 
 pub use classify::{may_change_hooks, may_start_jobs, needs_top_level};
 pub use encode::{
-    encode_command, sentinel_source, shell_quote, Guard, Via, TRACE_MARK, TRACE_MARK_VAR,
+    encode_command, person_restore, sentinel_source, shell_quote, start_source, Guard, Via,
+    TRACE_MARK, TRACE_MARK_VAR,
 };
 pub use scan::{Scan, Sentinel, SentinelScanner};
 

@@ -69,12 +69,16 @@ impl Session {
             input_probe_at: started + INPUT_WAIT_GRACE,
             probe_every: INPUT_WAIT_GRACE,
             waiting: false,
+            person: if shown.is_some() { opts.person } else { None },
+            ctrl_c_check: None,
+            typed: Vec::new(),
         };
         pending.collector.restarted = restarted;
         pending.collector.track_delta =
             opts.yield_after.is_some() || opts.input_wait == InputWait::Yield;
         let mut line = format!("export {COMMAND_VAR}={cid}; ").into_bytes();
-        let (scanner, encoded) = self.encode(command, &nonce);
+        let term = pending.person.as_ref().map(|p| p.term.clone());
+        let (scanner, encoded) = self.encode(command, &nonce, term.as_deref());
         pending.scanner = scanner;
         line.extend(encoded);
         self.pending = Some(pending);
@@ -133,7 +137,16 @@ impl Session {
     /// (start marker, guard, sourced or `eval`ed, short sentinel; see
     /// [`protocol::encode_command`]): the scanner for its output and the
     /// encoded text. Notes what the text may turn on for later commands.
-    fn encode(&mut self, command: &str, nonce: &str) -> (SentinelScanner, Vec<u8>) {
+    ///
+    /// A person's command (`person`: its `TERM`) is always marked: what the
+    /// person typed ahead and the shell read as commands of its own falls
+    /// outside it.
+    fn encode(
+        &mut self,
+        command: &str,
+        nonce: &str,
+        person: Option<&str>,
+    ) -> (SentinelScanner, Vec<u8>) {
         let starts_jobs = protocol::may_start_jobs(command);
         let changes_hooks = starts_jobs || protocol::may_change_hooks(command);
         self.jobs_possible |= starts_jobs;
@@ -157,6 +170,7 @@ impl Session {
             protocol::Guard::Off
         };
         let marked = guard != protocol::Guard::Off
+            || person.is_some()
             || self.prompts
             || self.jobs_possible
             || std::mem::take(&mut self.noise_pending);
@@ -169,7 +183,7 @@ impl Session {
         if !full {
             scanner = scanner.short();
         }
-        let line = protocol::encode_command(command, nonce, via, guard, marked, full);
+        let line = protocol::encode_command(command, nonce, via, guard, marked, full, person);
         (scanner, line)
     }
 }

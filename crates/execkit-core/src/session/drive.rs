@@ -35,6 +35,9 @@ pub(super) enum WaitEnd {
     Quiet,
     /// Found waiting for input, to be stopped ([`InputWait::Stop`]).
     InputWait,
+    /// The person's Ctrl-C ended what the command started, and no
+    /// sentinel came (the shell dropped the line): resynchronise.
+    Interrupted,
     /// The target is frozen (a paused container): says so.
     Suspended(String),
     WriteFailed(TransportError),
@@ -73,6 +76,7 @@ impl Session {
             r.output = p.collector.take_delta();
             return Ok(r);
         }
+        self.journal_typed();
         Ok(self.finish(outcome).await)
     }
 
@@ -109,6 +113,8 @@ impl Session {
             input_probe_at,
             probe_every,
             waiting,
+            person,
+            ctrl_c_check,
             ..
         } = p;
         if input.is_none() {
@@ -117,17 +123,28 @@ impl Session {
         // Quiet spells are looked at whatever `input_wait` says, every
         // grace period: a frozen target is never quiet for a good
         // reason, and is told within seconds however long the
-        // command was quiet before.
-        let quiet = Some((*last_activity + INPUT_WAIT_GRACE, INPUT_WAIT_GRACE));
+        // command was quiet before. After a person's Ctrl-C, sooner.
+        let quiet = match *ctrl_c_check {
+            Some((at, step)) => Some(((*last_activity + INPUT_WAIT_GRACE).min(at), step)),
+            None => Some((*last_activity + INPUT_WAIT_GRACE, INPUT_WAIT_GRACE)),
+        };
+        let raw = person.as_ref().and_then(|p| p.raw_output.as_ref());
+        let wake = person.as_ref().and_then(|p| p.wake.as_deref());
         Ok(pump(
             shell,
             input.as_deref(),
             *deadline,
             yield_at,
             quiet,
+            wake,
             sent,
             &mut |b| {
                 let scan = scanner.push(b);
+                if let Some(raw) = raw.filter(|_| !scan.output.is_empty()) {
+                    // The person may have gone (their end closed): the
+                    // result does not depend on it.
+                    let _ = raw.send(scan.output.clone());
+                }
                 if !scan.output.is_empty() {
                     // Something happened: it is not (or no longer) stuck.
                     let now = Instant::now();
@@ -159,6 +176,9 @@ impl Session {
         if let Some(why) = self.suspended().await {
             return Some(WaitEnd::Suspended(why));
         }
+        if let Some(end) = self.look_after_ctrl_c().await {
+            return Some(end);
+        }
         let now = Instant::now();
         let p = self.pending.as_mut().expect("pending");
         p.last_activity = now;
@@ -179,6 +199,40 @@ impl Session {
             }
         }
         None
+    }
+
+    /// After a person typed Ctrl-C (when due): has it ended everything the
+    /// command started? An interactive shell then drops the rest of the
+    /// line — the sentinel with it — and reads the terminal again: the
+    /// command is over and the session resynchronises
+    /// ([`WaitEnd::Interrupted`]). A program that took the Ctrl-C and runs
+    /// on (an editor, a REPL) is looked at again, less and less often.
+    async fn look_after_ctrl_c(&mut self) -> Option<WaitEnd> {
+        let p = self.pending.as_ref().expect("pending");
+        let (at, step) = p.ctrl_c_check?;
+        if Instant::now() < at {
+            return None;
+        }
+        let (cid, started) = (p.cid.clone(), p.started);
+        let left = self.signal_command(&cid, started, "0").await;
+        let p = self.pending.as_mut().expect("pending");
+        match left {
+            Some(Ok(0)) => {
+                p.ctrl_c_check = None;
+                Some(WaitEnd::Interrupted)
+            }
+            Some(Ok(_)) => {
+                let step = (step * 2).min(Duration::from_secs(5));
+                p.ctrl_c_check = Some((Instant::now() + step, step));
+                None
+            }
+            // Nothing can be counted there: the person interrupts as a
+            // timeout would, through the ladder.
+            None | Some(Err(())) => {
+                p.ctrl_c_check = None;
+                Some(WaitEnd::Interrupted)
+            }
+        }
     }
 
     /// Whether the target is frozen (see [`ShellProcess::suspended`]). A
@@ -219,15 +273,24 @@ impl Session {
 ///
 /// `quiet`: when to report [`WaitEnd::Quiet`] (first at the given instant,
 /// then the given time after the latest output), once the input is out.
+/// `wake`: notified, it yields (once the input is out).
 pub(super) async fn pump(
     shell: &dyn ShellProcess,
     input: Option<&[u8]>,
     deadline: Option<Instant>,
     yield_at: Option<Instant>,
     quiet: Option<(Instant, Duration)>,
+    wake: Option<&tokio::sync::Notify>,
     sent: &mut bool,
     feed: &mut (dyn FnMut(&[u8]) -> Option<Sentinel> + Send),
 ) -> WaitEnd {
+    let woken = async {
+        match wake {
+            Some(w) => w.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(woken);
     let mut write = input.map(|d| shell.write(d));
     let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(far_future));
     tokio::pin!(sleep);
@@ -262,6 +325,7 @@ pub(super) async fn pump(
             _ = &mut quiet_sleep, if quiet.is_some() && *sent => return WaitEnd::Quiet,
             // A half-written command line cannot be resumed: yield only after it is out.
             _ = &mut yield_sleep, if yield_at.is_some() && *sent => return WaitEnd::Yield,
+            _ = &mut woken, if *sent => return WaitEnd::Yield,
         }
     }
 }

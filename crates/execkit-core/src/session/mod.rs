@@ -44,7 +44,7 @@ pub use config::SessionConfig;
 use drive::{WaitEnd, INPUT_WAIT_GRACE};
 use recovery::Frozen;
 pub(crate) use result::blank;
-pub use result::{InputWait, RunOptions, RunResult};
+pub use result::{InputWait, PersonTerminal, RunOptions, RunResult};
 
 /// Variable exported for each command so its processes can be found and
 /// killed after a timeout without touching earlier background jobs.
@@ -74,6 +74,14 @@ struct Pending {
     probe_every: Duration,
     /// Found waiting for input and nothing happened since.
     waiting: bool,
+    /// A person's command (see [`PersonTerminal`]).
+    person: Option<PersonTerminal>,
+    /// The person typed Ctrl-C: when it is next looked whether anything of
+    /// the command still runs, and the step to the look after (see
+    /// [`Session::send_keys`]).
+    ctrl_c_check: Option<(Instant, Duration)>,
+    /// Keys typed since the last journaled line.
+    typed: Vec<u8>,
 }
 
 /// A stateful shell on one target.
@@ -257,6 +265,56 @@ impl Session {
         let shell = self.shell.as_deref().ok_or(SessionError::Idle)?;
         shell.write(text.as_bytes()).await?;
         Ok(())
+    }
+
+    /// Writes `keys` as typed at the running command's terminal, as they
+    /// are: a person's keystrokes (`execkit shell`: Ctrl-C, Ctrl-D, arrow
+    /// keys, escape sequences). Journaled as input a line at a time (when
+    /// Enter is typed, and what is left when the command ends), masked as
+    /// [`Session::send_input`] masks. A Ctrl-C that ends everything the
+    /// command started ends the command: the shell drops the rest of its
+    /// line, and the session resynchronises (exit code 130); a program
+    /// that takes the Ctrl-C and runs on (an editor) is left to run.
+    pub async fn send_keys(&mut self, keys: &[u8]) -> Result<(), SessionError> {
+        let Some(p) = self.pending.as_mut() else {
+            return Err(SessionError::Idle);
+        };
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        p.waiting = false;
+        p.last_activity = now;
+        p.input_probe_at = now + INPUT_WAIT_GRACE;
+        p.probe_every = INPUT_WAIT_GRACE;
+        if keys.contains(&0x03) {
+            let step = Duration::from_millis(200);
+            p.ctrl_c_check = Some((now + step, step));
+        }
+        p.typed.extend_from_slice(keys);
+        if keys.iter().any(|&b| b == b'\r' || b == b'\n') || p.typed.len() > 4096 {
+            self.journal_typed();
+        }
+        let shell = self.shell.as_deref().ok_or(SessionError::Idle)?;
+        shell.write(keys).await?;
+        Ok(())
+    }
+
+    /// Journals (and mirrors) what the person typed since the last line.
+    fn journal_typed(&mut self) {
+        let Some(p) = self.pending.as_mut() else {
+            return;
+        };
+        if p.typed.is_empty() {
+            return;
+        }
+        let typed = std::mem::take(&mut p.typed);
+        let hidden = asks_for_secret(&p.collector.last_line);
+        if let Some(o) = self.config.observer.clone() {
+            let text = String::from_utf8_lossy(&typed);
+            self.record(o.input_record(&text, hidden));
+            self.publish(o.input_event(self.id.clone(), &text, hidden));
+        }
     }
 
     /// Interrupts the running command (Ctrl-C, then resync; the shell is

@@ -43,7 +43,7 @@ impl Session {
     /// pid or clock is unknown; `Some(Err)` when the script could not run
     /// (the target is unreachable from here: a stalled connection, a
     /// paused container).
-    async fn signal_command(
+    pub(super) async fn signal_command(
         &self,
         cid: &str,
         started: Instant,
@@ -108,11 +108,20 @@ impl Session {
                 let Pending {
                     scanner, collector, ..
                 } = p;
-                let o = pump(shell, None, Some(slice), None, None, &mut true, &mut |b| {
-                    let scan = scanner.push(b);
-                    collector.push(&scan.output);
-                    scan.sentinel
-                })
+                let o = pump(
+                    shell,
+                    None,
+                    Some(slice),
+                    None,
+                    None,
+                    None,
+                    &mut true,
+                    &mut |b| {
+                        let scan = scanner.push(b);
+                        collector.push(&scan.output);
+                        scan.sentinel
+                    },
+                )
                 .await;
                 match o {
                     WaitEnd::Sentinel(s) => {
@@ -134,6 +143,7 @@ impl Session {
                     | WaitEnd::Yield
                     | WaitEnd::Quiet
                     | WaitEnd::InputWait
+                    | WaitEnd::Interrupted
                     | WaitEnd::Suspended(_) => {}
                 }
                 if Instant::now() >= until
@@ -211,6 +221,7 @@ impl Session {
             | WaitEnd::Yield
             | WaitEnd::Quiet
             | WaitEnd::InputWait
+            | WaitEnd::Interrupted
             | WaitEnd::Suspended(_) => {
                 // The shell is wedged (raw-mode program, SIGINT ignored):
                 // kill the marked tree and start over.
@@ -232,7 +243,19 @@ impl Session {
         let shell = self.shell.as_deref().expect("shell present");
         let mut fresh = SentinelScanner::new(nonce);
         // A leading blank: dash's interrupted `read` may still take one byte.
-        let resync = format!(" {}\n", protocol::sentinel_source(nonce, "130"));
+        let mut resync = format!(" {}\n", protocol::sentinel_source(nonce, "130"));
+        if p.person.is_some() {
+            // A person's command left the terminal echoing what is typed:
+            // execkit's modes first, and a start marker, so the echo of
+            // this very line falls outside the result.
+            fresh = SentinelScanner::with_start(nonce);
+            resync = format!(
+                " {}; {}; {}\n",
+                protocol::person_restore(),
+                protocol::start_source(nonce),
+                protocol::sentinel_source(nonce, "130")
+            );
+        }
         let Pending {
             scanner: old,
             collector,
@@ -268,7 +291,17 @@ impl Session {
         // Let the shell take the Ctrl-C first: bash and busybox drop
         // input typed along with it.
         let soon = |ms| Some((Instant::now() + Duration::from_millis(ms)).min(deadline));
-        let mut o = pump(shell, None, soon(150), None, None, &mut true, &mut feed).await;
+        let mut o = pump(
+            shell,
+            None,
+            soon(150),
+            None,
+            None,
+            None,
+            &mut true,
+            &mut feed,
+        )
+        .await;
         // Typed again if it was dropped anyway (a slow shell); a late
         // copy's sentinel falls before the next command's start marker.
         for _ in 0..3 {
@@ -280,6 +313,7 @@ impl Session {
                 shell,
                 Some(resync.as_bytes()),
                 soon(600),
+                None,
                 None,
                 None,
                 &mut false,

@@ -21,6 +21,14 @@ impl Session {
                 result.timed_out = true;
                 self.recover_from_timeout(&mut p, &mut result).await;
             }
+            WaitEnd::Interrupted => {
+                self.recover_from_timeout(&mut p, &mut result).await;
+                // Back in the same shell: what a shell says of a command
+                // a Ctrl-C ended.
+                if result.exit_code.is_none() && !result.restarted && !result.session_lost {
+                    result.exit_code = Some(130);
+                }
+            }
             WaitEnd::InputWait => {
                 // Nobody can answer: stop it as a timeout would, keep the shell.
                 self.recover_from_timeout(&mut p, &mut result).await;

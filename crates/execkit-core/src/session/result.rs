@@ -2,9 +2,11 @@
 //! answers ([`RunResult`]).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 #[cfg(doc)]
@@ -21,6 +23,56 @@ pub struct RunOptions {
     pub yield_after: Option<Duration>,
     /// What to do when the command waits for terminal input.
     pub input_wait: InputWait,
+    /// A person at a real terminal runs the command (`execkit shell`):
+    /// see [`PersonTerminal`]. `None` (agents): the session's terminal
+    /// stays as execkit set it up.
+    pub person: Option<PersonTerminal>,
+}
+
+/// How a command typed by a person at a real terminal runs: for its
+/// duration the session's terminal has the modes a person expects (echo,
+/// line editing, `\n` → `\r\n`, as `stty sane`), `TERM` is the person's
+/// and no pager is forced; before its sentinel the shell puts back
+/// execkit's own modes and variables (also after a Ctrl-C or a timeout).
+/// The result, the journal and the console are the same as for any
+/// command; the raw bytes also go to `raw_output` as they arrive.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PersonTerminal {
+    /// `TERM` for the command (the person's terminal type).
+    pub term: String,
+    /// Gets every chunk the command prints, raw (colours, cursor
+    /// movement) and as it arrives; the result's `output` is still the
+    /// cleaned text.
+    pub raw_output: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// Once notified, a [`Session::run`] or [`Session::poll`] waiting on the
+    /// command returns at once with `running: true` (keystrokes to send, a
+    /// window to resize).
+    pub wake: Option<Arc<Notify>>,
+}
+
+impl PersonTerminal {
+    /// A person's terminal of type `term` (`$TERM`), raw output and wake-up
+    /// not wired.
+    pub fn new(term: impl Into<String>) -> Self {
+        PersonTerminal {
+            term: term.into(),
+            raw_output: None,
+            wake: None,
+        }
+    }
+
+    /// Sends the raw output to `sink`.
+    pub fn raw_output(mut self, sink: mpsc::UnboundedSender<Vec<u8>>) -> Self {
+        self.raw_output = Some(sink);
+        self
+    }
+
+    /// Yields the command's wait when `wake` is notified.
+    pub fn wake(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = Some(wake);
+        self
+    }
 }
 
 /// What [`Session::run`] does when the command is found blocked reading
@@ -49,7 +101,15 @@ impl RunOptions {
             timeout: Some(timeout),
             yield_after: None,
             input_wait: InputWait::Ignore,
+            person: None,
         }
+    }
+
+    /// Runs the command for a person at a real terminal (see
+    /// [`PersonTerminal`]).
+    pub fn person(mut self, person: PersonTerminal) -> Self {
+        self.person = Some(person);
+        self
     }
 
     /// Sets what happens when the command waits for terminal input.

@@ -41,6 +41,7 @@ impl Session {
             Some(deadline),
             None,
             None,
+            None,
             &mut false,
             &mut |b| {
                 let scan = scanner.push(b);
@@ -111,7 +112,11 @@ impl Session {
                 }
             }
             WaitEnd::Lost(msg) => TransportError::Lost(msg).into(),
-            WaitEnd::Yield | WaitEnd::Quiet | WaitEnd::InputWait | WaitEnd::Suspended(_) => {
+            WaitEnd::Yield
+            | WaitEnd::Quiet
+            | WaitEnd::InputWait
+            | WaitEnd::Interrupted
+            | WaitEnd::Suspended(_) => {
                 unreachable!("start-up never yields or watches for input")
             }
             WaitEnd::WriteFailed(e) => {
