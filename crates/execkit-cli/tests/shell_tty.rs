@@ -3,7 +3,8 @@
 //! the terminal get what is typed (`input()`, `read`), full-screen ones
 //! work (`vi`, `less`), Ctrl-C ends a command and the shell's state
 //! survives, the window size follows, and SIGTERM to execkit mid-command
-//! puts the person's terminal back and ends what the command started.
+//! puts the person's terminal back, closes the session and ends what the
+//! command started.
 //!
 //! On testkit's runner: without tmux the cases are ignored (failed under
 //! CI=true); the docker and ssh ones also without the container and sshd
@@ -304,6 +305,17 @@ fn sigterm_restores_the_terminal_and_cleans_up(t: &Target) {
     } else {
         String::new()
     };
+    // The session's record (for `gc` after a crash) is there while it
+    // runs, and gone once it was closed.
+    let records = || -> Vec<PathBuf> {
+        std::fs::read_dir(p.file("state").join("execkit/sessions"))
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "json"))
+            .collect()
+    };
+    assert_eq!(records().len(), 1, "{:?}", records());
     let pid = p.execkit_pid();
     // SAFETY: kill(2) on the pid of the execkit this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -313,6 +325,11 @@ fn sigterm_restores_the_terminal_and_cleans_up(t: &Target) {
     assert!(
         words.contains(&"icanon") && words.contains(&"echo"),
         "the terminal was not restored:\n{stty}"
+    );
+    assert!(
+        records().is_empty(),
+        "the session was not closed: {:?}",
+        records()
     );
     if t.local_procs {
         let t0 = Instant::now();
