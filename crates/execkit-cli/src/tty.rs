@@ -51,7 +51,12 @@ impl Drop for RawMode {
 
 /// The person's window size (stdout's terminal), if it has one.
 pub fn window_size() -> Option<Size> {
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ fills the winsize it is given; the pointer is valid.
     let r = unsafe { libc::ioctl(std::io::stdout().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
     (r == 0 && ws.ws_row > 0 && ws.ws_col > 0).then_some(Size {

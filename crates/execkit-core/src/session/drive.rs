@@ -134,9 +134,8 @@ impl Session {
             shell,
             input.as_deref(),
             *deadline,
-            yield_at,
+            YieldPoint { at: yield_at, wake },
             quiet,
-            wake,
             sent,
             &mut |b| {
                 let scan = scanner.push(b);
@@ -268,6 +267,13 @@ impl Session {
     }
 }
 
+/// When a wait yields (see [`pump`]): at an instant, or once woken.
+#[derive(Clone, Copy, Default)]
+pub(super) struct YieldPoint<'a> {
+    pub(super) at: Option<Instant>,
+    pub(super) wake: Option<&'a tokio::sync::Notify>,
+}
+
 /// Writes `input` (if any) while reading, feeding output to `feed` until it
 /// reports a sentinel, the shell ends, or `deadline` passes.
 ///
@@ -278,12 +284,12 @@ pub(super) async fn pump(
     shell: &dyn ShellProcess,
     input: Option<&[u8]>,
     deadline: Option<Instant>,
-    yield_at: Option<Instant>,
+    yield_to: YieldPoint<'_>,
     quiet: Option<(Instant, Duration)>,
-    wake: Option<&tokio::sync::Notify>,
     sent: &mut bool,
     feed: &mut (dyn FnMut(&[u8]) -> Option<Sentinel> + Send),
 ) -> WaitEnd {
+    let YieldPoint { at: yield_at, wake } = yield_to;
     let woken = async {
         match wake {
             Some(w) => w.notified().await,

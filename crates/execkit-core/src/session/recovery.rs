@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::drive::{pump, Death, WaitEnd};
+use super::drive::{pump, Death, WaitEnd, YieldPoint};
 use super::{Pending, RunResult, Session, COMMAND_VAR};
 use crate::protocol::{self, SentinelScanner};
 use crate::shell;
@@ -112,8 +112,7 @@ impl Session {
                     shell,
                     None,
                     Some(slice),
-                    None,
-                    None,
+                    YieldPoint::default(),
                     None,
                     &mut true,
                     &mut |b| {
@@ -295,8 +294,7 @@ impl Session {
             shell,
             None,
             soon(150),
-            None,
-            None,
+            YieldPoint::default(),
             None,
             &mut true,
             &mut feed,
@@ -313,8 +311,7 @@ impl Session {
                 shell,
                 Some(resync.as_bytes()),
                 soon(600),
-                None,
-                None,
+                YieldPoint::default(),
                 None,
                 &mut false,
                 &mut feed,

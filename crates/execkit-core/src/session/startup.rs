@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::collector::last_chars;
-use super::drive::{pump, Death, WaitEnd};
+use super::drive::{pump, Death, WaitEnd, YieldPoint};
 use super::Session;
 use crate::error::{SessionError, TransportError};
 use crate::protocol::{self, SentinelScanner};
@@ -39,8 +39,7 @@ impl Session {
             &*shell,
             Some(&init),
             Some(deadline),
-            None,
-            None,
+            YieldPoint::default(),
             None,
             &mut false,
             &mut |b| {
