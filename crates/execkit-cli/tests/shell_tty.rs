@@ -431,12 +431,11 @@ fn main() -> ExitCode {
     let mut trials: Vec<Trial> = Vec::new();
     for (target, env) in [("local", local()), ("docker", docker()), ("ssh", ssh())] {
         for (name, case) in cases {
-            let env = match &env {
-                Ok(t) if name.starts_with("python") && !t.python => {
-                    Err(format!("no python3 on {target}"))
-                }
-                e => e.clone(),
-            };
+            // The busybox test container has no python3 (`read` is the
+            // same check there); not a missing tool to report as ignored.
+            if name.starts_with("python") && env.as_ref().is_ok_and(|t| !t.python) {
+                continue;
+            }
             trials.push(testkit::test_with(
                 format!("{target}::{name}"),
                 &env,
