@@ -1,7 +1,7 @@
 //! `execkit shell` as a terminal (issue 16): the real CLI in a tmux pane,
 //! driven with send-keys and read with capture-pane. Programs that read
 //! the terminal get what is typed (`input()`, `read`), full-screen ones
-//! work (`vi`, `less`), Ctrl-C ends a command and the shell's state
+//! work (`vi`, `less`, `top`), Ctrl-C ends a command and the shell's state
 //! survives, the window size follows, and SIGTERM to execkit mid-command
 //! puts the person's terminal back, closes the session and ends what the
 //! command started.
@@ -45,7 +45,10 @@ fn sh_quote(s: &str) -> String {
 
 impl Pane {
     fn start(case: &str, target: &Target) -> Pane {
-        let name = format!("execkit-tty-{}-{case}", std::process::id());
+        // Unique per target too: the three targets' cases run at once, and
+        // local and ssh share this host's /tmp.
+        let kind = target.spec.split(':').next().unwrap_or("t");
+        let name = format!("execkit-tty-{}-{kind}-{case}", std::process::id());
         let dir = std::env::temp_dir().join(&name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -78,6 +81,11 @@ impl Pane {
         ]);
         pane.wait_until("the prompt", |p| p.contains("$ "));
         pane
+    }
+
+    /// A scratch path of this case on the target (`/tmp/NAME-what`).
+    fn scratch(&self, what: &str) -> String {
+        format!("/tmp/{}-{what}", self.name)
     }
 
     fn tmux(&self, args: &[&str]) -> String {
@@ -206,7 +214,11 @@ fn read_gets_the_typed_line(t: &Target) {
 
 fn vi_edits_and_saves_a_file(t: &Target) {
     let mut p = Pane::start("vi", t);
-    p.run("cd /tmp && rm -f ek-vi-test.txt");
+    // A directory of this case's own: local and ssh share this host.
+    let dir = p.scratch("vi");
+    p.run(&format!(
+        "mkdir -p {dir} && cd {dir} && rm -f ek-vi-test.txt"
+    ));
     p.command("vi ek-vi-test.txt");
     // vim and busybox vi both draw `~` on the empty lines.
     p.wait_until("vi's screen", |s| {
@@ -224,7 +236,7 @@ fn vi_edits_and_saves_a_file(t: &Target) {
     p.press("Enter");
     let (status, screen) = p.next_status();
     assert!(status.starts_with("[exit 0"), "{screen}");
-    let (_, screen) = p.run("cat ek-vi-test.txt; rm -f ek-vi-test.txt");
+    let (_, screen) = p.run("cat ek-vi-test.txt; rm -f ek-vi-test.txt; cd /");
     assert!(
         after(&screen, "cat ek-vi-test.txt").contains("\nhello from vi\n"),
         "{screen}"
@@ -233,8 +245,9 @@ fn vi_edits_and_saves_a_file(t: &Target) {
 
 fn less_shows_a_file_and_q_quits(t: &Target) {
     let mut p = Pane::start("less", t);
-    p.run("seq 1 200 | sed 's/^/row /' > /tmp/ek-less-test.txt");
-    p.command("less /tmp/ek-less-test.txt");
+    let file = p.scratch("less.txt");
+    p.run(&format!("seq 1 200 | sed 's/^/row /' > {file}"));
+    p.command(&format!("less {file}"));
     // A screenful, and less waiting at its prompt (the file is longer).
     p.wait_until("less's screen", |s| {
         s.contains("row 30\n") && !s.contains("row 100\n")
@@ -242,23 +255,39 @@ fn less_shows_a_file_and_q_quits(t: &Target) {
     p.press("q");
     // busybox less draws over the screen (no alternate screen): what was
     // above is gone, so the status line is looked for before the prompt.
-    p.wait_until("the status line and the prompt after less", |s| {
-        let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-        lines.len() >= 2
-            && lines[lines.len() - 1].trim_end().ends_with('$')
-            && lines[lines.len() - 2].starts_with("[exit 0")
-    });
+    p.wait_until("the status line and the prompt after less", back_at_prompt);
     p.statuses = status_lines(&p.screen()).len();
-    let (_, screen) = p.run("rm -f /tmp/ek-less-test.txt; echo removed");
+    let (_, screen) = p.run(&format!("rm -f {file}; echo removed"));
     assert!(
         after(&screen, "echo removed").contains("\nremoved\n"),
         "{screen}"
     );
 }
 
+/// The last two lines are `[exit 0 …]` and the next prompt.
+fn back_at_prompt(s: &str) -> bool {
+    let lines: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines.len() >= 2
+        && lines[lines.len() - 1].trim_end().ends_with('$')
+        && lines[lines.len() - 2].starts_with("[exit 0")
+}
+
+/// `top` (procps on this host and over ssh, busybox in the container)
+/// draws its table and `q` quits it.
+fn top_draws_and_q_quits(t: &Target) {
+    let p = Pane::start("top", t);
+    p.command("top");
+    // Both tops head their process table with a PID column; the typed
+    // command line (`$ top`) does not contain it.
+    p.wait_until("top's screen", |s| s.contains("PID"));
+    p.press("q");
+    p.wait_until("the status line and the prompt after top", back_at_prompt);
+}
+
 fn ctrl_c_ends_a_command_and_state_survives(t: &Target) {
     let mut p = Pane::start("ctrlc", t);
-    p.run("mkdir -p /tmp/ek-ctrlc-dir && cd /tmp/ek-ctrlc-dir && X=kept");
+    let dir = p.scratch("dir");
+    p.run(&format!("mkdir -p {dir} && cd {dir} && X=kept"));
     p.command("echo started; sleep 30");
     p.wait_for("started\n");
     let t0 = Instant::now();
@@ -269,7 +298,7 @@ fn ctrl_c_ends_a_command_and_state_survives(t: &Target) {
     let (status, screen) = p.run("echo $X; pwd");
     assert!(status.starts_with("[exit 0"), "{screen}");
     assert!(
-        after(&screen, "echo $X; pwd").contains("\nkept\n/tmp/ek-ctrlc-dir\n"),
+        after(&screen, "echo $X; pwd").contains(&format!("\nkept\n{dir}\n")),
         "{screen}"
     );
     // A program reading the terminal (the shell's own `read` too).
@@ -310,12 +339,15 @@ fn the_window_size_follows(t: &Target) {
 
 fn sigterm_restores_the_terminal_and_cleans_up(t: &Target) {
     let p = Pane::start("term", t);
-    p.command("echo $EXECKIT_SID > /tmp/ek-term-sid; echo ready; sleep 300");
+    let sid_file = p.scratch("sid");
+    p.command(&format!(
+        "echo $EXECKIT_SID > {sid_file}; echo ready; sleep 300"
+    ));
     p.wait_for("ready\n");
     // The pane's sid file is written by the target: read it on this host
     // where the target's /tmp is this host's.
     let marker = if t.local_procs {
-        std::fs::read_to_string("/tmp/ek-term-sid")
+        std::fs::read_to_string(&sid_file)
             .unwrap()
             .trim()
             .to_string()
@@ -362,7 +394,7 @@ fn sigterm_restores_the_terminal_and_cleans_up(t: &Target) {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let _ = std::fs::remove_file("/tmp/ek-term-sid");
+    let _ = std::fs::remove_file(&sid_file);
 }
 
 /// tmux is here (`cargo xtask test` installs it).
@@ -407,7 +439,7 @@ fn ssh() -> Result<Target, String> {
 type Case = fn(&Target);
 
 fn main() -> ExitCode {
-    let cases: [(&str, Case); 7] = [
+    let cases: [(&str, Case); 8] = [
         (
             "python_input_gets_the_typed_name",
             python_input_gets_the_typed_name,
@@ -418,6 +450,7 @@ fn main() -> ExitCode {
             "less_shows_a_file_and_q_quits",
             less_shows_a_file_and_q_quits,
         ),
+        ("top_draws_and_q_quits", top_draws_and_q_quits),
         (
             "ctrl_c_ends_a_command_and_state_survives",
             ctrl_c_ends_a_command_and_state_survives,
