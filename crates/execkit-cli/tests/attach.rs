@@ -157,10 +157,21 @@ impl Drop for Pane {
     }
 }
 
+/// A name for a case's directory and tmux server: one per case and target
+/// (they run at once).
+fn case_name(case: &str, target: &str) -> String {
+    let kind: String = target
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect();
+    format!("{case}-{kind}")
+}
+
 fn person_answers_the_agents_read(target: &str) {
-    let srv = Server::start("answer");
+    let case = case_name("answer", target);
+    let srv = Server::start(&case);
     let mut agent = srv.agent_reads("job", target);
-    let pane = Pane::start("answer", &srv, "job");
+    let pane = Pane::start(&case, &srv, "job");
     // The screen as it is: the command the agent started.
     pane.wait_for("$ read x; echo got:$x");
     pane.type_text("hello");
@@ -192,9 +203,10 @@ fn person_answers_the_agents_read(target: &str) {
 }
 
 fn read_only_sends_no_keys(target: &str) {
-    let srv = Server::start("ro");
+    let case = case_name("ro", target);
+    let srv = Server::start(&case);
     let mut agent = srv.agent_reads("job", target);
-    let pane = Pane::start("ro", &srv, "--read-only job");
+    let pane = Pane::start(&case, &srv, "--read-only job");
     pane.wait_for("$ read x; echo got:$x");
     pane.type_text("nope");
     pane.press("Enter");
