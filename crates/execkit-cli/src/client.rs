@@ -105,6 +105,17 @@ impl Client {
         }
     }
 
+    /// The connection's two halves, for a client that reads and writes at
+    /// once (`execkit attach`).
+    pub fn into_parts(
+        self,
+    ) -> (
+        BufReader<tokio::net::unix::OwnedReadHalf>,
+        tokio::net::unix::OwnedWriteHalf,
+    ) {
+        (self.reader, self.writer)
+    }
+
     /// The next JSON line from the server (responses or console events).
     pub async fn next_line(&mut self) -> Result<Value, ClientError> {
         let mut buf = String::new();

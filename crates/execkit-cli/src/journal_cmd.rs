@@ -339,6 +339,15 @@ fn human(v: &Value) -> String {
     format!("{ts} {session} {detail}")
 }
 
+/// ` (person)` after `<` for input a person typed.
+fn by_whom(by: &Option<String>) -> &'static str {
+    match by.as_deref() {
+        Some("person") => " (person)",
+        Some(_) => " (other)",
+        None => "",
+    }
+}
+
 /// What happened, after the time and the session; `target` is the line's
 /// (shown on `session_open`).
 fn detail(event: &JournalEvent, target: &str) -> String {
@@ -347,9 +356,15 @@ fn detail(event: &JournalEvent, target: &str) -> String {
         JournalEvent::SessionOpen { cwd } => format!("open {} (cwd {})", esc(target), esc(cwd)),
         JournalEvent::SessionClose => "close".to_string(),
         JournalEvent::Command { command } => format!("$ {}", esc(command)),
-        JournalEvent::Input { hidden: true, .. } => "< [hidden input]".to_string(),
-        JournalEvent::Input { text, .. } => {
-            format!("< \"{}\"", esc(text.as_deref().unwrap_or("")))
+        JournalEvent::Input {
+            hidden: true, by, ..
+        } => format!("<{} [hidden input]", by_whom(by)),
+        JournalEvent::Input { text, by, .. } => {
+            format!(
+                "<{} \"{}\"",
+                by_whom(by),
+                esc(text.as_deref().unwrap_or(""))
+            )
         }
         JournalEvent::JournalGap {
             skipped,

@@ -1,6 +1,7 @@
 //! `execkit`: the command-line face of execkit. Thin glue over the library
 //! crates: argument parsing, transport linking, output and exit codes.
 
+mod attach;
 mod client;
 mod duration;
 mod exec;
@@ -56,6 +57,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Watch the live console of a running `execkit serve`.
     Watch(watch::WatchArgs),
+    /// Show a served session's live terminal and type into its running
+    /// command (Ctrl-] detaches; the session goes on).
+    Attach(attach::AttachArgs),
     /// Read the journal.
     Journal(journal_cmd::JournalCmdArgs),
     /// MCP server on stdio exposing sessions as tools.
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
         Command::Shell(args) => repl::main(args),
         Command::Serve(args) => serve::main(args),
         Command::Watch(args) => watch::main(args),
+        Command::Attach(args) => attach::main(args),
         Command::Journal(args) => journal_cmd::main(args),
         Command::Mcp(args) => mcp::main(args),
         Command::Poll(args) => remote::verb(remote::Verb::Poll(args)),

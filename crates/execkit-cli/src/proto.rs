@@ -65,6 +65,14 @@ pub enum Request {
     /// line is a console event that the server mirrors to its watchers
     /// (how `execkit exec` and `execkit mcp` show up in `execkit watch`).
     Publish,
+    /// Turns this connection into a person's view of one session
+    /// (`execkit attach`): its screen, then its updates; the client's
+    /// later lines are keys (`{"keys": [bytes]}`) unless `read_only`.
+    Attach {
+        session: String,
+        #[serde(default)]
+        read_only: bool,
+    },
 }
 
 /// A request with the client's correlation id.

@@ -77,10 +77,16 @@ impl Observer {
     /// learned so it is masked if it shows up later; other input is
     /// `{"text": …}` (masked as usual).
     pub fn input_record(&self, text: &str, hidden: bool) -> JournalEvent {
+        self.person_input_record(text, hidden, false)
+    }
+
+    /// [`Observer::input_record`], marked as typed by a person at a
+    /// terminal when `person` (`"by": "person"`).
+    pub fn person_input_record(&self, text: &str, hidden: bool, person: bool) -> JournalEvent {
         if hidden {
             self.redactor().learn_secret(text);
         }
-        JournalEvent::input(text, hidden)
+        JournalEvent::input_by(text, hidden, person.then_some("person"))
     }
 
     /// The console event for input typed into a running command; hidden

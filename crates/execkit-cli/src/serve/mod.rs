@@ -344,6 +344,19 @@ async fn connection(stream: UnixStream, host: Arc<Host>, me: u32, limits: Arc<Li
             }
             return;
         }
+        if let Request::Attach { session, read_only } = env.request {
+            attach(
+                &host,
+                env.id,
+                &session,
+                read_only,
+                reader,
+                &mut write,
+                &mut charge,
+            )
+            .await;
+            return;
+        }
         if let Request::Publish = env.request {
             let publisher = Origin {
                 publisher: PUBLISHERS.fetch_add(1, Ordering::Relaxed) + 1,
@@ -512,6 +525,96 @@ async fn relay(
         match serde_json::from_slice::<ConsoleEvent>(&line) {
             Ok(ev) => console.publish(ev.published_by(publisher)),
             Err(_) => return,
+        }
+    }
+}
+
+/// One line to an attached client.
+async fn send_value(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    v: &Value,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await
+}
+
+/// A person attached to a session (`execkit attach`): its screen, then
+/// its updates (`{"output"}`; `{"screen"}` again after falling behind;
+/// `{"ended"}` when the session ends), while the client's lines
+/// (`{"keys": [bytes]}`) go to the running command — refused
+/// (`{"refused", "kind"}`) when read-only or when nothing runs.
+async fn attach(
+    host: &Arc<Host>,
+    id: Value,
+    name: &str,
+    read_only: bool,
+    mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    charge: &mut Charge<'_>,
+) {
+    let a = match host.attach(name).await {
+        Ok(a) => a,
+        Err(e) => {
+            let resp = Response {
+                kind: Some(e.code().to_string()),
+                ..refuse(id, e.to_string())
+            };
+            let _ = send(write, &resp).await;
+            return;
+        }
+    };
+    let first = json!({
+        "attached": name,
+        "read_only": read_only,
+        "rows": execkit_core::host::screen::ROWS,
+        "cols": execkit_core::host::screen::COLS,
+        "screen": String::from_utf8_lossy(&a.screen),
+    });
+    if send(write, &accept(id, first)).await.is_err() {
+        return;
+    }
+    let mut updates = a.updates;
+    let mut line = Vec::new();
+    loop {
+        let out = tokio::select! {
+            u = updates.recv() => match u {
+                Ok(b) => json!({"output": String::from_utf8_lossy(&b)}),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    match host.attach(name).await {
+                        Ok(a) => {
+                            updates = a.updates;
+                            json!({"screen": String::from_utf8_lossy(&a.screen)})
+                        }
+                        Err(e) => json!({"ended": e.to_string()}),
+                    }
+                }
+                Err(_) => json!({"ended": format!("session `{name}` has ended")}),
+            },
+            got = read_line(&mut reader, &mut line, charge) => match got {
+                Ok(true) => {
+                    let keys = serde_json::from_slice::<Value>(&line)
+                        .ok()
+                        .and_then(|v| serde_json::from_value::<Vec<u8>>(v.get("keys")?.clone()).ok());
+                    line.clear();
+                    charge.release();
+                    match keys {
+                        None => json!({"refused": "not a keys line ({\"keys\": [bytes]})", "kind": "malformed"}),
+                        Some(_) if read_only => {
+                            json!({"refused": "attached read-only: keys are not sent", "kind": "read_only"})
+                        }
+                        Some(k) => match host.send_keys(name, &k).await {
+                            Ok(()) => continue,
+                            Err(e) => json!({"refused": e.to_string(), "kind": e.code()}),
+                        },
+                    }
+                }
+                Ok(false) | Err(_) => return,
+            },
+        };
+        let ended = out.get("ended").is_some();
+        if send_value(write, &out).await.is_err() || ended {
+            return;
         }
     }
 }

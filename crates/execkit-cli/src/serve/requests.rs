@@ -65,8 +65,8 @@ pub(super) async fn handle(host: &Arc<Host>, env: Envelope) -> Response {
                 .map(|()| json!({}))
                 .map_err(|e| note(&e)),
             Request::List => Ok(to_value(&host.list())),
-            Request::Watch | Request::Publish => {
-                Err("watch and publish take the whole connection; send them first".into())
+            Request::Watch | Request::Publish | Request::Attach { .. } => {
+                Err("watch, publish and attach take the whole connection; send them first".into())
             }
         }
     }

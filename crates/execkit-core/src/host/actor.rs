@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
+use super::screen::{Attachment, Screen};
 use super::HostError;
 use crate::output_cap::OutputCap;
 use crate::{RunOptions, RunResult, Session, SessionError};
@@ -19,6 +20,10 @@ pub(super) enum Req {
     Poll(Duration, Reply<RunResult>),
     Input(String, Reply<()>),
     Interrupt(Reply<RunResult>),
+    /// A person attaches: the screen now and its updates.
+    Attach(Reply<Attachment>),
+    /// Keys a person typed, for the running command.
+    Keys(Vec<u8>, Reply<()>),
 }
 
 /// How long a command may hold the actor when it starts before the actor
@@ -64,6 +69,8 @@ pub(super) struct Actor {
     running: Option<Running>,
     unread: Option<Unread>,
     waiters: Vec<Waiter>,
+    /// The session's screen, for people who attach.
+    screen: Screen,
 }
 
 /// Whether the actor goes on.
@@ -77,12 +84,15 @@ impl Actor {
     /// An actor for `session`, named `name`, serving requests from `rx`.
     pub(super) fn new(
         name: String,
-        session: Session,
+        mut session: Session,
         rx: mpsc::Receiver<Req>,
         idle: Duration,
         limit: usize,
     ) -> Actor {
+        let (screen, raw) = Screen::new();
+        session.tap_raw(Some(raw));
         Actor {
+            screen,
             name,
             session,
             rx,
@@ -108,11 +118,12 @@ impl Actor {
                 biased;
                 _ = kill.notified() => break false,
                 flow = self.step() => match flow {
-                    Flow::Continue => {}
+                    Flow::Continue => self.screen.pump(),
                     Flow::End => break true,
                 },
             }
         };
+        self.session.tap_raw(None);
         // Whoever still waits learns that the session is gone.
         let name = self.session_name();
         for w in self.waiters.drain(..) {
@@ -318,7 +329,32 @@ impl Actor {
                 let _ = tx.send(sent.map_err(Into::into));
             }
             Req::Interrupt(tx) => self.handle_interrupt(tx).await,
+            Req::Attach(tx) => {
+                let _ = tx.send(Ok(self.screen.attach()));
+            }
+            Req::Keys(keys, tx) => self.handle_keys(keys, tx).await,
         }
+    }
+
+    /// Keys a person typed go to the running command as they are (and to
+    /// the journal, marked as the person's); the screen shows them as a
+    /// terminal with echo on would, unless the command asks for a secret.
+    async fn handle_keys(&mut self, keys: Vec<u8>, tx: Reply<()>) {
+        if !self.session.is_running() {
+            let _ = tx.send(Err(SessionError::Idle.into()));
+            return;
+        }
+        self.screen.pump();
+        if !self.session.asks_for_secret() {
+            self.screen.echo(&keys);
+        }
+        let sent = self.session.send_keys(&keys).await;
+        if sent.is_ok() {
+            if let Some(run) = &mut self.running {
+                run.last.waiting_for_input = false;
+            }
+        }
+        let _ = tx.send(sent.map_err(Into::into));
     }
 
     /// Starts a command for its first slice; refused while one runs.
@@ -342,6 +378,8 @@ impl Actor {
         // (`running` and `waiting_for_input`): a client or a person
         // answers, polls or interrupts it.
         sliced.input_wait = crate::session::InputWait::Yield;
+        self.screen.pump();
+        self.screen.command(&cmd);
         let r = match self.session.run(&cmd, sliced).await {
             Ok(r) if r.running => r,
             other => {

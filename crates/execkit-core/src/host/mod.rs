@@ -19,6 +19,7 @@
 //! list of sessions; `actor.rs` is the per-session actor.
 
 mod actor;
+pub mod screen;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 use crate::{Observer, RunOptions, RunResult, Session, SessionConfig, SessionError};
 use actor::{Actor, Reply, Req};
 pub use actor::{SLICE, TICK};
+pub use screen::Attachment;
 
 /// Why a host request failed.
 #[derive(Debug, thiserror::Error)]
@@ -494,6 +496,23 @@ impl Host {
     /// Types `text` into the running command.
     pub async fn send_input(&self, name: &str, text: &str) -> Result<(), HostError> {
         self.ask(name, |tx| Req::Input(text.to_string(), tx)).await
+    }
+
+    /// The session's screen as it is now and its updates from then on
+    /// (`execkit attach`): a terminal emulator of
+    /// [`ROWS`](screen::ROWS)×[`COLS`](screen::COLS) with
+    /// [`SCROLLBACK`](screen::SCROLLBACK) lines kept, fed with every
+    /// command's raw output and the keys people typed.
+    pub async fn attach(&self, name: &str) -> Result<Attachment, HostError> {
+        self.ask(name, Req::Attach).await
+    }
+
+    /// Types `keys` into the running command for a person at a terminal
+    /// ([`Session::send_keys`]: as they are, journaled as the person's
+    /// input), and shows them on the session's screen (see
+    /// [`Host::attach`]). [`SessionError::Idle`] when no command runs.
+    pub async fn send_keys(&self, name: &str, keys: &[u8]) -> Result<(), HostError> {
+        self.ask(name, |tx| Req::Keys(keys.to_vec(), tx)).await
     }
 
     /// Interrupts the running command.

@@ -72,6 +72,11 @@ pub enum JournalEvent {
         /// How many characters hidden input had.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         chars: Option<usize>,
+        /// Who typed it: `"person"` for keys a person typed at a terminal
+        /// (`execkit shell`, `execkit attach`); absent for input an agent
+        /// sent (and on lines written before this field existed).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
     },
     /// The running command was interrupted (Ctrl-C).
     Interrupt,
@@ -95,17 +100,26 @@ impl JournalEvent {
     /// Input typed into a running command: with its text, or (typed at a
     /// password prompt) only its length.
     pub fn input(text: &str, hidden: bool) -> JournalEvent {
+        Self::input_by(text, hidden, None)
+    }
+
+    /// [`JournalEvent::input`] typed by `by` (`Some("person")`: keys a
+    /// person typed at a terminal).
+    pub fn input_by(text: &str, hidden: bool, by: Option<&str>) -> JournalEvent {
+        let by = by.map(str::to_string);
         if hidden {
             JournalEvent::Input {
                 text: None,
                 hidden: true,
                 chars: Some(text.chars().count()),
+                by,
             }
         } else {
             JournalEvent::Input {
                 text: Some(text.to_string()),
                 hidden: false,
                 chars: None,
+                by,
             }
         }
     }

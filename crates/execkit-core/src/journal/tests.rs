@@ -401,3 +401,16 @@ fn older_lines_read_and_unknown_events_do_not() {
     let unknown = r#"{"event":"snapshot","session":"s","target":"local","ts":"t"}"#;
     assert!(serde_json::from_str::<JournalLine>(unknown).is_err());
 }
+
+#[test]
+fn input_says_who_typed_it_and_old_lines_still_read() {
+    // A line written before `by` existed reads as an agent's input.
+    let old: JournalEvent = serde_json::from_str(r#"{"event":"input","text":"y\n"}"#).unwrap();
+    assert_eq!(old, JournalEvent::input("y\n", false));
+    // A person's input carries `"by": "person"`; an agent's none.
+    let typed =
+        serde_json::to_value(JournalEvent::input_by("hi\r", false, Some("person"))).unwrap();
+    assert_eq!(typed["by"], "person", "{typed}");
+    let sent = serde_json::to_value(JournalEvent::input("hi\n", false)).unwrap();
+    assert!(sent.get("by").is_none(), "{sent}");
+}

@@ -94,6 +94,7 @@ impl Session {
             config,
             console_line,
             id,
+            raw_tap,
             ..
         } = self;
         let observer = &config.observer;
@@ -129,6 +130,7 @@ impl Session {
             None => Some((*last_activity + INPUT_WAIT_GRACE, INPUT_WAIT_GRACE)),
         };
         let raw = person.as_ref().and_then(|p| p.raw_output.as_ref());
+        let tap = raw_tap.as_ref().filter(|_| !p.internal);
         let wake = person.as_ref().and_then(|p| p.wake.as_deref());
         Ok(pump(
             shell,
@@ -143,6 +145,9 @@ impl Session {
                     // The person may have gone (their end closed): the
                     // result does not depend on it.
                     let _ = raw.send(scan.output.clone());
+                }
+                if let Some(tap) = tap.filter(|_| !scan.output.is_empty()) {
+                    let _ = tap.send(scan.output.clone());
                 }
                 if !scan.output.is_empty() {
                     // Something happened: it is not (or no longer) stuck.

@@ -130,9 +130,22 @@ pub struct Session {
     leftovers: Option<String>,
     /// The last command was interrupted on a frozen target.
     frozen: Option<Frozen>,
+    /// Gets every command's raw output (see [`Session::tap_raw`]).
+    raw_tap: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>,
 }
 
 impl Session {
+    /// Sends the raw bytes every later command prints (between its start
+    /// and its end, as they arrive: colours, cursor movement, bare `\n`
+    /// as the session's terminal has no `onlcr` outside a person's
+    /// command) to `sink` too, besides a person's
+    /// [`raw_output`](PersonTerminal::raw_output); `None` stops it.
+    /// execkit's own out-of-band work (stdin staging) is not sent. What
+    /// `Host` keeps a session's screen with, for `execkit attach`.
+    pub fn tap_raw(&mut self, sink: Option<tokio::sync::mpsc::UnboundedSender<Vec<u8>>>) {
+        self.raw_tap = sink;
+    }
+
     /// Opens a session on `target` (any registered scheme).
     pub async fn open(target: &str, config: SessionConfig) -> Result<Session, SessionError> {
         let transport = crate::registry::connect(target)?;
@@ -166,6 +179,7 @@ impl Session {
             cleanup_pending: false,
             leftovers: None,
             frozen: None,
+            raw_tap: None,
         };
         // Recorded before the shell starts: a kill -9 at any later point
         // leaves a record for `gc` to clean up by.
@@ -300,6 +314,15 @@ impl Session {
         Ok(())
     }
 
+    /// Whether the running command's last, unfinished line asks for a
+    /// secret (`Password:`): what is typed now is journaled hidden, and a
+    /// front end that echoes keys itself (`execkit attach`) does not.
+    pub fn asks_for_secret(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|p| asks_for_secret(&p.collector.last_line))
+    }
+
     /// Journals (and mirrors) what the person typed since the last line.
     fn journal_typed(&mut self) {
         let Some(p) = self.pending.as_mut() else {
@@ -312,7 +335,7 @@ impl Session {
         let hidden = asks_for_secret(&p.collector.last_line);
         if let Some(o) = self.config.observer.clone() {
             let text = String::from_utf8_lossy(&typed);
-            self.record(o.input_record(&text, hidden));
+            self.record(o.person_input_record(&text, hidden, true));
             self.publish(o.input_event(self.id.clone(), &text, hidden));
         }
     }
