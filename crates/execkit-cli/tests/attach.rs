@@ -14,10 +14,10 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode};
-use std::time::{Duration, Instant};
 
 use execkit_core::testkit::{self, libtest_mimic::Trial};
 use serde_json::{json, Value};
+use support::tmux::Tmux;
 use support::{spawn_serve, Conn};
 
 const BIN: &str = env!("CARGO_BIN_EXE_execkit");
@@ -83,19 +83,21 @@ impl Drop for Server {
 
 /// `execkit attach` in a private tmux server's pane.
 struct Pane {
-    name: String,
+    tmux: Tmux,
 }
 
 impl Pane {
     fn start(case: &str, srv: &Server, args: &str) -> Pane {
         let name = format!("execkit-attach-{}-{case}", std::process::id());
-        let pane = Pane { name };
+        let pane = Pane {
+            tmux: Tmux { name },
+        };
         let script = format!(
             "{} attach {args} --socket {}; echo exit:$?; sleep 600",
             sh_quote(BIN),
             sh_quote(srv.socket.to_str().unwrap()),
         );
-        pane.tmux(&[
+        pane.tmux.run(&[
             "new-session",
             "-d",
             "-s",
@@ -110,50 +112,12 @@ impl Pane {
         ]);
         pane
     }
-
-    fn tmux(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.name, "-f", "/dev/null"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tmux {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn screen(&self) -> String {
-        self.tmux(&["capture-pane", "-p", "-J", "-S", "-", "-t", "w"])
-    }
-
-    fn wait_for(&self, what: &str) -> String {
-        let t = Instant::now();
-        loop {
-            let screen = self.screen();
-            if screen.contains(what) {
-                return screen;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "{what} never showed in the pane:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn type_text(&self, text: &str) {
-        self.tmux(&["send-keys", "-t", "w", "-l", text]);
-    }
-
-    fn press(&self, key: &str) {
-        self.tmux(&["send-keys", "-t", "w", key]);
-    }
 }
 
-impl Drop for Pane {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.name, "kill-server"])
-            .status();
+impl std::ops::Deref for Pane {
+    type Target = Tmux;
+    fn deref(&self) -> &Tmux {
+        &self.tmux
     }
 }
 

@@ -12,10 +12,13 @@
 //! `EXECKIT_TEST_SSH_URL`).
 
 use std::path::PathBuf;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use execkit_core::testkit::{self, libtest_mimic::Trial};
+use support::tmux::Tmux;
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_execkit");
 
@@ -33,7 +36,7 @@ struct Target {
 /// `execkit shell` in a private tmux server's pane; after it ends, the
 /// pane's `stty -a` is kept in `stty` and `done` is touched.
 struct Pane {
-    name: String,
+    tmux: Tmux,
     dir: PathBuf,
     /// Status lines seen so far.
     statuses: usize,
@@ -53,7 +56,7 @@ impl Pane {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let pane = Pane {
-            name,
+            tmux: Tmux { name },
             dir,
             statuses: 0,
         };
@@ -66,7 +69,7 @@ impl Pane {
             d("stty"),
             d("done"),
         );
-        pane.tmux(&[
+        pane.tmux.run(&[
             "new-session",
             "-d",
             "-s",
@@ -85,50 +88,7 @@ impl Pane {
 
     /// A scratch path of this case on the target (`/tmp/NAME-what`).
     fn scratch(&self, what: &str) -> String {
-        format!("/tmp/{}-{what}", self.name)
-    }
-
-    fn tmux(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.name, "-f", "/dev/null"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tmux {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn screen(&self) -> String {
-        self.tmux(&["capture-pane", "-p", "-J", "-S", "-", "-t", "w"])
-    }
-
-    fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let t = Instant::now();
-        loop {
-            let screen = self.screen();
-            if done(&screen) {
-                return screen;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "{what} never showed in the pane:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn wait_for(&self, what: &str) -> String {
-        self.wait_until(what, |s| s.contains(what))
-    }
-
-    /// Types `text` (literally).
-    fn type_text(&self, text: &str) {
-        self.tmux(&["send-keys", "-t", "w", "-l", text]);
-    }
-
-    /// Presses keys by tmux name (`Enter`, `C-c`, `Escape`).
-    fn press(&self, key: &str) {
-        self.tmux(&["send-keys", "-t", "w", key]);
+        format!("/tmp/{}-{what}", self.tmux.name)
     }
 
     /// Types a command line and Enter.
@@ -157,19 +117,24 @@ impl Pane {
 
     /// The pid of `execkit shell` (the pane's `sh`'s child).
     fn execkit_pid(&self) -> i32 {
-        let sh = self.tmux(&["display-message", "-p", "-t", "w", "#{pane_pid}"]);
+        let sh = self
+            .tmux
+            .run(&["display-message", "-p", "-t", "w", "#{pane_pid}"]);
         let sh = sh.trim();
         let kids = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children")).unwrap();
         kids.split_whitespace().next().unwrap().parse().unwrap()
     }
 }
 
+impl std::ops::Deref for Pane {
+    type Target = Tmux;
+    fn deref(&self) -> &Tmux {
+        &self.tmux
+    }
+}
+
 impl Drop for Pane {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.name, "kill-server"])
-            .stderr(Stdio::null())
-            .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -256,7 +221,7 @@ fn less_shows_a_file_and_q_quits(t: &Target) {
     // busybox less draws over the screen (no alternate screen): what was
     // above is gone, so the status line is looked for before the prompt.
     p.wait_until("the status line and the prompt after less", back_at_prompt);
-    p.statuses = status_lines(&p.screen()).len();
+    p.statuses = status_lines(&p.tmux.pane()).len();
     let (_, screen) = p.run(&format!("rm -f {file}; echo removed"));
     assert!(
         after(&screen, "echo removed").contains("\nremoved\n"),
@@ -325,9 +290,11 @@ fn the_window_size_follows(t: &Target) {
     // Mid-command: the resize reaches the running command's terminal.
     p.command("printf 'go: '; read x; stty size");
     p.wait_for("\ngo: ");
-    p.tmux(&["resize-window", "-t", "w", "-x", "100", "-y", "30"]);
+    p.tmux
+        .run(&["resize-window", "-t", "w", "-x", "100", "-y", "30"]);
     p.wait_until("the smaller window", |_| {
-        p.tmux(&["display-message", "-p", "-t", "w", "#{window_width}"])
+        p.tmux
+            .run(&["display-message", "-p", "-t", "w", "#{window_width}"])
             .trim()
             == "100"
     });

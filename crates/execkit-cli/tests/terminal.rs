@@ -17,6 +17,7 @@ use execkit_core::testkit::{self, libtest_mimic::Trial};
 use serde_json::json;
 
 mod support;
+use support::tmux::Tmux;
 use support::Conn;
 
 const BIN: &str = env!("CARGO_BIN_EXE_execkit");
@@ -370,63 +371,6 @@ fn a_publisher_cannot_pose_as_a_served_session() {
         let s = ev["session"].as_str().unwrap();
         assert!(s.starts_with("pub") && s.contains('/'), "{ev}");
         assert_eq!(ev["origin"]["pid"], me, "{ev}");
-    }
-}
-
-/// A private tmux server (`tmux -L`), killed when dropped.
-struct Tmux {
-    name: String,
-}
-
-impl Tmux {
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("tmux")
-            .args(["-L", &self.name, "-f", "/dev/null"])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tmux {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn format(&self, f: &str) -> String {
-        self.run(&["display-message", "-p", "-t", "w", f])
-            .trim_end()
-            .to_string()
-    }
-
-    /// The pane with its scrollback.
-    fn pane(&self) -> String {
-        self.run(&["capture-pane", "-p", "-J", "-S", "-", "-t", "w"])
-    }
-
-    fn wait_for(&self, what: &str) -> String {
-        self.wait_until(what, |pane| pane.contains(what))
-    }
-
-    /// The pane once `done` holds for it (polled, 30 s at most).
-    fn wait_until(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let t = Instant::now();
-        loop {
-            let pane = self.pane();
-            if done(&pane) {
-                return pane;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "{what} never showed in the pane:\n{pane}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.name, "kill-server"])
-            .stderr(Stdio::null())
-            .status();
     }
 }
 

@@ -85,6 +85,7 @@ mod error;
 pub mod host;
 pub mod journal;
 mod observer;
+mod osc_limit;
 mod outcome;
 mod output_cap;
 mod output_clean;

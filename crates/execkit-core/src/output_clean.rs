@@ -66,6 +66,8 @@ fn decode_into<'a>(mut bytes: &'a [u8], out: &mut String) -> &'a [u8] {
 #[derive(Default)]
 pub struct AnsiStripper {
     parser: vte::Parser,
+    limit: crate::osc_limit::OscLimit,
+    buf: Vec<u8>,
 }
 
 impl std::fmt::Debug for AnsiStripper {
@@ -95,7 +97,8 @@ impl AnsiStripper {
     /// Strips `text`, appending what remains to `out`. Sequences split across
     /// calls are handled: the parser keeps its state.
     pub fn push(&mut self, text: &str, out: &mut String) {
-        self.parser.advance(&mut Keep(out), text.as_bytes());
+        let bytes = self.limit.filter(text.as_bytes(), &mut self.buf);
+        self.parser.advance(&mut Keep(out), bytes);
     }
 }
 

@@ -119,6 +119,8 @@ pub struct LineState {
 #[derive(Default)]
 pub struct PaneFilter {
     parser: vte::Parser,
+    limit: crate::osc_limit::OscLimit,
+    buf: Vec<u8>,
 }
 
 impl std::fmt::Debug for PaneFilter {
@@ -131,6 +133,7 @@ impl PaneFilter {
     /// Filters `bytes`, appending what may be shown to `out`; `state`
     /// follows what was written.
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>, state: &mut LineState) {
+        let bytes = self.limit.filter(bytes, &mut self.buf);
         self.parser.advance(&mut Emit { out, state }, bytes);
     }
 }

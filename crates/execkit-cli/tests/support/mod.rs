@@ -2,6 +2,8 @@
 //! line protocol. Each test binary uses part of it.
 #![allow(dead_code)]
 
+pub mod tmux;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;

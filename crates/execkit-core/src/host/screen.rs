@@ -36,6 +36,8 @@ pub(super) struct Screen {
     viewers: broadcast::Sender<Vec<u8>>,
     /// The last byte fed ended in `\r` (a `\n` after it is not bare).
     after_cr: bool,
+    /// vt100's parser keeps OSC strings whole: bounded before it.
+    limit: crate::osc_limit::OscLimit,
 }
 
 impl std::fmt::Debug for Screen {
@@ -56,6 +58,7 @@ impl Screen {
                 raw,
                 viewers,
                 after_cr: false,
+                limit: Default::default(),
             },
             tx,
         )
@@ -103,6 +106,8 @@ impl Screen {
     /// The session's terminal has no `onlcr` for agents' commands: a bare
     /// `\n` is shown as a new line, as `\r\n`.
     fn feed(&mut self, bytes: &[u8]) {
+        let mut kept = Vec::new();
+        let bytes = self.limit.filter(bytes, &mut kept);
         let mut out = Vec::with_capacity(bytes.len() + 16);
         for &b in bytes {
             if b == b'\n' && !self.after_cr {
