@@ -134,8 +134,24 @@ mod tests {
                 .filter(|&p| unsafe { libc::getpgid(p) } == pgid)
                 .count()
         };
+        // Ready once both sleeps have been exec'd (a child still between
+        // fork and exec may not show its environment yet): then the shell
+        // and `sleep 300` carry the marker, and the `env -i` one does not.
+        let sleeps = || {
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .flatten()
+                .filter_map(|d| d.file_name().to_str()?.parse::<i32>().ok())
+                // SAFETY: as above.
+                .filter(|&p| unsafe { libc::getpgid(p) } == pgid)
+                .filter(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim_end() == "sleep")
+                })
+                .count()
+        };
         let t = std::time::Instant::now();
-        while in_group() < 3 {
+        while sleeps() < 2 {
             assert!(
                 t.elapsed() < Duration::from_secs(10),
                 "sleeps did not start"
