@@ -124,26 +124,22 @@ mod tests {
             .spawn()
             .unwrap();
         let pgid = child.id() as i32;
-        // Ready once both sleeps are in the group.
-        let in_group = || {
+        // The processes of the group.
+        let members = || -> Vec<i32> {
             std::fs::read_dir("/proc")
                 .unwrap()
                 .flatten()
                 .filter_map(|d| d.file_name().to_str()?.parse::<i32>().ok())
                 // SAFETY: getpgid takes a plain pid and touches no memory.
                 .filter(|&p| unsafe { libc::getpgid(p) } == pgid)
-                .count()
+                .collect()
         };
         // Ready once both sleeps have been exec'd (a child still between
         // fork and exec may not show its environment yet): then the shell
         // and `sleep 300` carry the marker, and the `env -i` one does not.
         let sleeps = || {
-            std::fs::read_dir("/proc")
-                .unwrap()
-                .flatten()
-                .filter_map(|d| d.file_name().to_str()?.parse::<i32>().ok())
-                // SAFETY: as above.
-                .filter(|&p| unsafe { libc::getpgid(p) } == pgid)
+            members()
+                .into_iter()
                 .filter(|p| {
                     std::fs::read_to_string(format!("/proc/{p}/comm"))
                         .is_ok_and(|c| c.trim_end() == "sleep")
@@ -161,7 +157,7 @@ mod tests {
         assert!(kill_sessions(std::slice::from_ref(&marker)) >= 2);
         child.wait().unwrap();
         let t = std::time::Instant::now();
-        while in_group() > 0 {
+        while !members().is_empty() {
             assert!(t.elapsed() < Duration::from_secs(10), "group survived");
             std::thread::yield_now();
         }
