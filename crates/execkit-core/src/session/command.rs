@@ -69,6 +69,9 @@ impl Session {
             input_probe_at: started + INPUT_WAIT_GRACE,
             probe_every: INPUT_WAIT_GRACE,
             waiting: false,
+            wake: opts
+                .wake
+                .or_else(|| opts.person.as_ref().and_then(|p| p.wake.clone())),
             person: if shown.is_some() { opts.person } else { None },
             ctrl_c_check: None,
             typed: Vec::new(),

@@ -116,6 +116,7 @@ impl Session {
             waiting,
             person,
             ctrl_c_check,
+            wake,
             ..
         } = p;
         if input.is_none() {
@@ -131,7 +132,7 @@ impl Session {
         };
         let raw = person.as_ref().and_then(|p| p.raw_output.as_ref());
         let tap = raw_tap.as_ref().filter(|_| !p.internal);
-        let wake = person.as_ref().and_then(|p| p.wake.as_deref());
+        let wake = wake.as_deref();
         Ok(pump(
             shell,
             input.as_deref(),

@@ -76,6 +76,9 @@ struct Pending {
     waiting: bool,
     /// A person's command (see [`PersonTerminal`]).
     person: Option<PersonTerminal>,
+    /// Yields a wait once notified ([`RunOptions::wake`], or the
+    /// person's [`PersonTerminal::wake`]).
+    wake: Option<Arc<tokio::sync::Notify>>,
     /// The person typed Ctrl-C: when it is next looked whether anything of
     /// the command still runs, and the step to the look after (see
     /// [`Session::send_keys`]).

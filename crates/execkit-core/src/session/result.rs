@@ -27,6 +27,13 @@ pub struct RunOptions {
     /// see [`PersonTerminal`]. `None` (agents): the session's terminal
     /// stays as execkit set it up.
     pub person: Option<PersonTerminal>,
+    /// Once notified, a [`Session::run`] or [`Session::poll`] waiting on
+    /// this command returns at once with `running: true` (the command goes
+    /// on): how a caller that stops waiting — a cancelled task, a
+    /// Ctrl-C in the calling program — gets the session back to
+    /// [`Session::interrupt`] it. A notification before the wait starts
+    /// counts (a [`Notify`] keeps one permit).
+    pub wake: Option<Arc<Notify>>,
 }
 
 /// How a command typed by a person at a real terminal runs: for its
@@ -102,6 +109,7 @@ impl RunOptions {
             yield_after: None,
             input_wait: InputWait::Ignore,
             person: None,
+            wake: None,
         }
     }
 
@@ -121,6 +129,13 @@ impl RunOptions {
     /// Sets `yield_after`.
     pub fn yield_after(mut self, after: Option<Duration>) -> Self {
         self.yield_after = after;
+        self
+    }
+
+    /// Yields the command's wait when `wake` is notified (see
+    /// [`RunOptions::wake`]).
+    pub fn wake(mut self, wake: Arc<Notify>) -> Self {
+        self.wake = Some(wake);
         self
     }
 }

@@ -145,6 +145,50 @@ pub(super) async fn interrupt_running_command(ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// [`RunOptions::wake`]: a notification during the wait, or one given
+/// before it starts, returns the command as still running (what a
+/// cancelled caller gets back); `interrupt` then ends it with every
+/// process it started, and the session goes on.
+pub(super) async fn wake_yields_then_interrupt_cleans_up(ctx: Ctx) -> anyhow::Result<()> {
+    let mut s = ctx.open().await?;
+    ok(&mut s, "cd /tmp").await?;
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let opts = RunOptions::timeout(Duration::from_secs(60)).wake(wake.clone());
+    // Notified while the wait is under way (the result is the same if
+    // the notification came first).
+    let notify = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        wake.notify_one();
+        std::future::pending::<()>().await
+    };
+    let r = tokio::select! {
+        r = s.run("sleep 300 & echo started; sleep 300", opts) => r?,
+        () = notify => unreachable!("never ends"),
+    };
+    ensure!(r.running && r.exit_code.is_none(), "{r:?}");
+    let r = s.interrupt().await?;
+    ensure!(!r.running && !r.timed_out && r.exit_code.is_none(), "{r:?}");
+    let shell = s.run("echo $$", RunOptions::default()).await?.output;
+    let spare: Vec<u32> = shell.trim().parse().into_iter().collect();
+    let left = ctx.leaked(s.marker(), &spare).await?;
+    ensure!(
+        left.is_empty(),
+        "left running after the interrupt: {left:?}"
+    );
+
+    // Notified before the run: it yields as soon as the command is out.
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    wake.notify_one();
+    let opts = RunOptions::timeout(Duration::from_secs(60)).wake(wake);
+    let r = s.run("sleep 300", opts).await?;
+    ensure!(r.running, "{r:?}");
+    let r = s.interrupt().await?;
+    ensure!(!r.running && r.exit_code.is_none(), "{r:?}");
+    ensure!(ok(&mut s, "pwd").await? == "/tmp", "session state lost");
+    s.close().await?;
+    Ok(())
+}
+
 pub(super) async fn python_repl_through_input(ctx: Ctx) -> anyhow::Result<()> {
     let mut s = ctx.open().await?;
     if run(&mut s, "command -v python3", 10).await?.exit_code != Some(0) {

@@ -66,6 +66,7 @@ pub(super) fn all() -> Vec<Case> {
         case!(partial_outputs_add_up_to_the_whole),
         case!(send_input_feeds_read),
         case!(interrupt_running_command),
+        case!(wake_yields_then_interrupt_cleans_up, proc_fs),
         case!(python_repl_through_input),
         case!(host_drives_yielded_commands),
     ]
