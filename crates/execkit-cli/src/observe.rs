@@ -8,7 +8,9 @@ use execkit_core::journal::{self, Journal, JournalOptions};
 use execkit_core::redact::Redactor;
 use execkit_core::Observer;
 
-#[derive(Debug, Clone, Args)]
+/// Where and how runs are journaled (the `--journal`, `--no-journal`,
+/// `--redact`, … flags), and the [`Observer`] built from them.
+#[derive(Debug, Clone, Default, Args)]
 pub struct JournalArgs {
     /// Journal file (JSONL) [default: ${XDG_STATE_HOME:-~/.local/state}/execkit/journal.jsonl].
     #[arg(long, value_name = "PATH", conflicts_with = "no_journal")]
