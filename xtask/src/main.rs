@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 mod bench;
 mod checks;
 mod docker;
+mod python;
 mod soak;
 mod ssh;
 
@@ -324,35 +325,11 @@ fn fmt_counts(c: Counts) -> String {
 /// A venv with the official MCP Python client (`pip install mcp`), for the
 /// `execkit mcp` integration test.
 fn mcp_client(out_dir: &Path) -> Result<Provision> {
-    let venv = out_dir.join("mcp-venv");
-    let python = venv.join("bin/python");
-    let ready = Command::new(&python)
-        .args(["-c", "import mcp.client.stdio"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ready {
-        println!(
-            "xtask: creating {} with the MCP Python client",
-            venv.display()
-        );
-        let st = Command::new("python3")
-            .arg("-m")
-            .arg("venv")
-            .arg(&venv)
-            .status()
-            .context("python3 -m venv")?;
-        if !st.success() {
-            bail!("python3 -m venv failed ({st}); install python3-venv");
-        }
-        let st = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check", "mcp"])
-            .status()
-            .context("pip install mcp")?;
-        if !st.success() {
-            bail!("pip install mcp failed ({st})");
-        }
-    }
+    let python = python::tool_venv(
+        &out_dir.join("mcp-venv"),
+        &["mcp"],
+        "import mcp.client.stdio",
+    )?;
     Ok(Provision {
         env: vec![(
             "EXECKIT_TEST_MCP_PYTHON".into(),

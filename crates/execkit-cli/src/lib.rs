@@ -185,5 +185,7 @@ where
 /// back): what a caller that must exit by itself (the Python console
 /// script) exits with.
 pub fn exit_status(code: ExitCode) -> u8 {
-    (0..=u8::MAX).find(|&n| ExitCode::from(n) == code).unwrap_or(1)
+    (0..=u8::MAX)
+        .find(|&n| ExitCode::from(n) == code)
+        .unwrap_or(1)
 }

@@ -1,0 +1,5 @@
+"""``python -m execkit ...``: the ``execkit`` command."""
+
+from ._cli import main
+
+main()
