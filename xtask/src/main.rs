@@ -89,8 +89,9 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
         Some("with") => with(&args[1..]),
+        Some("wheel") => wheel(),
         _ => {
-            eprintln!("usage: cargo xtask test [--transport local|docker|ssh|all]\n       cargo xtask bench [--quick] [--transport local|docker|ssh|all]\n       cargo xtask soak [--minutes N]\n       cargo xtask with local|docker|ssh|all -- COMMAND...");
+            eprintln!("usage: cargo xtask test [--transport local|docker|ssh|all]\n       cargo xtask bench [--quick] [--transport local|docker|ssh|all]\n       cargo xtask soak [--minutes N]\n       cargo xtask with local|docker|ssh|all -- COMMAND...\n       cargo xtask wheel");
             return ExitCode::from(2);
         }
     };
@@ -130,6 +131,15 @@ fn with(args: &[String]) -> Result<bool> {
     Ok(status
         .with_context(|| format!("running {}", cmd[0]))?
         .success())
+}
+
+/// `cargo xtask wheel`: builds the Python wheel (release) and prints its
+/// path, for `pip install`.
+fn wheel() -> Result<bool> {
+    let root = root();
+    let wheel = python::build_wheel(&root, &root.join("target/xtask"))?;
+    println!("{}", wheel.display());
+    Ok(true)
 }
 
 /// Where cargo puts its builds: `CARGO_TARGET_DIR` when set.
