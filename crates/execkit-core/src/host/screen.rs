@@ -29,11 +29,14 @@ pub struct Attachment {
     pub updates: broadcast::Receiver<Vec<u8>>,
 }
 
-/// The emulator and the people watching it.
+/// The emulator and the people watching it. Both are made when first
+/// needed (the first output, the first attach): an idle session holds
+/// neither (the emulator's grid alone is ~70 KB, and a server holds
+/// thousands of sessions).
 pub(super) struct Screen {
-    parser: vt100::Parser,
+    parser: Option<Box<vt100::Parser>>,
     raw: mpsc::UnboundedReceiver<Vec<u8>>,
-    viewers: broadcast::Sender<Vec<u8>>,
+    viewers: Option<broadcast::Sender<Vec<u8>>>,
     /// The last byte fed ended in `\r` (a `\n` after it is not bare).
     after_cr: bool,
     /// vt100's parser keeps OSC strings whole: bounded before it.
@@ -46,17 +49,21 @@ impl std::fmt::Debug for Screen {
     }
 }
 
+/// A blank emulated screen.
+fn blank() -> Box<vt100::Parser> {
+    Box::new(vt100::Parser::new(ROWS, COLS, SCROLLBACK))
+}
+
 impl Screen {
     /// A blank screen and the sender for the session's raw output
     /// ([`Session::tap_raw`](crate::Session::tap_raw)).
     pub(super) fn new() -> (Screen, mpsc::UnboundedSender<Vec<u8>>) {
         let (tx, raw) = mpsc::unbounded_channel();
-        let (viewers, _) = broadcast::channel(QUEUE);
         (
             Screen {
-                parser: vt100::Parser::new(ROWS, COLS, SCROLLBACK),
+                parser: None,
                 raw,
-                viewers,
+                viewers: None,
                 after_cr: false,
                 limit: Default::default(),
             },
@@ -119,27 +126,36 @@ impl Screen {
         self.render(&out);
     }
 
+    /// The emulator, made on first use.
+    fn parser(&mut self) -> &mut vt100::Parser {
+        self.parser.get_or_insert_with(blank)
+    }
+
     /// Runs `bytes` through the emulator; what changed goes to viewers.
     fn render(&mut self, bytes: &[u8]) {
-        if self.viewers.receiver_count() == 0 {
-            self.parser.process(bytes);
+        let watched = self.viewers.as_ref().filter(|v| v.receiver_count() > 0);
+        let parser = self.parser.get_or_insert_with(blank);
+        let Some(viewers) = watched else {
+            parser.process(bytes);
             return;
-        }
-        let before = self.parser.screen().clone();
-        self.parser.process(bytes);
-        let diff = self.parser.screen().contents_diff(&before);
+        };
+        let before = parser.screen().clone();
+        parser.process(bytes);
+        let diff = parser.screen().contents_diff(&before);
         if !diff.is_empty() {
-            let _ = self.viewers.send(diff);
+            let _ = viewers.send(diff);
         }
     }
 
     /// The screen now and the updates from here on.
     pub(super) fn attach(&mut self) -> Attachment {
         self.pump();
-        Attachment {
-            screen: self.parser.screen().contents_formatted(),
-            updates: self.viewers.subscribe(),
-        }
+        let screen = self.parser().screen().contents_formatted();
+        let updates = self
+            .viewers
+            .get_or_insert_with(|| broadcast::channel(QUEUE).0)
+            .subscribe();
+        Attachment { screen, updates }
     }
 }
 
