@@ -90,7 +90,7 @@ fn main() -> ExitCode {
         Some("soak") => soak::soak(&args[1..]),
         Some("with") => with(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test [--transport local|docker|ssh|all]\n       cargo xtask bench [--quick] [--transport local|docker|ssh|all]\n       cargo xtask soak [--minutes N]\n       cargo xtask with local|docker|ssh|all -- COMMAND...");
+            eprintln!("usage: cargo xtask test [--transport local|docker|ssh|all]\n       cargo xtask bench [--quick] [--transport local|docker|ssh|all] [--no-python]\n       cargo xtask soak [--minutes N]\n       cargo xtask with local|docker|ssh|all -- COMMAND...");
             return ExitCode::from(2);
         }
     };
