@@ -12,6 +12,7 @@ prints JSON on stdout; times are in seconds.
     python bench.py pexpect N [DELAY]   pexpect, fixed prompt (DELAY: its delaybeforesend; 'none' for no delay)
     python bench.py swerex N            SWE-ReX LocalRuntime bash session
     python bench.py threads T C         T threads, each its own session, C commands each
+    python bench.py profile N           profiling aid: costs per call (see `profile`)
 
 `serve` opens one warm session and, for each line `K` read on stdin, runs
 K round trips and prints them as one JSON line: the caller alternates
@@ -188,6 +189,48 @@ def threads(n_threads: int, n_commands: int) -> dict:
     }
 
 
+def profile(n: int) -> dict:
+    """Profiling aid: per call of `Session.run("true")` from the main
+    thread and from another thread, the p50 latency and this process's CPU
+    time (shells excluded) and voluntary context switches; and the calls
+    that cross into Rust without waiting on the shell: a getter (`cwd`, the
+    GIL kept) and `resize` (the GIL released, `block_on` of a future that
+    is ready at once)."""
+    import resource
+
+    def usage():
+        u = resource.getrusage(resource.RUSAGE_SELF)
+        return u.ru_utime + u.ru_stime, u.ru_nvcsw
+
+    def measure(call) -> dict:
+        call()
+        samples = []
+        clock = time.perf_counter
+        c0, v0 = usage()
+        for _ in range(n):
+            t = clock()
+            call()
+            samples.append(clock() - t)
+        c1, v1 = usage()
+        samples.sort()
+        return {
+            "p50_us": samples[len(samples) // 2] * 1e6,
+            "cpu_us": (c1 - c0) / n * 1e6,
+            "vol_ctx": (v1 - v0) / n,
+        }
+
+    out_: dict = {}
+    with session() as s:
+        time_true(s, WARM_UP)
+        out_["run_main_thread"] = measure(lambda: s.run("true"))
+        t = threading.Thread(target=lambda: out_.setdefault("run_other_thread", measure(lambda: s.run("true"))))
+        t.start()
+        t.join()
+        out_["cwd_getter"] = measure(lambda: s.cwd)
+        out_["resize"] = measure(lambda: s.resize(24, 80))
+    return out_
+
+
 def main(argv: list) -> None:
     mode = argv[0] if argv else ""
     if mode == "versions":
@@ -201,6 +244,8 @@ def main(argv: list) -> None:
         out(pexpect_round_trips(int(argv[1]), delay))
     elif mode == "swerex":
         out(swerex_round_trips(int(argv[1])))
+    elif mode == "profile":
+        out(profile(int(argv[1])))
     elif mode == "threads":
         out(threads(int(argv[1]), int(argv[2])))
     else:
