@@ -382,11 +382,15 @@ fn ssh_oneshot_args(url: &str) -> Result<Vec<String>> {
     Ok(args)
 }
 
+/// The config of every bench session: no observer (no journal, no
+/// console), unless `EXECKIT_BENCH_OBSERVER` is set (a profiling aid):
+/// then each session gets its own, with the journal off, built as the
+/// Python module builds one (a fresh redactor that learns the environment).
 pub(crate) fn bench_config() -> SessionConfig {
     let mut c = SessionConfig::default();
     c.spool_dir = std::env::temp_dir().join(format!("execkit-bench-spool-{}", std::process::id()));
     if std::env::var_os("EXECKIT_BENCH_OBSERVER").is_some() {
-        let r = execkit_core::redact::Redactor::with_patterns(Vec::<String>::new()).unwrap();
+        let r = execkit_core::redact::Redactor::default();
         let env: Vec<(String, String)> = std::env::vars().collect();
         r.learn_env(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         c.observer = Some(std::sync::Arc::new(execkit_core::Observer::new(
