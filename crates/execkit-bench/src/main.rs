@@ -416,7 +416,9 @@ pub(crate) const PY_BLOCK: usize = 25;
 /// from minute to minute (CPU placement, neighbours), only samples taken
 /// side by side give a fair ratio. With `py`, every [`PY_BLOCK`] pairs are
 /// followed by as many round trips of `execkit.Session.run` in the Python
-/// driver (returned third), so it too sees the same minutes.
+/// driver (returned third), so it too sees the same minutes; each block,
+/// Python's and Rust's, starts with one untimed round trip (its process
+/// was idle during the other's block).
 async fn floor_and_local(
     n: usize,
     mut py: Option<&mut python::Served>,
@@ -431,6 +433,11 @@ async fn floor_and_local(
     let mut p = Vec::with_capacity(n);
     while f.len() < n {
         let k = PY_BLOCK.min(n - f.len());
+        if py.is_some() {
+            // Untimed, as the driver does: this process was idle meanwhile.
+            floor.round_trip("true")?;
+            time_true(&mut s, 1).await?;
+        }
         for _ in 0..k {
             f.push(floor.round_trip("true")?.0);
             e.extend(time_true(&mut s, 1).await.context("local:/bin/bash")?);

@@ -15,9 +15,9 @@ prints JSON on stdout; times are in seconds.
     python bench.py profile N           profiling aid: costs per call (see `profile`)
 
 `serve` opens one warm session and, for each line `K` read on stdin, runs
-K round trips and prints them as one JSON line: the caller alternates
-these blocks with its own samples so both see the same minute of the
-machine. An empty line or EOF ends it.
+one untimed round trip (the process was idle), then K timed ones, printed
+as one JSON line: the caller alternates these blocks with its own samples
+so both see the same minute of the machine. An empty line or EOF ends it.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ def serve() -> None:
             line = line.strip()
             if not line:
                 break
+            time_true(s, 1)  # untimed: this process has been idle
             out({"samples_s": time_true(s, int(line))})
 
 
