@@ -308,8 +308,14 @@ fn machine(r: &Results) -> String {
             format!("\n- {}", list.join(", "))
         })
         .unwrap_or_default();
+    // The 1-minute load average when the report was written: how busy the
+    // neighbours were during the last minute of the run.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
     format!(
-        "- CPU: {cpu}, {cores} cores, {mem} GiB RAM (a shared, noisy machine: compare ratios, not absolutes)\n- kernel: {}\n- {}\n- {}\n- {}\n- {}{python}",
+        "- CPU: {cpu}, {cores} cores, {mem} GiB RAM (a shared, noisy machine: compare ratios, not absolutes); load average {load} at the end of the run\n- kernel: {}\n- {}\n- {}\n- {}\n- {}{python}",
         cmd("uname", &["-sr"]),
         cmd("rustc", &["-V"]),
         cmd("bash", &["--version"]),
