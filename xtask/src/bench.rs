@@ -1,23 +1,30 @@
-//! `cargo xtask bench [--quick] [--transport local|docker|ssh|all]`:
-//! release builds of the bench and the CLI, the same dockerd/sshd
-//! provisioning as the tests, one run of `execkit-bench`, and (for full
-//! runs) `docs/BENCHMARKS.md` regenerated.
+//! `cargo xtask bench [--quick] [--transport local|docker|ssh|all]
+//! [--no-python]`: release builds of the bench and the CLI, the release
+//! Python wheel in a fresh venv with pexpect and SWE-ReX (for the Python
+//! rows, driven by `crates/execkit-py/bench/bench.py`), the same
+//! dockerd/sshd provisioning as the tests, one run of `execkit-bench`, and
+//! (for full runs) `docs/BENCHMARKS.md` regenerated.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{provision_all, root, teardown_all, BUILT, TRANSPORTS};
+use crate::{provision_all, python, root, teardown_all, BUILT, TRANSPORTS};
+
+/// The baselines of the Python rows, pinned so runs compare the same code.
+const PY_BASELINES: &[&str] = &["pexpect==4.9.0", "swe-rex==1.4.0"];
 
 pub fn bench(args: &[String]) -> Result<bool> {
     let mut quick = false;
+    let mut with_python = true;
     let mut which = "all".to_string();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--no-python" => with_python = false,
             "--transport" => which = it.next().context("--transport needs a value")?.clone(),
             other => bail!("unknown argument {other}"),
         }
@@ -56,6 +63,19 @@ pub fn bench(args: &[String]) -> Result<bool> {
         if !st.success() {
             bail!("release build failed");
         }
+        // The Python rows: a missing python3-venv or PyPI is a note in
+        // the report, not a failed bench.
+        let py = if with_python {
+            match python_venv(&root, &out_dir) {
+                Ok(py) => Some(py),
+                Err(e) => {
+                    eprintln!("xtask: warning: no Python rows: {e:#}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let report_dir = if quick {
             out_dir.join("bench")
         } else {
@@ -70,6 +90,14 @@ pub fn bench(args: &[String]) -> Result<bool> {
             .arg(&report_dir);
         if quick {
             cmd.arg("--quick");
+        }
+        if let Some((python, wheel)) = &py {
+            cmd.arg("--python")
+                .arg(python)
+                .arg("--py-script")
+                .arg(root.join("crates/execkit-py/bench/bench.py"))
+                .arg("--wheel")
+                .arg(wheel);
         }
         for p in &provisions {
             cmd.envs(p.env.iter().map(|(k, v)| (k, v)));
@@ -86,6 +114,18 @@ pub fn bench(args: &[String]) -> Result<bool> {
     })();
     teardown_all(provisions);
     result
+}
+
+/// The release wheel, and the python of a fresh venv holding it and the
+/// baselines.
+fn python_venv(root: &Path, out_dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let wheel = python::build_wheel(root, out_dir)?;
+    println!(
+        "xtask: a fresh venv with the wheel, {}",
+        PY_BASELINES.join(" ")
+    );
+    let python = python::venv_with_wheel(&out_dir.join("bench-venv"), &wheel, PY_BASELINES)?;
+    Ok((python, wheel))
 }
 
 fn display(p: &Path) -> String {

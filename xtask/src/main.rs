@@ -91,7 +91,13 @@ fn main() -> ExitCode {
         Some("with") => with(&args[1..]),
         Some("wheel") => wheel(),
         _ => {
-            eprintln!("usage: cargo xtask test [--transport local|docker|ssh|all]\n       cargo xtask bench [--quick] [--transport local|docker|ssh|all]\n       cargo xtask soak [--minutes N]\n       cargo xtask with local|docker|ssh|all -- COMMAND...\n       cargo xtask wheel");
+            eprintln!(
+                "usage: cargo xtask test [--transport local|docker|ssh|all]
+       cargo xtask bench [--quick] [--transport local|docker|ssh|all] [--no-python]
+       cargo xtask soak [--minutes N]
+       cargo xtask with local|docker|ssh|all -- COMMAND...
+       cargo xtask wheel"
+            );
             return ExitCode::from(2);
         }
     };

@@ -7,6 +7,8 @@
 
 mod baselines;
 mod floor;
+mod load;
+mod python;
 mod report;
 mod soak;
 mod timing;
@@ -56,7 +58,37 @@ pub(crate) struct Results {
     pub(crate) throughput: Vec<Throughput>,
     pub(crate) concurrent: Option<Concurrent>,
     pub(crate) serve_idle: Option<ServeIdle>,
+    /// The threads load: Python threads and its Rust counterparts.
+    #[serde(default)]
+    pub(crate) threads: Vec<ThreadsLoad>,
+    /// The Python wheel measured.
+    #[serde(default)]
+    pub(crate) wheel: Option<Wheel>,
+    /// Versions of python and the Python packages measured.
+    #[serde(default)]
+    pub(crate) python_versions: Option<std::collections::BTreeMap<String, Option<String>>>,
     pub(crate) notes: Vec<String>,
+}
+
+/// The threads load over `runs` runs: the median run (by its commands
+/// phase), and whether every run was all correct.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ThreadsLoad {
+    pub(crate) system: String,
+    pub(crate) threads: usize,
+    pub(crate) commands_each: usize,
+    pub(crate) runs: usize,
+    /// Opening the sessions (every thread its own).
+    pub(crate) open_s: f64,
+    /// Running the commands, all sessions open.
+    pub(crate) commands_s: f64,
+    pub(crate) all_correct: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Wheel {
+    pub(crate) file: String,
+    pub(crate) mb: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +121,9 @@ struct Args {
     transports: Vec<String>,
     execkit: Option<PathBuf>,
     out: Option<PathBuf>,
+    python: Option<PathBuf>,
+    py_script: Option<PathBuf>,
+    wheel: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -97,6 +132,9 @@ fn parse_args() -> Result<Args> {
         transports: vec!["local".into(), "docker".into(), "ssh".into()],
         execkit: None,
         out: None,
+        python: None,
+        py_script: None,
+        wheel: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -108,6 +146,11 @@ fn parse_args() -> Result<Args> {
             }
             "--execkit" => a.execkit = Some(it.next().context("--execkit needs a path")?.into()),
             "--out" => a.out = Some(it.next().context("--out needs a directory")?.into()),
+            "--python" => a.python = Some(it.next().context("--python needs a path")?.into()),
+            "--py-script" => {
+                a.py_script = Some(it.next().context("--py-script needs a path")?.into())
+            }
+            "--wheel" => a.wheel = Some(it.next().context("--wheel needs a path")?.into()),
             other => bail!("unknown argument {other}"),
         }
     }
@@ -133,11 +176,29 @@ fn main() -> Result<()> {
     };
     let n = if args.quick { 100 } else { 500 };
 
+    // The Python driver, when `cargo xtask bench` made its venv.
+    let py = python_driver(&args, &mut r);
+    let mut served = match &py {
+        Some(d) => match d.serve() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                r.notes
+                    .push(format!("execkit python round trips skipped: {e:#}"));
+                None
+            }
+        },
+        None => None,
+    };
+
     // Round trips of `true`, local systems first.
     println!("round trip of `true` ({n} per system)…");
-    let (floor, local) = rt.block_on(floor_and_local(n))?;
+    let (floor, local, from_py) = rt.block_on(floor_and_local(n, served.as_mut()))?;
     r.round_trip.push(Latency::from("raw-pty-floor", floor));
     r.round_trip.push(Latency::from("execkit local", local));
+    if let Some(s) = served {
+        s.finish()?;
+        r.round_trip.push(Latency::from("execkit python", from_py));
+    }
 
     let v = (0..n)
         .map(|_| baselines::fresh_bash_c())
@@ -157,6 +218,10 @@ fn main() -> Result<()> {
             r.round_trip.push(Latency::from("tmux-poll-500ms", v));
         }
         Err(e) => r.notes.push(format!("tmux baselines skipped: {e:#}")),
+    }
+
+    if let Some(d) = &py {
+        python_baselines(d, args.quick, n, &mut r);
     }
 
     // Session start to first result.
@@ -184,6 +249,22 @@ fn main() -> Result<()> {
         "concurrent",
         &sessions.to_string(),
     ])?);
+
+    // Threads driving their own sessions: Python's and Rust's.
+    threads_load(py.as_ref(), args.quick, &mut r);
+    if let Some(w) = &args.wheel {
+        match std::fs::metadata(w) {
+            Ok(m) => {
+                r.wheel = Some(Wheel {
+                    file: w
+                        .file_name()
+                        .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+                    mb: m.len() as f64 / 1e6,
+                })
+            }
+            Err(e) => r.notes.push(format!("wheel {}: {e}", w.display())),
+        }
+    }
 
     // Idle sessions held by `execkit serve`.
     if let Some(bin) = &args.execkit {
@@ -301,9 +382,21 @@ fn ssh_oneshot_args(url: &str) -> Result<Vec<String>> {
     Ok(args)
 }
 
-fn bench_config() -> SessionConfig {
+/// The config of every bench session: no observer (no journal, no
+/// console), unless `EXECKIT_BENCH_OBSERVER` is set (a profiling aid):
+/// then each session gets its own, with the journal off, built as the
+/// Python module builds one (a fresh redactor that learns the environment).
+pub(crate) fn bench_config() -> SessionConfig {
     let mut c = SessionConfig::default();
     c.spool_dir = std::env::temp_dir().join(format!("execkit-bench-spool-{}", std::process::id()));
+    if std::env::var_os("EXECKIT_BENCH_OBSERVER").is_some() {
+        let r = execkit_core::redact::Redactor::default();
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        r.learn_env(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        c.observer = Some(std::sync::Arc::new(execkit_core::Observer::new(
+            execkit_core::journal::Journal::disabled_with(r),
+        )));
+    }
     c
 }
 
@@ -315,11 +408,21 @@ async fn execkit_round_trips(target: &str, n: usize) -> Result<Vec<Duration>> {
     Ok(v)
 }
 
+/// Python's round trips come in blocks of this many between the Rust ones.
+pub(crate) const PY_BLOCK: usize = 25;
+
 /// Round trips of the raw PTY floor and of an execkit local session,
 /// alternating one command each: on a shared machine whose speed drifts
 /// from minute to minute (CPU placement, neighbours), only samples taken
-/// side by side give a fair ratio.
-async fn floor_and_local(n: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
+/// side by side give a fair ratio. With `py`, every [`PY_BLOCK`] pairs are
+/// followed by as many round trips of `execkit.Session.run` in the Python
+/// driver (returned third), so it too sees the same minutes; each block,
+/// Python's and Rust's, starts with one untimed round trip (its process
+/// was idle during the other's block).
+async fn floor_and_local(
+    n: usize,
+    mut py: Option<&mut python::Served>,
+) -> Result<(Vec<Duration>, Vec<Duration>, Vec<Duration>)> {
     let mut floor = floor::RawPty::start()?;
     let mut s = Session::open("local:/bin/bash", bench_config()).await?;
     for _ in 0..20 {
@@ -327,12 +430,145 @@ async fn floor_and_local(n: usize) -> Result<(Vec<Duration>, Vec<Duration>)> {
         time_true(&mut s, 1).await?;
     }
     let (mut f, mut e) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    for _ in 0..n {
-        f.push(floor.round_trip("true")?.0);
-        e.extend(time_true(&mut s, 1).await.context("local:/bin/bash")?);
+    let mut p = Vec::with_capacity(n);
+    while f.len() < n {
+        let k = PY_BLOCK.min(n - f.len());
+        if py.is_some() {
+            // Untimed, as the driver does: this process was idle meanwhile.
+            floor.round_trip("true")?;
+            time_true(&mut s, 1).await?;
+        }
+        for _ in 0..k {
+            f.push(floor.round_trip("true")?.0);
+            e.extend(time_true(&mut s, 1).await.context("local:/bin/bash")?);
+        }
+        if let Some(py) = py.as_deref_mut() {
+            p.extend(py.block(k).context("execkit python round trips")?);
+        }
     }
     s.close().await?;
-    Ok((f, e))
+    Ok((f, e, p))
+}
+
+/// The driver of the Python rows, if `--python` and `--py-script` were
+/// given and it runs (the versions it reports go in the report).
+fn python_driver(args: &Args, r: &mut Results) -> Option<python::Driver> {
+    let (Some(python), Some(script)) = (&args.python, &args.py_script) else {
+        r.notes.push(
+            "Python rows skipped: no --python / --py-script (cargo xtask bench passes them)".into(),
+        );
+        return None;
+    };
+    let d = python::Driver {
+        python: python.clone(),
+        script: script.clone(),
+    };
+    match d.run(&["versions"]) {
+        Ok(v) => {
+            r.python_versions = Some(v);
+            Some(d)
+        }
+        Err(e) => {
+            r.notes.push(format!("Python rows skipped: {e:#}"));
+            None
+        }
+    }
+}
+
+/// pexpect with a fixed prompt (its default 50 ms delay before each send,
+/// and with that delay off) and SWE-ReX's `LocalRuntime`.
+fn python_baselines(d: &python::Driver, quick: bool, n: usize, r: &mut Results) {
+    let delayed = if quick { 20 } else { 100 };
+    let swerex = if quick { 10 } else { 50 };
+    println!("pexpect and SWE-ReX round trips…");
+    let rows: [(&str, Vec<String>); 3] = [
+        (
+            "pexpect-prompt",
+            vec!["pexpect".into(), delayed.to_string()],
+        ),
+        (
+            "pexpect-prompt-nodelay",
+            vec!["pexpect".into(), n.to_string(), "none".into()],
+        ),
+        ("swe-rex-local", vec!["swerex".into(), swerex.to_string()]),
+    ];
+    for (system, argv) in rows {
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        match d.samples(&argv) {
+            Ok(v) => r.round_trip.push(Latency::from(system, v)),
+            Err(e) => r.notes.push(format!("{system} skipped: {e:#}")),
+        }
+    }
+}
+
+/// [`load::THREADS`] threads × [`load::COMMANDS`] commands in as many
+/// sessions: from one Python interpreter, from Rust OS threads and from
+/// tokio tasks, in alternating rounds; each row is the median round.
+fn threads_load(py: Option<&python::Driver>, quick: bool, r: &mut Results) {
+    let rounds = if quick { 1 } else { 3 };
+    let (t, c) = (load::THREADS.to_string(), load::COMMANDS.to_string());
+    println!(
+        "{t} threads × {c} commands ({rounds} round(s): Rust threads, Python threads, Rust tasks)…"
+    );
+    let mut runs: Vec<Vec<load::Run>> = vec![Vec::new(); 3];
+    let mut failed = [false; 3];
+    for _ in 0..rounds {
+        let tries: [(usize, &str, Result<load::Run>); 3] = [
+            (0, "rust os threads", run_child(&["threads", &t, &c])),
+            (
+                1,
+                "python threads",
+                match py {
+                    Some(d) => d.run(&["threads", &t, &c]),
+                    None => Err(anyhow::anyhow!("no Python driver")),
+                },
+            ),
+            (2, "rust tokio tasks", run_child(&["tasks", &t, &c])),
+        ];
+        for (i, system, res) in tries {
+            match res {
+                Ok(run) => runs[i].push(run),
+                Err(e) if !failed[i] => {
+                    failed[i] = true;
+                    if py.is_some() || i != 1 {
+                        r.notes.push(format!("{system} load: {e:#}"));
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    for (i, system) in ["rust os threads", "python threads", "rust tokio tasks"]
+        .into_iter()
+        .enumerate()
+    {
+        if let Some(row) = load::summary(system, &runs[i]) {
+            r.threads.push(row);
+        }
+    }
+}
+
+/// Round trips of `true` in a warm local session, and this process's CPU
+/// time (µs) and voluntary context switches per command while they ran.
+async fn profiled_round_trips(n: usize) -> Result<(Vec<Duration>, (f64, f64))> {
+    fn usage() -> (f64, f64) {
+        // SAFETY: getrusage fills a local struct.
+        let u = unsafe {
+            let mut u: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_SELF, &mut u);
+            u
+        };
+        let us = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+        (us(u.ru_utime) + us(u.ru_stime), u.ru_nvcsw as f64)
+    }
+    let mut s = Session::open("local:/bin/bash", bench_config()).await?;
+    time_true(&mut s, 20).await?;
+    let before = usage();
+    let v = time_true(&mut s, n).await?;
+    let after = usage();
+    s.close().await?;
+    let per = |a: f64, b: f64| (b - a) / n as f64;
+    Ok((v, (per(before.0, after.0), per(before.1, after.1))))
 }
 
 async fn execkit_starts(target: &str, n: usize) -> Result<Vec<Duration>> {
@@ -378,15 +614,44 @@ fn child(args: &[String]) -> Result<()> {
             let n: usize = args.get(1).context("n")?.parse()?;
             serde_json::to_value(child_concurrent(n)?)?
         }
+        Some(mode @ ("threads" | "tasks")) => {
+            let t: usize = args.get(1).context("threads")?.parse()?;
+            let c: usize = args.get(2).context("commands")?.parse()?;
+            let run = if mode == "threads" {
+                load::os_threads(t, c)?
+            } else {
+                load::tasks(t, c)?
+            };
+            serde_json::to_value(run)?
+        }
         Some("local-pair") => {
             // Profiling aid: only the interleaved floor / execkit local round trips.
             let n = args.get(1).map_or(Ok(2000), |v| v.parse())?;
-            let (f, e) = rt.block_on(floor_and_local(n))?;
+            let (f, e, _) = rt.block_on(floor_and_local(n, None))?;
             let (f, e) = (
                 Latency::from("raw-pty-floor", f),
                 Latency::from("execkit local", e),
             );
             serde_json::json!({"floor": f, "local": e, "ratio_p50": e.p50_ms / f.p50_ms})
+        }
+        Some(mode @ ("local" | "local-mt")) => {
+            // Profiling aid: only execkit local round trips, with this
+            // process's CPU time (shells excluded) and voluntary context
+            // switches per command. `local-mt`: driven as the Python
+            // module drives them, `block_on` a multi-thread runtime from a
+            // thread of its own.
+            let n = args.get(1).map_or(Ok(2000), |v| v.parse())?;
+            let (v, used) = if mode == "local" {
+                rt.block_on(profiled_round_trips(n))?
+            } else {
+                let mt = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                std::thread::scope(|s| s.spawn(|| mt.block_on(profiled_round_trips(n))).join())
+                    .map_err(|_| anyhow::anyhow!("panicked"))??
+            };
+            let l = Latency::from(mode, v);
+            serde_json::json!({"latency": l, "cpu_us_per_cmd": used.0, "vol_ctx_per_cmd": used.1})
         }
         Some("floor-cmd") => {
             // Profiling aid: the floor running an arbitrary command line.

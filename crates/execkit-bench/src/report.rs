@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use crate::{Latency, Results};
+use crate::{Latency, Results, PY_BLOCK};
 
 fn find<'a>(v: &'a [Latency], system: &str) -> Option<&'a Latency> {
     v.iter().find(|l| l.system == system)
@@ -53,6 +53,22 @@ pub fn table(r: &Results) -> String {
             "\n### Concurrent local sessions\n\n{} sessions × {} commands: {:.2} s wall, all correct: {}, {:.0} KB of execkit memory per session (shells excluded)",
             c.sessions, c.commands_each, c.wall_s, c.all_correct, c.kb_per_session
         );
+    }
+    if !r.threads.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### Threads, each driving its own local session\n\n| system | threads × commands | runs | open s | commands s | all correct |\n|---|---:|---:|---:|---:|---|"
+        );
+        for t in &r.threads {
+            let _ = writeln!(
+                s,
+                "| {} | {} × {} | {} | {:.2} | {:.2} | {} |",
+                t.system, t.threads, t.commands_each, t.runs, t.open_s, t.commands_s, t.all_correct
+            );
+        }
+    }
+    if let Some(w) = &r.wheel {
+        let _ = writeln!(s, "\n### Python wheel\n\n`{}`: {:.1} MB", w.file, w.mb);
     }
     if let Some(i) = &r.serve_idle {
         let _ = writeln!(
@@ -138,7 +154,59 @@ pub fn ratios(r: &Results) -> Vec<String> {
             verdict(i.cpu_ms_over_10s < 50.0)
         ));
     }
+    python_ratios(r, &mut out);
     out
+}
+
+/// The targets of issue 17 (the Python wheel).
+fn python_ratios(r: &Results, out: &mut Vec<String>) {
+    let rt = &r.round_trip;
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    if let (Some(py), Some(ek)) = (find(rt, "execkit python"), find(rt, "execkit local")) {
+        let x = py.p50_ms / ek.p50_ms;
+        out.push(format!(
+            "execkit python p50 = {x:.2} × execkit local (target ≤ 1.5: {})",
+            verdict(x <= 1.5)
+        ));
+    }
+    if let (Some(py), Some(b)) = (find(rt, "execkit python"), find(rt, "swe-rex-local")) {
+        let x = b.p50_ms / py.p50_ms;
+        out.push(format!(
+            "execkit python is {x:.0} × faster than swe-rex-local (target ≥ 300: {})",
+            verdict(x >= 300.0)
+        ));
+    }
+    if let (Some(py), Some(b)) = (
+        find(rt, "execkit python"),
+        find(rt, "pexpect-prompt-nodelay"),
+    ) {
+        out.push(format!(
+            "execkit python is {:.1} × faster than pexpect-prompt-nodelay (no target)",
+            b.p50_ms / py.p50_ms
+        ));
+    }
+    let load = |s: &str| r.threads.iter().find(|t| t.system == s);
+    if let (Some(py), Some(th)) = (load("python threads"), load("rust os threads")) {
+        let x = py.commands_s / th.commands_s;
+        let tasks = load("rust tokio tasks")
+            .map(|t| format!(", {:.2} × rust tokio tasks", py.commands_s / t.commands_s))
+            .unwrap_or_default();
+        out.push(format!(
+            "python threads ({} × {}): all correct: {}, commands wall = {x:.2} × rust os threads{tasks} (target ≤ 2 × rust os threads, all correct: {}); opening the sessions {:.2} × rust os threads",
+            py.threads,
+            py.commands_each,
+            py.all_correct,
+            verdict(py.all_correct && th.all_correct && x <= 2.0),
+            py.open_s / th.open_s
+        ));
+    }
+    if let Some(w) = &r.wheel {
+        out.push(format!(
+            "wheel {:.1} MB (target < 20: {})",
+            w.mb,
+            verdict(w.mb < 20.0)
+        ));
+    }
 }
 
 /// A horizontal bar chart (log scale) of round-trip p50 per system.
@@ -197,7 +265,7 @@ pub fn svg(r: &Results) -> String {
     s
 }
 
-fn machine() -> String {
+fn machine(r: &Results) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -229,8 +297,25 @@ fn machine() -> String {
             })
             .unwrap_or_default()
     };
+    let python = r
+        .python_versions
+        .as_ref()
+        .map(|v| {
+            let list: Vec<String> = v
+                .iter()
+                .map(|(k, v)| format!("{k} {}", v.as_deref().unwrap_or("(missing)")))
+                .collect();
+            format!("\n- {}", list.join(", "))
+        })
+        .unwrap_or_default();
+    // The 1-minute load average when the report was written: how busy the
+    // neighbours were during the last minute of the run.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into());
     format!(
-        "- CPU: {cpu}, {cores} cores, {mem} GiB RAM (a shared, noisy machine: compare ratios, not absolutes)\n- kernel: {}\n- {}\n- {}\n- {}\n- {}",
+        "- CPU: {cpu}, {cores} cores, {mem} GiB RAM (a shared, noisy machine: compare ratios, not absolutes); load average {load} at the end of the run\n- kernel: {}\n- {}\n- {}\n- {}\n- {}{python}",
         cmd("uname", &["-sr"]),
         cmd("rustc", &["-V"]),
         cmd("bash", &["--version"]),
@@ -247,6 +332,8 @@ pub fn write(dir: &Path, r: &Results) -> Result<()> {
     } else {
         "`cargo xtask bench`"
     };
+    let py_block = PY_BLOCK;
+    let (threads, commands) = (crate::load::THREADS, crate::load::COMMANDS);
     let doc = format!(
         "# Benchmarks\n\nGenerated by {mode} (release build). Every number below comes from one run, so the ratios compare systems under the same load.\n\n\
          ## Machine\n\n{}\n\n## Method\n\n\
@@ -258,9 +345,14 @@ pub fn write(dir: &Path, r: &Results) -> Result<()> {
          - Session start: open a session and get the first result of `true`.\n\
          - Throughput: `yes … | head -c N` (50-byte lines) through one session, measured in a child process whose peak RSS (VmHWM) is reported; execkit caps the output and spools it to disk.\n\
          - Concurrent: N local sessions opened at once in one process, 10 commands each, outputs checked; memory = process RSS growth / N (shell processes not counted).\n\
-         - Serve idle: N sessions opened in `execkit serve`, then its RSS and its CPU time over 10 idle seconds.\n\n\
+         - Serve idle: N sessions opened in `execkit serve`, then its RSS and its CPU time over 10 idle seconds.\n\
+         - **execkit python**: `execkit.Session(\"local\", journal=None, console=False).run(\"true\")` from the main thread of the wheel's interpreter (a fresh venv, the release wheel), timed in Python; blocks of {py_block} alternate with blocks of {py_block} raw-pty-floor / execkit local pairs, so all three rows come from the same minutes (each block starts with one untimed round trip: its process was idle during the other block).\n\
+         - **pexpect-prompt**: `pexpect.spawn` of bash with a fixed `PS1`, `sendline(\"true\")` then `expect_exact(prompt)` (no exit status); with pexpect's default 50 ms `delaybeforesend`, and **-nodelay** with it off.\n\
+         - **swe-rex-local**: SWE-ReX's in-process `LocalRuntime`: `await runtime.run_in_session(BashAction(command=\"true\"))` in a session from `create_session(CreateBashSessionRequest())` (pexpect underneath, plus its syntax check and exit-code round trip).\n\
+         - Threads: {threads} threads × {commands} commands, each thread opening its own local session (timed: *open*), then, once all are open, running its commands with their outputs checked (timed until the last ends: *commands*, the phase the target is stated for). **python threads**: `threading.Thread`s of one interpreter calling `Session.run` (the GIL is released while a command runs). **rust os threads**: the same with OS threads, each `block_on` a shared multi-thread tokio runtime — how the wheel drives sessions, so the ratio is the cost of Python itself. **rust tokio tasks**: the same load as tasks, for reference. Rounds alternate the three; each row is the median round.\n\
+         - Wheel: the size of the release wheel `maturin build` made.\n\n\
          ## Results\n\n![round trip per system](bench-roundtrip.svg)\n\n{}",
-        machine(),
+        machine(r),
         table(r)
     );
     std::fs::write(dir.join("BENCHMARKS.md"), doc)?;

@@ -312,6 +312,11 @@ impl Inner {
             redact,
             console,
         } = *spec;
+        // Nothing reads what an observer sees without a journal and a
+        // console mirror: then a session has none, and does no journaling
+        // work at all (no redactor compiled at open, no events built per
+        // command). `redact` patterns still get one, to be checked.
+        let unobserved = matches!(journal, JournalArg::Off) && !console && redact.is_empty();
         let args = JournalArgs {
             journal: match &journal {
                 JournalArg::Path(p) => Some(p.clone()),
@@ -321,13 +326,16 @@ impl Inner {
             redact,
             ..JournalArgs::default()
         };
-        let observer = args.observer().map_err(|e| match e {
-            ObserverError::Usage(m) => Failure::Session(SessionError::InvalidConfig(m)),
-            ObserverError::CantCreate(m) => Failure::Journal(m),
-        })?;
-        let mirror = console
-            .then(|| ConsoleMirror::start(&observer.console, &execkit_cli::default_socket()));
-        config.observer = Some(observer);
+        let mut mirror = None;
+        if !unobserved {
+            let observer = args.observer().map_err(|e| match e {
+                ObserverError::Usage(m) => Failure::Session(SessionError::InvalidConfig(m)),
+                ObserverError::CantCreate(m) => Failure::Journal(m),
+            })?;
+            mirror = console
+                .then(|| ConsoleMirror::start(&observer.console, &execkit_cli::default_socket()));
+            config.observer = Some(observer);
+        }
         match Session::open(&target, config).await {
             Ok(session) => {
                 let open = Open { session, mirror };
