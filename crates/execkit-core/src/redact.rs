@@ -115,8 +115,9 @@ impl Default for Redactor {
     /// compilation; a Python program opens a session per thread) and
     /// shared: a clone of a compiled `Regex` is a reference count.
     fn default() -> Self {
-        static BUILT_IN: std::sync::OnceLock<(Vec<(Regex, String)>, RegexSet, Regex)> =
-            std::sync::OnceLock::new();
+        /// The rules, their set, the assignment rule.
+        type Compiled = (Vec<(Regex, String)>, RegexSet, Regex);
+        static BUILT_IN: std::sync::OnceLock<Compiled> = std::sync::OnceLock::new();
         let (rules, any, assignment) = BUILT_IN.get_or_init(|| {
             let mut rules: Vec<(Regex, String)> = BUILTIN
                 .iter()
