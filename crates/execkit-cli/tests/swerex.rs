@@ -248,6 +248,44 @@ fn token_from_the_environment() {
     assert!(line.contains("listening on http://127.0.0.1:"), "{line}");
 }
 
+/// The status line of `GET /is_alive` with `key`, sent as `uid` (root
+/// only) from bash's `/dev/tcp`.
+fn is_alive_as(port: u16, uid: Option<u32>, key: &str) -> String {
+    use std::os::unix::process::CommandExt as _;
+    let request = format!(
+        "GET /is_alive HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-API-Key: {key}\r\n\r\n"
+    );
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(r#"exec 3<>"/dev/tcp/127.0.0.1/$1" && printf '%s' "$2" >&3 && head -n1 <&3"#)
+        .args(["bash", &port.to_string(), &request])
+        .current_dir("/");
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let out = cmd.output().expect("run bash");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no HTTP status: {out:?}"))
+        .to_string()
+}
+
+/// Another user's loopback connection is refused even with the key (it
+/// may have read it in the process list).
+fn another_uid_is_refused() {
+    let server = Server::start(&["--no-journal"]);
+    assert_eq!(is_alive_as(server.port, None, TOKEN), "200");
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(is_alive_as(server.port, Some(65534), TOKEN), "403");
+    } else {
+        eprintln!("not root: the other-uid half is skipped");
+    }
+    let st = server.stop();
+    assert!(st.success(), "{st}");
+}
+
 fn main() -> ExitCode {
     let local = env(Ok("local".to_string()));
     let docker = env(std::env::var("EXECKIT_TEST_DOCKER_CONTAINER")
@@ -258,6 +296,7 @@ fn main() -> ExitCode {
     testkit::harness_in_order(vec![
         libtest_mimic_trial("refusals", refusals),
         libtest_mimic_trial("token_from_the_environment", token_from_the_environment),
+        libtest_mimic_trial("another_uid_is_refused", another_uid_is_refused),
         testkit::test_with("official_client_on_local", &local, official_client),
         testkit::test_with("official_client_on_docker", &docker, official_client),
         testkit::test_with("official_client_on_ssh", &ssh, official_client),

@@ -139,19 +139,30 @@ impl Tasks {
 
 /// Serves `listener` until `stop` resolves.
 pub async fn serve(listener: tokio::net::TcpListener, server: Arc<Server>, stop: impl Future) {
+    let me = crate::proto::nix_uid();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             conn = listener.accept() => {
-                let Ok((stream, _)) = conn else {
+                let Ok((stream, peer)) = conn else {
                     // Out of descriptors: let some close.
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
+                // A loopback connection from another user's socket is
+                // refused whatever it sends: loopback is no boundary on a
+                // shared machine, and a key can leak (the process list).
+                let stranger = stream
+                    .local_addr()
+                    .ok()
+                    .and_then(|local| crate::http_auth::loopback_peer_uid(local, peer))
+                    .filter(|&uid| uid != me);
                 let server = server.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| answer(server.clone(), req));
+                    let svc = hyper::service::service_fn(move |req| {
+                        answer(server.clone(), stranger, req)
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
@@ -208,8 +219,16 @@ fn route(method: &Method, path: &str) -> Result<Route, Stored> {
 /// One HTTP request.
 async fn answer(
     server: Arc<Server>,
+    stranger: Option<u32>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(uid) = stranger {
+        return Ok(Stored::json(
+            StatusCode::FORBIDDEN,
+            &json!({"detail": format!("execkit swerex serves its own user only; this connection is uid {uid}'s")}),
+        )
+        .to_response());
+    }
     // The key before anything else (upstream replays before it checks).
     match req.headers().get("x-api-key") {
         None => {
