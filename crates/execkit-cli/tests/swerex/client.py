@@ -206,6 +206,31 @@ async def bash_sessions(rt):
     obs = await rt.run_in_session(BashAction(command="echo after"))
     assert obs.output == "after\n", obs
 
+    step("interrupt of less (it takes Ctrl-C and runs on)")
+    await rt.run_in_session(BashAction(command=f"mkdir -p {DIR} && seq 1 2000 > {DIR}/long.txt"))
+    paging = asyncio.create_task(
+        rt.run_in_session(BashAction(command=f"less {DIR}/long.txt", timeout=120, check="silent"))
+    )
+    deadline = time.monotonic() + 60
+    while not await asyncio.to_thread(probe, sid, shell):
+        assert time.monotonic() < deadline, "less never started"
+    obs = await rt.run_in_session(BashInterruptAction())
+    assert obs.exit_code == 0, obs
+    await asyncio.wait_for(paging, 30)
+    assert probe(sid, shell) == []
+    obs = await rt.run_in_session(BashAction(command="echo after less"))
+    assert obs.output == "after less\n", obs
+
+    step("expect: a command that stops at a pattern, then reads a line")
+    obs = await rt.run_in_session(
+        BashAction(command="printf 'a\\nPROMPT> '; read x; echo got $x", expect=["PROMPT> "], timeout=30, check="silent")
+    )
+    assert obs.output == "a\n" and obs.expect_string == "PROMPT> " and obs.exit_code is None, obs
+    obs = await rt.run_in_session(BashAction(command="hello", is_interactive_command=True, timeout=30))
+    assert obs.output == "got hello", obs
+    obs = await rt.run_in_session(BashAction(command="echo $KEPT"))
+    assert obs.output == "1\n", obs
+
     step("unknown sessions")
     await raises(SessionDoesNotExistError, rt.run_in_session(BashAction(command="true", session="nope")))
     await raises(SessionDoesNotExistError, rt.close_session(CloseBashSessionRequest(session="nope")))
