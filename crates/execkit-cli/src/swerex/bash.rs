@@ -265,7 +265,7 @@ impl Sessions {
             self.type_line(&bash, &a.command).await?;
             let deadline = timeout.map(|t| Instant::now() + t);
             match self.wait(&bash, None, &expect, deadline).await? {
-                Waited::Matched(before, i) => return Ok(matched(before, &a.expect[i], a.check)),
+                Waited::Matched(before, i) => return Ok(matched(before, &a.expect[i])),
                 Waited::Ended(text, r) => (text, r),
                 Waited::TimedOut => {
                     // What runs is stopped: a timed-out action leaves
@@ -298,9 +298,7 @@ impl Sessions {
             if first.running {
                 // Only the engine's timeout ends it: no deadline here.
                 match self.wait(&bash, Some(first), &expect, None).await? {
-                    Waited::Matched(before, i) => {
-                        return Ok(matched(before, &a.expect[i], a.check))
-                    }
+                    Waited::Matched(before, i) => return Ok(matched(before, &a.expect[i])),
                     Waited::Ended(text, r) => (text, r),
                     Waited::TimedOut => unreachable!("no deadline"),
                 }
@@ -495,8 +493,7 @@ fn timed_out(a: &BashAction) -> Raised {
 
 /// A command that stopped at one of its `expect` patterns while running:
 /// no exit code yet.
-fn matched(before: String, pattern: &str, check: Check) -> Observation {
-    let _ = check;
+fn matched(before: String, pattern: &str) -> Observation {
     Observation {
         output: before,
         exit_code: None,

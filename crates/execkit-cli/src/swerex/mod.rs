@@ -190,6 +190,8 @@ pub fn main(args: SwerexArgs) -> ExitCode {
             "execkit swerex: shutting down, closing {} session(s)",
             host.list().len()
         );
+        server.exec.stop_lending();
+        server.files.stop_lending();
         server.tasks.stop_all().await;
         host.shutdown().await;
         server.exec.shutdown().await;

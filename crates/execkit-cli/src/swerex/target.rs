@@ -277,11 +277,17 @@ impl Workers {
         Ok(s)
     }
 
-    /// Closes every session of the pool; none is handed out afterwards
-    /// (those in use are closed when given back and this is called again).
-    pub async fn shutdown(&self) {
+    /// From now on no session is handed out, and one given back is kept
+    /// for [`Workers::shutdown`] to close.
+    pub fn stop_lending(&self) {
         self.closing.store(true, Ordering::SeqCst);
         self.slots.close();
+    }
+
+    /// Closes every session of the pool (call once the requests using
+    /// them have ended).
+    pub async fn shutdown(&self) {
+        self.stop_lending();
         let mut all: Vec<Session> = self
             .idle
             .lock()
