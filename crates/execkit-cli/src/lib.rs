@@ -76,12 +76,13 @@ enum Command {
     Journal(journal_cmd::JournalCmdArgs),
     /// MCP server on stdio exposing sessions as tools.
     Mcp(mcp::McpArgs),
-    /// HTTP server speaking SWE-ReX's remote-runtime protocol (swe-rex
-    /// 1.4), so SWE-ReX's RemoteRuntime and SWE-agent's `remote` deployment
-    /// run on execkit sessions on --target. Loopback by default; another
-    /// --host only with an --auth-token of at least 16 characters: anyone
-    /// with the token runs commands as this user (remote code execution by
-    /// design).
+    /// SWE-ReX remote-runtime server (HTTP) for SWE-ReX and SWE-agent.
+    ///
+    /// Speaks SWE-ReX's remote-runtime protocol (swe-rex 1.4), so SWE-ReX's
+    /// RemoteRuntime and SWE-agent's `remote` deployment run on execkit
+    /// sessions on --target. Loopback by default; another --host only with
+    /// an --auth-token of at least 16 characters: anyone with the token
+    /// runs commands as this user (remote code execution by design).
     Swerex(swerex::SwerexArgs),
     /// Clean up sessions whose owner died (kill their marked processes)
     /// and prune old spool files.
