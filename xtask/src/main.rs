@@ -126,7 +126,11 @@ fn with(args: &[String]) -> Result<bool> {
         t => bail!("unknown transport {t} (local, docker, ssh or all)"),
     };
     let out_dir = root().join("target/xtask");
-    let provisions = provision_all(selected, &out_dir)?;
+    let mut provisions = provision_all(selected, &out_dir)?;
+    match swerex_client(&out_dir) {
+        Ok(p) => provisions.push(p),
+        Err(e) => eprintln!("xtask: warning: no SWE-ReX Python client: {e:#}"),
+    }
     let mut c = Command::new(&cmd[0]);
     c.args(&cmd[1..]);
     for p in &provisions {
@@ -221,6 +225,14 @@ fn test(args: &[String]) -> Result<bool> {
         Err(e) => {
             teardown_all(provisions);
             return Err(e.context("installing the MCP Python client (required under CI=true)"));
+        }
+    }
+    match swerex_client(&out_dir) {
+        Ok(p) => provisions.push(p),
+        Err(e) if !ci() => eprintln!("xtask: warning: no SWE-ReX Python client: {e:#}"),
+        Err(e) => {
+            teardown_all(provisions);
+            return Err(e.context("installing the SWE-ReX Python client (required under CI=true)"));
         }
     }
 
@@ -349,6 +361,24 @@ fn mcp_client(out_dir: &Path) -> Result<Provision> {
     Ok(Provision {
         env: vec![(
             "EXECKIT_TEST_MCP_PYTHON".into(),
+            python.display().to_string(),
+        )],
+        teardown: None,
+    })
+}
+
+/// A venv with SWE-ReX's official client (`swe-rex` 1.4 from PyPI; its
+/// `RemoteRuntime` needs `aiohttp`, which the package does not declare),
+/// for the `execkit swerex` integration test.
+fn swerex_client(out_dir: &Path) -> Result<Provision> {
+    let python = python::tool_venv(
+        &out_dir.join("swerex-venv"),
+        &["swe-rex==1.4.0", "aiohttp"],
+        "import swerex.runtime.remote, swerex.deployment.remote, aiohttp",
+    )?;
+    Ok(Provision {
+        env: vec![(
+            "EXECKIT_TEST_SWEREX_PYTHON".into(),
             python.display().to_string(),
         )],
         teardown: None,

@@ -172,11 +172,17 @@ fn write_new(path: &Path, value: &str) -> Result<(), String> {
 }
 
 /// The uid that owns the socket at the other end of a loopback TCP
-/// connection (`peer` as seen by us, `local` our end), read from
-/// `/proc/net/tcp` or `tcp6`: there, the peer's socket is the row whose
-/// local address is `peer` and remote address is `local`. `None` when the
-/// tables cannot be read or hold no such row.
+/// connection (`peer` as seen by us, `local` our end): the socket whose
+/// local address is `peer` and remote address is `local`, asked from the
+/// kernel's sock_diag (one lookup by address, however many sockets exist),
+/// else read from `/proc/net/tcp` or `tcp6` (which the kernel builds by
+/// walking every socket: milliseconds, more with each connection in
+/// TIME_WAIT). `None` when neither knows such a socket (a peer on another
+/// machine).
 pub fn loopback_peer_uid(local: SocketAddr, peer: SocketAddr) -> Option<u32> {
+    if let Some(answer) = diag::socket_uid(peer, local) {
+        return answer;
+    }
     let table = match peer.ip() {
         IpAddr::V4(_) => "/proc/net/tcp",
         IpAddr::V6(_) => "/proc/net/tcp6",
@@ -215,9 +221,189 @@ fn parse_addr(s: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// The kernel's sock_diag netlink interface: the owner of one TCP socket.
+mod diag {
+    use std::net::{IpAddr, SocketAddr};
+
+    /// `struct inet_diag_sockid` (`linux/inet_diag.h`).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct SockId {
+        sport: [u8; 2],
+        dport: [u8; 2],
+        src: [u8; 16],
+        dst: [u8; 16],
+        ifindex: u32,
+        cookie: [u32; 2],
+    }
+
+    /// A netlink header and `struct inet_diag_req_v2`.
+    #[repr(C)]
+    struct Request {
+        nlh: libc::nlmsghdr,
+        family: u8,
+        protocol: u8,
+        ext: u8,
+        pad: u8,
+        states: u32,
+        id: SockId,
+    }
+
+    /// `SOCK_DIAG_BY_FAMILY` (`linux/sock_diag.h`).
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    /// Offset of `idiag_uid` in `struct inet_diag_msg`.
+    const UID_AT: usize = 4 + std::mem::size_of::<SockId>() + 12;
+
+    /// Closes a descriptor on drop.
+    struct Fd(libc::c_int);
+
+    impl Drop for Fd {
+        fn drop(&mut self) {
+            // SAFETY: our own descriptor, closed once.
+            unsafe { libc::close(self.0) };
+        }
+    }
+
+    /// A v4-mapped v6 address as the v4 one (the socket on the other side
+    /// is a v4 socket).
+    fn plain(a: SocketAddr) -> SocketAddr {
+        match a.ip() {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+                None => a,
+            },
+            IpAddr::V4(_) => a,
+        }
+    }
+
+    /// The uid owning the TCP socket bound to `src` and connected to
+    /// `dst`: `Some(Some(uid))`, `Some(None)` when the kernel knows no such
+    /// socket, `None` when sock_diag cannot be asked (then read
+    /// `/proc/net/tcp`).
+    pub fn socket_uid(src: SocketAddr, dst: SocketAddr) -> Option<Option<u32>> {
+        let (src, dst) = (plain(src), plain(dst));
+        let mut id = SockId {
+            sport: src.port().to_be_bytes(),
+            dport: dst.port().to_be_bytes(),
+            src: [0; 16],
+            dst: [0; 16],
+            ifindex: 0,
+            // INET_DIAG_NOCOOKIE: look the socket up by its addresses.
+            cookie: [u32::MAX; 2],
+        };
+        let family = match (src.ip(), dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                id.src[..4].copy_from_slice(&s.octets());
+                id.dst[..4].copy_from_slice(&d.octets());
+                libc::AF_INET
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                id.src = s.octets();
+                id.dst = d.octets();
+                libc::AF_INET6
+            }
+            _ => return Some(None),
+        };
+        let req = Request {
+            nlh: libc::nlmsghdr {
+                nlmsg_len: std::mem::size_of::<Request>() as u32,
+                nlmsg_type: SOCK_DIAG_BY_FAMILY,
+                nlmsg_flags: libc::NLM_F_REQUEST as u16,
+                nlmsg_seq: 1,
+                nlmsg_pid: 0,
+            },
+            family: family as u8,
+            protocol: libc::IPPROTO_TCP as u8,
+            ext: 0,
+            pad: 0,
+            states: u32::MAX,
+            id,
+        };
+        // SAFETY: plain socket calls on a descriptor we own; every buffer
+        // passed is valid for the length given.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                libc::NETLINK_SOCK_DIAG,
+            );
+            if fd < 0 {
+                return None;
+            }
+            let fd = Fd(fd);
+            let wait = libc::timeval {
+                tv_sec: 1,
+                tv_usec: 0,
+            };
+            libc::setsockopt(
+                fd.0,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&wait as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
+            kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            let sent = libc::sendto(
+                fd.0,
+                (&req as *const Request).cast(),
+                std::mem::size_of::<Request>(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            );
+            if sent < 0 {
+                return None;
+            }
+            let mut buf = [0u8; 8192];
+            let n = libc::recv(fd.0, buf.as_mut_ptr().cast(), buf.len(), 0);
+            if n < 16 {
+                return None;
+            }
+            parse(&buf[..n as usize])
+        }
+    }
+
+    /// The answer: a message carrying the uid, or an error (`ENOENT`: no
+    /// such socket).
+    fn parse(buf: &[u8]) -> Option<Option<u32>> {
+        let header = std::mem::size_of::<libc::nlmsghdr>();
+        let kind = u16::from_ne_bytes([buf[4], buf[5]]);
+        let body = buf.get(header..)?;
+        if kind == libc::NLMSG_ERROR as u16 {
+            let code = i32::from_ne_bytes(body.get(..4)?.try_into().ok()?);
+            return (code == -libc::ENOENT).then_some(None);
+        }
+        if kind != SOCK_DIAG_BY_FAMILY {
+            return None;
+        }
+        let uid = body.get(UID_AT..UID_AT + 4)?;
+        Some(Some(u32::from_ne_bytes(uid.try_into().ok()?)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sock_diag_names_the_owner_of_a_loopback_socket() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, peer) = listener.accept().unwrap();
+        let local = server.local_addr().unwrap();
+        assert_eq!(client.local_addr().unwrap(), peer);
+        // SAFETY: geteuid cannot fail.
+        let me = unsafe { libc::geteuid() };
+        match diag::socket_uid(peer, local) {
+            // Where sock_diag is not there, /proc/net/tcp answers.
+            None => eprintln!("no sock_diag here"),
+            Some(uid) => assert_eq!(uid, Some(me)),
+        }
+        assert_eq!(loopback_peer_uid(local, peer), Some(me));
+        let nobody: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert_eq!(loopback_peer_uid(local, nobody), None);
+    }
 
     #[test]
     fn peer_rows_are_found_by_both_ends() {

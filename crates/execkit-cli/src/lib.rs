@@ -23,6 +23,7 @@ mod remote;
 mod repl;
 mod serve;
 mod stdin_pipe;
+mod swerex;
 mod tty;
 mod watch;
 
@@ -75,6 +76,14 @@ enum Command {
     Journal(journal_cmd::JournalCmdArgs),
     /// MCP server on stdio exposing sessions as tools.
     Mcp(mcp::McpArgs),
+    /// SWE-ReX remote-runtime server (HTTP) for SWE-ReX and SWE-agent.
+    ///
+    /// Speaks SWE-ReX's remote-runtime protocol (swe-rex 1.4), so SWE-ReX's
+    /// RemoteRuntime and SWE-agent's `remote` deployment run on execkit
+    /// sessions on --target. Loopback by default; another --host only with
+    /// an --auth-token of at least 16 characters: anyone with the token
+    /// runs commands as this user (remote code execution by design).
+    Swerex(swerex::SwerexArgs),
     /// Clean up sessions whose owner died (kill their marked processes)
     /// and prune old spool files.
     Gc(gc::GcArgs),
@@ -163,6 +172,7 @@ where
         Command::Attach(args) => attach::main(args),
         Command::Journal(args) => journal_cmd::main(args),
         Command::Mcp(args) => mcp::main(args),
+        Command::Swerex(args) => swerex::main(args),
         Command::Poll(args) => remote::verb(remote::Verb::Poll(args)),
         Command::SendInput(args) => remote::verb(remote::Verb::Send(args)),
         Command::Interrupt(args) => remote::verb(remote::Verb::Interrupt(args)),

@@ -60,6 +60,7 @@ impl Session {
             collector: Collector::new(self.config.output_limit, spool),
             sent: false,
             internal: shown.is_none(),
+            keep_newline: opts.keep_final_newline,
             input_wait: if shown.is_some() {
                 opts.input_wait
             } else {

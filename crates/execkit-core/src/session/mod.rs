@@ -63,6 +63,8 @@ struct Pending {
     sent: bool,
     /// One of execkit's own (stdin staging): neither journaled nor mirrored.
     internal: bool,
+    /// Its output keeps its final newline ([`RunOptions::keep_final_newline`]).
+    keep_newline: bool,
     /// What to do when it waits for terminal input.
     input_wait: InputWait,
     /// Last output, input or quiet-spell look: the next look is

@@ -59,7 +59,7 @@ impl Session {
         let yielded = p.collector.yielded;
         let (capped, delta) = p.collector.finish();
         result.output = if yielded { delta } else { capped.text };
-        if result.output.ends_with('\n') {
+        if !p.keep_newline && result.output.ends_with('\n') {
             result.output.pop();
         }
         result.truncated = capped.truncated;

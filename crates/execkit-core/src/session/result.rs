@@ -34,6 +34,10 @@ pub struct RunOptions {
     /// [`Session::interrupt`] it. A notification before the wait starts
     /// counts (a [`Notify`] keeps one permit).
     pub wake: Option<Arc<Notify>>,
+    /// Keep the output's final newline (by default one final `\n` is
+    /// trimmed, as `$(…)` does): the exact text, for a client that must
+    /// tell `printf x` from `echo x` (the SWE-ReX server).
+    pub keep_final_newline: bool,
 }
 
 /// How a command typed by a person at a real terminal runs: for its
@@ -110,6 +114,7 @@ impl RunOptions {
             input_wait: InputWait::Ignore,
             person: None,
             wake: None,
+            keep_final_newline: false,
         }
     }
 
@@ -136,6 +141,13 @@ impl RunOptions {
     /// [`RunOptions::wake`]).
     pub fn wake(mut self, wake: Arc<Notify>) -> Self {
         self.wake = Some(wake);
+        self
+    }
+
+    /// Keeps the output's final newline (see
+    /// [`RunOptions::keep_final_newline`]).
+    pub fn keep_final_newline(mut self, keep: bool) -> Self {
+        self.keep_final_newline = keep;
         self
     }
 }

@@ -27,6 +27,7 @@ pub(super) fn all() -> Vec<Case> {
         case!(exit_codes),
         case!(stderr_is_captured),
         case!(output_without_final_newline),
+        case!(final_newline_kept_on_request),
         case!(heredoc_and_multiline),
         case!(quoting_torture),
         case!(ansi_c_quoting, |c: &Capabilities| (!c.ansi_c_quoting)

@@ -4,6 +4,7 @@
 use anyhow::{ensure, Context as _};
 
 use crate::testkit::{ok, run, Ctx};
+use crate::RunOptions;
 
 pub(super) async fn stderr_is_captured(ctx: Ctx) -> anyhow::Result<()> {
     let mut s = ctx.open().await?;
@@ -21,6 +22,38 @@ pub(super) async fn output_without_final_newline(ctx: Ctx) -> anyhow::Result<()>
         "only one final newline is trimmed"
     );
     ensure!(ok(&mut s, "true").await?.is_empty());
+    s.close().await?;
+    Ok(())
+}
+
+pub(super) async fn final_newline_kept_on_request(ctx: Ctx) -> anyhow::Result<()> {
+    let mut s = ctx.open().await?;
+    let keep = |secs: u64| {
+        RunOptions::timeout(std::time::Duration::from_secs(secs)).keep_final_newline(true)
+    };
+    for (cmd, want) in [
+        ("printf abc", "abc"),
+        ("echo abc", "abc\n"),
+        ("printf 'a\\n\\n'", "a\n\n"),
+        ("true", ""),
+    ] {
+        let r = s.run(cmd, keep(10)).await?;
+        ensure!(r.output == want, "{cmd}: {r:?}");
+    }
+    // Driven in slices too: the parts add up to the exact text.
+    let cmd = "echo one; sleep 1; echo two";
+    let mut last = s
+        .run(
+            cmd,
+            keep(30).yield_after(Some(std::time::Duration::from_millis(300))),
+        )
+        .await?;
+    let mut parts = vec![last.output.clone()];
+    while last.running {
+        last = s.poll(std::time::Duration::from_millis(300)).await?;
+        parts.push(last.output.clone());
+    }
+    ensure!(parts.concat() == "one\ntwo\n", "parts {parts:?}");
     s.close().await?;
     Ok(())
 }
