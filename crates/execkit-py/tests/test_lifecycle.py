@@ -1,0 +1,108 @@
+"""However a session ends — close(), the end of a `with`, garbage
+collection, interpreter exit — its shell and everything it started are
+gone from the target (checked from outside by the probe)."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import execkit
+from conftest import open_session, shell_pid
+
+
+def started_background(s: execkit.Session, probe) -> None:
+    """A `sleep 300` left running in the background, seen from outside."""
+    r = s.run("sleep 300 &")
+    assert r.exit_code == 0, r
+    procs = probe.wait_sleeps(s.marker, 1)
+    assert len(procs) >= 2, procs  # the shell and the sleep
+
+
+def test_close_kills_everything(target, probe):
+    s = open_session(target)
+    assert not s.closed and s.target == target and s.id and s.marker
+    started_background(s, probe)
+    marker = s.marker
+    s.close()
+    assert s.closed
+    probe.wait_only(marker)
+    s.close()  # again: nothing
+    with pytest.raises(execkit.SessionClosed) as e:
+        s.run("echo x")
+    assert e.value.code == "closed"
+    with pytest.raises(execkit.SessionClosed):
+        s.poll()
+
+
+def test_context_exit_kills_everything(target, probe):
+    with open_session(target) as s:
+        started_background(s, probe)
+    assert s.closed
+    probe.wait_only(s.marker)
+    # Also when the block raises (and the exception goes on).
+    with pytest.raises(RuntimeError, match="boom"):
+        with open_session(target) as s2:
+            started_background(s2, probe)
+            raise RuntimeError("boom")
+    assert s2.closed
+    probe.wait_only(s2.marker)
+
+
+def test_garbage_collected_session_is_closed(target, probe):
+    s = open_session(target)
+    started_background(s, probe)
+    marker = s.marker
+    del s
+    gc.collect()
+    # Closed in the background: poll until it is done (bounded).
+    probe.wait_only(marker)
+
+
+def test_interpreter_exit_closes_open_sessions(target, probe):
+    code = textwrap.dedent(
+        f"""
+        import sys, execkit
+        s = execkit.Session({target!r}, journal=None, console=False)
+        r = s.run("sleep 300 &")
+        assert r.exit_code == 0, r
+        print(s.marker, flush=True)
+        sys.stdin.readline()
+        # exits with the session open
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        marker = child.stdout.readline().strip()
+        assert marker, f"the child printed no marker (exit {child.poll()})"
+        procs = probe.wait_sleeps(marker, 1)
+        assert len(procs) >= 2, procs
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.wait(timeout=30) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    probe.wait_only(marker)
+
+
+def test_session_properties(target):
+    with open_session(target) as s:
+        pid = shell_pid(s)
+        assert pid > 0
+        assert len(s.marker) >= 8 and s.marker != s.id
+        assert repr(s).startswith("Session(")
+        s.resize(40, 120)
+        assert s.run("stty size").output == "40 120"
+        with pytest.raises(ValueError):
+            s.resize(0, 10)
