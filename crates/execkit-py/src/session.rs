@@ -100,6 +100,7 @@ where
 
 /// The constructor both classes share (the same keyword arguments), as
 /// its own `#[pymethods]` block (pyo3's `multiple-pymethods`).
+#[rustfmt::skip]
 macro_rules! session_constructor {
     ($class:ty) => {
         #[pymethods]
