@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from typing import Callable, Dict, List, Tuple
@@ -89,11 +90,13 @@ def target(request) -> str:
 
 
 def _scan(marker: str) -> str:
-    # One line `PID CMDLINE` per process carrying the marker.
+    # One line `PID CMDLINE` per process carrying the marker: one grep over
+    # every environment (NUL-separated entries, whole-entry match; GNU and
+    # busybox grep alike), then the command lines of those that matched.
     return (
-        "for d in /proc/[0-9]*; do "
-        "if tr '\\000' '\\n' < \"$d/environ\" 2>/dev/null | grep -qxF 'EXECKIT_SID=" + marker + "'; then "
-        "printf '%s %s\\n' \"${d#/proc/}\" \"$(tr '\\000' ' ' < \"$d/cmdline\" 2>/dev/null)\"; fi; done"
+        "for f in $(grep -lxFzs 'EXECKIT_SID=" + marker + "' /proc/[0-9]*/environ); do "
+        'd="${f%/environ}"; '
+        "printf '%s %s\\n' \"${d#/proc/}\" \"$(tr '\\000' ' ' < \"$d/cmdline\" 2>/dev/null)\"; done"
     )
 
 
@@ -209,3 +212,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
     counts["exitstatus"] = int(exitstatus)
     with open(path, "w") as f:
         json.dump(counts, f)
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(_STATE, ignore_errors=True)

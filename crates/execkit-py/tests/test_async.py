@@ -63,7 +63,8 @@ def test_async_sessions_run_concurrently(target):
 
 def test_cancelled_task_leaves_no_process(target, probe):
     async def main():
-        async with new(target) as s:
+        s = await new(target).open()
+        try:
             pid = int((await s.run("echo $$")).output)
             task = asyncio.ensure_future(s.run("sleep 300 & sleep 300"))
             # Both sleeps run (seen from outside) before the task is cancelled.
@@ -72,10 +73,14 @@ def test_cancelled_task_leaves_no_process(target, probe):
                 await asyncio.wait_for(task, 0.2)
             assert task.cancelled()
             # The interrupt of the cancelled command holds the session: the
-            # next call returns once it is done.
-            r = await s.run("echo after")
+            # next call returns once it is done (bounded here: were the
+            # command not interrupted, it would wait for the sleeps).
+            r = await asyncio.wait_for(s.run("echo after"), 60)
             assert r.output == "after" and r.exit_code == 0
             await asyncio.to_thread(probe.wait_only, s.marker, (pid,))
             assert int((await s.run("echo $$")).output) == pid
+        finally:
+            # Bounded too, for the same reason.
+            await asyncio.wait_for(s.close(), 60)
 
     asyncio.run(main())

@@ -64,15 +64,20 @@ def test_garbage_collected_session_is_closed(target, probe):
 
 
 def test_interpreter_exit_closes_open_sessions(target, probe):
+    # Two sessions left open: `a` as a script leaves one, `b` also never
+    # freed (an extra reference), so only the exit hook can close it.
     code = textwrap.dedent(
         f"""
-        import sys, execkit
-        s = execkit.Session({target!r}, journal=None, console=False)
-        r = s.run("sleep 300 &")
-        assert r.exit_code == 0, r
-        print(s.marker, flush=True)
+        import ctypes, sys, execkit
+        a = execkit.Session({target!r}, journal=None, console=False)
+        b = execkit.Session({target!r}, journal=None, console=False)
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(b))
+        for s in (a, b):
+            r = s.run("sleep 300 &")
+            assert r.exit_code == 0, r
+        print(a.marker, b.marker, flush=True)
         sys.stdin.readline()
-        # exits with the session open
+        # exits with both sessions open
         """
     )
     child = subprocess.Popen(
@@ -82,18 +87,20 @@ def test_interpreter_exit_closes_open_sessions(target, probe):
         text=True,
     )
     try:
-        marker = child.stdout.readline().strip()
-        assert marker, f"the child printed no marker (exit {child.poll()})"
-        procs = probe.wait_sleeps(marker, 1)
-        assert len(procs) >= 2, procs
+        markers = child.stdout.readline().split()
+        assert len(markers) == 2, f"the child printed no markers (exit {child.poll()})"
+        for m in markers:
+            procs = probe.wait_sleeps(m, 1)
+            assert len(procs) >= 2, procs
         child.stdin.write("\n")
         child.stdin.flush()
-        assert child.wait(timeout=30) == 0
+        assert child.wait(timeout=60) == 0
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-    probe.wait_only(marker)
+    for m in markers:
+        probe.wait_only(m)
 
 
 def test_session_properties(target):
