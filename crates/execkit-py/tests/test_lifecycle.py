@@ -5,6 +5,7 @@ gone from the target (checked from outside by the probe)."""
 from __future__ import annotations
 
 import gc
+import signal
 import subprocess
 import sys
 import textwrap
@@ -113,3 +114,41 @@ def test_session_properties(target):
         assert s.run("stty size").output == "40 120"
         with pytest.raises(ValueError):
             s.resize(0, 10)
+
+
+def test_ctrl_c_while_waiting_interrupts_the_command(target, probe):
+    # SIGINT to a program blocked in run(): KeyboardInterrupt, after the
+    # command (and what it started) was interrupted; the session goes on.
+    code = textwrap.dedent(
+        f"""
+        import sys, execkit
+        s = execkit.Session({target!r}, journal=None, console=False)
+        print(s.marker, s.run("echo $$").output, flush=True)
+        try:
+            r = s.run("sleep 300 & sleep 300", timeout=60)
+            print("returned", r.timed_out, flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", s.running, s.run("echo $$").output, flush=True)
+        s.close()
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        marker, pid = child.stdout.readline().split()
+        probe.wait_sleeps(marker, 2)
+        child.send_signal(signal.SIGINT)
+        line = child.stdout.readline().split()
+        # The exception came (not the timeout), with the session free again
+        # and the same shell.
+        assert line == ["interrupted", "False", pid], line
+        assert child.wait(timeout=60) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    probe.wait_only(marker)

@@ -204,3 +204,26 @@ def test_the_wheel_is_what_is_tested():
     assert "site-packages" in execkit.__file__, execkit.__file__
     assert execkit._execkit.__file__.endswith(".abi3.so"), execkit._execkit.__file__
     assert {t.scheme for t in execkit.transports()} == {"local", "docker", "ssh"}
+
+
+def test_env_cwd_and_size_settings(target):
+    with open_session(target, env={"EXECKIT_PY_SETTING": "x y"}, cwd="/tmp", size=(30, 100)) as s:
+        assert s.cwd == "/tmp"
+        r = s.run('echo "$EXECKIT_PY_SETTING"; pwd; stty size')
+        assert r.output == "x y\n/tmp\n30 100", r
+
+
+def test_input_wait_stop_and_yield(target):
+    with open_session(target) as s:
+        r = s.run("read x", input_wait="stop", timeout=60)
+        assert r.waiting_for_input and not r.running, r
+        assert not s.running
+        assert s.run("echo next").output == "next"
+        r = s.run('read x; echo "got $x"', input_wait="yield", timeout=60)
+        assert r.running and r.waiting_for_input, r
+        s.send_input("hi\n")
+        out = ""
+        while r.running:
+            r = s.poll(wait=5)
+            out += r.output
+        assert r.exit_code == 0 and out.strip() == "got hi", (r, out)
