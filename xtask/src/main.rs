@@ -91,9 +91,10 @@ fn main() -> ExitCode {
         Some("bench") => bench::bench(&args[1..]),
         Some("soak") => soak::soak(&args[1..]),
         Some("with") => with(&args[1..]),
+        Some("wheel") => wheel(),
         Some("pytest") => pytest(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask test [--transport local|docker|ssh|all]\n       cargo xtask bench [--quick] [--transport local|docker|ssh|all]\n       cargo xtask soak [--minutes N]\n       cargo xtask with local|docker|ssh|all -- COMMAND...\n       cargo xtask pytest [--transport local|docker|ssh|all] [-- PYTEST-ARGS...]");
+            eprintln!("usage: cargo xtask test [--transport local|docker|ssh|all]\n       cargo xtask bench [--quick] [--transport local|docker|ssh|all]\n       cargo xtask soak [--minutes N]\n       cargo xtask with local|docker|ssh|all -- COMMAND...\n       cargo xtask wheel\n       cargo xtask pytest [--transport local|docker|ssh|all] [-- PYTEST-ARGS...]");
             return ExitCode::from(2);
         }
     };
@@ -133,6 +134,16 @@ fn with(args: &[String]) -> Result<bool> {
     Ok(status
         .with_context(|| format!("running {}", cmd[0]))?
         .success())
+}
+
+/// `cargo xtask wheel`: builds the Python wheel (release) and prints its
+/// path, for `pip install`.
+fn wheel() -> Result<bool> {
+    let root = root();
+    let out_dir = root.join("target/xtask");
+    let wheel = python::build_wheel(&root, &out_dir, &out_dir.join("wheels"))?;
+    println!("{}", wheel.display());
+    Ok(true)
 }
 
 /// Where cargo puts its builds: `CARGO_TARGET_DIR` when set.

@@ -241,11 +241,8 @@ fn target(which: &str) -> Result<String, String> {
     tmux_env()?;
     match which {
         "local" => Ok("local".into()),
-        "docker" => std::env::var("EXECKIT_TEST_DOCKER_CONTAINER")
-            .map(|n| format!("docker:{n}"))
-            .map_err(|_| "no test container (EXECKIT_TEST_DOCKER_CONTAINER)".to_string()),
-        _ => std::env::var("EXECKIT_TEST_SSH_URL")
-            .map_err(|_| "no test sshd (EXECKIT_TEST_SSH_URL)".to_string()),
+        "docker" => support::docker_target(),
+        _ => support::ssh_target(),
     }
 }
 

@@ -383,10 +383,8 @@ fn local() -> Result<Target, String> {
 
 fn docker() -> Result<Target, String> {
     tmux_env()?;
-    let name = std::env::var("EXECKIT_TEST_DOCKER_CONTAINER")
-        .map_err(|_| "no test container (EXECKIT_TEST_DOCKER_CONTAINER)".to_string())?;
     Ok(Target {
-        spec: format!("docker:{name}"),
+        spec: support::docker_target()?,
         python: false,
         local_procs: false,
     })
@@ -394,10 +392,8 @@ fn docker() -> Result<Target, String> {
 
 fn ssh() -> Result<Target, String> {
     tmux_env()?;
-    let url = std::env::var("EXECKIT_TEST_SSH_URL")
-        .map_err(|_| "no test sshd (EXECKIT_TEST_SSH_URL)".to_string())?;
     Ok(Target {
-        spec: url,
+        spec: support::ssh_target()?,
         python: true,
         local_procs: true,
     })

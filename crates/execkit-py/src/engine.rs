@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -167,6 +168,10 @@ pub struct Inner {
     /// Wakes the wait of the command in flight (see [`RunOptions::wake`]);
     /// outside the state lock, which a waiting call holds.
     wake: Mutex<Arc<Notify>>,
+    /// `close` was called: a call waiting on a command lets go (the
+    /// command is interrupted) instead of holding the session until the
+    /// command ends.
+    closing: AtomicBool,
 }
 
 /// How a call waiting on a command is stopped early: the command is then
@@ -245,6 +250,7 @@ impl Inner {
             state: tokio::sync::Mutex::new(State::Unopened(Box::new(spec))),
             info: Mutex::new(Info::default()),
             wake: Mutex::new(Arc::new(Notify::new())),
+            closing: AtomicBool::new(false),
         });
         let mut live = lock(live());
         live.retain(|w| w.strong_count() > 0);
@@ -343,6 +349,9 @@ impl Inner {
     /// failure is returned.
     pub async fn wait(&self, what: Wait, stop: Stop) -> Result<RunResult, Failure> {
         let mut st = self.state.lock().await;
+        if self.closing.load(Ordering::SeqCst) {
+            return Err(SessionError::Closed.into());
+        }
         let open = open_mut(&mut st)?;
         let (r, stopped) = {
             let s = &mut open.session;
@@ -379,6 +388,11 @@ impl Inner {
                 }
             };
             (r, stopped)
+        };
+        let closing = self.closing.load(Ordering::SeqCst);
+        let stopped = match stopped {
+            None if closing => Some(Failure::Session(SessionError::Closed)),
+            other => other,
         };
         let out = match stopped {
             None => r.map_err(Failure::from),
@@ -423,6 +437,9 @@ impl Inner {
     /// Closes the session (its shell and every process it started are
     /// killed); closing again is a no-op.
     pub async fn close(&self) -> Result<(), Failure> {
+        // A call waiting on a command (another thread, a task) lets go.
+        self.closing.store(true, Ordering::SeqCst);
+        self.wake_waiter();
         let mut st = self.state.lock().await;
         let prev = std::mem::replace(&mut *st, State::Closed);
         self.note(None);

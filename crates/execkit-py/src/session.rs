@@ -179,9 +179,18 @@ session_constructor!(PySession);
 
 #[pymethods]
 impl PySession {
-    /// Runs one command; returns when it finishes, times out, or (with
-    /// `yield_after`) as soon as that passes, still running.
-    #[pyo3(signature = (command, *, timeout = Some(300.0), yield_after = None, input_wait = "ignore", stdin = None))]
+    /// Runs one command in the session's shell and returns its RunResult:
+    /// when it finishes, when `timeout` seconds pass (`None`: never; the
+    /// command and all it started are killed, `timed_out` is set), or with
+    /// `yield_after` as soon as that passes, still running (continue with
+    /// `poll`, `send_input`, `interrupt`). `input_wait`: "ignore", "stop"
+    /// or "yield" when the command blocks reading the terminal. `stdin`:
+    /// bytes (or str) fed to its stdin. On the main thread, Ctrl-C
+    /// interrupts the command, then raises KeyboardInterrupt.
+    #[pyo3(
+        signature = (command, *, timeout = Some(300.0), yield_after = None, input_wait = "ignore", stdin = None),
+        text_signature = "(self, /, command, *, timeout=300.0, yield_after=None, input_wait='ignore', stdin=None)"
+    )]
     fn run(
         &self,
         py: Python<'_>,
@@ -361,7 +370,10 @@ impl PyAsyncSession {
 
     /// Runs one command (see `Session.run`). Cancelling the awaiting task
     /// interrupts the command: nothing it started is left running.
-    #[pyo3(signature = (command, *, timeout = Some(300.0), yield_after = None, input_wait = "ignore", stdin = None))]
+    #[pyo3(
+        signature = (command, *, timeout = Some(300.0), yield_after = None, input_wait = "ignore", stdin = None),
+        text_signature = "(self, /, command, *, timeout=300.0, yield_after=None, input_wait='ignore', stdin=None)"
+    )]
     fn run<'py>(
         &self,
         py: Python<'py>,

@@ -89,3 +89,18 @@ pub fn spawn_serve(socket: &Path, journal: &Path, state: &Path, extra: &[&str]) 
     }
     child
 }
+
+/// The test container `cargo xtask test` provisions, as a target
+/// (`docker:NAME`), or why there is none.
+pub fn docker_target() -> Result<String, String> {
+    std::env::var("EXECKIT_TEST_DOCKER_CONTAINER")
+        .map(|n| format!("docker:{n}"))
+        .map_err(|_| "no test container (EXECKIT_TEST_DOCKER_CONTAINER)".to_string())
+}
+
+/// The test sshd's target URL `cargo xtask test` provisions, or why there
+/// is none.
+pub fn ssh_target() -> Result<String, String> {
+    std::env::var("EXECKIT_TEST_SSH_URL")
+        .map_err(|_| "no test sshd (EXECKIT_TEST_SSH_URL)".to_string())
+}
