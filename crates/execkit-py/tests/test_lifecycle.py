@@ -4,11 +4,13 @@ gone from the target (checked from outside by the probe)."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -152,3 +154,38 @@ def test_ctrl_c_while_waiting_interrupts_the_command(target, probe):
             child.kill()
             child.wait()
     probe.wait_only(marker)
+
+
+def test_close_from_another_thread_lets_a_waiting_run_go(target, probe):
+    s = open_session(target)
+    got = {}
+
+    def waiter() -> None:
+        try:
+            got["result"] = s.run("sleep 300 & sleep 300", timeout=60)
+        except BaseException as e:  # noqa: BLE001 - checked below
+            got["error"] = e
+
+    th = threading.Thread(target=waiter)
+    th.start()
+    probe.wait_sleeps(s.marker, 2)
+    s.close()
+    th.join(timeout=60)
+    assert not th.is_alive()
+    assert isinstance(got.get("error"), execkit.SessionClosed), got
+    assert s.closed
+    probe.wait_only(s.marker)
+
+
+def test_async_close_from_another_task_lets_a_waiting_run_go(target, probe):
+    async def main():
+        s = await execkit.AsyncSession(target, journal=None, console=False).open()
+        task = asyncio.ensure_future(s.run("sleep 300 & sleep 300", timeout=60))
+        await asyncio.to_thread(probe.wait_sleeps, s.marker, 2)
+        await asyncio.wait_for(s.close(), 30)
+        with pytest.raises(execkit.SessionClosed):
+            await asyncio.wait_for(task, 30)
+        assert s.closed
+        await asyncio.to_thread(probe.wait_only, s.marker)
+
+    asyncio.run(main())
