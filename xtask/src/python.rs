@@ -152,7 +152,9 @@ fn pytest_in(
         wheel.file_name().unwrap_or_default().to_string_lossy(),
         t.elapsed().as_secs_f64()
     );
+    let t = Instant::now();
     let python = venv_with_wheel(&run_dir.join("venv"), &wheel, &["pytest"])?;
+    println!("xtask: venv ready in {:.0} s", t.elapsed().as_secs_f64());
     let counts_file = run_dir.join("pytest-counts.json");
     let tests = root.join("crates/execkit-py/tests");
     let t = Instant::now();
