@@ -119,7 +119,7 @@ pub fn bench(args: &[String]) -> Result<bool> {
 /// The release wheel, and the python of a fresh venv holding it and the
 /// baselines.
 fn python_venv(root: &Path, out_dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    let wheel = python::build_wheel(root, out_dir)?;
+    let wheel = python::build_wheel(root, out_dir, &out_dir.join("bench-wheel"))?;
     println!(
         "xtask: a fresh venv with the wheel, {}",
         PY_BASELINES.join(" ")

@@ -3,8 +3,10 @@
 //! `cargo xtask test [--transport local|docker|ssh|all]` provisions what the
 //! tests need (installing system packages when missing), checks that a CLI
 //! built with only one transport feature lists exactly that transport, runs
-//! `cargo test --workspace` with conformance reports switched on, prints a
-//! table per transport and ends with `N passed, N failed, N skipped`.
+//! `cargo test --workspace` with conformance reports switched on, builds the
+//! Python wheel and runs its pytest suite against the same targets (before
+//! they are torn down), prints a table per transport and ends with
+//! `N passed, N failed, N skipped`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -90,13 +92,15 @@ fn main() -> ExitCode {
         Some("soak") => soak::soak(&args[1..]),
         Some("with") => with(&args[1..]),
         Some("wheel") => wheel(),
+        Some("pytest") => pytest(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask test [--transport local|docker|ssh|all]
        cargo xtask bench [--quick] [--transport local|docker|ssh|all] [--no-python]
        cargo xtask soak [--minutes N]
        cargo xtask with local|docker|ssh|all -- COMMAND...
-       cargo xtask wheel"
+       cargo xtask wheel
+       cargo xtask pytest [--transport local|docker|ssh|all] [-- PYTEST-ARGS...]"
             );
             return ExitCode::from(2);
         }
@@ -147,7 +151,8 @@ fn with(args: &[String]) -> Result<bool> {
 /// path, for `pip install`.
 fn wheel() -> Result<bool> {
     let root = root();
-    let wheel = python::build_wheel(&root, &root.join("target/xtask"))?;
+    let out_dir = root.join("target/xtask");
+    let wheel = python::build_wheel(&root, &out_dir, &out_dir.join("wheels"))?;
     println!("{}", wheel.display());
     Ok(true)
 }
@@ -186,9 +191,9 @@ impl std::ops::AddAssign for Counts {
     }
 }
 
-// One function on purpose: the whole run in order (provision, checks,
-// tests, teardown, tally), read top to bottom.
-fn test(args: &[String]) -> Result<bool> {
+/// `--transport local|docker|ssh|all` (the only argument): its value and
+/// the transports it selects.
+fn transport_arg(args: &[String]) -> Result<(String, Vec<&'static str>)> {
     let mut which = "all".to_string();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -198,11 +203,40 @@ fn test(args: &[String]) -> Result<bool> {
             other => bail!("unknown argument {other}"),
         }
     }
-    let selected: Vec<&str> = match which.as_str() {
+    let selected: Vec<&'static str> = match which.as_str() {
         "all" => TRANSPORTS.to_vec(),
-        t if TRANSPORTS.contains(&t) => vec![t],
-        t => bail!("unknown transport {t} (local, docker, ssh or all)"),
+        t => match TRANSPORTS.iter().find(|x| **x == t) {
+            Some(x) => vec![*x],
+            None => bail!("unknown transport {t} (local, docker, ssh or all)"),
+        },
     };
+    Ok((which, selected))
+}
+
+/// `cargo xtask pytest [--transport T] [-- PYTEST ARGS…]`: only the Python
+/// wheel's suite (build, fresh venv, pytest with `ARGS`, e.g. `-k gil -x`)
+/// against freshly provisioned targets, torn down after.
+fn pytest(args: &[String]) -> Result<bool> {
+    let (opts, extra) = match args.iter().position(|a| a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
+    let (which, selected) = transport_arg(opts)?;
+    let root = root();
+    let out_dir = root.join("target/xtask");
+    let provisions = provision_all(selected, &out_dir)?;
+    let env: Vec<(String, String)> = provisions.iter().flat_map(|p| p.env.clone()).collect();
+    let r = python::pytest_suite(&root, &out_dir, &env, which != "all", extra);
+    teardown_all(provisions);
+    let c = r?;
+    println!("\npython wheel (pytest): {}", fmt_counts(c));
+    Ok(c.failed == 0)
+}
+
+// One function on purpose: the whole run in order (provision, checks,
+// tests, teardown, tally), read top to bottom.
+fn test(args: &[String]) -> Result<bool> {
+    let (which, selected) = transport_arg(args)?;
     for t in &selected {
         if !BUILT.contains(t) && which != "all" {
             bail!("the {t} transport is not built yet");
@@ -268,6 +302,11 @@ fn test(args: &[String]) -> Result<bool> {
         cmd.envs(p.env.iter().map(|(k, v)| (k, v)));
     }
     let unit = run_cargo_test(cmd);
+
+    // 3. The Python wheel: built, installed into a fresh venv and its
+    // pytest suite run against the same targets, while they are up.
+    let env: Vec<(String, String)> = provisions.iter().flat_map(|p| p.env.clone()).collect();
+    let pytest = python::pytest_suite(&root, &out_dir, &env, which != "all", &[]);
     teardown_all(provisions);
     let unit = unit?;
 
@@ -286,6 +325,20 @@ fn test(args: &[String]) -> Result<bool> {
         1,
         ("unit + integration tests".into(), fmt_counts(unit.libtest)),
     );
+    match pytest {
+        Ok(c) => {
+            total += c;
+            rows.push(("python wheel (pytest)".into(), fmt_counts(c)));
+        }
+        Err(e) => {
+            println!("xtask: the Python wheel's suite did not run: {e:#}");
+            total.failed += 1;
+            rows.push((
+                "python wheel (pytest)".into(),
+                format!("FAILED: {e:#}").chars().take(200).collect(),
+            ));
+        }
+    }
 
     print_table(&rows, total);
     Ok(total.failed == 0 && unit.success)

@@ -100,6 +100,7 @@ where
 
 /// The constructor both classes share (the same keyword arguments), as
 /// its own `#[pymethods]` block (pyo3's `multiple-pymethods`).
+#[rustfmt::skip]
 macro_rules! session_constructor {
     ($class:ty) => {
         #[pymethods]
@@ -108,20 +109,20 @@ macro_rules! session_constructor {
             /// when entered or awaited `open()`.
             #[new]
             #[pyo3(signature = (
-                                                                    target = "local".to_string(),
-                                                                    *,
-                                                                    env = None,
-                                                                    cwd = None,
-                                                                    shell = None,
-                                                                    load_profile = false,
-                                                                    output_limit = 30_000,
-                                                                    start_timeout = 20.0,
-                                                                    size = (24, 80),
-                                                                    journal = JournalArg::Default,
-                                                                    redact = Vec::new(),
-                                                                    console = true,
-                                                                    name = None,
-                                                                ))]
+                    target = "local".to_string(),
+                    *,
+                    env = None,
+                    cwd = None,
+                    shell = None,
+                    load_profile = false,
+                    output_limit = 30_000,
+                    start_timeout = 20.0,
+                    size = (24, 80),
+                    journal = JournalArg::Default,
+                    redact = Vec::new(),
+                    console = true,
+                    name = None,
+                ))]
             #[allow(clippy::too_many_arguments)]
             fn new(
                 py: Python<'_>,
