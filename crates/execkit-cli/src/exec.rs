@@ -305,18 +305,25 @@ pub fn exit_status(r: &RunResult) -> Result<ExitCode, ExitCode> {
     })
 }
 
-/// Resolves on SIGINT or SIGTERM (never, if they cannot be caught).
-pub(crate) async fn interrupted() {
+/// Resolves on SIGINT or SIGTERM (never, if they cannot be caught). The
+/// handlers are installed when this is called, not when the future is
+/// first polled: a server calls it before it says it is ready, so a
+/// SIGTERM right after that is taken, never the default action. Must be
+/// called inside the runtime.
+pub(crate) fn interrupted() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = handlers else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 

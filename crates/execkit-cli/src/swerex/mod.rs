@@ -180,12 +180,14 @@ pub fn main(args: SwerexArgs) -> ExitCode {
             tasks: Arc::default(),
             token: token.into_bytes(),
         });
+        // Before the line that says it is ready: SIGTERM is taken from then on.
+        let stop = crate::exec::interrupted();
         eprintln!(
             "execkit swerex: listening on http://{bound} (pid {}), target {}",
             std::process::id(),
             args.target
         );
-        http::serve(listener, server.clone(), crate::exec::interrupted()).await;
+        http::serve(listener, server.clone(), stop).await;
         eprintln!(
             "execkit swerex: shutting down, closing {} session(s)",
             host.list().len()
