@@ -126,6 +126,37 @@ pub fn runtime(multi: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
     })
 }
 
+/// What a server of named sessions (`mcp`, `swerex`) starts with: a
+/// multi-thread runtime, the journal and console from its flags, and a
+/// host config for its default target, allow-list and output limit. On
+/// failure, the exit code after telling the user why (prefixed `execkit
+/// COMMAND:`).
+pub(crate) fn served_host(
+    command: &str,
+    journal: &JournalArgs,
+    target: &str,
+    allow_targets: &[String],
+    output_limit: usize,
+) -> Result<
+    (
+        tokio::runtime::Runtime,
+        std::sync::Arc<execkit_core::Observer>,
+        execkit_core::HostConfig,
+    ),
+    ExitCode,
+> {
+    let rt = runtime(true)?;
+    let observer = journal.observer().map_err(|e| {
+        eprintln!("execkit {command}: {e}");
+        e.exit_code()
+    })?;
+    let mut config = execkit_core::HostConfig::default();
+    config.default_target = target.to_string();
+    config.allow_targets = allow_targets.to_vec();
+    config.session.output_limit = output_limit;
+    Ok((rt, observer, config))
+}
+
 /// Checks every `--allow-target` pattern before a server starts: a pattern
 /// that does not parse would admit nothing, silently. Exit 2 naming it.
 pub fn check_allow_targets(command: &str, patterns: &[String]) -> Result<(), ExitCode> {

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use execkit_core::host::{Host, HostConfig, HostError, OpenRequest};
-use execkit_core::{RunOptions, RunOutcome, RunResult, SessionConfig};
+use execkit_core::host::{Host, HostError, OpenRequest};
+use execkit_core::{RunOptions, RunOutcome, RunResult};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
@@ -373,23 +373,16 @@ pub fn main(args: McpArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let rt = match crate::runtime(true) {
-        Ok(rt) => rt,
+    let (rt, observer, config) = match crate::served_host(
+        "mcp",
+        &args.journal,
+        &args.target,
+        &args.allow_target,
+        args.output_limit,
+    ) {
+        Ok(setup) => setup,
         Err(code) => return code,
     };
-    let observer = match args.journal.observer() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("execkit mcp: {e}");
-            return e.exit_code();
-        }
-    };
-    let mut session = SessionConfig::default();
-    session.output_limit = args.output_limit;
-    let mut config = HostConfig::default();
-    config.default_target = args.target.clone();
-    config.allow_targets = args.allow_target.clone();
-    config.session = session;
     rt.block_on(async move {
         let mirror =
             crate::client::ConsoleMirror::start(&observer.console, &crate::proto::default_socket());

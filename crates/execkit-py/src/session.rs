@@ -159,6 +159,65 @@ macro_rules! session_constructor {
     };
 }
 
+/// What both classes tell without waiting (their own `#[pymethods]`
+/// block): the target, the ids, the cwd, whether a command runs, whether
+/// the session is closed, and the repr.
+macro_rules! session_properties {
+    ($class:ty, $name:literal) => {
+        #[pymethods]
+        impl $class {
+            /// The target as given.
+            #[getter]
+            fn target(&self) -> String {
+                self.inner.target().to_string()
+            }
+
+            /// The session's short id (as in the journal; empty until opened).
+            #[getter]
+            fn id(&self) -> String {
+                self.inner.info().id
+            }
+
+            /// The value of `EXECKIT_SID` every process of the session carries.
+            #[getter]
+            fn marker(&self) -> String {
+                self.inner.info().marker
+            }
+
+            /// The shell's working directory after the last command.
+            #[getter]
+            fn cwd(&self) -> String {
+                self.inner.info().cwd
+            }
+
+            /// A command is running (it yielded and has not ended).
+            #[getter]
+            fn running(&self) -> bool {
+                self.inner.info().running
+            }
+
+            /// The session is not open (not yet, no longer, or its opening
+            /// failed).
+            #[getter]
+            fn closed(&self) -> bool {
+                !self.inner.info().open
+            }
+
+            fn __repr__(&self) -> String {
+                let info = self.inner.info();
+                let state = if info.open { "open" } else { "closed" };
+                format!(
+                    "{}({:?}, id={:?}, cwd={:?}, {state})",
+                    $name,
+                    self.inner.target(),
+                    info.id,
+                    info.cwd
+                )
+            }
+        }
+    };
+}
+
 /// A stateful shell on one target, used from blocking code. See the
 /// package documentation.
 #[pyclass(frozen, module = "execkit", name = "Session")]
@@ -176,6 +235,7 @@ impl PySession {
 }
 
 session_constructor!(PySession);
+session_properties!(PySession, "Session");
 
 #[pymethods]
 impl PySession {
@@ -270,57 +330,6 @@ impl PySession {
         self.close(py)?;
         Ok(false)
     }
-
-    /// The target as given.
-    #[getter]
-    fn target(&self) -> String {
-        self.inner.target().to_string()
-    }
-
-    /// The session's short id (as in the journal).
-    #[getter]
-    fn id(&self) -> String {
-        self.inner.info().id
-    }
-
-    /// The value of `EXECKIT_SID` every process of the session carries.
-    #[getter]
-    fn marker(&self) -> String {
-        self.inner.info().marker
-    }
-
-    /// The shell's working directory after the last command.
-    #[getter]
-    fn cwd(&self) -> String {
-        self.inner.info().cwd
-    }
-
-    /// A command is running (it yielded and has not ended).
-    #[getter]
-    fn running(&self) -> bool {
-        self.inner.info().running
-    }
-
-    /// The session was closed (or its opening failed).
-    #[getter]
-    fn closed(&self) -> bool {
-        !self.inner.info().open
-    }
-
-    fn __repr__(&self) -> String {
-        repr("Session", &self.inner)
-    }
-}
-
-fn repr(class: &str, inner: &Inner) -> String {
-    let info = inner.info();
-    let state = if info.open { "open" } else { "closed" };
-    format!(
-        "{class}({:?}, id={:?}, cwd={:?}, {state})",
-        inner.target(),
-        info.id,
-        info.cwd
-    )
 }
 
 /// A stateful shell on one target, used from asyncio code.
@@ -337,6 +346,7 @@ impl PyAsyncSession {
 }
 
 session_constructor!(PyAsyncSession);
+session_properties!(PyAsyncSession, "AsyncSession");
 
 #[pymethods]
 impl PyAsyncSession {
@@ -439,45 +449,5 @@ impl PyAsyncSession {
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
         awaitable(py, move |_stop| async move { inner.close().await })
-    }
-
-    /// The target as given.
-    #[getter]
-    fn target(&self) -> String {
-        self.inner.target().to_string()
-    }
-
-    /// The session's short id (empty until opened).
-    #[getter]
-    fn id(&self) -> String {
-        self.inner.info().id
-    }
-
-    /// The value of `EXECKIT_SID` every process of the session carries.
-    #[getter]
-    fn marker(&self) -> String {
-        self.inner.info().marker
-    }
-
-    /// The shell's working directory after the last command.
-    #[getter]
-    fn cwd(&self) -> String {
-        self.inner.info().cwd
-    }
-
-    /// A command is running (it yielded and has not ended).
-    #[getter]
-    fn running(&self) -> bool {
-        self.inner.info().running
-    }
-
-    /// The session is not open (not yet, or no longer).
-    #[getter]
-    fn closed(&self) -> bool {
-        !self.inner.info().open
-    }
-
-    fn __repr__(&self) -> String {
-        repr("AsyncSession", &self.inner)
     }
 }

@@ -24,8 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use execkit_core::host::{Host, HostConfig};
-use execkit_core::SessionConfig;
+use execkit_core::host::Host;
 
 use crate::observe::JournalArgs;
 
@@ -135,24 +134,18 @@ pub fn main(args: SwerexArgs) -> ExitCode {
             Err(e) => return usage(e),
         }
     };
-    let rt = match crate::runtime(true) {
-        Ok(rt) => rt,
+    let (rt, observer, mut config) = match crate::served_host(
+        "swerex",
+        &args.journal,
+        &args.target,
+        &args.allow_target,
+        args.output_limit,
+    ) {
+        Ok(setup) => setup,
         Err(code) => return code,
     };
-    let observer = match args.journal.observer() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("execkit swerex: {e}");
-            return e.exit_code();
-        }
-    };
-    let mut session = SessionConfig::default();
-    session.output_limit = args.output_limit;
-    let mut config = HostConfig::default();
-    config.default_target = args.target.clone();
-    config.allow_targets = args.allow_target.clone();
     config.idle_timeout = idle;
-    config.session = session.clone();
+    let session = config.session.clone();
     let code = rt.block_on(async move {
         let host = Host::new(config, observer.clone());
         if let Err(e) = host.check_target(&args.target, None) {
