@@ -6,9 +6,11 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use execkit_core::testkit;
+
+mod support;
 
 /// The venv's python, or why there is none (outside `cargo xtask test`).
 fn mcp_python() -> Result<std::ffi::OsString, String> {
@@ -106,20 +108,7 @@ impl HttpServer {
 
     /// SIGTERM; the exit status.
     fn stop(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id() as i32;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let t = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().expect("wait") {
-                return st;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(15),
-                "mcp --http ignored SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        support::terminate(&mut self.child, Duration::from_secs(15), "mcp --http")
     }
 }
 

@@ -12,9 +12,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use execkit_core::testkit;
+
+mod support;
 
 const TOKEN: &str = "swerex-test-token-0123456789";
 
@@ -72,19 +74,7 @@ impl Server {
 
     /// SIGTERM, then its exit status (within 30 s).
     fn stop(mut self) -> std::process::ExitStatus {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let t = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().expect("wait") {
-                return st;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "execkit swerex ignored SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        support::terminate(&mut self.child, Duration::from_secs(30), "execkit swerex")
     }
 }
 

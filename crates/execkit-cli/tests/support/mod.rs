@@ -104,3 +104,19 @@ pub fn ssh_target() -> Result<String, String> {
     std::env::var("EXECKIT_TEST_SSH_URL")
         .map_err(|_| "no test sshd (EXECKIT_TEST_SSH_URL)".to_string())
 }
+
+/// Sends SIGTERM to `child` (a server the test started) and returns its
+/// exit status; fails the test if it has not exited within `within`
+/// (`what` names it in the message).
+pub fn terminate(child: &mut Child, within: Duration, what: &str) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            return st;
+        }
+        assert!(t.elapsed() < within, "{what} ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
