@@ -31,4 +31,7 @@ pub use crate::error::TransportError;
 pub use crate::protocol::{nonce, shell_quote};
 pub use crate::registry::{scheme_of, TransportInfo};
 pub use crate::shell::{kill_matching_script, script_argv, startup_argv, MARKER_VAR, STRIP_ENV};
-pub use crate::transport::{ExitStatus, ShellEvent, ShellProcess, Size, SpawnSpec, Transport};
+pub use crate::transport::{
+    read_file, write_file, Chunks, ExitStatus, FileTransfer, ShellEvent, ShellProcess, Size,
+    SpawnSpec, Transport, FILE_CHUNK,
+};

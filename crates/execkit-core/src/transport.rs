@@ -163,6 +163,77 @@ pub trait Transport: Send + Sync + fmt::Debug {
         }
         first_err.map_or(Ok(()), Err)
     }
+
+    /// Whole-file transfer on the target outside any shell
+    /// ([`FileTransfer`]), if this transport has one; `None` (the default)
+    /// and callers move files through a session. A transport whose
+    /// sessions are contained (a sandbox the shell runs under) must return
+    /// `None`, or the transfer would bypass the containment.
+    fn files(&self) -> Option<std::sync::Arc<dyn FileTransfer>> {
+        None
+    }
+}
+
+/// Chunks handed to [`FileTransfer::write`]; an `Err` abandons the write.
+pub type Chunks = tokio::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>;
+
+/// Largest chunk a [`FileTransfer`] sends or should expect.
+pub const FILE_CHUNK: usize = 1 << 20;
+
+/// Moves whole files to and from a target natively (the filesystem, an
+/// archive API, a second channel) — binary-safe, streamed in chunks of at
+/// most [`FILE_CHUNK`] bytes, never holding a whole file. Paths are
+/// absolute (a relative one is `InvalidInput`); a symlink is followed, as
+/// `open(2)` does. Files are read and written as the user the target's
+/// shells run as. An error carries the target's errno where it reported
+/// one (`io::Error::raw_os_error`: `ENOENT`, `EACCES`, `EISDIR`,
+/// `ENOTDIR`, …) and a message naming the path.
+#[async_trait]
+pub trait FileTransfer: Send + Sync + fmt::Debug {
+    /// Sends the regular file at `path` to `to` in order; returns its
+    /// size. Stops with `BrokenPipe` if `to` is closed.
+    async fn read(
+        &self,
+        path: &str,
+        to: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> std::io::Result<u64>;
+
+    /// Writes what arrives on `from` to `path`: missing parent directories
+    /// are made (mode 0755 less the umask), an existing file is truncated
+    /// first (its mode kept), a new one gets mode 0644 less the umask.
+    /// `len`, when known, is the total the chunks add up to (a transport
+    /// may need it before the first byte; a different total is an error).
+    /// Returns the bytes written. On an `Err` chunk or an error, what was
+    /// written so far stays.
+    async fn write(&self, path: &str, len: Option<u64>, from: Chunks) -> std::io::Result<u64>;
+}
+
+/// Reads the whole file at `path` through `files`.
+pub async fn read_file(files: &dyn FileTransfer, path: &str) -> std::io::Result<Vec<u8>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let collect = async move {
+        let mut all = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            all.extend_from_slice(&chunk);
+        }
+        all
+    };
+    let (read, all) = tokio::join!(files.read(path, tx), collect);
+    read.map(|_| all)
+}
+
+/// Writes `bytes` to `path` through `files` (see [`FileTransfer::write`]).
+pub async fn write_file(files: &dyn FileTransfer, path: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let feed = async move {
+        for chunk in bytes.chunks(FILE_CHUNK) {
+            if tx.send(Ok(chunk.to_vec())).await.is_err() {
+                break;
+            }
+        }
+    };
+    let (written, ()) = tokio::join!(files.write(path, Some(bytes.len() as u64), rx), feed);
+    written.map(drop)
 }
 
 /// A live shell on a terminal. Methods take `&self` so reading and writing can

@@ -23,6 +23,8 @@ pub struct Capabilities {
     /// Background jobs ignore SIGINT as POSIX asks of a shell without job
     /// control (bash, dash; busybox ash lets Ctrl-C reach them).
     pub background_ignores_sigint: bool,
+    /// The transport moves whole files natively ([`Transport::files`](crate::raw::Transport::files)).
+    pub native_files: bool,
 }
 
 impl Capabilities {
@@ -33,6 +35,7 @@ impl Capabilities {
             proc_fs: true,
             ansi_c_quoting: true,
             background_ignores_sigint: true,
+            native_files: true,
         }
     }
 
@@ -51,6 +54,12 @@ impl Capabilities {
     /// Sets `ansi_c_quoting`.
     pub fn ansi_c_quoting(mut self, on: bool) -> Self {
         self.ansi_c_quoting = on;
+        self
+    }
+
+    /// Sets `native_files`.
+    pub fn native_files(mut self, on: bool) -> Self {
+        self.native_files = on;
         self
     }
 

@@ -4,6 +4,7 @@
 //! runs alone.
 
 mod commands;
+mod files;
 mod interactive;
 mod lifecycle;
 mod output;
@@ -15,6 +16,7 @@ use anyhow::Context as _;
 use super::{ok, Capabilities, Case, Skip};
 use crate::Session;
 use commands::*;
+use files::*;
 use interactive::*;
 use lifecycle::*;
 use output::*;
@@ -70,6 +72,9 @@ pub(super) fn all() -> Vec<Case> {
         case!(wake_yields_then_interrupt_cleans_up, proc_fs),
         case!(python_repl_through_input),
         case!(host_drives_yielded_commands),
+        case!(files_every_byte_round_trip, native_files),
+        case!(files_follow_links_and_name_errors, native_files),
+        case!(files_hundred_megabytes_streamed, native_files).heavy(),
     ]
 }
 
@@ -79,6 +84,10 @@ pub(super) fn proc_fs(c: &Capabilities) -> Option<&'static str> {
 
 async fn shell_pid(s: &mut Session) -> anyhow::Result<u32> {
     ok(s, "echo $$").await?.trim().parse().context("parsing $$")
+}
+
+pub(super) fn native_files(c: &Capabilities) -> Option<&'static str> {
+    (!c.native_files).then_some("native file transfer (Transport::files)")
 }
 
 pub(super) fn skip(why: &str) -> anyhow::Error {
