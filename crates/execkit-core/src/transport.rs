@@ -187,7 +187,10 @@ pub const FILE_CHUNK: usize = 1 << 20;
 /// `open(2)` does. Files are read and written as the user the target's
 /// shells run as. An error carries the target's errno where it reported
 /// one (`io::Error::raw_os_error`: `ENOENT`, `EACCES`, `EISDIR`,
-/// `ENOTDIR`, …) and a message naming the path.
+/// `ENOTDIR`, …) and a message naming the path. `ErrorKind::Unsupported`
+/// means this transfer cannot serve the request correctly (e.g. it would
+/// act with other rights than the shell's user): the caller falls back to
+/// moving the bytes through a session.
 #[async_trait]
 pub trait FileTransfer: Send + Sync + fmt::Debug {
     /// Sends the regular file at `path` to `to` in order; returns its
