@@ -185,9 +185,10 @@ pub const FILE_CHUNK: usize = 1 << 20;
 /// most [`FILE_CHUNK`] bytes, never holding a whole file. Paths are
 /// absolute (a relative one is `InvalidInput`); a symlink is followed, as
 /// `open(2)` does. Files are read and written as the user the target's
-/// shells run as. An error carries the target's errno where it reported
-/// one (`io::Error::raw_os_error`: `ENOENT`, `EACCES`, `EISDIR`,
-/// `ENOTDIR`, …) and a message naming the path. `ErrorKind::Unsupported`
+/// shells run as. An error the target reported with an errno is exactly
+/// that errno (`io::Error::from_raw_os_error`: `ENOENT`, `EACCES`,
+/// `EISDIR`, `ENOTDIR`, …; the caller, who knows the path, words it);
+/// any other failure is a message saying what broke. `ErrorKind::Unsupported`
 /// means this transfer cannot serve the request correctly (e.g. it would
 /// act with other rights than the shell's user): the caller falls back to
 /// moving the bytes through a session.
