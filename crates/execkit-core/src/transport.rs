@@ -218,7 +218,11 @@ pub async fn read_file(files: &dyn FileTransfer, path: &str) -> std::io::Result<
     let collect = async move {
         let mut all = Vec::new();
         while let Some(chunk) = rx.recv().await {
-            all.extend_from_slice(&chunk);
+            if all.is_empty() {
+                all = chunk;
+            } else {
+                all.extend_from_slice(&chunk);
+            }
         }
         all
     };

@@ -20,7 +20,7 @@ use execkit_core::RunOptions;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::models::{decode, universal_newlines, Fail, Raised, ReadFile, WriteFile};
+use super::models::{decode_owned, universal_newlines, Fail, Raised, ReadFile, WriteFile};
 use super::multipart::{boundary, Multipart};
 use super::target::{completed, failure, quote, split_answer, unbase64, Worker, Workers};
 
@@ -248,7 +248,7 @@ pub async fn read_file(workers: &Workers, req: ReadFile) -> Result<Value, Raised
                 .await?
         }
     };
-    let text = decode(&bytes, req.encoding.as_deref(), req.errors.as_deref())?;
+    let text = decode_owned(bytes, req.encoding.as_deref(), req.errors.as_deref())?;
     Ok(json!({"content": universal_newlines(text)}))
 }
 
