@@ -6,7 +6,7 @@ use anyhow::{bail, ensure, Context as _};
 use tokio::sync::mpsc;
 
 use crate::testkit::{ok, Ctx};
-use crate::transport::{read_file, write_file, FileTransfer, FILE_CHUNK};
+use crate::transport::{file_errno, read_file, write_file, FileTransfer, FILE_CHUNK};
 use crate::Session;
 
 /// The fixture's native file transfer (its capability says it has one).
@@ -82,16 +82,22 @@ async fn mode_and_owner(s: &mut Session, path: &str) -> anyhow::Result<(u32, Str
     Ok((u32::from_str_radix(mode, 8)?, uid.to_string()))
 }
 
+/// The errno (through [`file_errno`]: an `io::Error` cannot carry both an
+/// errno and a message naming the path) and the message of an error.
 fn errno_of(r: std::io::Result<impl std::fmt::Debug>, what: &str) -> anyhow::Result<(i32, String)> {
     match r {
         Ok(v) => bail!("{what}: succeeded ({v:?}), expected an error"),
-        Err(e) => Ok((e.raw_os_error().unwrap_or(0), e.to_string())),
+        Err(e) => Ok((file_errno(&e).unwrap_or(0), e.to_string())),
     }
 }
 
 pub(in crate::testkit) async fn files_every_byte_round_trip(ctx: Ctx) -> anyhow::Result<()> {
     let files = files_of(&ctx)?;
-    let mut s = ctx.open().await?;
+    // Room for the whole base64 of the 3 MiB file (`shell_bytes`): the
+    // default cap would elide its middle.
+    let mut config = ctx.config();
+    config.output_limit = 8 << 20;
+    let mut s = ctx.open_with(config).await?;
     let dir = scratch(&mut s).await?;
     let uid = ok(&mut s, "id -u").await?.trim().to_string();
     let umask = u32::from_str_radix(ok(&mut s, "umask").await?.trim(), 8)?;
