@@ -273,6 +273,31 @@ fn strerror(errno: i32) -> String {
     }
 }
 
+/// What a read's stdout holds before [`DATA_MARK`]: whatever a login
+/// shell's rc file printed, dropped.
+#[derive(Debug, Default)]
+struct Preamble(Vec<u8>);
+
+impl Preamble {
+    /// Takes the next stdout bytes: the file's first bytes once the marker
+    /// has passed (maybe none yet), `None` before.
+    fn push(&mut self, chunk: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        // Only the tail that could still end in the marker is searched again.
+        let from = self.0.len().saturating_sub(DATA_MARK.len() - 1);
+        self.0.extend_from_slice(chunk);
+        match self.0[from..]
+            .windows(DATA_MARK.len())
+            .position(|w| w == DATA_MARK)
+        {
+            Some(at) => Ok(Some(self.0.split_off(from + at + DATA_MARK.len()))),
+            None if self.0.len() > MAX_PREAMBLE => Err(format!(
+                "the login shell printed over {MAX_PREAMBLE} bytes before the file"
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
 /// Waits for the stream's end, dropping stdout (a write has none of its
 /// own; a login shell may have printed some).
 async fn end_of(stream: &mut Stream) -> Result<StreamEnd, String> {
@@ -293,8 +318,7 @@ impl FileTransfer for SshFiles {
             FileError::plain(Op::Read, path, &host, m).into_io(io::ErrorKind::ConnectionAborted)
         };
         let _ = stream.eof();
-        // Until the marker: what a login shell printed, then the first bytes.
-        let mut preamble: Option<Vec<u8>> = Some(Vec::new());
+        let mut preamble = Some(Preamble::default());
         let mut total = 0u64;
         loop {
             let mut chunk = match stream.next().await {
@@ -313,16 +337,10 @@ impl FileTransfer for SshFiles {
                 }
             };
             if let Some(head) = &mut preamble {
-                head.extend_from_slice(&chunk);
-                match head.windows(DATA_MARK.len()).position(|w| w == DATA_MARK) {
-                    Some(at) => {
-                        chunk = head.split_off(at + DATA_MARK.len());
+                match head.push(&chunk).map_err(lost)? {
+                    Some(first) => {
+                        chunk = first;
                         preamble = None;
-                    }
-                    None if head.len() > MAX_PREAMBLE => {
-                        return Err(lost(format!(
-                            "the login shell printed over {MAX_PREAMBLE} bytes before the file"
-                        )))
                     }
                     None => continue,
                 }
@@ -510,6 +528,17 @@ mod tests {
             }
             std::fs::remove_dir_all(&dir).unwrap();
         }
+    }
+
+    #[test]
+    fn what_a_login_shell_prints_before_the_marker_is_dropped() {
+        let mut p = Preamble::default();
+        assert_eq!(p.push(b"Welcome!\nexeckit-fil").unwrap(), None);
+        assert_eq!(p.push(b"es-data\n\x00\x01").unwrap().unwrap(), b"\x00\x01");
+        let mut p = Preamble::default();
+        assert_eq!(p.push(DATA_MARK).unwrap().unwrap(), b"");
+        let mut p = Preamble::default();
+        assert!(p.push(&vec![b'x'; MAX_PREAMBLE + 1]).is_err());
     }
 
     #[test]

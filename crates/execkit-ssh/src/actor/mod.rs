@@ -312,9 +312,16 @@ impl Actor {
         }
         // A keepalive must never be the packet left half-sent (libssh2 would
         // then refuse every other packet): only send when nothing is queued
-        // and the socket has room.
+        // and the socket has room. A stream's input stays queued through an
+        // upload, but while the server's window is shut no packet of it can
+        // be under way (libssh2 shrinks the window once a packet is sent
+        // whole), so an upload held back by the server does not hold back
+        // keepalives and the stall check. Its EOF always counts as queued.
         let busy = self.shells.values().any(|s| !s.input.is_empty())
-            || self.streams.values().any(|s| !s.input.is_empty())
+            || self.streams.values().any(|s| match s.input.front() {
+                Some(front) => front.eof || s.chan.write_window().remaining > 0,
+                None => false,
+            })
             || matches!(
                 self.sess.block_directions(),
                 BlockDirections::Outbound | BlockDirections::Both
