@@ -1,7 +1,8 @@
 //! Whole-file transfer (`Transport::files`) next to OpenSSH's client
-//! piping through `cat`: write and read times for files of a few sizes,
-//! and this process's peak memory after them (it streams: the peak stays
-//! a few MiB above the start whatever the size).
+//! piping through `cat` (its connection set-up taken off): write and read
+//! times for files of a few sizes, the CPU this process spent, and its
+//! peak memory after them (it streams: the peak stays a few MiB above the
+//! start whatever the size).
 //!
 //! `cargo run --release -p execkit-ssh --example ssh_files -- URL [MiB...]`
 //! (URL as `EXECKIT_TEST_SSH_URL`, defaults to that variable; sizes
@@ -12,6 +13,14 @@ use std::time::{Duration, Instant};
 
 use execkit_core::raw::{Transport, FILE_CHUNK};
 use tokio::sync::mpsc;
+
+/// Transfers per size (the median is shown).
+const ROUNDS: usize = 5;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
@@ -25,6 +34,16 @@ fn peak_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// CPU time this process (every thread, no children) has used.
+fn cpu() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `u` outlives the call.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 /// One MiB of pseudo-random bytes (xorshift).
@@ -76,38 +95,52 @@ async fn main() -> anyhow::Result<()> {
     let mut keep = execkit_core::Session::open(&url, Default::default()).await?;
     println!("start: peak memory {:.1} MiB", peak_mib());
 
-    for mib in sizes {
-        let (tx, rx) = mpsc::channel(2);
-        let feed = async {
-            for i in 0..mib {
-                let mut c = block.clone();
-                c[..8].copy_from_slice(&(i as u64).to_le_bytes());
-                if tx.send(Ok(c)).await.is_err() {
-                    break;
-                }
-            }
-            drop(tx);
-        };
+    // One-shot `ssh`'s own cost (connect, authenticate, start a command),
+    // taken off its transfer times below.
+    let mut setup = Vec::new();
+    for _ in 0..3 {
         let t0 = Instant::now();
-        let (written, ()) = tokio::join!(
-            files.write(&path, Some((mib * FILE_CHUNK) as u64), rx),
-            feed
-        );
-        let write = t0.elapsed();
-        anyhow::ensure!(written? == (mib * FILE_CHUNK) as u64);
+        anyhow::ensure!(ssh(&t).arg("true").status()?.success());
+        setup.push(t0.elapsed());
+    }
+    let setup = median(setup);
+    println!("one-shot ssh set-up (ssh host true): {:.3} s", secs(setup));
 
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
-        let count = async {
-            let mut n = 0usize;
-            while let Some(c) = rx.recv().await {
-                n += c.len();
-            }
-            n
-        };
-        let t0 = Instant::now();
-        let (read, got) = tokio::join!(files.read(&path, tx), count);
-        let read_time = t0.elapsed();
-        anyhow::ensure!(read? as usize == got && got == mib * FILE_CHUNK);
+    for mib in sizes {
+        let bytes = (mib * FILE_CHUNK) as u64;
+        let (mut writes, mut reads, mut cpu_w, mut cpu_r) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..ROUNDS {
+            let (tx, rx) = mpsc::channel(2);
+            let feed = async {
+                for i in 0..mib {
+                    let mut c = block.clone();
+                    c[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                    if tx.send(Ok(c)).await.is_err() {
+                        break;
+                    }
+                }
+                drop(tx);
+            };
+            let (t0, c0) = (Instant::now(), cpu());
+            let (written, ()) = tokio::join!(files.write(&path, Some(bytes), rx), feed);
+            writes.push(t0.elapsed());
+            cpu_w.push(cpu() - c0);
+            anyhow::ensure!(written? == bytes);
+
+            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
+            let count = async {
+                let mut n = 0u64;
+                while let Some(c) = rx.recv().await {
+                    n += c.len() as u64;
+                }
+                n
+            };
+            let (t0, c0) = (Instant::now(), cpu());
+            let (read, got) = tokio::join!(files.read(&path, tx), count);
+            reads.push(t0.elapsed());
+            cpu_r.push(cpu() - c0);
+            anyhow::ensure!(read? == got && got == bytes);
+        }
 
         // OpenSSH's client, the same bytes through `cat` both ways.
         let local =
@@ -118,32 +151,40 @@ async fn main() -> anyhow::Result<()> {
                 f.write_all(&block)?;
             }
         }
-        let t0 = Instant::now();
-        let st = ssh(&t)
-            .arg(format!("cat > {path}"))
-            .stdin(std::fs::File::open(&local)?)
-            .status()?;
-        let ssh_write = t0.elapsed();
-        anyhow::ensure!(st.success());
-        let t0 = Instant::now();
-        let out = ssh(&t)
-            .arg(format!("cat {path}"))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::fs::File::create(&local)?)
-            .status()?;
-        let ssh_read = t0.elapsed();
-        anyhow::ensure!(out.success());
+        let (mut ssh_w, mut ssh_r) = (vec![], vec![]);
+        for _ in 0..ROUNDS {
+            let t0 = Instant::now();
+            let st = ssh(&t)
+                .arg(format!("cat > {path}"))
+                .stdin(std::fs::File::open(&local)?)
+                .status()?;
+            ssh_w.push(t0.elapsed().saturating_sub(setup));
+            anyhow::ensure!(st.success());
+            let t0 = Instant::now();
+            let st = ssh(&t)
+                .arg(format!("cat {path}"))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::fs::File::create(&local)?)
+                .status()?;
+            ssh_r.push(t0.elapsed().saturating_sub(setup));
+            anyhow::ensure!(st.success());
+        }
         std::fs::remove_file(&local)?;
 
+        let (w, r) = (median(writes), median(reads));
         let rate = |d: Duration| mib as f64 / secs(d);
         println!(
-            "{mib:4} MiB  write {:6.3} s ({:6.0} MiB/s)  read {:6.3} s ({:6.0} MiB/s)  | ssh cat: write {:6.3} s  read {:6.3} s  | peak memory {:.1} MiB",
-            secs(write),
-            rate(write),
-            secs(read_time),
-            rate(read_time),
-            secs(ssh_write),
-            secs(ssh_read),
+            "{mib:4} MiB (median of {ROUNDS})  write {:6.3} s ({:4.0} MiB/s, CPU {:5.3} s)  \
+             read {:6.3} s ({:4.0} MiB/s, CPU {:5.3} s)  | ssh cat less set-up: write {:6.3} s  \
+             read {:6.3} s  | peak memory {:.1} MiB",
+            secs(w),
+            rate(w),
+            secs(median(cpu_w)),
+            secs(r),
+            rate(r),
+            secs(median(cpu_r)),
+            secs(median(ssh_w)),
+            secs(median(ssh_r)),
             peak_mib()
         );
     }

@@ -314,8 +314,8 @@ impl FileTransfer for SshFiles {
         check_path(path)?;
         let mut stream = self.start(&read_script(path), Op::Read, path).await?;
         let host = stream.label().to_string();
-        let lost = |m: String| {
-            FileError::plain(Op::Read, path, &host, m).into_io(io::ErrorKind::ConnectionAborted)
+        let error = |kind: io::ErrorKind, m: String| {
+            FileError::plain(Op::Read, path, &host, m).into_io(kind)
         };
         let _ = stream.eof();
         let mut preamble = Some(Preamble::default());
@@ -323,7 +323,7 @@ impl FileTransfer for SshFiles {
         loop {
             let mut chunk = match stream.next().await {
                 StreamEvent::Stdout(b) => b,
-                StreamEvent::End(Err(m)) => return Err(lost(m)),
+                StreamEvent::End(Err(m)) => return Err(error(io::ErrorKind::ConnectionAborted, m)),
                 StreamEvent::End(Ok(end)) => {
                     if end.status != ExitStatus::Code(0) {
                         return Err(
@@ -331,13 +331,19 @@ impl FileTransfer for SshFiles {
                         );
                     }
                     if preamble.is_some() {
-                        return Err(lost("the transfer script printed no data marker".into()));
+                        return Err(error(
+                            io::ErrorKind::InvalidData,
+                            "the transfer script printed no data marker".into(),
+                        ));
                     }
                     return Ok(total);
                 }
             };
             if let Some(head) = &mut preamble {
-                match head.push(&chunk).map_err(lost)? {
+                match head
+                    .push(&chunk)
+                    .map_err(|m| error(io::ErrorKind::InvalidData, m))?
+                {
                     Some(first) => {
                         chunk = first;
                         preamble = None;
