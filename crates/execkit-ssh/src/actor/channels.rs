@@ -100,7 +100,8 @@ impl StreamChan {
     }
 
     /// Whether the consumer is far enough behind that the channel is left
-    /// unread (any read of it, stderr too, would widen the SSH window).
+    /// unread: libssh2 then keeps the server's window shut once it holds a
+    /// window's worth (it widens the window only as data is read).
     pub(super) fn throttled(&self) -> bool {
         self.inflight.load(Ordering::Relaxed) >= STREAM_HIGH_WATER
     }

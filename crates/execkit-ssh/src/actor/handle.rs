@@ -63,7 +63,7 @@ pub(crate) struct StreamEnd {
 pub(crate) const STDERR_KEPT: usize = 8 * 1024;
 
 pub(crate) enum Req {
-    /// A new channel: an interactive shell or a one-shot exec.
+    /// A new channel: an interactive shell, a one-shot exec or a stream.
     Open(What),
     Write {
         id: u64,
