@@ -212,7 +212,7 @@ fn pieces(text: &str, size: usize) -> impl Iterator<Item = &str> {
 /// A native transfer's error as the exception Python would raise for
 /// `path`.
 fn io_raised(e: &io::Error, path: &str) -> Raised {
-    match e.raw_os_error() {
+    match execkit_core::raw::file_errno(e) {
         Some(errno) => Raised::os(errno, path),
         None => Raised::builtin("OSError", format!("{e} ({path})")),
     }

@@ -6,7 +6,7 @@ use anyhow::{bail, ensure, Context as _};
 use tokio::sync::mpsc;
 
 use crate::testkit::{ok, Ctx};
-use crate::transport::{read_file, write_file, FileTransfer, FILE_CHUNK};
+use crate::transport::{file_errno, read_file, write_file, FileTransfer, FILE_CHUNK};
 use crate::Session;
 
 /// The fixture's native file transfer (its capability says it has one).
@@ -65,10 +65,12 @@ async fn mode_and_owner(s: &mut Session, path: &str) -> anyhow::Result<(u32, Str
     Ok((u32::from_str_radix(mode, 8)?, uid.to_string()))
 }
 
+/// The errno (through [`file_errno`]: an `io::Error` cannot carry both an
+/// errno and a message naming the path) and the message of an error.
 fn errno_of(r: std::io::Result<impl std::fmt::Debug>, what: &str) -> anyhow::Result<(i32, String)> {
     match r {
         Ok(v) => bail!("{what}: succeeded ({v:?}), expected an error"),
-        Err(e) => Ok((e.raw_os_error().unwrap_or(0), e.to_string())),
+        Err(e) => Ok((file_errno(&e).unwrap_or(0), e.to_string())),
     }
 }
 
