@@ -35,7 +35,19 @@ fn durations(s: Samples) -> Vec<Duration> {
 impl Driver {
     /// One mode of the driver, its JSON output parsed.
     pub(crate) fn run<T: for<'de> Deserialize<'de>>(&self, args: &[&str]) -> Result<T> {
-        let out = Command::new(&self.python)
+        self.run_with(args, |_| {})
+    }
+
+    /// [`Driver::run`], its command set up by `setup` first (environment,
+    /// working directory).
+    pub(crate) fn run_with<T: for<'de> Deserialize<'de>>(
+        &self,
+        args: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Result<T> {
+        let mut cmd = Command::new(&self.python);
+        setup(&mut cmd);
+        let out = cmd
             .arg(&self.script)
             .args(args)
             .stdin(Stdio::null())
@@ -51,9 +63,14 @@ impl Driver {
         serde_json::from_slice(&out.stdout).with_context(|| format!("bench.py {args:?} output"))
     }
 
-    /// Round-trip samples of a one-shot mode (`pexpect`, `swerex`, …).
-    pub(crate) fn samples(&self, args: &[&str]) -> Result<Vec<Duration>> {
-        Ok(durations(self.run(args)?))
+    /// Round-trip samples of a one-shot mode (`pexpect`, `swerex`, …),
+    /// its command set up by `setup`.
+    pub(crate) fn samples_with(
+        &self,
+        args: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Result<Vec<Duration>> {
+        Ok(durations(self.run_with(args, setup)?))
     }
 
     /// A warm `execkit.Session` in a driver process, ready for blocks.
