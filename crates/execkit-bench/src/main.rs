@@ -314,13 +314,16 @@ fn finish(args: &Args, r: &Results) -> Result<()> {
 /// venv (the official client, upstream's server) and the `execkit` binary.
 fn swerex_rows(args: &Args, py: Option<&python::Driver>, r: &mut Results) {
     match (py, &args.execkit) {
-        (Some(d), Some(bin)) => swerex::rows(d, bin, args.quick, r),
+        (Some(d), Some(bin)) => match std::path::absolute(bin) {
+            Ok(bin) => swerex::rows(d, &bin, args.quick, r),
+            Err(e) => r.notes.push(format!("SWE-ReX server rows skipped: {e}")),
+        },
         (None, _) => r
             .notes
             .push("SWE-ReX server rows skipped: no Python driver".into()),
-        (_, None) => r.notes.push(
-            "SWE-ReX server rows skipped: no --execkit (cargo xtask bench passes it)".into(),
-        ),
+        (_, None) => r
+            .notes
+            .push("SWE-ReX server rows skipped: no --execkit (cargo xtask bench passes it)".into()),
     }
 }
 
@@ -498,10 +501,15 @@ fn python_driver(args: &Args, r: &mut Results) -> Option<python::Driver> {
         );
         return None;
     };
-    let d = python::Driver {
-        python: python.clone(),
-        script: script.clone(),
+    // Absolute: some modes run in another working directory.
+    let (python, script) = match (std::path::absolute(python), std::path::absolute(script)) {
+        (Ok(p), Ok(s)) => (p, s),
+        (Err(e), _) | (_, Err(e)) => {
+            r.notes.push(format!("Python rows skipped: {e}"));
+            return None;
+        }
     };
+    let d = python::Driver { python, script };
     match d.run(&["versions"]) {
         Ok(v) => {
             r.python_versions = Some(v);

@@ -88,8 +88,7 @@ pub(crate) fn rows(d: &Driver, execkit: &Path, quick: bool, r: &mut Results) {
         FILE_BYTES / 1_000_000
     );
     if let Err(e) = measure(d, execkit, &plan, r) {
-        r.notes
-            .push(format!("SWE-ReX server rows skipped: {e:#}"));
+        r.notes.push(format!("SWE-ReX server rows skipped: {e:#}"));
     }
 }
 
@@ -132,10 +131,9 @@ fn measure(d: &Driver, execkit: &Path, plan: &Plan, r: &mut Results) -> Result<(
         })).collect::<Vec<_>>(),
     })
     .to_string();
-    let measured: Result<BTreeMap<String, Measured>> =
-        d.run_with(&["swerex-remote", &spec], |c| {
-            c.env("EXECKIT_BENCH_SWEREX_TOKEN", &token);
-        });
+    let measured: Result<BTreeMap<String, Measured>> = d.run_with(&["swerex-remote", &spec], |c| {
+        c.env("EXECKIT_BENCH_SWEREX_TOKEN", &token);
+    });
     for (s, _) in servers {
         let name = s.name;
         if let Err(e) = s.stop() {
