@@ -56,8 +56,8 @@ def versions() -> dict:
         import execkit
 
         v["execkit"] = execkit.__version__
-    except ImportError:  # a venv for the SWE-ReX rows alone
-        v["execkit"] = None
+    except ImportError:  # a venv for the SWE-ReX rows alone: no wheel
+        pass
     for dist in ("pexpect", "swe-rex", "aiohttp", "fastapi", "uvicorn"):
         try:
             v[dist] = version(dist)
