@@ -540,15 +540,18 @@ fn python_baselines(d: &python::Driver, quick: bool, n: usize, r: &mut Results) 
         ),
         ("swe-rex-local", vec!["swerex".into(), swerex.to_string()]),
     ];
-    let home = swerex::Scratch::new("swerex-local").and_then(|s| Ok((s.make("home")?, s)));
+    let scratch = swerex::Scratch::new("swerex-local");
     for (system, argv) in rows {
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let got = match (&home, d.python.parent()) {
-            (Ok((home, _)), Some(bin)) if system == "swe-rex-local" => {
-                d.samples_with(&argv, |c| swerex::sandboxed(c, home, bin))
+        let got = if system == "swe-rex-local" {
+            match &scratch {
+                Ok(s) => s.make("home").and_then(|home| {
+                    d.samples_with(&argv, |c| swerex::sandboxed(c, &home, d.venv_bin()))
+                }),
+                Err(e) => Err(anyhow::anyhow!("{e:#}")),
             }
-            (Err(e), _) if system == "swe-rex-local" => Err(anyhow::anyhow!("{e:#}")),
-            _ => d.samples_with(&argv, |_| {}),
+        } else {
+            d.samples_with(&argv, |_| {})
         };
         match got {
             Ok(v) => r.round_trip.push(Latency::from(system, v)),

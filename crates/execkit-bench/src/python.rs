@@ -6,7 +6,7 @@
 //! Rust samples of the same minute.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
@@ -33,6 +33,11 @@ fn durations(s: Samples) -> Vec<Duration> {
 }
 
 impl Driver {
+    /// The venv's `bin` directory (where its python and `swerex-remote` are).
+    pub(crate) fn venv_bin(&self) -> &Path {
+        self.python.parent().unwrap_or(Path::new("/"))
+    }
+
     /// One mode of the driver, its JSON output parsed.
     pub(crate) fn run<T: for<'de> Deserialize<'de>>(&self, args: &[&str]) -> Result<T> {
         self.run_with(args, |_| {})

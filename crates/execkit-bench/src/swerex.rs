@@ -95,11 +95,7 @@ pub(crate) fn rows(d: &Driver, execkit: &Path, quick: bool, r: &mut Results) {
 fn measure(d: &Driver, execkit: &Path, plan: &Plan, r: &mut Results) -> Result<()> {
     let dir = Scratch::new("swerex")?;
     let token = token()?;
-    let venv_bin = d
-        .python
-        .parent()
-        .context("the venv's python has no directory")?
-        .to_path_buf();
+    let venv_bin = d.venv_bin();
     let mut servers = Vec::new();
     for (name, start) in [
         (EXECKIT, start_execkit as StartFn),
@@ -107,7 +103,7 @@ fn measure(d: &Driver, execkit: &Path, plan: &Plan, r: &mut Results) -> Result<(
     ] {
         let home = dir.make(&format!("{}-home", name.replace(' ', "-")))?;
         let files = dir.make(&format!("{}-files", name.replace(' ', "-")))?;
-        let started = start(execkit, &venv_bin, &token, &home).and_then(|mut s| {
+        let started = start(execkit, venv_bin, &token, &home).and_then(|mut s| {
             s.wait_ready(&token)?;
             Ok(s)
         });
