@@ -58,14 +58,20 @@ impl Driver {
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("running {}", self.python.display()))?;
+        let mode = args.first().copied().unwrap_or_default();
         if !out.status.success() {
+            // All of it on the console, its last line (the exception) in
+            // the report's note.
+            let err = String::from_utf8_lossy(&out.stderr);
+            eprintln!("bench.py {mode}: {}", err.trim_end());
+            let last = err.lines().rev().find(|l| !l.trim().is_empty());
             bail!(
-                "bench.py {args:?} failed ({}): {}",
+                "bench.py {mode} failed ({}): {}",
                 out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                last.unwrap_or("").trim()
             );
         }
-        serde_json::from_slice(&out.stdout).with_context(|| format!("bench.py {args:?} output"))
+        serde_json::from_slice(&out.stdout).with_context(|| format!("bench.py {mode} output"))
     }
 
     /// Round-trip samples of a one-shot mode (`pexpect`, `swerex`, …),
