@@ -1,9 +1,13 @@
 //! `cargo xtask bench [--quick] [--transport local|docker|ssh|all]
-//! [--no-python]`: release builds of the bench and the CLI, the release
-//! Python wheel in a fresh venv with pexpect and SWE-ReX (for the Python
-//! rows, driven by `crates/execkit-py/bench/bench.py`), the same
+//! [--no-python] [--only swerex]`: release builds of the bench and the
+//! CLI, the release Python wheel in a fresh venv with pexpect and SWE-ReX
+//! (for the Python rows, driven by `crates/execkit-py/bench/bench.py`,
+//! and the SWE-ReX server rows: upstream's `swerex-remote` comes with
+//! `swe-rex`, its client `RemoteRuntime` needs `aiohttp`), the same
 //! dockerd/sshd provisioning as the tests, one run of `execkit-bench`, and
-//! (for full runs) `docs/BENCHMARKS.md` regenerated.
+//! (for full runs) `docs/BENCHMARKS.md` regenerated. `--only swerex`: the
+//! SWE-ReX server rows alone (no wheel, no dockerd/sshd), reported in
+//! `target/xtask/bench`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,23 +17,30 @@ use anyhow::{bail, Context, Result};
 
 use crate::{provision_all, python, root, teardown_all, BUILT, TRANSPORTS};
 
-/// The baselines of the Python rows, pinned so runs compare the same code.
-const PY_BASELINES: &[&str] = &["pexpect==4.9.0", "swe-rex==1.4.0"];
+/// The baselines of the Python rows, pinned so runs compare the same code
+/// (`aiohttp`: SWE-ReX's `RemoteRuntime` imports it without declaring it).
+const PY_BASELINES: &[&str] = &["pexpect==4.9.0", "swe-rex==1.4.0", "aiohttp==3.14.5"];
 
 pub fn bench(args: &[String]) -> Result<bool> {
     let mut quick = false;
     let mut with_python = true;
     let mut which = "all".to_string();
+    let mut only: Option<String> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--only" => match it.next().map(String::as_str) {
+                Some("swerex") => only = Some("swerex".into()),
+                other => bail!("--only takes `swerex`, not {other:?}"),
+            },
             "--no-python" => with_python = false,
             "--transport" => which = it.next().context("--transport needs a value")?.clone(),
             other => bail!("unknown argument {other}"),
         }
     }
     let selected: Vec<&str> = match which.as_str() {
+        _ if only.is_some() => vec!["local"],
         "all" => TRANSPORTS.to_vec(),
         t if TRANSPORTS.contains(&t) => vec![t],
         t => bail!("unknown transport {t}"),
@@ -37,7 +48,7 @@ pub fn bench(args: &[String]) -> Result<bool> {
     let started = Instant::now();
     let root = root();
     let out_dir = root.join("target/xtask");
-    if Command::new("tmux").arg("-V").output().is_err() {
+    if only.is_none() && Command::new("tmux").arg("-V").output().is_err() {
         if let Err(e) = crate::apt_install(&["tmux"]) {
             eprintln!("xtask: warning: no tmux, its baselines will be skipped: {e:#}");
         }
@@ -66,7 +77,12 @@ pub fn bench(args: &[String]) -> Result<bool> {
         // The Python rows: a missing python3-venv or PyPI is a note in
         // the report, not a failed bench.
         let py = if with_python {
-            match python_venv(&root, &out_dir) {
+            let venv = if only.is_some() {
+                baselines_venv(&out_dir).map(|py| (py, None))
+            } else {
+                python_venv(&root, &out_dir).map(|(py, wheel)| (py, Some(wheel)))
+            };
+            match venv {
                 Ok(py) => Some(py),
                 Err(e) => {
                     eprintln!("xtask: warning: no Python rows: {e:#}");
@@ -76,7 +92,7 @@ pub fn bench(args: &[String]) -> Result<bool> {
         } else {
             None
         };
-        let report_dir = if quick {
+        let report_dir = if quick || only.is_some() {
             out_dir.join("bench")
         } else {
             root.join("docs")
@@ -91,13 +107,17 @@ pub fn bench(args: &[String]) -> Result<bool> {
         if quick {
             cmd.arg("--quick");
         }
+        if let Some(only) = &only {
+            cmd.arg("--only").arg(only);
+        }
         if let Some((python, wheel)) = &py {
             cmd.arg("--python")
                 .arg(python)
                 .arg("--py-script")
-                .arg(root.join("crates/execkit-py/bench/bench.py"))
-                .arg("--wheel")
-                .arg(wheel);
+                .arg(root.join("crates/execkit-py/bench/bench.py"));
+            if let Some(wheel) = wheel {
+                cmd.arg("--wheel").arg(wheel);
+            }
         }
         for p in &provisions {
             cmd.envs(p.env.iter().map(|(k, v)| (k, v)));
@@ -126,6 +146,15 @@ fn python_venv(root: &Path, out_dir: &Path) -> Result<(PathBuf, PathBuf)> {
     );
     let python = python::venv_with_wheel(&out_dir.join("bench-venv"), &wheel, PY_BASELINES)?;
     Ok((python, wheel))
+}
+
+/// The python of a fresh venv holding the baselines only (for
+/// `--only swerex`, which needs no wheel).
+fn baselines_venv(out_dir: &Path) -> Result<PathBuf> {
+    println!("xtask: a fresh venv with {}", PY_BASELINES.join(" "));
+    let python = python::new_venv(&out_dir.join("bench-venv"))?;
+    python::pip_install(&python, PY_BASELINES)?;
+    Ok(python)
 }
 
 fn display(p: &Path) -> String {

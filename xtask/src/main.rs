@@ -96,7 +96,7 @@ fn main() -> ExitCode {
         _ => {
             eprintln!(
                 "usage: cargo xtask test [--transport local|docker|ssh|all]
-       cargo xtask bench [--quick] [--transport local|docker|ssh|all] [--no-python]
+       cargo xtask bench [--quick] [--transport local|docker|ssh|all] [--no-python] [--only swerex]
        cargo xtask soak [--minutes N]
        cargo xtask with local|docker|ssh|all -- COMMAND...
        cargo xtask wheel

@@ -11,6 +11,7 @@ mod load;
 mod python;
 mod report;
 mod soak;
+mod swerex;
 mod timing;
 
 use std::path::PathBuf;
@@ -67,6 +68,12 @@ pub(crate) struct Results {
     /// Versions of python and the Python packages measured.
     #[serde(default)]
     pub(crate) python_versions: Option<std::collections::BTreeMap<String, Option<String>>>,
+    /// `write_file` / `read_file` through the SWE-ReX servers.
+    #[serde(default)]
+    pub(crate) swerex_files: Vec<swerex::FileOp>,
+    /// A partial run (`--only swerex`): only those rows.
+    #[serde(default)]
+    pub(crate) only: Option<String>,
     pub(crate) notes: Vec<String>,
 }
 
@@ -124,6 +131,8 @@ struct Args {
     python: Option<PathBuf>,
     py_script: Option<PathBuf>,
     wheel: Option<PathBuf>,
+    /// `swerex`: only the SWE-ReX server rows.
+    only: Option<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -135,6 +144,7 @@ fn parse_args() -> Result<Args> {
         python: None,
         py_script: None,
         wheel: None,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -151,6 +161,10 @@ fn parse_args() -> Result<Args> {
                 a.py_script = Some(it.next().context("--py-script needs a path")?.into())
             }
             "--wheel" => a.wheel = Some(it.next().context("--wheel needs a path")?.into()),
+            "--only" => match it.next().as_deref() {
+                Some("swerex") => a.only = Some("swerex".into()),
+                other => bail!("--only takes `swerex`, not {other:?}"),
+            },
             other => bail!("unknown argument {other}"),
         }
     }
@@ -172,12 +186,17 @@ fn main() -> Result<()> {
         .build()?;
     let mut r = Results {
         quick: args.quick,
+        only: args.only.clone(),
         ..Results::default()
     };
     let n = if args.quick { 100 } else { 500 };
 
     // The Python driver, when `cargo xtask bench` made its venv.
     let py = python_driver(&args, &mut r);
+    if args.only.is_some() {
+        swerex_rows(&args, py.as_ref(), &mut r);
+        return finish(&args, &r);
+    }
     let mut served = match &py {
         Some(d) => match d.serve() {
             Ok(s) => Some(s),
@@ -223,6 +242,7 @@ fn main() -> Result<()> {
     if let Some(d) = &py {
         python_baselines(d, args.quick, n, &mut r);
     }
+    swerex_rows(&args, py.as_ref(), &mut r);
 
     // Session start to first result.
     let starts = if args.quick { 10 } else { 50 };
@@ -275,14 +295,36 @@ fn main() -> Result<()> {
         }
     }
 
+    finish(&args, &r)
+}
+
+/// The table on stdout and, with `--out`, the report.
+fn finish(args: &Args, r: &Results) -> Result<()> {
     let _ = std::fs::remove_dir_all(bench_config().spool_dir);
-    let table = report::table(&r);
+    let table = report::table(r);
     println!("\n{table}");
     if let Some(dir) = &args.out {
-        report::write(dir, &r)?;
+        report::write(dir, r)?;
         println!("wrote {}", dir.join("BENCHMARKS.md").display());
     }
     Ok(())
+}
+
+/// The SWE-ReX server rows (`swerex.rs`): they need the Python driver's
+/// venv (the official client, upstream's server) and the `execkit` binary.
+fn swerex_rows(args: &Args, py: Option<&python::Driver>, r: &mut Results) {
+    match (py, &args.execkit) {
+        (Some(d), Some(bin)) => match std::path::absolute(bin) {
+            Ok(bin) => swerex::rows(d, &bin, args.quick, r),
+            Err(e) => r.notes.push(format!("SWE-ReX server rows skipped: {e}")),
+        },
+        (None, _) => r
+            .notes
+            .push("SWE-ReX server rows skipped: no Python driver".into()),
+        (_, None) => r
+            .notes
+            .push("SWE-ReX server rows skipped: no --execkit (cargo xtask bench passes it)".into()),
+    }
 }
 
 /// Docker and SSH rows, when their targets were provisioned.
@@ -459,10 +501,15 @@ fn python_driver(args: &Args, r: &mut Results) -> Option<python::Driver> {
         );
         return None;
     };
-    let d = python::Driver {
-        python: python.clone(),
-        script: script.clone(),
+    // Absolute: some modes run in another working directory.
+    let (python, script) = match (std::path::absolute(python), std::path::absolute(script)) {
+        (Ok(p), Ok(s)) => (p, s),
+        (Err(e), _) | (_, Err(e)) => {
+            r.notes.push(format!("Python rows skipped: {e}"));
+            return None;
+        }
     };
+    let d = python::Driver { python, script };
     match d.run(&["versions"]) {
         Ok(v) => {
             r.python_versions = Some(v);
@@ -476,7 +523,8 @@ fn python_driver(args: &Args, r: &mut Results) -> Option<python::Driver> {
 }
 
 /// pexpect with a fixed prompt (its default 50 ms delay before each send,
-/// and with that delay off) and SWE-ReX's `LocalRuntime`.
+/// and with that delay off) and SWE-ReX's `LocalRuntime` (in the clean
+/// environment its server gets in `swerex.rs`: its shell reads `~/.bashrc`).
 fn python_baselines(d: &python::Driver, quick: bool, n: usize, r: &mut Results) {
     let delayed = if quick { 20 } else { 100 };
     let swerex = if quick { 10 } else { 50 };
@@ -492,9 +540,20 @@ fn python_baselines(d: &python::Driver, quick: bool, n: usize, r: &mut Results) 
         ),
         ("swe-rex-local", vec!["swerex".into(), swerex.to_string()]),
     ];
+    let scratch = swerex::Scratch::new("swerex-local");
     for (system, argv) in rows {
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        match d.samples(&argv) {
+        let got = if system == "swe-rex-local" {
+            match &scratch {
+                Ok(s) => s.make("home").and_then(|home| {
+                    d.samples_with(&argv, |c| swerex::sandboxed(c, &home, d.venv_bin()))
+                }),
+                Err(e) => Err(anyhow::anyhow!("{e:#}")),
+            }
+        } else {
+            d.samples_with(&argv, |_| {})
+        };
+        match got {
             Ok(v) => r.round_trip.push(Latency::from(system, v)),
             Err(e) => r.notes.push(format!("{system} skipped: {e:#}")),
         }

@@ -6,7 +6,7 @@
 //! Rust samples of the same minute.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
@@ -33,27 +33,55 @@ fn durations(s: Samples) -> Vec<Duration> {
 }
 
 impl Driver {
+    /// The venv's `bin` directory (where its python and `swerex-remote` are).
+    pub(crate) fn venv_bin(&self) -> &Path {
+        self.python.parent().unwrap_or(Path::new("/"))
+    }
+
     /// One mode of the driver, its JSON output parsed.
     pub(crate) fn run<T: for<'de> Deserialize<'de>>(&self, args: &[&str]) -> Result<T> {
-        let out = Command::new(&self.python)
+        self.run_with(args, |_| {})
+    }
+
+    /// [`Driver::run`], its command set up by `setup` first (environment,
+    /// working directory).
+    pub(crate) fn run_with<T: for<'de> Deserialize<'de>>(
+        &self,
+        args: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Result<T> {
+        let mut cmd = Command::new(&self.python);
+        setup(&mut cmd);
+        let out = cmd
             .arg(&self.script)
             .args(args)
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("running {}", self.python.display()))?;
+        let mode = args.first().copied().unwrap_or_default();
         if !out.status.success() {
+            // All of it on the console, its last line (the exception) in
+            // the report's note.
+            let err = String::from_utf8_lossy(&out.stderr);
+            eprintln!("bench.py {mode}: {}", err.trim_end());
+            let last = err.lines().rev().find(|l| !l.trim().is_empty());
             bail!(
-                "bench.py {args:?} failed ({}): {}",
+                "bench.py {mode} failed ({}): {}",
                 out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                last.unwrap_or("").trim()
             );
         }
-        serde_json::from_slice(&out.stdout).with_context(|| format!("bench.py {args:?} output"))
+        serde_json::from_slice(&out.stdout).with_context(|| format!("bench.py {mode} output"))
     }
 
-    /// Round-trip samples of a one-shot mode (`pexpect`, `swerex`, …).
-    pub(crate) fn samples(&self, args: &[&str]) -> Result<Vec<Duration>> {
-        Ok(durations(self.run(args)?))
+    /// Round-trip samples of a one-shot mode (`pexpect`, `swerex`, …),
+    /// its command set up by `setup`.
+    pub(crate) fn samples_with(
+        &self,
+        args: &[&str],
+        setup: impl FnOnce(&mut Command),
+    ) -> Result<Vec<Duration>> {
+        Ok(durations(self.run_with(args, setup)?))
     }
 
     /// A warm `execkit.Session` in a driver process, ready for blocks.

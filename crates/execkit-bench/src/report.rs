@@ -25,7 +25,9 @@ pub fn table(r: &Results) -> String {
             l.system, l.samples, l.p50_ms, l.p99_ms
         );
     }
-    let _ = writeln!(s, "\n### Session start to first result\n\n| system | samples | p50 ms | p99 ms |\n|---|---:|---:|---:|");
+    if !r.start.is_empty() {
+        let _ = writeln!(s, "\n### Session start to first result\n\n| system | samples | p50 ms | p99 ms |\n|---|---:|---:|---:|");
+    }
     for l in &r.start {
         let _ = writeln!(
             s,
@@ -33,10 +35,12 @@ pub fn table(r: &Results) -> String {
             l.system, l.samples, l.p50_ms, l.p99_ms
         );
     }
-    let _ = writeln!(
-        s,
-        "\n### Throughput\n\n| system | MB | MB/s | peak RSS MB |\n|---|---:|---:|---:|"
-    );
+    if !r.throughput.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### Throughput\n\n| system | MB | MB/s | peak RSS MB |\n|---|---:|---:|---:|"
+        );
+    }
     for t in &r.throughput {
         let _ = writeln!(
             s,
@@ -46,6 +50,24 @@ pub fn table(r: &Results) -> String {
             t.mb_per_s,
             t.peak_rss_mb
         );
+    }
+    if !r.swerex_files.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### SWE-ReX file routes (text, official `RemoteRuntime`)\n\n| system | route | MB | samples | p50 s | p99 s |\n|---|---|---:|---:|---:|---:|"
+        );
+        for f in &r.swerex_files {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.3} | {:.3} |",
+                f.system,
+                f.op,
+                f.bytes / 1_000_000,
+                f.samples,
+                f.p50_ms / 1000.0,
+                f.p99_ms / 1000.0
+            );
+        }
     }
     if let Some(c) = &r.concurrent {
         let _ = writeln!(
@@ -155,7 +177,41 @@ pub fn ratios(r: &Results) -> Vec<String> {
         ));
     }
     python_ratios(r, &mut out);
+    swerex_ratios(r, &mut out);
     out
+}
+
+/// The targets of the SWE-ReX server: against upstream's `swerex-remote`,
+/// both driven by the same client in the same run.
+fn swerex_ratios(r: &Results, out: &mut Vec<String>) {
+    use crate::swerex::{EXECKIT, UPSTREAM};
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    if let (Some(e), Some(u)) = (find(&r.round_trip, EXECKIT), find(&r.round_trip, UPSTREAM)) {
+        let x = u.p50_ms / e.p50_ms;
+        out.push(format!(
+            "{EXECKIT} run_in_session p50 {:.2} ms: {x:.0} × faster than {UPSTREAM} (p99: {:.0} ×; target ≥ 30: {})",
+            e.p50_ms,
+            u.p99_ms / e.p99_ms,
+            verdict(x >= 30.0)
+        ));
+    }
+    let file = |system: &str, op: &str| {
+        r.swerex_files
+            .iter()
+            .find(|f| f.system == system && f.op == op)
+    };
+    for op in ["write_file", "read_file"] {
+        if let (Some(e), Some(u)) = (file(EXECKIT, op), file(UPSTREAM, op)) {
+            let x = u.p50_ms / e.p50_ms;
+            out.push(format!(
+                "{EXECKIT} {op} of {} MB p50 {:.3} s, {UPSTREAM} {:.3} s: {x:.2} × as fast (target ≥ 5: {})",
+                e.bytes / 1_000_000,
+                e.p50_ms / 1000.0,
+                u.p50_ms / 1000.0,
+                verdict(x >= 5.0)
+            ));
+        }
+    }
 }
 
 /// The targets of issue 17 (the Python wheel).
@@ -327,10 +383,11 @@ fn machine(r: &Results) -> String {
 pub fn write(dir: &Path, r: &Results) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("bench-roundtrip.svg"), svg(r))?;
-    let mode = if r.quick {
-        "`cargo xtask bench --quick`"
-    } else {
-        "`cargo xtask bench`"
+    let mode = match (r.quick, r.only.as_deref()) {
+        (true, Some(only)) => format!("`cargo xtask bench --quick --only {only}`"),
+        (false, Some(only)) => format!("`cargo xtask bench --only {only}`"),
+        (true, None) => "`cargo xtask bench --quick`".to_string(),
+        (false, None) => "`cargo xtask bench`".to_string(),
     };
     let py_block = PY_BLOCK;
     let (threads, commands) = (crate::load::THREADS, crate::load::COMMANDS);
@@ -350,7 +407,8 @@ pub fn write(dir: &Path, r: &Results) -> Result<()> {
          - **pexpect-prompt**: `pexpect.spawn` of bash with a fixed `PS1`, `sendline(\"true\")` then `expect_exact(prompt)` (no exit status); with pexpect's default 50 ms `delaybeforesend`, and **-nodelay** with it off.\n\
          - **swe-rex-local**: SWE-ReX's in-process `LocalRuntime`: `await runtime.run_in_session(BashAction(command=\"true\"))` in a session from `create_session(CreateBashSessionRequest())` (pexpect underneath, plus its syntax check and exit-code round trip).\n\
          - Threads: {threads} threads × {commands} commands, each thread opening its own local session (timed: *open*), then, once all are open, running its commands with their outputs checked (timed until the last ends: *commands*, the phase the target is stated for). **python threads**: `threading.Thread`s of one interpreter calling `Session.run` (the GIL is released while a command runs). **rust os threads**: the same with OS threads, each `block_on` a shared multi-thread tokio runtime — how the wheel drives sessions, so the ratio is the cost of Python itself. **rust tokio tasks**: the same load as tasks, for reference. Rounds alternate the three; each row is the median round.\n\
-         - Wheel: the size of the release wheel `maturin build` made.\n\n\
+         - Wheel: the size of the release wheel `maturin build` made.\n\
+         - **execkit swerex / swerex-remote**: SWE-ReX's official client, `RemoteRuntime` (`swe-rex` 1.4.0, a new connection per request, as it makes them), against `execkit swerex --target local --no-journal` and against upstream's own server, `swerex-remote` (FastAPI and pexpect, from the same venv), both on this host on free loopback ports, each started in the environment of a fresh sandbox (an empty `HOME` as its working directory, `PATH`, `LANG=C.UTF-8`, no `TERM`: upstream's shell is an interactive bash that reads `~/.bashrc`, and a host's rc file — here pyenv's prompt hook — slows it and breaks its 0.1 s wait for the prompt after the exit code), and waited for by `GET /is_alive`. One client process drives both, the servers taking turns block by block: `run_in_session(BashAction(command=\"true\"))` after `create_session`, then rounds of `write_file` and `read_file` (read back and compared) of 10 MB of 50-byte ASCII lines; 5 round trips and one file round first, untimed. A call that raises is counted in a note, not timed. **swe-rex-local** runs in that same environment.\n\n\
          ## Results\n\n![round trip per system](bench-roundtrip.svg)\n\n{}",
         machine(r),
         table(r)

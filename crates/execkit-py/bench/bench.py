@@ -11,6 +11,7 @@ prints JSON on stdout; times are in seconds.
     python bench.py serve               round trips on request, see below
     python bench.py pexpect N [DELAY]   pexpect, fixed prompt (DELAY: its delaybeforesend; 'none' for no delay)
     python bench.py swerex N            SWE-ReX LocalRuntime bash session
+    python bench.py swerex-remote SPEC  SWE-ReX RemoteRuntime against servers, see below
     python bench.py threads T C         T threads, each its own session, C commands each
     python bench.py profile N           profiling aid: costs per call (see `profile`)
 
@@ -18,6 +19,17 @@ prints JSON on stdout; times are in seconds.
 one untimed round trip (the process was idle), then K timed ones, printed
 as one JSON line: the caller alternates these blocks with its own samples
 so both see the same minute of the machine. An empty line or EOF ends it.
+
+`swerex-remote` drives running SWE-ReX servers with the official client,
+`RemoteRuntime`, from this one process: SPEC is JSON, `{"n": N, "block":
+B, "files": F, "bytes": S, "servers": [{"name", "url", "dir"}, ...]}`, the
+API key in EXECKIT_BENCH_SWEREX_TOKEN. It times N round trips of
+`run_in_session(BashAction(command="true"))` per server in blocks of B,
+the servers taking turns block by block (who goes first alternates), then
+F rounds of `write_file` and `read_file` of S bytes of text in the
+server's `dir` (read back and compared), again taking turns; warm-up
+calls first, untimed. A call that raises (or answers wrongly) is counted
+under `errors` with the first message, not timed.
 """
 
 from __future__ import annotations
@@ -39,10 +51,14 @@ def out(value: object) -> None:
 def versions() -> dict:
     from importlib.metadata import version
 
-    import execkit
+    v = {"python": sys.version.split()[0]}
+    try:
+        import execkit
 
-    v = {"python": sys.version.split()[0], "execkit": execkit.__version__}
-    for dist in ("pexpect", "swe-rex"):
+        v["execkit"] = execkit.__version__
+    except ImportError:  # a venv for the SWE-ReX rows alone: no wheel
+        pass
+    for dist in ("pexpect", "swe-rex", "aiohttp", "fastapi", "uvicorn"):
         try:
             v[dist] = version(dist)
         except Exception:  # not installed: its rows are skipped
@@ -141,6 +157,94 @@ def swerex_round_trips(n: int) -> dict:
             await runtime.close()
 
     return {"samples_s": asyncio.run(main())}
+
+
+def swerex_remote(spec: dict) -> dict:
+    import contextlib
+    import logging
+    import os
+    from urllib.parse import urlsplit
+
+    from swerex.runtime.abstract import (
+        BashAction,
+        CloseBashSessionRequest,
+        CreateBashSessionRequest,
+        ReadFileRequest,
+        WriteFileRequest,
+    )
+    from swerex.runtime.remote import RemoteRuntime
+
+    token = os.environ["EXECKIT_BENCH_SWEREX_TOKEN"]
+    # Text like a source file or a log: 50-byte ASCII lines.
+    line = "0123456789" * 4 + "abcdefghi\n"
+    size = int(spec["bytes"])
+    content = (line * (size // len(line) + 1))[:size]
+    clock = time.perf_counter
+    ops = ("run_in_session", "write_file", "read_file")
+
+    class Server:
+        def __init__(self, s: dict) -> None:
+            url = urlsplit(s["url"])
+            self.name = s["name"]
+            self.rt = RemoteRuntime(host=f"http://{url.hostname}", port=url.port, auth_token=token)
+            self.path = os.path.join(s["dir"], "bench-text.txt")
+            self.samples: dict = {op: [] for op in ops}
+            self.errors: dict = {}
+
+        async def call(self, op: str, timed: bool) -> None:
+            t = clock()
+            try:
+                if op == "run_in_session":
+                    r = await self.rt.run_in_session(BashAction(command="true"))
+                    d = clock() - t
+                    wrong = None if r.exit_code == 0 else f"exit code {r.exit_code!r}"
+                elif op == "write_file":
+                    await self.rt.write_file(WriteFileRequest(content=content, path=self.path))
+                    d = clock() - t
+                    wrong = None
+                else:
+                    r = await self.rt.read_file(ReadFileRequest(path=self.path))
+                    d = clock() - t
+                    wrong = None if r.content == content else f"read back {len(r.content)} characters, not what was written"
+            except Exception as e:  # counted, not fatal: the other server goes on
+                wrong = f"{type(e).__name__}: {e}"
+            if wrong is not None:
+                e = self.errors.setdefault(op, {"count": 0, "first": wrong})
+                e["count"] += 1
+            elif timed:
+                self.samples[op].append(d)
+
+    servers = [Server(s) for s in spec["servers"]]
+    n, block, files = int(spec["n"]), int(spec["block"]), int(spec["files"])
+
+    async def main() -> None:
+        for s in servers:
+            await s.rt.create_session(CreateBashSessionRequest())
+            for _ in range(5):
+                await s.call("run_in_session", timed=False)
+        done = 0
+        while done < n:
+            k = min(block, n - done)
+            order = servers if (done // block) % 2 == 0 else servers[::-1]
+            for s in order:
+                for _ in range(k):
+                    await s.call("run_in_session", timed=True)
+            done += k
+        for i in range(files + 1):  # round 0: warm-up
+            order = servers if i % 2 == 0 else servers[::-1]
+            for s in order:
+                await s.call("write_file", timed=i > 0)
+                await s.call("read_file", timed=i > 0)
+        for s in servers:
+            with contextlib.suppress(Exception):
+                await s.rt.close_session(CloseBashSessionRequest())
+
+    # RemoteRuntime prints a re-raised exception's class on stdout, which
+    # carries this mode's JSON; its log goes to stderr.
+    logging.getLogger("rex-runtime").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(sys.stderr):
+        asyncio.run(main())
+    return {s.name: {"samples_s": s.samples, "errors": s.errors} for s in servers}
 
 
 def threads(n_threads: int, n_commands: int) -> dict:
@@ -245,6 +349,8 @@ def main(argv: list) -> None:
         out(pexpect_round_trips(int(argv[1]), delay))
     elif mode == "swerex":
         out(swerex_round_trips(int(argv[1])))
+    elif mode == "swerex-remote":
+        out(swerex_remote(json.loads(argv[1])))
     elif mode == "profile":
         out(profile(int(argv[1])))
     elif mode == "threads":
