@@ -105,7 +105,22 @@ fn usage(msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(crate::EXIT_USAGE)
 }
 
+/// Keeps the buffers of a file's trip (its body, its JSON text, its
+/// chunks: several × its size) in the heap for the next request: without
+/// it glibc maps each afresh and the kernel faults in and zeroes every
+/// page of them, a third of a 10 MB `write_file`'s time.
+fn keep_big_buffers() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets tunables of glibc's allocator, before any
+    // thread of ours allocates.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+}
+
 pub fn main(args: SwerexArgs) -> ExitCode {
+    keep_big_buffers();
     if let Err(code) = crate::check_allow_targets("swerex", &args.allow_target) {
         return code;
     }
