@@ -338,13 +338,26 @@ impl FileTransfer for DockerFiles {
         } = self.start(WRITE_SCRIPT, path, true).await?;
         // Feeds the chunks to the script's stdin, then ends it (EOF): what
         // was sent is written whatever ends the stream.
-        let send = async move {
+        // The script's stream ended (it exited): stop waiting for chunks.
+        let ended = tokio::sync::Notify::new();
+        let send = async {
             let mut sent = 0u64;
             let why: io::Result<()> = loop {
-                let chunk = match from.recv().await {
-                    None => break Ok(()),
-                    Some(Err(e)) => break Err(e),
-                    Some(Ok(c)) => c,
+                let next = tokio::select! {
+                    biased;
+                    () = ended.notified() => None,
+                    c = from.recv() => Some(c),
+                };
+                let chunk = match next {
+                    None => {
+                        break Err(io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            "the script in the container ended",
+                        ))
+                    }
+                    Some(None) => break Ok(()),
+                    Some(Some(Err(e))) => break Err(e),
+                    Some(Some(Ok(c))) => c,
                 };
                 let room = len.map_or(u64::MAX, |l| l - sent);
                 let take = chunk.len().min(usize::try_from(room).unwrap_or(usize::MAX));
@@ -364,7 +377,7 @@ impl FileTransfer for DockerFiles {
             let _ = write.shutdown().await;
             (sent, why)
         };
-        let receive = async move {
+        let receive = async {
             let mut demux = Demux::default();
             let (mut out, mut err) = (Vec::new(), Vec::new());
             demux.feed(&initial, &mut out, &mut err);
@@ -377,6 +390,7 @@ impl FileTransfer for DockerFiles {
                     Err(e) => break Some(e),
                 }
             };
+            ended.notify_one();
             (err, broke)
         };
         let ((sent, why), (err, broke)) = tokio::join!(send, receive);

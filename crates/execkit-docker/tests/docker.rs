@@ -1053,6 +1053,19 @@ async fn files_see_the_containers_mounts(env: Env) -> anyhow::Result<()> {
         "the hard link sees the new bytes"
     );
 
+    // A write that fails before its stream ends says so at once, without
+    // waiting for the caller's next chunk.
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tx.send(Ok(b"x".to_vec())).await?;
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        files.write("/scratch/sub", None, rx),
+    )
+    .await
+    .context("a failed write waited for its stream to end")?;
+    ensure!(errno(r, "writing over a directory")? == libc::EISDIR);
+    drop(tx);
+
     // A paused container: an error saying so, at once.
     docker_cli(&["pause", &name])?;
     let t = Instant::now();
