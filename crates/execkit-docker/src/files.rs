@@ -225,17 +225,31 @@ impl DockerFiles {
     }
 
     /// The error of a transfer whose script did not say `ok`.
-    fn failure(&self, what: &str, path: &str, nonce: &str, stderr: &[u8]) -> io::Error {
+    /// `stdout` is what came there instead of the script's (the engine's
+    /// words when the exec could not start).
+    fn failure(
+        &self,
+        what: &str,
+        path: &str,
+        nonce: &str,
+        stderr: &[u8],
+        stdout: &[u8],
+    ) -> io::Error {
         let status = Status::parse(stderr, nonce);
         let container = &self.container;
         match status.last.as_deref() {
-            None => io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!(
-                    "{what} {path} in container {container}: /bin/sh did not run there{}",
-                    status.said()
-                ),
-            ),
+            None => {
+                let engine = String::from_utf8_lossy(&stdout[..stdout.len().min(1024)]);
+                let engine = engine.trim();
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "{what} {path} in container {container}: /bin/sh did not run there{}{}",
+                        if engine.is_empty() { "" } else { ": " },
+                        engine.replace(['\r', '\n'], " ")
+                    ),
+                )
+            }
             Some("unsupported") => io::Error::new(
                 io::ErrorKind::Unsupported,
                 format!("{what} {path} in container {container}: it has no `cat` or `mkdir`"),
@@ -313,7 +327,8 @@ impl FileTransfer for DockerFiles {
         }
         if !opened || Status::parse(&err, &nonce).last.as_deref() != Some("ok") {
             reaper.disarm();
-            return Err(self.failure("reading", path, &nonce, &err));
+            let engine = if opened { &[][..] } else { &out[..] };
+            return Err(self.failure("reading", path, &nonce, &err, engine));
         }
         reaper.disarm();
         if !out.is_empty() {
@@ -383,7 +398,9 @@ impl FileTransfer for DockerFiles {
             demux.feed(&initial, &mut out, &mut err);
             let mut buf = vec![0u8; 64 * 1024];
             let broke = loop {
-                out.clear();
+                // The script prints nothing there; the engine might (why
+                // the exec could not start): its first KiB is kept.
+                out.truncate(1024);
                 match read.read(&mut buf).await {
                     Ok(0) => break None,
                     Ok(n) => demux.feed(&buf[..n], &mut out, &mut err),
@@ -391,9 +408,9 @@ impl FileTransfer for DockerFiles {
                 }
             };
             ended.notify_one();
-            (err, broke)
+            (out, err, broke)
         };
-        let ((sent, why), (err, broke)) = tokio::join!(send, receive);
+        let ((sent, why), (out, err, broke)) = tokio::join!(send, receive);
         reaper.disarm();
         if Status::parse(&err, &nonce).last.as_deref() != Some("ok") {
             return Err(match broke {
@@ -404,7 +421,7 @@ impl FileTransfer for DockerFiles {
                         self.container
                     ),
                 ),
-                _ => self.failure("writing", path, &nonce, &err),
+                _ => self.failure("writing", path, &nonce, &err, &out),
             });
         }
         why?;

@@ -16,6 +16,12 @@
 //! A session's shell in a paused container is kept: the engine in
 //! `execkit-core` asks [`ShellProcess::suspended`] and reports the pause at
 //! once instead of at the command's timeout.
+//!
+//! Whole files move outside any session ([`Transport::files`]): one exec
+//! per file of `cat` as the container's user, the bytes on the exec's own
+//! stdin and stdout — with the rights, umask and mounts the container's
+//! shells have (the engine's archive API would act as root on the root
+//! filesystem, blind to a tmpfs mounted in the container).
 
 mod engine;
 mod files;

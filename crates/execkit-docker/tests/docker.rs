@@ -89,6 +89,7 @@ fn cases() -> Vec<Case> {
         case!(files_as_the_containers_user, needs_image),
         case!(files_see_the_containers_mounts, needs_image),
         case!(files_given_up_leave_no_process, needs_image),
+        case!(files_without_a_shell_are_unsupported, needs_image),
         case!(files_over_tcp, |e: &Env| e.tcp.is_none().then_some(
             "EXECKIT_TEST_DOCKER_TCP (an engine on a loopback TCP port)"
         )),
@@ -1207,5 +1208,40 @@ async fn files_over_tcp(env: Env) -> anyhow::Result<()> {
         "-rf",
         path.rsplit_once('/').map_or("", |p| p.0),
     ])?;
+    Ok(())
+}
+
+/// A container without `/bin/sh` cannot run the transfer's script: the
+/// answer is `Unsupported` (the caller falls back to a session, which runs
+/// on the shell it was given), and the engine's error text is not handed
+/// on as the file's bytes.
+async fn files_without_a_shell_are_unsupported(env: Env) -> anyhow::Result<()> {
+    let scratch = Scratch::start(&env, "files-nosh")?;
+    docker_cli(&["exec", &scratch.0, "/bin/busybox", "rm", "-f", "/bin/sh"])?;
+    let files = files_of(&format!("docker:{}", scratch.0))?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let got = async move {
+        let mut all = Vec::new();
+        while let Some(c) = rx.recv().await {
+            all.extend(c);
+        }
+        all
+    };
+    let (r, got) = tokio::join!(files.read("/etc/passwd", tx), got);
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+            ensure!(e.to_string().contains("/bin/sh"), "{e}")
+        }
+        other => bail!("reading: expected Unsupported, got {other:?}"),
+    }
+    ensure!(
+        got.is_empty(),
+        "handed on as bytes: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    match write_file(&*files, "/tmp/x", b"x").await {
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+        other => bail!("writing: expected Unsupported, got {other:?}"),
+    }
     Ok(())
 }
