@@ -28,10 +28,7 @@ async fn write(files: &dyn FileTransfer, path: &str, total: usize, known: bool) 
         }
         drop(tx);
     };
-    let (r, ()) = tokio::join!(
-        files.write(path, known.then_some(total as u64), rx),
-        feed
-    );
+    let (r, ()) = tokio::join!(files.write(path, known.then_some(total as u64), rx), feed);
     assert_eq!(r.expect("write"), total as u64);
     t.elapsed().as_secs_f64()
 }
@@ -68,9 +65,7 @@ fn docker_cp(args: &[&str]) -> f64 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let container = args
-        .next()
-        .expect("usage: docker_files CONTAINER [ROUNDS]");
+    let container = args.next().expect("usage: docker_files CONTAINER [ROUNDS]");
     let rounds: usize = args.next().map_or(3, |r| r.parse().expect("ROUNDS"));
     let transport =
         execkit_docker::DockerTransport::new(&format!("docker:{container}")).expect("target");

@@ -351,10 +351,11 @@ impl FileTransfer for DockerFiles {
             initial,
             reaper,
         } = self.start(WRITE_SCRIPT, path, true).await?;
+        // Told when the script's stream ends (it exited): no more chunks
+        // are waited for.
+        let ended = tokio::sync::Notify::new();
         // Feeds the chunks to the script's stdin, then ends it (EOF): what
         // was sent is written whatever ends the stream.
-        // The script's stream ended (it exited): stop waiting for chunks.
-        let ended = tokio::sync::Notify::new();
         let send = async {
             let mut sent = 0u64;
             let why: io::Result<()> = loop {
