@@ -32,6 +32,6 @@ pub use crate::protocol::{nonce, shell_quote};
 pub use crate::registry::{scheme_of, TransportInfo};
 pub use crate::shell::{kill_matching_script, script_argv, startup_argv, MARKER_VAR, STRIP_ENV};
 pub use crate::transport::{
-    read_file, write_file, Chunks, ExitStatus, FileTransfer, ShellEvent, ShellProcess, Size,
-    SpawnSpec, Transport, FILE_CHUNK,
+    file_errno, read_file, write_file, Chunks, ExitStatus, FileTransfer, ShellEvent, ShellProcess,
+    Size, SpawnSpec, Transport, FILE_CHUNK,
 };

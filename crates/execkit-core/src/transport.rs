@@ -185,10 +185,9 @@ pub const FILE_CHUNK: usize = 1 << 20;
 /// most [`FILE_CHUNK`] bytes, never holding a whole file. Paths are
 /// absolute (a relative one is `InvalidInput`); a symlink is followed, as
 /// `open(2)` does. Files are read and written as the user the target's
-/// shells run as. An error the target reported with an errno is exactly
-/// that errno (`io::Error::from_raw_os_error`: `ENOENT`, `EACCES`,
-/// `EISDIR`, `ENOTDIR`, …; the caller, who knows the path, words it);
-/// any other failure is a message saying what broke. `ErrorKind::Unsupported`
+/// shells run as. An error carries the target's errno where it reported
+/// one (`ENOENT`, `EACCES`, `EISDIR`, `ENOTDIR`, …; read it with
+/// [`file_errno`]) and a message naming the path. `ErrorKind::Unsupported`
 /// means this transfer cannot serve the request correctly (e.g. it would
 /// act with other rights than the shell's user): the caller falls back to
 /// moving the bytes through a session.
@@ -212,13 +211,41 @@ pub trait FileTransfer: Send + Sync + fmt::Debug {
     async fn write(&self, path: &str, len: Option<u64>, from: Chunks) -> std::io::Result<u64>;
 }
 
+/// The target's errno a [`FileTransfer`] error carries: its own
+/// (`io::Error::raw_os_error`) or that of an `io::Error` in its source
+/// chain. An `io::Error` holding an errno has no room for a message, so an
+/// error that names the path wraps one (`io::Error::new(kind, E)` where
+/// `E::source` is the errno's `io::Error`).
+pub fn file_errno(e: &std::io::Error) -> Option<i32> {
+    if let Some(n) = e.raw_os_error() {
+        return Some(n);
+    }
+    let mut next = e
+        .get_ref()
+        .map(|inner| inner as &(dyn std::error::Error + 'static));
+    while let Some(err) = next {
+        if let Some(n) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return Some(n);
+        }
+        next = err.source();
+    }
+    None
+}
+
 /// Reads the whole file at `path` through `files`.
 pub async fn read_file(files: &dyn FileTransfer, path: &str) -> std::io::Result<Vec<u8>> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let collect = async move {
         let mut all = Vec::new();
         while let Some(chunk) = rx.recv().await {
-            all.extend_from_slice(&chunk);
+            if all.is_empty() {
+                all = chunk;
+            } else {
+                all.extend_from_slice(&chunk);
+            }
         }
         all
     };

@@ -4,8 +4,10 @@
 //! (a path, or a name looked up in `PATH`). The shell runs in its own session
 //! on a fresh PTY; exit is detected through a pidfd (a background job may keep
 //! the PTY open after the shell died), and kill takes the shell's process
-//! group plus every process carrying the session marker.
+//! group plus every process carrying the session marker. Whole files move
+//! through the filesystem itself ([`Transport::files`]).
 
+mod files;
 mod procs;
 mod pty;
 
@@ -14,7 +16,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use execkit_core::{
-    raw::{ShellProcess, SpawnSpec, Transport},
+    raw::{FileTransfer, ShellProcess, SpawnSpec, Transport},
     TransportError,
 };
 
@@ -117,6 +119,10 @@ impl Transport for LocalTransport {
             .await
             .map_err(|e| TransportError::io("marker cleanup", std::io::Error::other(e)))?;
         Ok(())
+    }
+
+    fn files(&self) -> Option<Arc<dyn FileTransfer>> {
+        Some(Arc::new(files::LocalFiles))
     }
 }
 

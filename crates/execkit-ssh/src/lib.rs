@@ -20,6 +20,7 @@
 
 mod actor;
 mod connect;
+mod files;
 mod pool;
 mod target;
 
@@ -30,7 +31,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use execkit_core::raw::shell_quote;
 use execkit_core::{
-    raw::{ShellEvent, ShellProcess, SpawnSpec, Transport},
+    raw::{FileTransfer, ShellEvent, ShellProcess, SpawnSpec, Transport},
     Size, TransportError,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -220,6 +221,14 @@ impl Transport for SshTransport {
         let cmd = kill_command(entry);
         let out = pool::exec(&self.parsed, &self.target, None, &cmd).await?;
         cleanup_outcome(&self.target, &out)
+    }
+
+    /// Files move over an exec channel of the shared connection (`files.rs`).
+    fn files(&self) -> Option<Arc<dyn FileTransfer>> {
+        Some(files::SshFiles::new(
+            self.target.clone(),
+            self.parsed.clone(),
+        ))
     }
 }
 

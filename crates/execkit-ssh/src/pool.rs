@@ -18,7 +18,7 @@ use std::time::Duration;
 use execkit_core::{ErrorKind, ErrorSource, TransportError};
 use tokio::sync::watch;
 
-use crate::actor::{Conn, ExecOutput, OpenError};
+use crate::actor::{Conn, ExecOutput, OpenError, Stream};
 use crate::connect;
 use crate::target::{HostKeyPolicy, SshTarget};
 
@@ -375,4 +375,32 @@ pub(crate) fn exec_blocking(
     let c = get_blocking(t, target)?;
     c.exec_blocking(command.to_string())
         .map_err(|e| exec_err(target, e))
+}
+
+/// Starts a streamed command (`What::Stream`) on a pooled or new
+/// connection, moving on to another connection when one refuses a channel.
+pub(crate) async fn stream(
+    t: &SshTarget,
+    target: &str,
+    command: &str,
+) -> Result<Stream, TransportError> {
+    let mut last = None;
+    for _ in 0..32 {
+        let c = get(t, target).await?;
+        match Stream::open(&c, command.to_string()).await {
+            Ok(s) => return Ok(s),
+            Err(OpenError::Refused(m)) => {
+                last = Some(OpenError::Refused(m));
+                if !c.shared.refused() {
+                    break;
+                }
+            }
+            Err(e @ OpenError::Failed(_)) => return Err(exec_err(target, e)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(exec_err(
+        target,
+        last.unwrap_or(OpenError::Failed("no connection".into())),
+    ))
 }

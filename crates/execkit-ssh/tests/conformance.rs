@@ -8,7 +8,7 @@ use execkit_ssh as _;
 
 fn main() -> ExitCode {
     // The shell is not our child: no host signal dispositions to inherit.
-    let caps = Capabilities::full().host_signals(false).native_files(false);
+    let caps = Capabilities::full().host_signals(false);
     let fixture = match std::env::var("EXECKIT_TEST_SSH_URL") {
         Ok(url) if !url.is_empty() => Fixture::new("ssh (bash)", url, caps),
         _ => Fixture::new("ssh (bash)", "ssh://nobody@127.0.0.1", caps)

@@ -134,6 +134,49 @@ async fn leftovers_that_cannot_be_killed_are_named_in_error(url: String) {
     drop(s);
 }
 
+/// Fails when files cannot move for a user whose login shell is fish (the
+/// transfer script is sh; fish must pass it on intact), when they land
+/// with another owner, or when a refusal for a user who is not root is not
+/// `EACCES`.
+async fn files_move_for_a_non_root_user_under_fish(url: String) {
+    use execkit_core::raw::{file_errno, read_file, write_file};
+    use std::os::unix::fs::MetadataExt as _;
+    let files = execkit_core::connect(&url).unwrap().files().unwrap();
+    let user = std::env::var("EXECKIT_TEST_SSH_FISH_USER").unwrap();
+    let home = std::path::PathBuf::from("/home").join(&user);
+    let dir = home.join(format!("execkit-files-{}", std::process::id()));
+    let path = format!("{}/sub/it's \\ $x.bin", dir.display());
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    write_file(&*files, &path, &bytes).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    let owner = std::fs::metadata(&home).unwrap().uid();
+    assert_eq!(std::fs::metadata(&path).unwrap().uid(), owner);
+    assert_eq!(read_file(&*files, &path).await.unwrap(), bytes);
+    let refusals = [
+        (
+            "reading /etc/shadow",
+            read_file(&*files, "/etc/shadow").await.map(drop),
+        ),
+        (
+            "writing into /root",
+            write_file(&*files, "/root/execkit-x", b"x").await,
+        ),
+        (
+            "making a directory in /etc",
+            write_file(&*files, "/etc/execkit-x/y", b"x").await,
+        ),
+        (
+            "reading through /root",
+            read_file(&*files, "/root/missing").await.map(drop),
+        ),
+    ];
+    for (what, r) in refusals {
+        let err = r.expect_err(what);
+        assert_eq!(file_errno(&err), Some(libc::EACCES), "{what}: {err}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 fn main() -> ExitCode {
     testkit::harness(vec![
         testkit::async_test_with(
@@ -150,6 +193,11 @@ fn main() -> ExitCode {
             stringify!(leftovers_that_cannot_be_killed_are_named_in_error),
             &url_for("EXECKIT_TEST_SSH_NPROC_USER"),
             leftovers_that_cannot_be_killed_are_named_in_error,
+        ),
+        testkit::async_test_with(
+            stringify!(files_move_for_a_non_root_user_under_fish),
+            &url_for("EXECKIT_TEST_SSH_FISH_USER"),
+            files_move_for_a_non_root_user_under_fish,
         ),
     ])
 }

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use execkit_core::testkit::{self, marked_here};
+use execkit_core::testkit::libtest_mimic::{Completion, Failed};
+use execkit_core::testkit::{self, marked_here, Tmpfs};
 use execkit_core::{ErrorKind, RunOptions, Session, SessionConfig, SessionError, TransportError};
 use execkit_ssh as _;
 use execkit_ssh::SshTarget;
@@ -898,6 +899,112 @@ impl FullAcceptQueue {
     }
 }
 
+/// The process of this host that has `path` open, and on which fd (the
+/// test sshd runs here, so the transfer's `cat` is a local process).
+fn opener_of(path: &Path) -> Option<(u32, String)> {
+    for p in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|t| t == path) {
+                return Some((pid, fd.file_name().to_string_lossy().into_owned()));
+            }
+        }
+    }
+    None
+}
+
+/// How far process `pid` has read through its fd `fd` (`pos` in fdinfo).
+fn file_position(pid: u32, fd: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("pos:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Fails without backpressure: the transfer reads the whole 64 MiB into
+/// memory while its consumer has taken one chunk (the remote `cat` reaches
+/// the end of the file); and without a clean abort: the remote `cat` lives
+/// on after the consumer went away, or the shared connection breaks.
+async fn a_slow_reader_holds_a_transfer_back_and_dropping_it_ends_it(e: Env) {
+    let kh = e.own_known_hosts("slow-reader");
+    let url = e.url_with(&e.key("user_ed25519"), &kh, "");
+    let mut s = open(&url).await.unwrap();
+    let dir = scratch("slow-reader");
+    let path = dir.join("big.bin");
+    const SIZE: u64 = 64 << 20;
+    std::fs::File::create(&path).unwrap().set_len(SIZE).unwrap();
+    let files = execkit_core::connect(&url).unwrap().files().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let p = path.to_str().unwrap().to_string();
+    let reader = tokio::spawn(async move { files.read(&p, tx).await });
+    let first = rx.recv().await.expect("a first chunk");
+    let (pid, fd) = opener_of(&path).expect("the remote cat has the file open");
+    // Let the pipeline fill up: until cat stops moving through the file.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut pos = file_position(pid, &fd).unwrap_or(SIZE);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = file_position(pid, &fd).unwrap_or(SIZE);
+        if now == pos || Instant::now() > deadline {
+            break;
+        }
+        pos = now;
+    }
+    eprintln!(
+        "consumer took {} bytes; cat read {pos} of {SIZE}",
+        first.len()
+    );
+    assert!(
+        pos < 32 << 20,
+        "cat read {pos} bytes for a consumer that took {}",
+        first.len()
+    );
+    drop(rx);
+    let err = reader.await.unwrap().expect_err("the consumer went away");
+    assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the remote cat ({pid}) lives on");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(run_ok(&mut s, "echo still").await, "still");
+    s.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Fails when a write the target cannot finish (its disk fills up
+/// mid-file) hangs, passes, or loses the errno and the path.
+async fn a_disk_full_mid_write_is_enospc_naming_the_path(e: Env) -> Result<Completion, Failed> {
+    let fs = match Tmpfs::mount(&scratch("disk-full").join("fs"), "size=1m,mode=0755") {
+        Ok(fs) => fs,
+        Err(why) => return testkit::unprovisioned(format!("cannot mount a tmpfs ({why})")),
+    };
+    let files = execkit_core::connect(&e.url).unwrap().files().unwrap();
+    let path = fs.dir.join("f.bin");
+    let p = path.to_str().unwrap();
+    let err = execkit_core::raw::write_file(&*files, p, &vec![7u8; 3 << 20])
+        .await
+        .expect_err("3 MiB do not fit in 1 MiB");
+    assert_eq!(
+        execkit_core::raw::file_errno(&err),
+        Some(libc::ENOSPC),
+        "{err}"
+    );
+    assert!(err.to_string().contains(p), "{err}");
+    // What fitted stays.
+    assert!(std::fs::metadata(&path).unwrap().len() > 0);
+    drop(fs);
+    Ok(Completion::Completed)
+}
+
 fn main() -> ExitCode {
     let env = env();
     // The async fn of that name, given the test sshd (ignored without one).
@@ -929,5 +1036,7 @@ fn main() -> ExitCode {
         no_sshd!(connect_timeout_must_be_a_positive_duration),
         with_sshd!(concurrent_opens_share_one_new_connection),
         no_sshd!(a_connect_timeout_names_the_stage),
+        with_sshd!(a_slow_reader_holds_a_transfer_back_and_dropping_it_ends_it),
+        with_sshd!(a_disk_full_mid_write_is_enospc_naming_the_path),
     ])
 }

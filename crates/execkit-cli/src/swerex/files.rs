@@ -1,20 +1,26 @@
 //! `read_file`, `write_file` and `upload`, on the target.
 //!
-//! Bytes cross through [`TargetFiles`]: today its one implementation,
-//! [`ThroughSession`], moves them through a pool session's terminal —
-//! base64 lines out of `base64 FILE` for a read, base64 lines typed into
-//! `head -c N | base64 -d` for a write (≤ 4 MiB a step, so an upload
-//! streams in bounded memory). That works on every transport (busybox
-//! too), at the speed of the terminal and of the engine's output cleaner.
-//! A native implementation per transport (the local filesystem, Docker's
-//! archive API, SFTP) is the next step and slots in behind the same trait.
+//! Bytes move natively when the target's transport can
+//! ([`FileTransfer`]: the local filesystem, Docker's archive API, a
+//! second SSH channel) — binary-safe, streamed, fast. Otherwise (a
+//! transport without one, or one answering `Unsupported` for this
+//! request) they cross through [`TargetFiles`] on a pool session's
+//! terminal: base64 lines out of `base64 FILE` for a read, base64 lines
+//! typed into `head -c N | base64 -d` for a write (≤ 4 MiB a step, so an
+//! upload streams in bounded memory), which works on every transport at
+//! the speed of the terminal. Staging and placing an upload (`mktemp`,
+//! `mv`, `unzip`) are commands of a pool session either way.
 
+use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
+use execkit_core::raw::{FileTransfer, FILE_CHUNK};
 use execkit_core::RunOptions;
 use serde_json::{json, Value};
+use tokio::sync::mpsc;
 
-use super::models::{decode, universal_newlines, Fail, Raised, ReadFile, WriteFile};
+use super::models::{decode_owned, universal_newlines, Fail, Raised, ReadFile, WriteFile};
 use super::multipart::{boundary, Multipart};
 use super::target::{completed, failure, quote, split_answer, unbase64, Worker, Workers};
 
@@ -203,19 +209,60 @@ fn pieces(text: &str, size: usize) -> impl Iterator<Item = &str> {
     })
 }
 
+/// A native transfer's error as the exception Python would raise for
+/// `path`.
+fn io_raised(e: &io::Error, path: &str) -> Raised {
+    match execkit_core::raw::file_errno(e) {
+        Some(errno) => Raised::os(errno, path),
+        None => Raised::builtin("OSError", format!("{e} ({path})")),
+    }
+}
+
+/// `Ok(None)`: the native transfer cannot serve this request.
+fn unless_unsupported<T>(r: io::Result<T>, path: &str) -> Result<Option<T>, Raised> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => Ok(None),
+        Err(e) => Err(io_raised(&e, path)),
+    }
+}
+
+/// The whole file through the native transfer; `None` when there is none
+/// or it cannot serve the request.
+async fn native_read(workers: &Workers, path: &str) -> Result<Option<Vec<u8>>, Raised> {
+    let Some(files) = workers.native() else {
+        return Ok(None);
+    };
+    let at = workers.absolute(path).await?;
+    unless_unsupported(execkit_core::raw::read_file(&*files, &at).await, path)
+}
+
 /// `POST /read_file`: `Path.read_text(encoding, errors)` of a file on the
 /// target.
 pub async fn read_file(workers: &Workers, req: ReadFile) -> Result<Value, Raised> {
-    let mut files = ThroughSession(workers.take().await?);
-    let bytes = files.read(&req.path).await?;
-    let text = decode(&bytes, req.encoding.as_deref(), req.errors.as_deref())?;
+    let bytes = match native_read(workers, &req.path).await? {
+        Some(b) => b,
+        None => {
+            ThroughSession(workers.take().await?)
+                .read(&req.path)
+                .await?
+        }
+    };
+    let text = decode_owned(bytes, req.encoding.as_deref(), req.errors.as_deref())?;
     Ok(json!({"content": universal_newlines(text)}))
 }
 
 /// `POST /write_file`: the text, UTF-8, at the path (its directory made).
 pub async fn write_file(workers: &Workers, req: WriteFile) -> Result<Value, Raised> {
-    let mut files = ThroughSession(workers.take().await?);
     let bytes = req.content.as_bytes();
+    if let Some(files) = workers.native() {
+        let at = workers.absolute(&req.path).await?;
+        let written = execkit_core::raw::write_file(&*files, &at, bytes).await;
+        if unless_unsupported(written, &req.path)?.is_some() {
+            return Ok(json!({}));
+        }
+    }
+    let mut files = ThroughSession(workers.take().await?);
     if bytes.is_empty() {
         files.write(&req.path, &[], false).await?;
     }
@@ -242,7 +289,7 @@ where
     let mut form = Multipart::new(body, &b);
     let mut files = ThroughSession(workers.take().await?);
     let mut staged: Option<String> = None;
-    let placed = match receive(&mut form, &mut files, &mut staged).await {
+    let placed = match receive(&mut form, &mut files, workers, &mut staged).await {
         Ok((target, unzip)) => {
             let s = staged.take().expect("a file part was staged");
             files.place(&s, &target, unzip).await.map_err(Fail::from)
@@ -255,11 +302,59 @@ where
     placed.map(|()| json!({}))
 }
 
+/// The native transfer that will take a staged upload at `staged`, if
+/// any: asked first with an empty write, so that an `Unsupported` comes
+/// before a byte of the form is consumed.
+async fn native_stager(
+    workers: &Workers,
+    staged: &str,
+) -> Result<Option<Arc<dyn FileTransfer>>, Raised> {
+    let Some(files) = workers.native() else {
+        return Ok(None);
+    };
+    let probe = execkit_core::raw::write_file(&*files, staged, &[]).await;
+    Ok(unless_unsupported(probe, staged)?.map(|()| files))
+}
+
+/// Streams the form's current part into `staged` through `files`.
+async fn stream_part<B>(
+    form: &mut Multipart<B>,
+    files: &dyn FileTransfer,
+    staged: &str,
+) -> Result<(), Fail>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let (tx, rx) = mpsc::channel(2);
+    let feed = async move {
+        loop {
+            match form.data(FILE_CHUNK).await {
+                Ok(Some(piece)) => {
+                    if tx.send(Ok(piece.to_vec())).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let _ = tx.send(Err(io::Error::other(e.clone()))).await;
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let (written, fed) = tokio::join!(files.write(staged, None, rx), feed);
+    fed.map_err(|e| Fail::invalid(&["body"], &e))?;
+    written.map_err(|e| Fail::from(io_raised(&e, staged)))?;
+    Ok(())
+}
+
 /// Reads the form, streaming the file part into a staging file; returns
 /// `target_path` and `unzip`.
 async fn receive<B, F: TargetFiles>(
     form: &mut Multipart<B>,
     files: &mut F,
+    workers: &Workers,
     staged: &mut Option<String>,
 ) -> Result<(String, bool), Fail>
 where
@@ -274,6 +369,10 @@ where
             "file" if staged.is_none() => {
                 let path = files.staging_file().await?;
                 *staged = Some(path.clone());
+                if let Some(native) = native_stager(workers, &path).await? {
+                    stream_part(form, &*native, &path).await?;
+                    continue;
+                }
                 let mut buf = Vec::with_capacity(CHUNK);
                 while let Some(piece) = form.data(CHUNK - buf.len()).await.map_err(bad)? {
                     buf.extend_from_slice(&piece);

@@ -35,7 +35,9 @@ impl Stored {
     fn json(status: StatusCode, v: &Value) -> Stored {
         Stored {
             status,
-            body: Bytes::from(v.to_string()),
+            // `to_vec`, not `to_string`: a 10 MB file's text is not
+            // pushed through `fmt::Write` piece by piece.
+            body: Bytes::from(serde_json::to_vec(v).unwrap_or_default()),
         }
     }
 

@@ -336,6 +336,28 @@ pub fn py_repr(s: &str) -> String {
 /// `bytes.decode(encoding, errors)` for the encodings a client names in
 /// practice (UTF-8, Latin-1, ASCII) and the error handlers `strict`,
 /// `replace`, `ignore` and `backslashreplace`.
+/// [`decode`] of a whole buffer: valid UTF-8 read as UTF-8 is taken as
+/// it is, without a copy.
+pub fn decode_owned(
+    bytes: Vec<u8>,
+    encoding: Option<&str>,
+    errors: Option<&str>,
+) -> Result<String, Raised> {
+    let utf8 = encoding.is_none_or(|e| {
+        matches!(
+            e.trim().to_ascii_lowercase().replace('_', "-").as_str(),
+            "utf-8" | "utf8" | "u8" | "utf"
+        )
+    });
+    let known_handler =
+        errors.is_none_or(|h| matches!(h, "strict" | "replace" | "ignore" | "backslashreplace"));
+    match String::from_utf8(bytes) {
+        Ok(text) if utf8 && known_handler => Ok(text),
+        Ok(text) => decode(text.as_bytes(), encoding, errors),
+        Err(e) => decode(e.as_bytes(), encoding, errors),
+    }
+}
+
 pub fn decode(
     bytes: &[u8],
     encoding: Option<&str>,

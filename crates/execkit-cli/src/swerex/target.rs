@@ -9,9 +9,10 @@
 //! whole from its spool file.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use execkit_core::raw::FileTransfer;
 use execkit_core::{RunOptions, RunResult, Session, SessionConfig};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -107,6 +108,8 @@ pub fn quote(text: &str) -> String {
 /// A pool of sessions on the target for one job.
 pub struct Workers {
     target: String,
+    /// The transport's native file transfer, if it has one.
+    native: Option<Arc<dyn FileTransfer>>,
     config: SessionConfig,
     kind: &'static str,
     idle: Mutex<Vec<Session>>,
@@ -219,8 +222,10 @@ impl Workers {
     /// session template (with or without the observer).
     pub fn new(target: &str, mut config: SessionConfig, kind: &'static str) -> Workers {
         config.output_limit = ANSWER_IN_MEMORY;
+        let native = execkit_core::connect(target).ok().and_then(|t| t.files());
         Workers {
             target: target.to_string(),
+            native,
             config,
             kind,
             idle: Mutex::new(Vec::new()),
@@ -229,6 +234,22 @@ impl Workers {
             closing: AtomicBool::new(false),
             opened: AtomicU64::new(0),
         }
+    }
+
+    /// The target's native file transfer ([`FileTransfer`]), if any.
+    pub fn native(&self) -> Option<Arc<dyn FileTransfer>> {
+        self.native.clone()
+    }
+
+    /// `path` made absolute as the pool's sessions see it: a relative one
+    /// is taken from the directory their shells start in.
+    pub async fn absolute(&self, path: &str) -> Result<String, Raised> {
+        if path.starts_with('/') {
+            return Ok(path.to_string());
+        }
+        let mut w = self.take().await?;
+        let cwd = w.session().cwd().trim_end_matches('/').to_string();
+        Ok(format!("{cwd}/{path}"))
     }
 
     /// A session of the pool: an idle one, else a new one (up to the pool

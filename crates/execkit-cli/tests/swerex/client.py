@@ -353,6 +353,20 @@ async def files(rt):
     got = (await rt.read_file(ReadFileRequest(path=f"{DIR}/up/all.bin", errors="backslashreplace"))).content
     assert got.startswith("\x00\x01"), got[:10]
 
+    step("files: 100 MiB up and back")
+    big = random.Random(100).randbytes(100 * 1024 * 1024)
+    with tempfile.NamedTemporaryFile(delete=False) as f:
+        f.write(big)
+    await rt.upload(UploadRequest(source_path=f.name, target_path=f"{DIR}/big.bin"))
+    os.unlink(f.name)
+    r = await rt.execute(Command(command=["sha256sum", f"{DIR}/big.bin"]))
+    assert r.stdout.split()[0] == hashlib.sha256(big).hexdigest(), r
+    got = (await rt.read_file(ReadFileRequest(path=f"{DIR}/big.bin", encoding="latin-1"))).content
+    want = big.decode("latin-1").replace("\r\n", "\n").replace("\r", "\n")
+    assert got == want, "the 100 MiB read differs"
+    del got, want, big
+    await rt.execute(Command(command=["rm", "-f", f"{DIR}/big.bin"]))
+
     step("upload: a directory (zip, unzipped on the target)")
     with tempfile.TemporaryDirectory() as d:
         os.makedirs(f"{d}/sub")

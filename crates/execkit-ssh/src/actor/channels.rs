@@ -1,6 +1,7 @@
 //! Serving open channels: input written in order, resizes, output read
 //! up to the high-water mark, and the end (EOF, then the close carrying the
-//! exit status). Shells stream their output; one-shot commands collect it.
+//! exit status). Shells stream their output; one-shot commands collect it;
+//! streams (whole-file transfers) move bytes both ways with backpressure.
 
 use std::collections::VecDeque;
 use std::io::{Read as _, Write as _};
@@ -16,15 +17,47 @@ use execkit_core::{
 use ssh2::Channel;
 use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
-use super::handle::{Done, ExecOutput, OpenError};
+use super::handle::{Done, ExecOutput, OpenError, StreamEnd, StreamEvent, STDERR_KEPT};
 use super::sys::{code, dead, fatal, lost, Lost, EAGAIN};
-use super::{Actor, CLOSE_GRACE, HIGH_WATER, READ_CHUNK};
+use super::{Actor, CLOSE_GRACE, HIGH_WATER, READ_CHUNK, STREAM_HIGH_WATER};
 
-/// Input queued for a shell; the front stays put until written.
+/// Input queued for a shell or a stream; the front stays put until written.
 pub(super) struct Input {
     pub(super) data: Vec<u8>,
     pub(super) off: usize,
     pub(super) done: Option<Done>,
+    /// End of input: sends the channel's EOF once everything before it is
+    /// written (streams only).
+    pub(super) eof: bool,
+}
+
+impl Input {
+    pub(super) fn data(data: Vec<u8>, done: Done) -> Input {
+        Input {
+            data,
+            off: 0,
+            done: Some(done),
+            eof: false,
+        }
+    }
+
+    pub(super) fn eof() -> Input {
+        Input {
+            data: Vec::new(),
+            off: 0,
+            done: None,
+            eof: true,
+        }
+    }
+}
+
+/// Answers every queued write with `msg` (the channel ended or closed).
+pub(super) fn fail_input(input: &mut VecDeque<Input>, msg: &str) {
+    for i in input.drain(..) {
+        if let Some(d) = i.done {
+            let _ = d.send(Err(msg.to_string()));
+        }
+    }
 }
 
 /// An interactive shell on a PTY channel.
@@ -35,6 +68,43 @@ pub(super) struct ShellChan {
     pub(super) input: VecDeque<Input>,
     pub(super) resize: Option<(Size, Vec<Done>)>,
     pub(super) eof_at: Option<Instant>,
+}
+
+/// A streamed command (whole-file transfer): stdin written in order from
+/// `input`, stdout sent to `events` while the consumer keeps up, stderr
+/// kept apart (its start only), then the end.
+pub(super) struct StreamChan {
+    pub(super) chan: Channel,
+    pub(super) events: UnboundedSender<StreamEvent>,
+    /// Stdout bytes sent to `events` and not yet taken by the consumer.
+    pub(super) inflight: Arc<AtomicUsize>,
+    pub(super) input: VecDeque<Input>,
+    pub(super) stderr: Vec<u8>,
+    pub(super) eof_at: Option<Instant>,
+}
+
+impl StreamChan {
+    pub(super) fn new(
+        chan: Channel,
+        events: UnboundedSender<StreamEvent>,
+        inflight: Arc<AtomicUsize>,
+    ) -> StreamChan {
+        StreamChan {
+            chan,
+            events,
+            inflight,
+            input: VecDeque::new(),
+            stderr: Vec::new(),
+            eof_at: None,
+        }
+    }
+
+    /// Whether the consumer is far enough behind that the channel is left
+    /// unread: libssh2 then keeps the server's window shut once it holds a
+    /// window's worth (it widens the window only as data is read).
+    pub(super) fn throttled(&self) -> bool {
+        self.inflight.load(Ordering::Relaxed) >= STREAM_HIGH_WATER
+    }
 }
 
 /// A one-shot command (clean-up and out-of-band scripts).
@@ -149,6 +219,41 @@ impl Actor {
         Ok(progress)
     }
 
+    pub(super) fn service_streams(&mut self) -> Result<bool, Lost> {
+        let mut progress = false;
+        let fd = self.stream.as_raw_fd();
+        let ids: Vec<u64> = self.streams.keys().copied().collect();
+        for id in ids {
+            let st = self.streams.get_mut(&id).expect("stream by id");
+            let end = match service_stream(st, &mut self.read_buf) {
+                Ok((p, None)) => {
+                    progress |= p;
+                    continue;
+                }
+                Ok((_, Some(end))) => Ok(end),
+                Err(detail) => {
+                    let last = ssh2::Error::last_session_error(&self.sess).map(|e| code(&e));
+                    if last.is_some_and(fatal) || dead(fd) {
+                        return Err(lost(&self.label, fd, "streaming a command", &detail));
+                    }
+                    Err(format!("ssh channel to {} failed: {detail}", self.label))
+                }
+            };
+            trace!("stream {id} ended: {end:?}");
+            if let Some(st) = self.streams.get_mut(&id) {
+                let msg = match &end {
+                    Ok(_) => "the remote command has ended".to_string(),
+                    Err(m) => m.clone(),
+                };
+                fail_input(&mut st.input, &msg);
+                let _ = st.events.send(StreamEvent::End(end));
+            }
+            self.close_stream(id);
+            progress = true;
+        }
+        Ok(progress)
+    }
+
     /// Sends our close for finished channels, then frees them.
     pub(super) fn service_closing(&mut self) -> bool {
         let before = self.closing.len();
@@ -159,13 +264,23 @@ impl Actor {
     }
 }
 
-/// Writes pending input, applies a pending resize, reads output, and
-/// detects the end of one shell. Returns (progress, ended) or an error text.
-fn service_shell(sh: &mut ShellChan, buf: &mut [u8]) -> Result<(bool, bool), String> {
+/// Writes queued input in order until the channel takes no more; the front
+/// stays put until written (EAGAIN contract). Returns whether any went out.
+fn write_input(chan: &mut Channel, input: &mut VecDeque<Input>) -> Result<bool, String> {
     let mut progress = false;
-    // Input, in order; the front stays put until written (EAGAIN contract).
-    while let Some(front) = sh.input.front_mut() {
-        match sh.chan.write(&front.data[front.off..]) {
+    while let Some(front) = input.front_mut() {
+        if front.eof {
+            match chan.send_eof() {
+                Ok(()) => {
+                    progress = true;
+                    input.pop_front();
+                    continue;
+                }
+                Err(e) if code(&e) == EAGAIN => break,
+                Err(e) => return Err(format!("sending end of input failed: {e}")),
+            }
+        }
+        match chan.write(&front.data[front.off..]) {
             Ok(0) => break,
             Ok(n) => {
                 progress = true;
@@ -174,13 +289,20 @@ fn service_shell(sh: &mut ShellChan, buf: &mut [u8]) -> Result<(bool, bool), Str
                     if let Some(d) = front.done.take() {
                         let _ = d.send(Ok(()));
                     }
-                    sh.input.pop_front();
+                    input.pop_front();
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(e) => return Err(format!("write failed: {e}")),
         }
     }
+    Ok(progress)
+}
+
+/// Writes pending input, applies a pending resize, reads output, and
+/// detects the end of one shell. Returns (progress, ended) or an error text.
+fn service_shell(sh: &mut ShellChan, buf: &mut [u8]) -> Result<(bool, bool), String> {
+    let mut progress = write_input(&mut sh.chan, &mut sh.input)?;
     if let Some((size, _)) = &sh.resize {
         match sh
             .chan
@@ -234,16 +356,78 @@ fn service_shell(sh: &mut ShellChan, buf: &mut [u8]) -> Result<(bool, bool), Str
             Err(_) => Some(exit_of(&sh.chan, false)),
         };
         if let Some(status) = status {
-            for input in sh.input.drain(..) {
-                if let Some(d) = input.done {
-                    let _ = d.send(Err("the remote shell has ended".into()));
-                }
-            }
+            fail_input(&mut sh.input, "the remote shell has ended");
             let _ = sh.events.send(ShellEvent::Exited(status));
             return Ok((true, true));
         }
     }
     Ok((progress, false))
+}
+
+/// Writes pending input, reads stdout (while the consumer keeps up) and
+/// stderr, and detects the end of one stream: EOF with nothing left to
+/// read, then the close carrying the exit status. Returns (progress, end)
+/// or an error text.
+fn service_stream(
+    st: &mut StreamChan,
+    buf: &mut [u8],
+) -> Result<(bool, Option<StreamEnd>), String> {
+    let mut progress = write_input(&mut st.chan, &mut st.input)?;
+    if st.throttled() {
+        return Ok((progress, None));
+    }
+    // Stdout up to the high-water mark, in chunks as large as libssh2 has.
+    while !st.throttled() {
+        match st.chan.read(buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                progress = true;
+                st.inflight.fetch_add(n, Ordering::Relaxed);
+                if st
+                    .events
+                    .send(StreamEvent::Stdout(buf[..n].to_vec()))
+                    .is_err()
+                {
+                    // Nobody reads any more; drop output until closed.
+                    st.inflight.store(0, Ordering::Relaxed);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
+    let mut errbuf = [0u8; 4096];
+    loop {
+        match st.chan.stderr().read(&mut errbuf) {
+            Ok(0) => break,
+            Ok(n) => {
+                progress = true;
+                let room = STDERR_KEPT.saturating_sub(st.stderr.len());
+                st.stderr.extend_from_slice(&errbuf[..n.min(room)]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
+    if !st.throttled() && st.chan.eof() {
+        // The command's output ended (it exits): input it did not take is
+        // never written.
+        fail_input(&mut st.input, "the remote command has ended");
+        let since = *st.eof_at.get_or_insert_with(Instant::now);
+        let status = match st.chan.wait_close() {
+            Ok(()) => Some(exit_of(&st.chan, true)),
+            Err(e) if code(&e) == EAGAIN && since.elapsed() < CLOSE_GRACE => None,
+            Err(_) => Some(exit_of(&st.chan, false)),
+        };
+        if let Some(status) = status {
+            let end = StreamEnd {
+                status,
+                stderr: std::mem::take(&mut st.stderr),
+            };
+            return Ok((true, Some(end)));
+        }
+    }
+    Ok((progress, None))
 }
 
 fn signal_number(name: &str) -> Option<i32> {

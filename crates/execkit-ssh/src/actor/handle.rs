@@ -1,5 +1,6 @@
 //! The tokio side of a connection: the `Conn` handle, the requests it
-//! queues for the thread, and the state both share.
+//! queues for the thread, the state both share, and `Stream`, a streamed
+//! command's handle.
 
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,10 +12,13 @@ use execkit_core::{
     Size,
 };
 use ssh2::Session;
-use tokio::sync::{mpsc::UnboundedSender, oneshot};
+use tokio::sync::{
+    mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender},
+    oneshot,
+};
 
 use super::sys::Wake;
-use super::Actor;
+use super::{Actor, STREAM_HIGH_WATER};
 
 /// Why a channel could not be opened.
 #[derive(Debug, Clone)]
@@ -36,8 +40,30 @@ pub(crate) struct ExecOutput {
 
 pub(super) type Done = oneshot::Sender<Result<(), String>>;
 
+/// What a streamed command sends back, in order: its stdout, then its end.
+#[derive(Debug)]
+pub(crate) enum StreamEvent {
+    /// Bytes it wrote on stdout.
+    Stdout(Vec<u8>),
+    /// How it ended, or why its channel failed (the connection's message
+    /// when that was lost).
+    End(Result<StreamEnd, String>),
+}
+
+/// How a streamed command ended.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamEnd {
+    pub status: ExitStatus,
+    /// The start of what it wrote on stderr (at most [`STDERR_KEPT`] bytes).
+    pub stderr: Vec<u8>,
+}
+
+/// How much of a streamed command's stderr is kept (the rest is read and
+/// dropped, so it never holds up the channel).
+pub(crate) const STDERR_KEPT: usize = 8 * 1024;
+
 pub(crate) enum Req {
-    /// A new channel: an interactive shell or a one-shot exec.
+    /// A new channel: an interactive shell, a one-shot exec or a stream.
     Open(What),
     Write {
         id: u64,
@@ -48,6 +74,10 @@ pub(crate) enum Req {
         id: u64,
         size: Size,
         done: Done,
+    },
+    /// End of input for a streamed command, after the writes queued before.
+    Eof {
+        id: u64,
     },
     Close {
         id: u64,
@@ -68,6 +98,16 @@ pub(crate) enum What {
         command: String,
         reply: oneshot::Sender<Result<ExecOutput, OpenError>>,
     },
+    /// A command without a terminal (binary-clean) whose stdin is fed by
+    /// `Req::Write`/`Req::Eof` and whose stdout streams to `events`, at most
+    /// [`STREAM_HIGH_WATER`](super::STREAM_HIGH_WATER) bytes unconsumed.
+    Stream {
+        id: u64,
+        command: String,
+        events: UnboundedSender<StreamEvent>,
+        inflight: Arc<AtomicUsize>,
+        reply: oneshot::Sender<Result<(), OpenError>>,
+    },
 }
 
 impl What {
@@ -77,6 +117,9 @@ impl What {
                 let _ = reply.send(Err(e));
             }
             What::Exec { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            What::Stream { reply, .. } => {
                 let _ = reply.send(Err(e));
             }
         }
@@ -234,6 +277,87 @@ impl Conn {
     }
 }
 
+/// A streamed command on an open channel (the tokio side of a
+/// `What::Stream`); dropping it closes the channel.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    conn: Arc<Conn>,
+    id: u64,
+    events: UnboundedReceiver<StreamEvent>,
+    inflight: Arc<AtomicUsize>,
+}
+
+impl Stream {
+    /// Starts `command` on a fresh channel of `conn`.
+    pub(crate) async fn open(conn: &Arc<Conn>, command: String) -> Result<Stream, OpenError> {
+        let (events_tx, events) = unbounded_channel();
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let id = conn.next_id();
+        let (reply, rx) = oneshot::channel();
+        conn.send(Req::Open(What::Stream {
+            id,
+            command,
+            events: events_tx,
+            inflight: inflight.clone(),
+            reply,
+        }))
+        .map_err(OpenError::Lost)?;
+        rx.await
+            .unwrap_or_else(|_| Err(OpenError::Lost(conn.lost_message())))?;
+        Ok(Stream {
+            conn: conn.clone(),
+            id,
+            events,
+            inflight,
+        })
+    }
+
+    /// Writes `data` to the command's stdin; returns once the channel took
+    /// all of it (the SSH window is the backpressure). An error says the
+    /// command or the connection ended first ([`Stream::next`] says how).
+    pub(crate) async fn write(&self, data: Vec<u8>) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.conn.send(Req::Write {
+            id: self.id,
+            data,
+            done,
+        })?;
+        rx.await.unwrap_or_else(|_| Err(self.conn.lost_message()))
+    }
+
+    /// Ends the command's stdin after the writes before.
+    pub(crate) fn eof(&self) -> Result<(), String> {
+        self.conn.send(Req::Eof { id: self.id })
+    }
+
+    /// The next event: stdout in order, then the end (the connection's
+    /// loss is an end too). Cancel-safe.
+    pub(crate) async fn next(&mut self) -> StreamEvent {
+        match self.events.recv().await {
+            Some(StreamEvent::Stdout(b)) => {
+                let before = self.inflight.fetch_sub(b.len(), Ordering::Relaxed);
+                if before >= STREAM_HIGH_WATER && before - b.len() < STREAM_HIGH_WATER {
+                    self.conn.wake();
+                }
+                StreamEvent::Stdout(b)
+            }
+            Some(end) => end,
+            None => StreamEvent::End(Err(self.conn.lost_message())),
+        }
+    }
+
+    /// Where the command runs (`host:port`), for messages.
+    pub(crate) fn label(&self) -> &str {
+        &self.conn.label
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let _ = self.conn.send(Req::Close { id: self.id });
+    }
+}
+
 /// Answers a request the thread will never serve.
 pub(super) fn reject(req: Req, msg: &str) {
     match req {
@@ -241,6 +365,6 @@ pub(super) fn reject(req: Req, msg: &str) {
         Req::Write { done, .. } | Req::Resize { done, .. } => {
             let _ = done.send(Err(msg.to_string()));
         }
-        Req::Close { .. } => {}
+        Req::Eof { .. } | Req::Close { .. } => {}
     }
 }

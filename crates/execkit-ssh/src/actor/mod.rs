@@ -2,7 +2,8 @@
 //! non-blocking mode and multiplexes every channel of the connection: libssh2
 //! serialises all I/O of a session, so a blocking read would stall writes
 //! from other threads. Tokio talks to it through a request queue (plus an
-//! eventfd to wake it) and gets output through one event channel per shell.
+//! eventfd to wake it) and gets output through one event channel per shell
+//! or stream.
 //!
 //! libssh2's non-blocking contract is kept: an operation that returned
 //! EAGAIN is retried with the same arguments (pending input stays at the
@@ -44,9 +45,9 @@ mod handle;
 mod setup;
 mod sys;
 
-use channels::{ExecChan, Input, ShellChan};
+use channels::{fail_input, ExecChan, Input, ShellChan, StreamChan};
 use handle::{reject, Shared};
-pub(crate) use handle::{Conn, ExecOutput, OpenError, Req, What};
+pub(crate) use handle::{Conn, ExecOutput, OpenError, Req, Stream, StreamEnd, StreamEvent, What};
 use setup::Pending;
 use sys::{bytes_received, code, dead, lost, poll_fd, Lost, Wake, EAGAIN};
 
@@ -54,7 +55,12 @@ use sys::{bytes_received, code, dead, lost, poll_fd, Lost, Wake, EAGAIN};
 /// the thread stops reading that channel (the SSH window then throttles the
 /// server).
 pub(crate) const HIGH_WATER: usize = 4 << 20;
+/// The same for a stream (a file being read): stdout handed to tokio and
+/// not yet consumed, above which its channel is left unread.
+pub(crate) const STREAM_HIGH_WATER: usize = 2 << 20;
 const READ_CHUNK: usize = 64 * 1024;
+/// A stream's read buffer: one read takes what libssh2 holds for it, up to this.
+const STREAM_READ: usize = 256 * 1024;
 /// How long to wait for the server's close (carrying the exit status) after EOF.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const IDLE_POLL: Duration = Duration::from_millis(250);
@@ -76,6 +82,9 @@ struct Actor {
     pending: Vec<Pending>,
     shells: HashMap<u64, ShellChan>,
     execs: Vec<ExecChan>,
+    streams: HashMap<u64, StreamChan>,
+    /// Where streams read into (one buffer for all of them).
+    read_buf: Vec<u8>,
     closing: Vec<(Channel, Instant)>,
     /// When the last handle went away (then: finish cleanups, close).
     shutdown: Option<Instant>,
@@ -104,6 +113,8 @@ impl Actor {
             pending: Vec::new(),
             shells: HashMap::new(),
             execs: Vec::new(),
+            streams: HashMap::new(),
+            read_buf: vec![0; STREAM_READ],
             closing: Vec::new(),
             shutdown: None,
             next_keepalive: Instant::now() + Duration::from_secs(u64::from(KEEPALIVE_SECS)),
@@ -122,6 +133,7 @@ impl Actor {
         // Free channels, then say goodbye; never block on a dead peer.
         self.closing.clear();
         self.execs.clear();
+        self.streams.clear();
         self.shells.clear();
         self.pending.clear();
         let _ = self.sess.disconnect(None, "execkit session closed", None);
@@ -145,6 +157,10 @@ impl Actor {
                 let _ = r.send(Err(OpenError::Lost(msg.to_string())));
             }
         }
+        for (_, mut st) in self.streams.drain() {
+            fail_input(&mut st.input, msg);
+            let _ = st.events.send(StreamEvent::End(Err(msg.to_string())));
+        }
         while let Ok(req) = self.rx.try_recv() {
             reject(req, msg);
         }
@@ -164,6 +180,7 @@ impl Actor {
             if let Some(since) = self.shutdown {
                 let idle = self.shells.is_empty()
                     && self.execs.is_empty()
+                    && self.streams.is_empty()
                     && self.pending.is_empty()
                     && self.closing.is_empty();
                 if idle || since.elapsed() > Duration::from_secs(10) {
@@ -172,6 +189,7 @@ impl Actor {
             }
             progress |= self.service_shells()?;
             progress |= self.service_execs()?;
+            progress |= self.service_streams()?;
             progress |= self.service_closing();
             // Last: the replies it waits for may have just been pulled off
             // the socket by the reads above.
@@ -206,6 +224,10 @@ impl Actor {
                         for id in ids {
                             self.close_shell(id);
                         }
+                        let ids: Vec<u64> = self.streams.keys().copied().collect();
+                        for id in ids {
+                            self.close_stream(id);
+                        }
                     }
                     return any;
                 }
@@ -219,16 +241,25 @@ impl Actor {
                 self.expect_answer();
                 self.pending.push(Pending::new(what));
             }
-            Req::Write { id, data, done } => match self.shells.get_mut(&id) {
-                Some(sh) if sh.eof_at.is_none() => sh.input.push_back(Input {
-                    data,
-                    off: 0,
-                    done: Some(done),
-                }),
-                _ => {
-                    let _ = done.send(Err("the remote shell has ended".into()));
+            Req::Write { id, data, done } => {
+                if let Some(sh) = self.shells.get_mut(&id) {
+                    if sh.eof_at.is_none() {
+                        sh.input.push_back(Input::data(data, done));
+                        return;
+                    }
+                } else if let Some(st) = self.streams.get_mut(&id) {
+                    if st.eof_at.is_none() {
+                        st.input.push_back(Input::data(data, done));
+                        return;
+                    }
                 }
-            },
+                let _ = done.send(Err("the remote command has ended".into()));
+            }
+            Req::Eof { id } => {
+                if let Some(st) = self.streams.get_mut(&id) {
+                    st.input.push_back(Input::eof());
+                }
+            }
             Req::Resize { id, size, done } => match self.shells.get_mut(&id) {
                 Some(sh) => match &mut sh.resize {
                     Some((s, waiters)) => {
@@ -241,7 +272,10 @@ impl Actor {
                     let _ = done.send(Ok(()));
                 }
             },
-            Req::Close { id } => self.close_shell(id),
+            Req::Close { id } => {
+                self.close_shell(id);
+                self.close_stream(id);
+            }
         }
     }
 
@@ -256,14 +290,18 @@ impl Actor {
     }
 
     fn close_shell(&mut self, id: u64) {
-        if let Some(sh) = self.shells.remove(&id) {
+        if let Some(mut sh) = self.shells.remove(&id) {
             self.shared.release();
-            for input in sh.input {
-                if let Some(d) = input.done {
-                    let _ = d.send(Err("the session was closed".into()));
-                }
-            }
+            fail_input(&mut sh.input, "the session was closed");
             self.retire(sh.chan);
+        }
+    }
+
+    fn close_stream(&mut self, id: u64) {
+        if let Some(mut st) = self.streams.remove(&id) {
+            self.shared.release();
+            fail_input(&mut st.input, "the transfer was closed");
+            self.retire(st.chan);
         }
     }
 
@@ -274,8 +312,16 @@ impl Actor {
         }
         // A keepalive must never be the packet left half-sent (libssh2 would
         // then refuse every other packet): only send when nothing is queued
-        // and the socket has room.
+        // and the socket has room. A stream's input stays queued through an
+        // upload, but while the server's window is shut no packet of it can
+        // be under way (libssh2 shrinks the window once a packet is sent
+        // whole), so an upload held back by the server does not hold back
+        // keepalives and the stall check. Its EOF always counts as queued.
         let busy = self.shells.values().any(|s| !s.input.is_empty())
+            || self.streams.values().any(|s| match s.input.front() {
+                Some(front) => front.eof || s.chan.write_window().remaining > 0,
+                None => false,
+            })
             || matches!(
                 self.sess.block_directions(),
                 BlockDirections::Outbound | BlockDirections::Both
@@ -348,14 +394,38 @@ impl Actor {
             .execs
             .iter()
             .any(|e| e.chan.read_window().available > 0)
+            || self.streams.values().any(|s| {
+                !s.throttled()
+                    && (s.chan.read_window().available > 0 || (s.eof_at.is_none() && s.chan.eof()))
+            })
+    }
+
+    /// Whether a readable socket would be read: something other than a
+    /// channel left unread for its slow consumer waits for the server. When
+    /// nothing does, the socket is not polled for input (it would stay
+    /// readable and spin the loop); the consumer's wake resumes reading.
+    fn reads_wanted(&self) -> bool {
+        let channels = self.shells.len() + self.streams.len();
+        let throttled = self
+            .shells
+            .values()
+            .filter(|s| s.inflight.load(Ordering::Relaxed) >= HIGH_WATER)
+            .count()
+            + self.streams.values().filter(|s| s.throttled()).count();
+        channels == 0
+            || throttled < channels
+            || !self.pending.is_empty()
+            || !self.execs.is_empty()
+            || !self.closing.is_empty()
     }
 
     fn wait(&mut self) {
         trace!(
-            "idle: pending={} shells={} execs={} closing={} channels={} limit={} dirs={:?}",
+            "idle: pending={} shells={} execs={} streams={} closing={} channels={} limit={} dirs={:?}",
             self.pending.len(),
             self.shells.len(),
             self.execs.len(),
+            self.streams.len(),
             self.closing.len(),
             self.shared.channels.load(Ordering::Relaxed),
             self.shared.limit.load(Ordering::Relaxed),
@@ -370,6 +440,13 @@ impl Actor {
             self.sess.block_directions(),
             BlockDirections::Outbound | BlockDirections::Both
         );
+        let inbound = self.reads_wanted()
+            || self.shells.values().any(|s| !s.input.is_empty())
+            || self.streams.values().any(|s| !s.input.is_empty())
+            || matches!(
+                self.sess.block_directions(),
+                BlockDirections::Inbound | BlockDirections::Both
+            );
         let mut timeout = IDLE_POLL;
         let until_keepalive = self
             .next_keepalive
@@ -378,6 +455,7 @@ impl Actor {
         // Shells waiting on the close grace period need a timely re-check.
         if self.shells.values().any(|s| s.eof_at.is_some())
             || self.execs.iter().any(|e| e.eof_at.is_some())
+            || self.streams.values().any(|s| s.eof_at.is_some())
             || !self.closing.is_empty()
         {
             timeout = timeout.min(Duration::from_millis(20));
@@ -385,7 +463,8 @@ impl Actor {
         let mut fds = [
             libc::pollfd {
                 fd: self.stream.as_raw_fd(),
-                events: libc::POLLIN | if outbound { libc::POLLOUT } else { 0 },
+                events: if inbound { libc::POLLIN } else { 0 }
+                    | if outbound { libc::POLLOUT } else { 0 },
                 revents: 0,
             },
             libc::pollfd {

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use ssh2::{Channel, ExtendedData, PtyModeOpcode, PtyModes};
 
-use super::channels::{ExecChan, ShellChan};
+use super::channels::{ExecChan, ShellChan, StreamChan};
 use super::handle::{OpenError, What};
 use super::sys::{code, give_up_if_lost, Lost, CHANNEL_FAILURE, EAGAIN};
 use super::Actor;
@@ -142,11 +142,14 @@ impl Actor {
             Stage::Open => match self.sess.channel_session() {
                 Ok(mut chan) => {
                     self.shared.open.fetch_add(1, Ordering::Relaxed);
-                    let _ = chan.handle_extended_data(ExtendedData::Merge);
+                    // A stream keeps stderr apart: its stdout is a file's bytes.
+                    if !matches!(p.what, What::Stream { .. }) {
+                        let _ = chan.handle_extended_data(ExtendedData::Merge);
+                    }
                     p.chan = Some(chan);
                     p.stage = match p.what {
                         What::Shell { .. } => Stage::Pty,
-                        What::Exec { .. } => Stage::Start,
+                        What::Exec { .. } | What::Stream { .. } => Stage::Start,
                     };
                     Ok(Ok(Step::Advanced))
                 }
@@ -185,7 +188,9 @@ impl Actor {
             }
             Stage::Start => {
                 let command = match &p.what {
-                    What::Shell { command, .. } | What::Exec { command, .. } => command,
+                    What::Shell { command, .. }
+                    | What::Exec { command, .. }
+                    | What::Stream { command, .. } => command,
                 };
                 let chan = p.chan.as_mut().expect("channel after open");
                 match chan.exec(command) {
@@ -203,8 +208,9 @@ impl Actor {
         }
     }
 
-    /// A started channel goes to the shells or the one-shot commands; a
-    /// shell whose caller gave up meanwhile is closed again.
+    /// A started channel goes to the shells, the one-shot commands or the
+    /// streams; a shell or stream whose caller gave up meanwhile is closed
+    /// again.
     fn ready(&mut self, chan: Channel, what: What) {
         match what {
             What::Shell {
@@ -237,6 +243,21 @@ impl Actor {
                 reply: Some(reply),
                 eof_at: None,
             }),
+            What::Stream {
+                id,
+                events,
+                inflight,
+                reply,
+                ..
+            } => {
+                if reply.send(Ok(())).is_err() {
+                    self.shared.release();
+                    self.retire(chan);
+                } else {
+                    self.streams
+                        .insert(id, StreamChan::new(chan, events, inflight));
+                }
+            }
         }
     }
 }
