@@ -192,7 +192,9 @@ impl DockerFiles {
             .create_exec(
                 &self.container,
                 cmd,
-                vec![entry.clone()],
+                // The tools' messages end in the C library's words for
+                // the errno, which is how a failure is named.
+                vec![entry.clone(), "LC_ALL=C".into()],
                 false,
                 None,
                 stdin,
@@ -254,10 +256,10 @@ impl DockerFiles {
                 io::ErrorKind::Unsupported,
                 format!("{what} {path} in container {container}: it has no `cat` or `mkdir`"),
             ),
-            Some("EISDIR") => io::Error::from_raw_os_error(libc::EISDIR),
-            Some("ENOTDIR") => io::Error::from_raw_os_error(libc::ENOTDIR),
+            Some("EISDIR") => errno_error(what, path, container, libc::EISDIR),
+            Some("ENOTDIR") => errno_error(what, path, container, libc::ENOTDIR),
             Some("fail") => match status.messages.last().and_then(|m| errno_of(m)) {
-                Some(errno) => io::Error::from_raw_os_error(errno),
+                Some(errno) => errno_error(what, path, container, errno),
                 None => io::Error::other(format!(
                     "{what} {path} in container {container} failed{}",
                     status.said()
@@ -436,6 +438,42 @@ impl FileTransfer for DockerFiles {
     }
 }
 
+/// A refusal the container named by its errno: the errno's kind, a
+/// message naming the file, and the errno's own `io::Error` as its source
+/// (`execkit_core::raw::file_errno` finds it there).
+fn errno_error(what: &str, path: &str, container: &str, errno: i32) -> io::Error {
+    let cause = io::Error::from_raw_os_error(errno);
+    io::Error::new(
+        cause.kind(),
+        ErrnoError {
+            message: format!("{what} {path} in container {container}"),
+            cause,
+        },
+    )
+}
+
+/// See [`errno_error`].
+#[derive(Debug)]
+struct ErrnoError {
+    message: String,
+    cause: io::Error,
+}
+
+impl fmt::Display for ErrnoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // std's text without its " (os error N)".
+        let text = self.cause.to_string();
+        let text = text.split(" (os error").next().unwrap_or_default();
+        write!(f, "{}: {text}", self.message)
+    }
+}
+
+impl std::error::Error for ErrnoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.cause)
+    }
+}
+
 /// What the script said on stderr.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Status {
@@ -586,6 +624,17 @@ mod tests {
             assert_eq!(out, want, "pieces of {piece}");
             assert_eq!(err, b"oops\n");
         }
+    }
+
+    #[test]
+    fn a_refusal_names_the_file_and_carries_the_errno() {
+        let e = errno_error("reading", "/x/y", "web", libc::EACCES);
+        assert_eq!(execkit_core::raw::file_errno(&e), Some(libc::EACCES));
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert_eq!(
+            e.to_string(),
+            "reading /x/y in container web: Permission denied"
+        );
     }
 
     #[test]

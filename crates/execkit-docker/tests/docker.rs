@@ -18,7 +18,10 @@ use anyhow::{bail, ensure, Context as _};
 use execkit_core::cleanup::{self, SessionRecord};
 use execkit_core::testkit;
 use execkit_core::{
-    raw::{read_file, write_file, FileTransfer, ShellEvent, ShellProcess, SpawnSpec, Transport},
+    raw::{
+        file_errno, read_file, write_file, FileTransfer, ShellEvent, ShellProcess, SpawnSpec,
+        Transport,
+    },
     ErrorKind, RunOptions, Session, SessionConfig, SessionError, TransportError,
 };
 use execkit_docker as _;
@@ -910,13 +913,11 @@ fn files_of(target: &str) -> anyhow::Result<Arc<dyn FileTransfer>> {
         .context("the docker transport has no native file transfer")
 }
 
-/// The errno of a failed transfer.
+/// The errno of a failed transfer (`file_errno`).
 fn errno(r: std::io::Result<impl std::fmt::Debug>, what: &str) -> anyhow::Result<i32> {
     match r {
         Ok(v) => bail!("{what}: succeeded ({v:?}), expected an error"),
-        Err(e) => e
-            .raw_os_error()
-            .with_context(|| format!("{what}: no errno in {e:?}")),
+        Err(e) => file_errno(&e).with_context(|| format!("{what}: no errno in {e:?}")),
     }
 }
 
@@ -972,10 +973,14 @@ async fn files_as_the_containers_user(env: Env) -> anyhow::Result<()> {
     ensure!(read_file(&*files, "/home/u/deep/new.txt").await? == b"mine\n");
     ensure!(read_file(&*files, "/etc/public").await? == b"public\n");
 
-    let e = errno(
-        read_file(&*files, "/root-only").await,
-        "reading root's 0600 file",
-    )?;
+    let refused = read_file(&*files, "/root-only").await;
+    if let Err(e) = &refused {
+        ensure!(
+            e.to_string().contains("/root-only") && e.to_string().contains(&name),
+            "the message names the file and the container: {e}"
+        );
+    }
+    let e = errno(refused, "reading root's 0600 file")?;
     ensure!(e == libc::EACCES, "errno {e}");
     let e = errno(
         write_file(&*files, "/etc/public", b"changed\n").await,
