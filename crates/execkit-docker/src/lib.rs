@@ -16,8 +16,15 @@
 //! A session's shell in a paused container is kept: the engine in
 //! `execkit-core` asks [`ShellProcess::suspended`] and reports the pause at
 //! once instead of at the command's timeout.
+//!
+//! Whole files move outside any session ([`Transport::files`]): one exec
+//! per file of `cat` as the container's user, the bytes on the exec's own
+//! stdin and stdout — with the rights, umask and mounts the container's
+//! shells have (the engine's archive API would act as root on the root
+//! filesystem, blind to a tmpfs mounted in the container).
 
 mod engine;
+mod files;
 mod shell;
 
 use std::fmt;
@@ -26,7 +33,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use execkit_core::{
-    raw::{ShellProcess, SpawnSpec, Transport},
+    raw::{FileTransfer, ShellProcess, SpawnSpec, Transport},
     ErrorKind, TransportError,
 };
 use tokio::sync::OnceCell;
@@ -152,12 +159,34 @@ fn valid_container(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The engine of one target, connected on first use and shared by the
+/// transport and its file transfer.
+#[derive(Clone)]
+pub(crate) struct EngineCell {
+    endpoint: Endpoint,
+    target: String,
+    cell: Arc<OnceCell<Arc<Engine>>>,
+}
+
+impl EngineCell {
+    pub(crate) async fn get(&self) -> Result<Arc<Engine>, TransportError> {
+        self.cell
+            .get_or_try_init(|| async {
+                Engine::connect(self.endpoint.clone(), &self.target)
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+            .cloned()
+    }
+}
+
 /// The `docker` transport for one container.
 pub struct DockerTransport {
     target: String,
     container: String,
     endpoint: Endpoint,
-    engine: OnceCell<Arc<Engine>>,
+    engine: EngineCell,
 }
 
 impl fmt::Debug for DockerTransport {
@@ -211,8 +240,12 @@ impl DockerTransport {
         Ok(DockerTransport {
             target: target.to_string(),
             container: name.to_string(),
+            engine: EngineCell {
+                endpoint: endpoint.clone(),
+                target: target.to_string(),
+                cell: Arc::new(OnceCell::new()),
+            },
             endpoint,
-            engine: OnceCell::new(),
         })
     }
 
@@ -227,14 +260,7 @@ impl DockerTransport {
     }
 
     async fn engine(&self) -> Result<Arc<Engine>, TransportError> {
-        self.engine
-            .get_or_try_init(|| async {
-                Engine::connect(self.endpoint.clone(), &self.target)
-                    .await
-                    .map(Arc::new)
-            })
-            .await
-            .cloned()
+        self.engine.get().await
     }
 }
 
@@ -303,6 +329,16 @@ impl Transport for DockerTransport {
             }
             ContainerState::NotRunning { .. } | ContainerState::Missing => Ok(()),
         }
+    }
+
+    /// Files move by an exec of `cat` as the container's user (module
+    /// `files`): with its rights, umask and mounts, like its shells.
+    fn files(&self) -> Option<Arc<dyn FileTransfer>> {
+        Some(Arc::new(files::DockerFiles {
+            target: self.target.clone(),
+            container: self.container.clone(),
+            engine: self.engine.clone(),
+        }))
     }
 }
 

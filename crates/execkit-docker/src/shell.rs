@@ -240,7 +240,7 @@ fn command(spec: &SpawnSpec) -> Vec<String> {
 
 /// The error for an exec the engine would not create: a 404 is a removed
 /// container, a 409 one that stopped or is paused.
-fn create_exec_error(target: &str, name: &str, e: BollardError) -> TransportError {
+pub(crate) fn create_exec_error(target: &str, name: &str, e: BollardError) -> TransportError {
     match e {
         BollardError::DockerResponseServerError {
             status_code: 404, ..
@@ -308,7 +308,7 @@ impl DockerShell {
             ),
         };
         let exec_id = match engine
-            .create_exec(&container_id, cmd, env, true, working_dir)
+            .create_exec(&container_id, cmd, env, true, working_dir, true)
             .await
         {
             Ok(id) => id,

@@ -18,7 +18,10 @@ use anyhow::{bail, ensure, Context as _};
 use execkit_core::cleanup::{self, SessionRecord};
 use execkit_core::testkit;
 use execkit_core::{
-    raw::{ShellEvent, ShellProcess, SpawnSpec, Transport},
+    raw::{
+        file_errno, read_file, write_file, FileTransfer, ShellEvent, ShellProcess, SpawnSpec,
+        Transport,
+    },
     ErrorKind, RunOptions, Session, SessionConfig, SessionError, TransportError,
 };
 use execkit_docker as _;
@@ -86,6 +89,13 @@ fn cases() -> Vec<Case> {
         case!(unknown_container_is_unreachable),
         case!(stopped_or_paused_container_says_which, needs_image),
         case!(unreachable_engine_is_unreachable),
+        case!(files_as_the_containers_user, needs_image),
+        case!(files_see_the_containers_mounts, needs_image),
+        case!(files_given_up_leave_no_process, needs_image),
+        case!(files_without_a_shell_are_unsupported, needs_image),
+        case!(files_over_tcp, |e: &Env| e.tcp.is_none().then_some(
+            "EXECKIT_TEST_DOCKER_TCP (an engine on a loopback TCP port)"
+        )),
     ]
 }
 
@@ -891,5 +901,352 @@ async fn stopped_or_paused_container_says_which(env: Env) -> anyhow::Result<()> 
     let (msg, e) = unreachable_error(Session::open(&target, config()).await)?;
     ensure!(e.kind() == ErrorKind::NotRunning, "{:?}: {msg}", e.kind());
     ensure!(msg.contains("is not running"), "{msg}");
+    Ok(())
+}
+
+// ------------------------------------------------------------ file transfer
+
+/// The native file transfer of `target`.
+fn files_of(target: &str) -> anyhow::Result<Arc<dyn FileTransfer>> {
+    DockerTransport::new(target)?
+        .files()
+        .context("the docker transport has no native file transfer")
+}
+
+/// The errno of a failed transfer (`file_errno`).
+fn errno(r: std::io::Result<impl std::fmt::Debug>, what: &str) -> anyhow::Result<i32> {
+    match r {
+        Ok(v) => bail!("{what}: succeeded ({v:?}), expected an error"),
+        Err(e) => file_errno(&e).with_context(|| format!("{what}: no errno in {e:?}")),
+    }
+}
+
+/// What `docker exec NAME ARGS…` prints on stdout, byte for byte.
+fn exec_bytes(name: &str, args: &[&str]) -> anyhow::Result<Vec<u8>> {
+    let out = Command::new("docker")
+        .arg("exec")
+        .arg(name)
+        .args(args)
+        .output()
+        .context("running the docker CLI")?;
+    ensure!(
+        out.status.success(),
+        "docker exec {name} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out.stdout)
+}
+
+/// The files run as the container's configured user (`--user 1000:1000`),
+/// as its shells do: what that user may not read or write is refused with
+/// the errno its shell would get (the engine's archive API would have
+/// acted as root), and what it makes is its own.
+async fn files_as_the_containers_user(env: Env) -> anyhow::Result<()> {
+    let scratch = Scratch::start_with(&env, "files-user", &["--user", "1000:1000"])?;
+    let name = scratch.0.clone();
+    docker_cli(&[
+        "exec",
+        "-u",
+        "0",
+        &name,
+        "sh",
+        "-c",
+        "echo secret > /root-only && chmod 600 /root-only && echo public > /etc/public \
+         && mkdir -p /home/u && chown 1000:1000 /home/u",
+    ])?;
+    let files = files_of(&format!("docker:{name}"))?;
+
+    write_file(&*files, "/home/u/deep/new.txt", b"mine\n").await?;
+    let owners = docker_cli(&[
+        "exec",
+        &name,
+        "stat",
+        "-c",
+        "%u:%g %a",
+        "/home/u/deep",
+        "/home/u/deep/new.txt",
+    ])?;
+    ensure!(
+        owners == "1000:1000 755\n1000:1000 644",
+        "made as the container's user: {owners:?}"
+    );
+    ensure!(read_file(&*files, "/home/u/deep/new.txt").await? == b"mine\n");
+    ensure!(read_file(&*files, "/etc/public").await? == b"public\n");
+
+    let refused = read_file(&*files, "/root-only").await;
+    if let Err(e) = &refused {
+        ensure!(
+            e.to_string().contains("/root-only") && e.to_string().contains(&name),
+            "the message names the file and the container: {e}"
+        );
+    }
+    let e = errno(refused, "reading root's 0600 file")?;
+    ensure!(e == libc::EACCES, "errno {e}");
+    let e = errno(
+        write_file(&*files, "/etc/public", b"changed\n").await,
+        "writing root's 0644 file",
+    )?;
+    ensure!(e == libc::EACCES, "errno {e}");
+    let e = errno(
+        write_file(&*files, "/etc/new", b"x").await,
+        "writing into root's directory",
+    )?;
+    ensure!(e == libc::EACCES, "errno {e}");
+    let e = errno(
+        write_file(&*files, "/etc/sub/new", b"x").await,
+        "making a directory in root's directory",
+    )?;
+    ensure!(e == libc::EACCES, "errno {e}");
+    let left = docker_cli(&[
+        "exec",
+        &name,
+        "sh",
+        "-c",
+        "cat /etc/public; ls /etc/new /etc/sub 2>&1 | wc -l",
+    ])?;
+    ensure!(left == "public\n2", "nothing of root's changed: {left:?}");
+    Ok(())
+}
+
+/// The files see the container as its processes do: a tmpfs mounted in it
+/// (Docker 20.10's archive API reads and writes the directory under it,
+/// and refuses a `--read-only` root outright), a read-only root (`EROFS`),
+/// and an existing file is truncated in place — same inode, hard links
+/// see the new bytes, mode kept — rather than replaced.
+async fn files_see_the_containers_mounts(env: Env) -> anyhow::Result<()> {
+    let scratch = Scratch::start_with(
+        &env,
+        "files-mounts",
+        &["--read-only", "--tmpfs", "/scratch"],
+    )?;
+    let name = scratch.0.clone();
+    let files = files_of(&format!("docker:{name}"))?;
+
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    write_file(&*files, "/scratch/sub/all.bin", &bytes).await?;
+    ensure!(
+        exec_bytes(&name, &["cat", "/scratch/sub/all.bin"])? == bytes,
+        "the container reads what was written into its tmpfs"
+    );
+    docker_cli(&[
+        "exec",
+        &name,
+        "sh",
+        "-c",
+        "echo from inside > /scratch/in.txt",
+    ])?;
+    ensure!(read_file(&*files, "/scratch/in.txt").await? == b"from inside\n");
+
+    let e = errno(
+        write_file(&*files, "/etc/new", b"x").await,
+        "writing on a read-only root",
+    )?;
+    ensure!(e == libc::EROFS, "errno {e}");
+
+    docker_cli(&[
+        "exec",
+        &name,
+        "sh",
+        "-c",
+        "cd /scratch && echo old > f && ln f g && chmod 640 f",
+    ])?;
+    let before = docker_cli(&["exec", &name, "stat", "-c", "%i %a", "/scratch/f"])?;
+    write_file(&*files, "/scratch/f", b"new\n").await?;
+    let after = docker_cli(&["exec", &name, "stat", "-c", "%i %a", "/scratch/f"])?;
+    ensure!(before == after, "inode and mode: {before} then {after}");
+    ensure!(
+        exec_bytes(&name, &["cat", "/scratch/g"])? == b"new\n",
+        "the hard link sees the new bytes"
+    );
+
+    // A write that fails before its stream ends says so at once, without
+    // waiting for the caller's next chunk.
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tx.send(Ok(b"x".to_vec())).await?;
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        files.write("/scratch/sub", None, rx),
+    )
+    .await
+    .context("a failed write waited for its stream to end")?;
+    ensure!(errno(r, "writing over a directory")? == libc::EISDIR);
+    drop(tx);
+
+    // A paused container: an error saying so, at once.
+    docker_cli(&["pause", &name])?;
+    let t = Instant::now();
+    let r = read_file(&*files, "/scratch/f").await;
+    docker_cli(&["unpause", &name])?;
+    match r {
+        Err(e) => ensure!(e.to_string().contains("paused"), "{e}"),
+        Ok(_) => bail!("read from a paused container"),
+    }
+    ensure!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    Ok(())
+}
+
+/// `cat` processes in the container, as `ps` lines.
+fn cats(name: &str) -> anyhow::Result<Vec<String>> {
+    Ok(docker_cli(&["exec", name, "ps", "-o", "pid,args"])?
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("cat"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Waits (briefly) until no `cat` runs in the container; returns those left.
+async fn cats_left(name: &str) -> anyhow::Result<Vec<String>> {
+    let mut left = Vec::new();
+    for _ in 0..30 {
+        left = cats(name)?;
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(left)
+}
+
+/// The engine does not stop an exec whose client went away: a transfer
+/// given up on — its reader gone, its future dropped mid-read or
+/// mid-write — kills its own processes, and what a dropped write had sent
+/// stays written.
+async fn files_given_up_leave_no_process(env: Env) -> anyhow::Result<()> {
+    use tokio::sync::mpsc;
+    let scratch = Scratch::start(&env, "files-abandon")?;
+    let name = scratch.0.clone();
+    let files = files_of(&format!("docker:{name}"))?;
+
+    // The reader goes away after the first chunk of an endless file.
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1);
+    let first = async move { rx.recv().await.map(|c| c.len()) };
+    let (r, got) = tokio::join!(files.read("/dev/zero", tx), first);
+    ensure!(got.is_some_and(|n| n > 0), "no first chunk");
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => bail!("expected BrokenPipe, got {other:?}"),
+    }
+    let left = cats_left(&name).await?;
+    ensure!(left.is_empty(), "left after the reader went away: {left:?}");
+
+    // The caller drops the read's future after its first chunk.
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1);
+    {
+        let read = files.read("/dev/zero", tx);
+        tokio::pin!(read);
+        tokio::select! {
+            r = &mut read => bail!("reading /dev/zero ended: {r:?}"),
+            c = rx.recv() => ensure!(c.is_some(), "no first chunk"),
+        }
+        ensure!(!cats(&name)?.is_empty(), "setup: no cat while reading");
+    }
+    let left = cats_left(&name).await?;
+    ensure!(left.is_empty(), "left after a dropped read: {left:?}");
+
+    // A write whose future is dropped while its stream is still open.
+    let (tx, rx) = mpsc::channel(2);
+    tx.send(Ok(vec![b'x'; 1000])).await?;
+    {
+        let write = files.write("/tmp/partial", None, rx);
+        tokio::pin!(write);
+        // Until the container shows the bytes; then the caller gives up.
+        let landed = async {
+            loop {
+                let n = docker_cli(&[
+                    "exec",
+                    &name,
+                    "sh",
+                    "-c",
+                    "wc -c < /tmp/partial 2>/dev/null || echo 0",
+                ])?;
+                if n == "1000" {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            r = &mut write => bail!("the write ended with its stream open: {r:?}"),
+            r = tokio::time::timeout(Duration::from_secs(20), landed) => r.context("the bytes never landed")??,
+        }
+    }
+    drop(tx);
+    let left = cats_left(&name).await?;
+    ensure!(left.is_empty(), "left after a dropped write: {left:?}");
+    ensure!(
+        docker_cli(&["exec", &name, "wc", "-c", "/tmp/partial"])?.starts_with("1000 "),
+        "what was sent stays"
+    );
+    Ok(())
+}
+
+/// A remote engine (`docker://HOST:PORT/NAME`): the same transfer over TCP.
+async fn files_over_tcp(env: Env) -> anyhow::Result<()> {
+    let tcp = env.tcp.as_deref().context("no tcp")?;
+    let files = files_of(&format!("docker://{tcp}/{}", env.container))?;
+    let mut bytes: Vec<u8> = (0..=255u8).cycle().take(256 * 16).collect();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    while bytes.len() < 3 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    let path = format!("/tmp/execkit-files-tcp-{}/x.bin", std::process::id());
+    write_file(&*files, &path, &bytes).await?;
+    ensure!(
+        read_file(&*files, &path).await? == bytes,
+        "read back over TCP"
+    );
+    ensure!(
+        exec_bytes(&env.container, &["cat", &path])? == bytes,
+        "the container reads what was written over TCP"
+    );
+    docker_cli(&[
+        "exec",
+        &env.container,
+        "rm",
+        "-rf",
+        path.rsplit_once('/').map_or("", |p| p.0),
+    ])?;
+    Ok(())
+}
+
+/// A container without `/bin/sh` cannot run the transfer's script: the
+/// answer is `Unsupported` (the caller falls back to a session, which runs
+/// on the shell it was given), and the engine's error text is not handed
+/// on as the file's bytes.
+async fn files_without_a_shell_are_unsupported(env: Env) -> anyhow::Result<()> {
+    let scratch = Scratch::start(&env, "files-nosh")?;
+    docker_cli(&["exec", &scratch.0, "/bin/busybox", "rm", "-f", "/bin/sh"])?;
+    let files = files_of(&format!("docker:{}", scratch.0))?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let got = async move {
+        let mut all = Vec::new();
+        while let Some(c) = rx.recv().await {
+            all.extend(c);
+        }
+        all
+    };
+    let (r, got) = tokio::join!(files.read("/etc/passwd", tx), got);
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+            ensure!(e.to_string().contains("/bin/sh"), "{e}")
+        }
+        other => bail!("reading: expected Unsupported, got {other:?}"),
+    }
+    ensure!(
+        got.is_empty(),
+        "handed on as bytes: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    match write_file(&*files, "/tmp/x", b"x").await {
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+        other => bail!("writing: expected Unsupported, got {other:?}"),
+    }
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! `read_file`, `write_file` and `upload`, on the target.
 //!
 //! Bytes move natively when the target's transport can
-//! ([`FileTransfer`]: the local filesystem, Docker's archive API, a
-//! second SSH channel) — binary-safe, streamed, fast. Otherwise (a
+//! ([`FileTransfer`]: the local filesystem, an exec of `cat` in the
+//! container, a second SSH channel) — binary-safe, streamed, fast. Otherwise (a
 //! transport without one, or one answering `Unsupported` for this
 //! request) they cross through [`TargetFiles`] on a pool session's
 //! terminal: base64 lines out of `base64 FILE` for a read, base64 lines

@@ -205,7 +205,8 @@ impl Engine {
         }
     }
 
-    /// Creates an exec in the container; returns its id.
+    /// Creates an exec in the container; returns its id. With a `tty` the
+    /// exec has stdin too; without one, only if `stdin`.
     pub async fn create_exec(
         &self,
         container: &str,
@@ -213,9 +214,10 @@ impl Engine {
         env: Vec<String>,
         tty: bool,
         working_dir: Option<String>,
+        stdin: bool,
     ) -> Result<String, BollardError> {
         let opts = CreateExecOptions::<String> {
-            attach_stdin: Some(tty),
+            attach_stdin: Some(tty || stdin),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             tty: Some(tty),

@@ -83,7 +83,7 @@ impl Engine {
         let mut cmd = sh.to_vec();
         cmd.push(script.to_string());
         let exec_id = match self
-            .create_exec(container_id, cmd, Vec::new(), false, None)
+            .create_exec(container_id, cmd, Vec::new(), false, None, false)
             .await
         {
             Ok(id) => id,

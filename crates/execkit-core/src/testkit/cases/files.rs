@@ -38,18 +38,23 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// `cksum` of the file on the target, by the target's own tool.
-async fn shell_cksum(s: &mut Session, path: &str) -> anyhow::Result<String> {
+/// `sha256sum` of the file on the target, by the target's own tool
+/// (coreutils and busybox both have it; Debian's busybox has no `cksum`).
+async fn shell_digest(s: &mut Session, path: &str) -> anyhow::Result<String> {
     let out = ok(
         s,
-        &format!("cksum < {}", crate::protocol::shell_quote(path)),
+        &format!("sha256sum < {}", crate::protocol::shell_quote(path)),
     )
     .await?;
-    Ok(out.trim().to_string())
+    Ok(out
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
 }
 
-fn cksum(bytes: &[u8]) -> String {
-    let mut c = Cksum::new();
+fn digest(bytes: &[u8]) -> String {
+    let mut c = Sha256::new();
     c.update(bytes);
     c.finish()
 }
@@ -87,8 +92,8 @@ pub(in crate::testkit) async fn files_every_byte_round_trip(ctx: Ctx) -> anyhow:
     let path = format!("{dir}/new/sub/all.bin");
     write_file(&*files, &path, &bytes).await?;
     ensure!(
-        shell_cksum(&mut s, &path).await? == cksum(&bytes),
-        "the target's cksum differs"
+        shell_digest(&mut s, &path).await? == digest(&bytes),
+        "the target's sha256sum differs"
     );
     ensure!(
         read_file(&*files, &path).await? == bytes,
@@ -225,53 +230,109 @@ pub(in crate::testkit) async fn files_follow_links_and_name_errors(ctx: Ctx) -> 
     Ok(())
 }
 
-/// POSIX `cksum`: CRC-32 (polynomial 0x04C11DB7) of the bytes and then of
-/// their length.
-struct Cksum {
-    table: [u32; 256],
-    crc: u32,
+/// SHA-256 (FIPS 180-4), streamed, to compare with the target's
+/// `sha256sum` (coreutils and busybox both have it; Debian's busybox has
+/// no `cksum`).
+struct Sha256 {
+    state: [u32; 8],
+    block: Vec<u8>,
     len: u64,
 }
 
-impl Cksum {
-    fn new() -> Cksum {
-        let mut table = [0u32; 256];
-        for (i, t) in table.iter_mut().enumerate() {
-            let mut c = (i as u32) << 24;
-            for _ in 0..8 {
-                c = if c & 0x8000_0000 != 0 {
-                    (c << 1) ^ 0x04C1_1DB7
-                } else {
-                    c << 1
-                };
-            }
-            *t = c;
-        }
-        Cksum {
-            table,
-            crc: 0,
+const SHA256_K: [u32; 64] = [
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+];
+
+impl Sha256 {
+    fn new() -> Sha256 {
+        Sha256 {
+            state: [
+                0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+                0x5be0cd19,
+            ],
+            block: Vec::with_capacity(64),
             len: 0,
         }
     }
 
-    fn byte(&mut self, b: u8) {
-        self.crc = (self.crc << 8) ^ self.table[usize::from((self.crc >> 24) as u8 ^ b)];
+    fn compress(state: &mut [u32; 8], block: &[u8]) {
+        let mut w = [0u32; 64];
+        for (i, word) in block.chunks_exact(4).enumerate() {
+            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        for i in 16..64 {
+            let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
+            let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
+            w[i] = w[i - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[i - 7])
+                .wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut h] = *state;
+        for i in 0..64 {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = h
+                .wrapping_add(s1)
+                .wrapping_add(ch)
+                .wrapping_add(SHA256_K[i])
+                .wrapping_add(w[i]);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            h = g;
+            g = f;
+            f = e;
+            e = d.wrapping_add(t1);
+            d = c;
+            c = b;
+            b = a;
+            a = t1.wrapping_add(t2);
+        }
+        for (s, v) in state.iter_mut().zip([a, b, c, d, e, f, g, h]) {
+            *s = s.wrapping_add(v);
+        }
     }
 
-    fn update(&mut self, data: &[u8]) {
-        for &b in data {
-            self.byte(b);
-        }
+    fn update(&mut self, mut data: &[u8]) {
         self.len += data.len() as u64;
+        if !self.block.is_empty() {
+            let take = (64 - self.block.len()).min(data.len());
+            self.block.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.block.len() < 64 {
+                return;
+            }
+            let block = std::mem::take(&mut self.block);
+            Self::compress(&mut self.state, &block);
+        }
+        let mut blocks = data.chunks_exact(64);
+        for b in &mut blocks {
+            Self::compress(&mut self.state, b);
+        }
+        self.block.extend_from_slice(blocks.remainder());
     }
 
+    /// The digest in hex, as `sha256sum` prints it.
     fn finish(mut self) -> String {
-        let mut n = self.len;
-        while n != 0 {
-            self.byte(n as u8);
-            n >>= 8;
+        let bits = self.len.wrapping_mul(8);
+        let mut tail = std::mem::take(&mut self.block);
+        tail.push(0x80);
+        while tail.len() % 64 != 56 {
+            tail.push(0);
         }
-        format!("{} {}", !self.crc, self.len)
+        tail.extend_from_slice(&bits.to_be_bytes());
+        for b in tail.chunks_exact(64) {
+            Self::compress(&mut self.state, b);
+        }
+        self.state.iter().map(|v| format!("{v:08x}")).collect()
     }
 }
 
@@ -288,7 +349,7 @@ pub(in crate::testkit) async fn files_hundred_megabytes_streamed(ctx: Ctx) -> an
         c[..8].copy_from_slice(&(i as u64).to_le_bytes());
         c
     };
-    let mut sum = Cksum::new();
+    let mut sum = Sha256::new();
     let (tx, rx) = mpsc::channel(2);
     let feed = async {
         for i in 0..CHUNKS {
@@ -304,15 +365,15 @@ pub(in crate::testkit) async fn files_hundred_megabytes_streamed(ctx: Ctx) -> an
     let (written, ()) = tokio::join!(files.write(&path, Some(total), rx), feed);
     ensure!(written? == total);
     let expected = sum.finish();
-    let shell = shell_cksum(&mut s, &path).await?;
+    let shell = shell_digest(&mut s, &path).await?;
     ensure!(
         shell == expected,
-        "cksum on the target: {shell:?}, sent {expected:?}"
+        "sha256sum on the target: {shell:?}, sent {expected:?}"
     );
 
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(2);
     let check = async {
-        let mut sum = Cksum::new();
+        let mut sum = Sha256::new();
         let mut biggest = 0;
         while let Some(c) = rx.recv().await {
             biggest = biggest.max(c.len());
@@ -334,10 +395,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cksum_matches_posix() {
-        // `printf 'hello\n' | cksum` → 3015617425 6
-        let mut c = Cksum::new();
+    fn sha256_matches_sha256sum() {
+        // `printf 'hello\n' | sha256sum`
+        let mut c = Sha256::new();
         c.update(b"hello\n");
-        assert_eq!(c.finish(), "3015617425 6");
+        assert_eq!(
+            c.finish(),
+            "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+        );
+        // In pieces across block boundaries: `head -c 1000 /dev/zero | sha256sum`
+        let mut c = Sha256::new();
+        for piece in [0usize, 1, 63, 64, 65, 200, 607] {
+            c.update(&vec![0u8; piece]);
+        }
+        assert_eq!(
+            c.finish(),
+            "541b3e9daa09b20bf85fa273e5cbd3e80185aa4ec298e765db87742b70138a53"
+        );
     }
 }
