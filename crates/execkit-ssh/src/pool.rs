@@ -336,10 +336,30 @@ pub(crate) async fn exec(
             Err(e) => last = Some(e),
         }
     }
+    on_a_connection(t, target, last, |c| async move {
+        c.exec(command.to_string()).await
+    })
+    .await
+}
+
+/// Opens something with `open` on a pooled or new connection, moving on
+/// to another connection when one refuses a channel (its MaxSessions
+/// reached); `last` is an earlier attempt's failure, reported if no
+/// connection does better.
+async fn on_a_connection<T, F, Fut>(
+    t: &SshTarget,
+    target: &str,
+    mut last: Option<OpenError>,
+    mut open: F,
+) -> Result<T, TransportError>
+where
+    F: FnMut(Arc<Conn>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, OpenError>>,
+{
     for _ in 0..32 {
         let c = get(t, target).await?;
-        match c.exec(command.to_string()).await {
-            Ok(o) => return Ok(o),
+        match open(c.clone()).await {
+            Ok(v) => return Ok(v),
             Err(OpenError::Refused(m)) => {
                 last = Some(OpenError::Refused(m));
                 if !c.shared.refused() {
@@ -384,23 +404,8 @@ pub(crate) async fn stream(
     target: &str,
     command: &str,
 ) -> Result<Stream, TransportError> {
-    let mut last = None;
-    for _ in 0..32 {
-        let c = get(t, target).await?;
-        match Stream::open(&c, command.to_string()).await {
-            Ok(s) => return Ok(s),
-            Err(OpenError::Refused(m)) => {
-                last = Some(OpenError::Refused(m));
-                if !c.shared.refused() {
-                    break;
-                }
-            }
-            Err(e @ OpenError::Failed(_)) => return Err(exec_err(target, e)),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(exec_err(
-        target,
-        last.unwrap_or(OpenError::Failed("no connection".into())),
-    ))
+    on_a_connection(t, target, None, |c| async move {
+        Stream::open(&c, command.to_string()).await
+    })
+    .await
 }
