@@ -22,7 +22,9 @@ use tokio::sync::mpsc;
 
 use super::models::{decode_owned, universal_newlines, Fail, Raised, ReadFile, WriteFile};
 use super::multipart::{boundary, Multipart};
-use super::target::{completed, failure, quote, split_answer, unbase64, Worker, Workers};
+use super::target::{
+    completed, failure, quote, split_answer, unbase64, Worker, Workers, NATIVE_FROM,
+};
 
 /// Bytes written to the target per step.
 pub const CHUNK: usize = 4 << 20;
@@ -67,6 +69,37 @@ impl ThroughSession<'_> {
         Ok(first.to_string())
     }
 
+    /// The whole file, or `None` if it is larger than `max` bytes.
+    async fn read_up_to(
+        &mut self,
+        path: &str,
+        max: Option<u64>,
+    ) -> Result<Option<Vec<u8>>, Raised> {
+        let cmd = match max {
+            Some(n) => format!("__swx_read {} {n}", quote(path)),
+            None => format!("__swx_read {}", quote(path)),
+        };
+        let (text, r) = self.0.run(&cmd, None, Some(STEP_TIMEOUT)).await?;
+        completed(&r, "reading the file")?;
+        let (first, rest) = split_answer(&text);
+        if let Some(e) = failure(first, path) {
+            return Err(e);
+        }
+        if first == "swx:big" {
+            return Ok(None);
+        }
+        if first != "swx:ok" {
+            return Err(Raised::builtin(
+                "RuntimeError",
+                format!("unexpected answer from the target: {first}"),
+            ));
+        }
+        if rest.ends_with("swx:fail reading failed\n") {
+            return Err(Raised::builtin("OSError", format!("reading {path} failed")));
+        }
+        unbase64(rest).map(Some)
+    }
+
     /// Starts `cmd`, which reads `text` from the terminal once it printed
     /// `swx:ready`, types the text in, and returns all it printed.
     async fn typed_write(&mut self, cmd: &str, text: &str) -> Result<String, Raised> {
@@ -108,23 +141,7 @@ impl ThroughSession<'_> {
 
 impl TargetFiles for ThroughSession<'_> {
     async fn read(&mut self, path: &str) -> Result<Vec<u8>, Raised> {
-        let cmd = format!("__swx_read {}", quote(path));
-        let (text, r) = self.0.run(&cmd, None, Some(STEP_TIMEOUT)).await?;
-        completed(&r, "reading the file")?;
-        let (first, rest) = split_answer(&text);
-        if let Some(e) = failure(first, path) {
-            return Err(e);
-        }
-        if first != "swx:ok" {
-            return Err(Raised::builtin(
-                "RuntimeError",
-                format!("unexpected answer from the target: {first}"),
-            ));
-        }
-        if rest.ends_with("swx:fail reading failed\n") {
-            return Err(Raised::builtin("OSError", format!("reading {path} failed")));
-        }
-        unbase64(rest)
+        Ok(self.read_up_to(path, None).await?.unwrap_or_default())
     }
 
     async fn write(&mut self, path: &str, bytes: &[u8], append: bool) -> Result<(), Raised> {
@@ -240,13 +257,29 @@ async fn native_read(workers: &Workers, path: &str) -> Result<Option<Vec<u8>>, R
 /// `POST /read_file`: `Path.read_text(encoding, errors)` of a file on the
 /// target.
 pub async fn read_file(workers: &Workers, req: ReadFile) -> Result<Value, Raised> {
-    let bytes = match native_read(workers, &req.path).await? {
-        Some(b) => b,
-        None => {
+    let small = if workers.native_first() {
+        None
+    } else if workers.native().is_some() {
+        // One command answers a small file whole, or says it is big.
+        let mut s = ThroughSession(workers.take().await?);
+        s.read_up_to(&req.path, Some(NATIVE_FROM)).await?
+    } else {
+        Some(
             ThroughSession(workers.take().await?)
                 .read(&req.path)
-                .await?
-        }
+                .await?,
+        )
+    };
+    let bytes = match small {
+        Some(b) => b,
+        None => match native_read(workers, &req.path).await? {
+            Some(b) => b,
+            None => {
+                ThroughSession(workers.take().await?)
+                    .read(&req.path)
+                    .await?
+            }
+        },
     };
     let text = decode_owned(bytes, req.encoding.as_deref(), req.errors.as_deref())?;
     Ok(json!({"content": universal_newlines(text)}))
@@ -255,7 +288,7 @@ pub async fn read_file(workers: &Workers, req: ReadFile) -> Result<Value, Raised
 /// `POST /write_file`: the text, UTF-8, at the path (its directory made).
 pub async fn write_file(workers: &Workers, req: WriteFile) -> Result<Value, Raised> {
     let bytes = req.content.as_bytes();
-    if let Some(files) = workers.native() {
+    if let Some(files) = workers.native_for(bytes.len() as u64) {
         let at = workers.absolute(&req.path).await?;
         let written = execkit_core::raw::write_file(&*files, &at, bytes).await;
         if unless_unsupported(written, &req.path)?.is_some() {
