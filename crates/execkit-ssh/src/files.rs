@@ -300,6 +300,15 @@ impl Preamble {
 
 /// Waits for the stream's end, dropping stdout (a write has none of its
 /// own; a login shell may have printed some).
+/// Ends the input of a write given up on and waits until the remote
+/// command has ended, so the target does not change after the error is
+/// returned.
+async fn settle(stream: &mut Stream) {
+    if stream.eof().is_ok() {
+        let _ = end_of(stream).await;
+    }
+}
+
 async fn end_of(stream: &mut Stream) -> Result<StreamEnd, String> {
     loop {
         if let StreamEvent::End(end) = stream.next().await {
@@ -397,8 +406,9 @@ impl FileTransfer for SshFiles {
                 None => break,
                 Some(Ok(c)) => c,
                 Some(Err(e)) => {
-                    // Dropping the stream closes the channel: `cat` ends
-                    // with what it got.
+                    // `cat` ends with what it got; returned once it has,
+                    // so nothing on the target changes afterwards.
+                    settle(&mut stream).await;
                     return Err(io::Error::new(
                         e.kind(),
                         format!("writing {path} on {host}: the data stopped: {e}"),
@@ -407,6 +417,7 @@ impl FileTransfer for SshFiles {
             };
             total += chunk.len() as u64;
             if let Some(n) = len.filter(|&n| total > n) {
+                settle(&mut stream).await;
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("writing {path} on {host}: more than the {n} bytes announced"),
@@ -420,6 +431,7 @@ impl FileTransfer for SshFiles {
             }
         }
         if let Some(n) = len.filter(|&n| total != n) {
+            settle(&mut stream).await;
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("writing {path} on {host}: {total} of the {n} bytes announced arrived"),
