@@ -980,6 +980,93 @@ async fn a_slow_reader_holds_a_transfer_back_and_dropping_it_ends_it(e: Env) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Pins `pid` (a thread or process) to CPU 0.
+fn pin_to_cpu0(pid: u32) {
+    let ok = Command::new("taskset")
+        .args(["-p", "-c", "0", &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "cannot pin {pid} to CPU 0");
+}
+
+/// Fails when a keepalive's answer that arrives before the stall clock
+/// takes its baseline counts as silence: an idle connection is then
+/// declared stalled 10 s after a keepalive. On one CPU the server's answer
+/// comes at once (waking sshd preempts the thread that sent it), which is
+/// how a loaded machine hit it.
+async fn an_idle_connection_survives_its_keepalives(e: Env) {
+    let kh = e.own_known_hosts("keepalive");
+    let url = e.url_with(&e.key("user_ed25519"), &kh, "");
+    let mut s = open(&url).await.unwrap();
+    let server: u32 = run_ok(&mut s, "echo $PPID").await.parse().unwrap();
+    pin_to_cpu0(server);
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("execkit-ssh") {
+            pin_to_cpu0(task.file_name().to_string_lossy().parse().unwrap());
+        }
+    }
+    // A busy CPU, as on a loaded machine: the scheduler then runs the
+    // woken sshd on the sending thread's CPU, ahead of it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let me = std::fs::read_link("/proc/thread-self").unwrap();
+            pin_to_cpu0(me.file_name().unwrap().to_string_lossy().parse().unwrap());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    // Two keepalive intervals (15 s each), the stall limit (10 s) after each.
+    tokio::time::sleep(Duration::from_secs(42)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    spinner.join().unwrap();
+    let r = s
+        .run("echo alive", RunOptions::timeout(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(r.exit_code, Some(0), "{r:?}");
+    assert_eq!(r.output.trim(), "alive", "{r:?}");
+    assert!(!r.restarted, "{r:?}");
+    s.close().await.unwrap();
+}
+
+/// Fails when a consumer that pauses longer than a keepalive interval plus
+/// the stall limit gets the connection declared stalled: the transfer is
+/// alone on its connection and held back, so nothing reads the socket, the
+/// keepalive's answer queues behind file data the server cannot send, and
+/// the silence is ours, not the server's.
+async fn a_reader_paused_past_the_stall_limit_still_gets_the_file(e: Env) {
+    let kh = e.own_known_hosts("paused-reader");
+    let url = e.url_with(&e.key("user_ed25519"), &kh, "");
+    let dir = scratch("paused-reader-data");
+    let path = dir.join("big.bin");
+    const SIZE: u64 = 64 << 20;
+    std::fs::File::create(&path).unwrap().set_len(SIZE).unwrap();
+    let files = execkit_core::connect(&url).unwrap().files().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let p = path.to_str().unwrap().to_string();
+    let reader = tokio::spawn(async move { files.read(&p, tx).await });
+    let Some(first) = rx.recv().await else {
+        panic!("no first chunk: {:?}", reader.await.unwrap());
+    };
+    let mut got = first.len() as u64;
+    // One keepalive interval (15 s) plus the stall limit (10 s), and some.
+    tokio::time::sleep(Duration::from_secs(28)).await;
+    while let Some(chunk) = rx.recv().await {
+        got += chunk.len() as u64;
+    }
+    let total = reader.await.unwrap().expect("the transfer completes");
+    assert_eq!((got, total), (SIZE, SIZE));
+    let mut s = open(&url).await.unwrap();
+    assert_eq!(run_ok(&mut s, "echo still").await, "still");
+    s.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Fails when a write the target cannot finish (its disk fills up
 /// mid-file) hangs, passes, or loses the errno and the path.
 async fn a_disk_full_mid_write_is_enospc_naming_the_path(e: Env) -> Result<Completion, Failed> {
@@ -1038,5 +1125,7 @@ fn main() -> ExitCode {
         no_sshd!(a_connect_timeout_names_the_stage),
         with_sshd!(a_slow_reader_holds_a_transfer_back_and_dropping_it_ends_it),
         with_sshd!(a_disk_full_mid_write_is_enospc_naming_the_path),
+        with_sshd!(a_reader_paused_past_the_stall_limit_still_gets_the_file),
+        with_sshd!(an_idle_connection_survives_its_keepalives),
     ])
 }

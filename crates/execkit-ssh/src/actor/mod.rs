@@ -238,7 +238,8 @@ impl Actor {
     fn accept(&mut self, req: Req) {
         match req {
             Req::Open(what) => {
-                self.expect_answer();
+                // Not sent yet: the count now is from before the request.
+                self.expect_answer(bytes_received(self.stream.as_raw_fd()));
                 self.pending.push(Pending::new(what));
             }
             Req::Write { id, data, done } => {
@@ -331,6 +332,10 @@ impl Actor {
             self.next_keepalive = now + Duration::from_secs(1);
             return Ok(());
         }
+        // Counted before sending: on a busy machine the woken server can
+        // answer before this thread runs again, and an answer inside the
+        // baseline would pass for silence.
+        let before = bytes_received(self.stream.as_raw_fd());
         match self.sess.keepalive_send() {
             Ok(secs) => {
                 self.next_keepalive = now + Duration::from_secs(u64::from(secs.max(1)));
@@ -338,7 +343,7 @@ impl Actor {
                 // reports the full interval; sent with want-reply, the
                 // server answers it.
                 if secs >= KEEPALIVE_SECS {
-                    self.expect_answer();
+                    self.expect_answer(before);
                 }
                 Ok(())
             }
@@ -350,10 +355,12 @@ impl Actor {
         }
     }
 
-    /// Starts the stall clock, unless it already runs.
-    fn expect_answer(&mut self) {
+    /// Starts the stall clock, unless it already runs. `baseline`: what
+    /// the socket had received before the request that is owed an answer
+    /// went out (`None`: the kernel cannot say; no clock).
+    fn expect_answer(&mut self, baseline: Option<u64>) {
         if self.expect.is_none() {
-            if let Some(bytes) = bytes_received(self.stream.as_raw_fd()) {
+            if let Some(bytes) = baseline {
                 self.expect = Some((Instant::now(), bytes));
             }
         }
@@ -372,6 +379,14 @@ impl Actor {
         if now_bytes != before {
             // It spoke. Channel set-ups still waiting restart the clock.
             self.expect = (!self.pending.is_empty()).then(|| (Instant::now(), now_bytes));
+            return Ok(());
+        }
+        if !self.reads_wanted() && poll_fd(self.stream.as_raw_fd(), libc::POLLIN, 0) {
+            // We hold the server back (every channel waits for a slow
+            // consumer, so the socket is left unread): once our receive
+            // buffer is full its answer queues behind channel data it
+            // cannot send. The silence is ours; judge it once we read again.
+            self.expect = Some((Instant::now(), now_bytes));
             return Ok(());
         }
         if since.elapsed() > STALL_LIMIT {
