@@ -353,7 +353,10 @@ fn by_whom(by: &Option<String>) -> &'static str {
 fn detail(event: &JournalEvent, target: &str) -> String {
     let esc = |s: &str| term::escape(s).into_owned();
     match event {
-        JournalEvent::SessionOpen { cwd } => format!("open {} (cwd {})", esc(target), esc(cwd)),
+        JournalEvent::SessionOpen { cwd, contained } => match contained {
+            Some(c) => format!("open {} (cwd {}, contained: {})", esc(target), esc(cwd), esc(c)),
+            None => format!("open {} (cwd {})", esc(target), esc(cwd)),
+        },
         JournalEvent::SessionClose => "close".to_string(),
         JournalEvent::Command { command } => format!("$ {}", esc(command)),
         JournalEvent::Input {

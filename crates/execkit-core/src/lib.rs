@@ -81,6 +81,7 @@
 mod allow;
 pub mod cleanup;
 pub mod console;
+pub mod contain;
 mod error;
 pub mod host;
 pub mod journal;
@@ -105,6 +106,7 @@ pub mod testkit;
 mod transport;
 
 pub use allow::TargetPattern;
+pub use contain::{Containment, Sandbox};
 pub use error::{ErrorKind, ErrorSource, SessionError, TransportError};
 pub use host::{Host, HostConfig, HostError, OpenRequest};
 pub use observer::Observer;

@@ -40,6 +40,9 @@ pub struct SpawnSpec {
     pub size: Size,
     /// Value of `EXECKIT_SID` for every process of this shell.
     pub marker: String,
+    /// How to contain the shell ([`SessionConfig::containment`](crate::SessionConfig)).
+    /// A transport that cannot contain a shell refuses a spec that asks.
+    pub containment: crate::contain::Containment,
 }
 
 impl SpawnSpec {
@@ -58,6 +61,7 @@ impl SpawnSpec {
             cwd: None,
             size: Size::default(),
             marker,
+            containment: crate::contain::Containment::default(),
         }
     }
 
@@ -85,6 +89,21 @@ impl SpawnSpec {
         self.env.retain(|(k, _)| *k != key);
         self.env.push((key, value.into()));
         self
+    }
+
+    /// For transports that cannot contain a shell: an error when the spec
+    /// asks for containment (never run a shell less contained than asked).
+    pub fn refuse_containment(&self, target: &str) -> Result<(), TransportError> {
+        if !self.containment.is_contained() {
+            return Ok(());
+        }
+        Err(TransportError::Spawn {
+            target: target.to_string(),
+            reason: format!(
+                "containment ({}) is enforced on local targets only; this target's shells run elsewhere",
+                self.containment
+            ),
+        })
     }
 
     /// The `EXECKIT_SID=<marker>` entry as it appears in `/proc/PID/environ`.
@@ -312,6 +331,32 @@ pub trait ShellProcess: Send + Sync + fmt::Debug {
     /// returns at once instead of waiting out the timeout, and keeps the
     /// shell. Default: never frozen.
     async fn suspended(&self) -> Option<String> {
+        None
+    }
+
+    /// The containment policy this shell runs under, as target parameters
+    /// (`sandbox=read-only&network=off…`); journaled when the session opens.
+    /// `None`: not contained.
+    fn containment(&self) -> Option<String> {
+        None
+    }
+
+    /// Called just before a command is typed: a contained shell notes which
+    /// of its processes already exist.
+    fn command_begins(&self) {}
+
+    /// After a timed-out command: kills every process of the session that
+    /// appeared since [`command_begins`](ShellProcess::command_begins) but
+    /// the shell, whatever it did to its environment or process group, and
+    /// returns how many it killed. `None`: this shell cannot tell (the
+    /// engine's marker cleanup is all there is).
+    async fn kill_since_command_began(&self) -> Option<Result<usize, TransportError>> {
+        None
+    }
+
+    /// After a command: what the containment did to it that its output may
+    /// not say (a process killed at the memory limit).
+    fn limit_note(&self) -> Option<String> {
         None
     }
 }

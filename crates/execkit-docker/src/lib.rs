@@ -271,6 +271,7 @@ impl Transport for DockerTransport {
     }
 
     async fn spawn(&self, spec: &SpawnSpec) -> Result<Box<dyn ShellProcess>, TransportError> {
+        spec.refuse_containment(&self.target)?;
         let engine = self.engine().await?;
         let (id, started) = match engine.container_state(&self.container).await? {
             ContainerState::Running { id, started } => (id, started),

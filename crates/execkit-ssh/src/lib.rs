@@ -159,6 +159,7 @@ impl Transport for SshTransport {
     }
 
     async fn spawn(&self, spec: &SpawnSpec) -> Result<Box<dyn ShellProcess>, TransportError> {
+        spec.refuse_containment(&self.target)?;
         let command = login_command(&shell_command(spec));
         let mut last = String::new();
         for _ in 0..32 {

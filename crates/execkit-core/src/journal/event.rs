@@ -53,6 +53,11 @@ pub enum JournalEvent {
     SessionOpen {
         /// The shell's working directory.
         cwd: String,
+        /// The containment policy the shell runs under, as target
+        /// parameters (`sandbox=read-only&network=off`); absent when
+        /// uncontained.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        contained: Option<String>,
     },
     /// A command was sent (as shown to people: masked before writing).
     Command {

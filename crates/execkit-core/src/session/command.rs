@@ -86,6 +86,9 @@ impl Session {
         pending.scanner = scanner;
         line.extend(encoded);
         self.pending = Some(pending);
+        if let Some(shell) = self.shell.as_deref() {
+            shell.command_begins();
+        }
         let yield_at = opts.yield_after.map(|y| started + y);
         self.drive(Some(line), yield_at).await
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::COMMAND_VAR;
 use crate::observer::Observer;
+use crate::contain::Containment;
 use crate::shell;
 use crate::transport::Size;
 
@@ -37,6 +38,10 @@ pub struct SessionConfig {
     /// A name the session is known by (e.g. `execkit serve`'s session
     /// name), journaled as `name` next to the engine id.
     pub name: Option<String>,
+    /// How the shell is contained (local targets; merged with the
+    /// target's own `?sandbox=…` parameters, these winning). A transport
+    /// that cannot contain refuses a session that asks for it.
+    pub containment: Containment,
 }
 
 impl SessionConfig {
@@ -92,6 +97,7 @@ impl Default for SessionConfig {
             interrupt_grace: Duration::from_secs(2),
             observer: None,
             name: None,
+            containment: Containment::default(),
         }
     }
 }

@@ -197,7 +197,11 @@ impl Session {
             // Values of secret-named settings are masked wherever they show.
             o.learn_env(&s.config.env);
         }
-        s.record(JournalEvent::SessionOpen { cwd: s.cwd.clone() });
+        let contained = s.shell.as_deref().and_then(|sh| sh.containment());
+        s.record(JournalEvent::SessionOpen {
+            cwd: s.cwd.clone(),
+            contained,
+        });
         Ok(s)
     }
 

@@ -162,6 +162,13 @@ impl Session {
             tracing::warn!("cleanup after timeout failed: {e}");
             result.error = Some(e);
         }
+        // A contained shell knows every process the command started, also
+        // those that shed the marker (`env -u`, `setsid`).
+        let shell = self.shell.as_deref().expect("shell present");
+        if let Some(Err(e)) = shell.kill_since_command_began().await {
+            tracing::warn!("cleanup of the session's cgroup failed: {e}");
+            result.error = Some(format!("what the command started could not be killed: {e}"));
+        }
     }
 
     /// KILLs whatever of the command `cid` (begun at `started`) still runs.

@@ -67,6 +67,12 @@ impl Session {
         if let (Some(e), None) = (capped.spool_error, &result.error) {
             result.error = Some(e);
         }
+        if let Some(note) = self.shell.as_deref().and_then(|s| s.limit_note()) {
+            result.error = Some(match result.error.take() {
+                Some(e) => format!("{note}; {e}"),
+                None => note,
+            });
+        }
         result.cwd = self.cwd.clone();
         result.duration_ms = p.started.elapsed().as_millis() as u64;
         if !internal {

@@ -20,6 +20,7 @@ impl Session {
             .cwd(self.config.cwd.clone())
             .size(self.config.size);
         spec.load_profile = self.config.load_profile;
+        spec.containment = self.config.containment.clone();
         for (k, v) in &self.config.env {
             spec = spec.env(k.clone(), v.clone());
         }
