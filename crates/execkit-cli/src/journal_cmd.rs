@@ -354,7 +354,12 @@ fn detail(event: &JournalEvent, target: &str) -> String {
     let esc = |s: &str| term::escape(s).into_owned();
     match event {
         JournalEvent::SessionOpen { cwd, contained } => match contained {
-            Some(c) => format!("open {} (cwd {}, contained: {})", esc(target), esc(cwd), esc(c)),
+            Some(c) => format!(
+                "open {} (cwd {}, contained: {})",
+                esc(target),
+                esc(cwd),
+                esc(c)
+            ),
             None => format!("open {} (cwd {})", esc(target), esc(cwd)),
         },
         JournalEvent::SessionClose => "close".to_string(),

@@ -110,11 +110,10 @@ impl Containment {
             }
             "memory" => self.memory = Some(parse_size(value)?),
             "pids" => {
-                let n: u64 = value
-                    .parse()
-                    .ok()
-                    .filter(|&n| n >= 2)
-                    .ok_or_else(|| format!("pids `{value}`: expected a number of at least 2"))?;
+                let n: u64 =
+                    value.parse().ok().filter(|&n| n >= 2).ok_or_else(|| {
+                        format!("pids `{value}`: expected a number of at least 2")
+                    })?;
                 self.pids = Some(n);
             }
             "readonly" => {
@@ -247,7 +246,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let n: u64 = num.parse().map_err(|_| bad())?;
     let bytes = n.checked_mul(mult).ok_or_else(bad)?;
     if bytes < 1 << 20 {
-        return Err(format!("size `{s}`: at least 1M is needed to start a shell"));
+        return Err(format!(
+            "size `{s}`: at least 1M is needed to start a shell"
+        ));
     }
     Ok(bytes)
 }
@@ -291,7 +292,9 @@ mod tests {
         ] {
             assert!(Containment::parse_query(bad).is_err(), "{bad}");
         }
-        assert!(!Containment::parse_query("sandbox=off").unwrap().is_contained());
+        assert!(!Containment::parse_query("sandbox=off")
+            .unwrap()
+            .is_contained());
         // A sandbox without a network word means no network.
         assert!(!Containment::parse_query("sandbox=read-only")
             .unwrap()
@@ -300,7 +303,8 @@ mod tests {
 
     #[test]
     fn a_floor_fills_in_and_refuses_loosening() {
-        let floor = Containment::parse_query("sandbox=workspace-write&workspace=/w&memory=1G").unwrap();
+        let floor =
+            Containment::parse_query("sandbox=workspace-write&workspace=/w&memory=1G").unwrap();
         let got = Containment::default().within(&floor).unwrap();
         assert_eq!(got.sandbox, Some(Sandbox::WorkspaceWrite));
         assert!(!got.network_allowed());

@@ -72,10 +72,10 @@ pub fn transports() -> Vec<&'static TransportInfo> {
     all
 }
 
-/// The scheme of a target: `local`, `local:/bin/sh` → `local`;
-/// `ssh://u@h` → `ssh`.
+/// The scheme of a target: `local`, `local:/bin/sh`, `local?sandbox=…`
+/// → `local`; `ssh://u@h` → `ssh`.
 pub fn scheme_of(target: &str) -> Result<&str, TransportError> {
-    let scheme = target.split_once(':').map_or(target, |(s, _)| s);
+    let scheme = target.split([':', '?']).next().unwrap_or(target);
     let valid = !scheme.is_empty()
         && scheme.as_bytes()[0].is_ascii_alphabetic()
         && scheme

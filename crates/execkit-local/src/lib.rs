@@ -6,7 +6,14 @@
 //! the PTY open after the shell died), and kill takes the shell's process
 //! group plus every process carrying the session marker. Whole files move
 //! through the filesystem itself ([`Transport::files`]).
+//!
+//! Contained targets (`local?sandbox=workspace-write&network=off&memory=1G&pids=256`,
+//! or [`SessionConfig::containment`](execkit_core::SessionConfig)) run the
+//! shell under Landlock, a seccomp filter and a cgroup of its own; see
+//! [`contain`] for what each parameter does and [`support`] for what this
+//! machine can give.
 
+mod contain;
 mod files;
 mod procs;
 mod pty;
@@ -17,9 +24,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use execkit_core::{
     raw::{FileTransfer, ShellProcess, SpawnSpec, Transport},
-    TransportError,
+    Containment, TransportError,
 };
 
+pub use contain::support;
 pub use procs::kill_matching;
 
 /// The `local` transport for one target.
@@ -27,14 +35,21 @@ pub use procs::kill_matching;
 pub struct LocalTransport {
     target: String,
     shell: Option<String>,
+    containment: Containment,
 }
 
 impl LocalTransport {
-    /// Parses `local` or `local:SHELL`.
-    pub fn new(target: &str) -> Result<Self, TransportError> {
+    /// Parses `local` or `local:SHELL`, either with `?PARAMS` of a
+    /// containment policy (`sandbox`, `workspace`, `network`, `memory`,
+    /// `pids`, `readonly`).
+    pub fn new(full: &str) -> Result<Self, TransportError> {
         let invalid = |reason: &str| TransportError::InvalidTarget {
-            target: target.to_string(),
+            target: full.to_string(),
             reason: reason.to_string(),
+        };
+        let (target, containment) = match full.split_once('?') {
+            None => (full, Containment::default()),
+            Some((t, q)) => (t, Containment::parse_query(q).map_err(|e| invalid(&e))?),
         };
         let shell = match target.split_once(':') {
             None if target.eq_ignore_ascii_case("local") => None,
@@ -59,8 +74,9 @@ impl LocalTransport {
             }
         };
         Ok(LocalTransport {
-            target: target.to_string(),
+            target: full.to_string(),
             shell,
+            containment,
         })
     }
 
@@ -100,28 +116,46 @@ impl Transport for LocalTransport {
 
     async fn spawn(&self, spec: &SpawnSpec) -> Result<Box<dyn ShellProcess>, TransportError> {
         let shell = self.resolve_shell(spec)?;
-        let shell = pty::PtyShell::spawn(&self.target, &shell, spec).await?;
+        let policy = spec.containment.clone().or(&self.containment);
+        let policy = policy.is_contained().then_some(policy);
+        let shell = pty::PtyShell::spawn(&self.target, &shell, spec, policy.as_ref()).await?;
         Ok(Box::new(shell))
     }
 
     async fn kill_matching(&self, entry: &str) -> Result<(), TransportError> {
         let entry = entry.to_string();
-        tokio::task::spawn_blocking(move || procs::kill_matching(&entry, &[]))
-            .await
-            .map_err(|e| TransportError::io("marker cleanup", std::io::Error::other(e)))?;
+        tokio::task::spawn_blocking(move || {
+            if let Some(marker) = entry.strip_prefix(&format!("{}=", execkit_core::raw::MARKER_VAR))
+            {
+                contain::cgroup::kill_session(marker);
+            }
+            procs::kill_matching(&entry, &[])
+        })
+        .await
+        .map_err(|e| TransportError::io("marker cleanup", std::io::Error::other(e)))?;
         Ok(())
     }
 
     /// One `/proc` sweep for all of them (thousands at a host's shutdown).
     async fn kill_sessions(&self, markers: &[String]) -> Result<(), TransportError> {
         let markers = markers.to_vec();
-        tokio::task::spawn_blocking(move || procs::kill_sessions(&markers))
-            .await
-            .map_err(|e| TransportError::io("marker cleanup", std::io::Error::other(e)))?;
+        tokio::task::spawn_blocking(move || {
+            for m in &markers {
+                contain::cgroup::kill_session(m);
+            }
+            procs::kill_sessions(&markers)
+        })
+        .await
+        .map_err(|e| TransportError::io("marker cleanup", std::io::Error::other(e)))?;
         Ok(())
     }
 
+    /// None for a contained target: the filesystem API would write past
+    /// the sandbox.
     fn files(&self) -> Option<Arc<dyn FileTransfer>> {
+        if self.containment.is_contained() {
+            return None;
+        }
         Some(Arc::new(files::LocalFiles))
     }
 }
@@ -159,5 +193,14 @@ mod tests {
         // Never handed to a shell: a path with spaces is just a path.
         assert!(LocalTransport::new("local:/opt/my shells/sh").is_ok());
         assert!(LocalTransport::new("localhost").is_err());
+        let t = LocalTransport::new("local:/bin/dash?sandbox=read-only&pids=64").unwrap();
+        assert_eq!(t.shell.as_deref(), Some("/bin/dash"));
+        assert_eq!(t.containment.pids, Some(64));
+        assert!(t.files().is_none());
+        let e = LocalTransport::new("local?sandbox=tight").unwrap_err();
+        assert!(
+            e.to_string().contains("read-only, workspace-write or off"),
+            "{e}"
+        );
     }
 }

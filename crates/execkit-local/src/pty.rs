@@ -28,6 +28,8 @@ use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use crate::contain::{self, Contained, Prepared};
+
 const STAGE_CHDIR: u32 = 1;
 const STAGE_EXEC: u32 = 2;
 
@@ -43,6 +45,8 @@ pub struct PtyShell {
     pidfd: AsyncFd<OwnedFd>,
     marker_entry: String,
     state: Mutex<State>,
+    /// The cgroup, temp dir and policy of a contained shell.
+    contained: Option<Contained>,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +71,7 @@ impl PtyShell {
         target: &str,
         shell_path: &Path,
         spec: &SpawnSpec,
+        policy: Option<&execkit_core::Containment>,
     ) -> Result<Self, TransportError> {
         let shell_str = shell_path.to_string_lossy().into_owned();
         let argv: Vec<CString> = raw::startup_argv(&shell_str, spec.load_profile)
@@ -106,6 +111,28 @@ impl PtyShell {
             )?),
             None => None,
         };
+        let refuse = |reason: String| TransportError::Spawn {
+            target: target.into(),
+            reason,
+        };
+        let (prepared, contained) = match policy {
+            None => (None, None),
+            Some(policy) => {
+                let cwd = match &spec.cwd {
+                    Some(c) => c.clone(),
+                    None => std::env::current_dir()
+                        .map_err(|e| refuse(format!("the current directory: {e}")))?,
+                };
+                let (prepared, contained, tmp) = Prepared::new(policy, &spec.marker, &cwd)
+                    .map_err(|e| refuse(format!("cannot contain the shell: {e}")))?;
+                env.retain(|kv| !kv.as_bytes().starts_with(b"TMPDIR="));
+                env.push(cstring(
+                    format!("TMPDIR={}", tmp.display()).as_bytes(),
+                    "environment",
+                )?);
+                (Some(prepared), Some(contained))
+            }
+        };
         let winsize = Winsize {
             ws_row: spec.size.rows,
             ws_col: spec.size.cols,
@@ -118,6 +145,7 @@ impl PtyShell {
             argv,
             env,
             cwd,
+            prepared,
         };
         let target_s = target.to_string();
         let (pid, master) = tokio::task::spawn_blocking(move || fork_shell(&child, &winsize))
@@ -131,7 +159,10 @@ impl PtyShell {
                         spec.cwd.as_deref().unwrap_or(Path::new("?")).display()
                     ),
                     STAGE_EXEC => format!("cannot execute {shell_str}: {err}"),
-                    _ => format!("cannot create a pty: {err}"),
+                    s => match contain::stage_text(s) {
+                        Some(what) => format!("cannot contain the shell ({what}): {err}"),
+                        None => format!("cannot create a pty: {err}"),
+                    },
                 },
             })?;
 
@@ -150,6 +181,7 @@ impl PtyShell {
             pidfd,
             marker_entry: spec.marker_entry(),
             state: Mutex::new(State::default()),
+            contained,
         })
     }
 
@@ -200,6 +232,9 @@ impl PtyShell {
 
     fn kill_all(&self) {
         let _ = killpg(self.pid, Signal::SIGKILL);
+        if let Some(c) = &self.contained {
+            c.cgroup.kill_all();
+        }
         crate::procs::kill_matching(&self.marker_entry, &[]);
     }
 }
@@ -325,9 +360,31 @@ impl ShellProcess for PtyShell {
         Some(crate::procs::run_script(script).await)
     }
 
+    fn containment(&self) -> Option<String> {
+        self.contained.as_ref().map(Contained::describe)
+    }
+
+    fn command_begins(&self) {
+        if let Some(c) = &self.contained {
+            c.command_begins();
+        }
+    }
+
+    async fn kill_since_command_began(&self) -> Option<Result<usize, TransportError>> {
+        let c = self.contained.as_ref()?;
+        Some(Ok(c.kill_since_command_began(self.pid.as_raw())))
+    }
+
+    fn limit_note(&self) -> Option<String> {
+        self.contained.as_ref()?.limit_note()
+    }
+
     async fn terminate(&self) -> Result<(), TransportError> {
         if self.lock().exit.is_none() {
             let _ = killpg(self.pid, Signal::SIGKILL);
+        }
+        if let Some(c) = &self.contained {
+            c.cgroup.kill_all();
         }
         let entry = self.marker_entry.clone();
         let _ = tokio::task::spawn_blocking(move || crate::procs::kill_matching(&entry, &[])).await;
@@ -379,6 +436,7 @@ struct ChildSpec {
     argv: Vec<CString>,
     env: Vec<CString>,
     cwd: Option<CString>,
+    prepared: Option<Prepared>,
 }
 
 /// Forks the shell onto a new PTY; returns its pid and the master, or the
@@ -400,7 +458,14 @@ fn fork_shell(spec: &ChildSpec, winsize: &Winsize) -> Result<(Pid, OwnedFd), (u3
         // SAFETY: in the forked child; child_exec only makes
         // async-signal-safe calls on the argv/envp prepared before the fork.
         ForkptyResult::Child => unsafe {
-            child_exec(spec.path.as_ptr(), &argv, &envp, cwd, err_w_raw)
+            child_exec(
+                spec.path.as_ptr(),
+                &argv,
+                &envp,
+                cwd,
+                spec.prepared.as_ref(),
+                err_w_raw,
+            )
         },
         ForkptyResult::Parent { child, master } => {
             drop(err_w);
@@ -438,6 +503,7 @@ unsafe fn child_exec(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     cwd: Option<*const libc::c_char>,
+    prepared: Option<&Prepared>,
     err_fd: RawFd,
 ) -> ! {
     // SAFETY: the caller is the forked child (see `spawn_child`); every
@@ -463,6 +529,15 @@ unsafe fn child_exec(
             t.c_iflag &= !(libc::IXON | libc::IXOFF);
             t.c_iflag |= libc::IUTF8;
             libc::tcsetattr(0, libc::TCSANOW, &t);
+        }
+
+        // Contained: cgroup, mounts, Landlock, seccomp (in that order: the
+        // cgroup first, so nothing escapes its count).
+        if let Some(p) = prepared {
+            if let Err((stage, errno)) = p.apply_in_child() {
+                *libc::__errno_location() = errno;
+                report(err_fd, stage);
+            }
         }
 
         if let Some(dir) = cwd {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::COMMAND_VAR;
-use crate::observer::Observer;
 use crate::contain::Containment;
+use crate::observer::Observer;
 use crate::shell;
 use crate::transport::Size;
 

@@ -1,0 +1,80 @@
+//! The Landlock ruleset of a sandboxed shell: read and execute anywhere,
+//! every write right only beneath the writable paths and a few devices.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, ABI,
+};
+
+/// The oldest ABI that controls every way to write: 1 lacks `Refer`
+/// (renames across directories) and 2 lacks `Truncate`.
+pub(crate) const MIN_ABI: i32 = 3;
+
+/// Devices a shell writes to wherever it runs (its terminal, the bit
+/// bucket, …).
+const DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/tty",
+    "/dev/ptmx",
+    "/dev/pts",
+    "/dev/random",
+    "/dev/urandom",
+];
+
+/// The kernel's Landlock ABI version, `None` when Landlock is off.
+pub(crate) fn abi() -> Option<i32> {
+    // SAFETY: landlock_create_ruleset(NULL, 0, VERSION) only returns a number.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32, // LANDLOCK_CREATE_RULESET_VERSION
+        )
+    };
+    (v > 0).then_some(v as i32)
+}
+
+/// The ruleset's fd, ready for `landlock_restrict_self` in the child.
+pub(crate) fn ruleset(writable: &[PathBuf]) -> Result<OwnedFd, String> {
+    let missing = |e: &dyn std::fmt::Display| {
+        format!(
+            "sandbox needs Landlock ABI {MIN_ABI}+ (Linux 6.2+){}: {e}",
+            match abi() {
+                Some(v) => format!(", this kernel has ABI {v}"),
+                None => ", and Landlock is not enabled in this kernel".into(),
+            }
+        )
+    };
+    let abi = ABI::V3;
+    let mut rs = Ruleset::default()
+        .set_compatibility(CompatLevel::HardRequirement)
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(|e| missing(&e))?
+        .create()
+        .map_err(|e| missing(&e))?
+        .add_rule(PathBeneath::new(
+            PathFd::new("/").map_err(|e| missing(&e))?,
+            AccessFs::from_read(abi),
+        ))
+        .map_err(|e| missing(&e))?;
+    let devices = DEVICES.iter().map(Path::new).filter(|p| p.exists());
+    for p in writable.iter().map(PathBuf::as_path).chain(devices) {
+        let fd = PathFd::new(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let rights = if p.is_dir() {
+            AccessFs::from_all(abi)
+        } else {
+            AccessFs::from_file(abi)
+        };
+        rs = rs
+            .add_rule(PathBeneath::new(fd, rights))
+            .map_err(|e| format!("{}: {e}", p.display()))?;
+    }
+    let fd: Option<OwnedFd> = rs.into();
+    fd.ok_or_else(|| missing(&"no ruleset was created"))
+}
