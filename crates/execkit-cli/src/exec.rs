@@ -54,6 +54,8 @@ pub struct ExecArgs {
     stdin: Option<String>,
     #[command(flatten)]
     journal: JournalArgs,
+    #[command(flatten)]
+    contain: crate::contain_args::ContainArgs,
     /// Read the commands from this file (`-`: stdin) instead of CMD
     /// arguments, for commands of any length (beyond the OS argument
     /// limit). Commands are separated by NUL bytes; when the input has no
@@ -73,6 +75,13 @@ pub fn main(mut args: ExecArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    match args.contain.target(&args.target) {
+        Ok(t) => args.target = t,
+        Err(e) => {
+            eprintln!("execkit: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
     if let Some(file) = &args.file {
         if file == "-" && args.stdin.as_deref() == Some("-") {
             eprintln!("execkit: --file - and --stdin - cannot both read stdin");

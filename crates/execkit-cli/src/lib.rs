@@ -9,6 +9,7 @@
 
 mod attach;
 mod client;
+mod contain_args;
 mod duration;
 mod exec;
 mod gc;
@@ -87,6 +88,10 @@ enum Command {
     /// Clean up sessions whose owner died (kill their marked processes)
     /// and prune old spool files.
     Gc(gc::GcArgs),
+    /// What this machine can contain (`--sandbox`, `--network off`,
+    /// `--memory`, `--pids`, the exact kill): one line per protection;
+    /// exit 1 when one is missing.
+    SandboxCheck,
     /// Output of the command running in a session of `execkit serve`
     /// since the last read; its result once it finished.
     ///
@@ -134,6 +139,7 @@ pub fn runtime(multi: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
 pub(crate) fn served_host(
     command: &str,
     journal: &JournalArgs,
+    contain: &contain_args::ContainArgs,
     target: &str,
     allow_targets: &[String],
     output_limit: usize,
@@ -145,6 +151,10 @@ pub(crate) fn served_host(
     ),
     ExitCode,
 > {
+    let floor = contain.policy().map_err(|e| {
+        eprintln!("execkit {command}: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
     let rt = runtime(true)?;
     let observer = journal.observer().map_err(|e| {
         eprintln!("execkit {command}: {e}");
@@ -154,6 +164,7 @@ pub(crate) fn served_host(
     config.default_target = target.to_string();
     config.allow_targets = allow_targets.to_vec();
     config.session.output_limit = output_limit;
+    config.containment_floor = floor;
     Ok((rt, observer, config))
 }
 
@@ -197,6 +208,7 @@ where
     match cli.command {
         Command::Exec(args) => exec::main(args),
         Command::Gc(args) => gc::main(args),
+        Command::SandboxCheck => contain_args::check(),
         Command::Shell(args) => repl::main(args),
         Command::Serve(args) => serve::main(args),
         Command::Watch(args) => watch::main(args),

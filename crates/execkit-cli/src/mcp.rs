@@ -55,6 +55,10 @@ pub struct McpArgs {
     pub token_file: Option<PathBuf>,
     #[command(flatten)]
     pub journal: JournalArgs,
+    /// A floor for every session: a request may ask for more containment,
+    /// never less (`sandbox=off` is refused), and only local targets open.
+    #[command(flatten)]
+    pub contain: crate::contain_args::ContainArgs,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -376,6 +380,7 @@ pub fn main(args: McpArgs) -> ExitCode {
     let (rt, observer, config) = match crate::served_host(
         "mcp",
         &args.journal,
+        &args.contain,
         &args.target,
         &args.allow_target,
         args.output_limit,

@@ -41,9 +41,11 @@ pub struct ShellArgs {
     pub timeout: String,
     #[command(flatten)]
     pub journal: JournalArgs,
+    #[command(flatten)]
+    pub contain: crate::contain_args::ContainArgs,
 }
 
-pub fn main(args: ShellArgs) -> ExitCode {
+pub fn main(mut args: ShellArgs) -> ExitCode {
     let timeout = match crate::duration::parse_timeout("--timeout", &args.timeout) {
         Ok(t) => t,
         Err(e) => {
@@ -51,6 +53,13 @@ pub fn main(args: ShellArgs) -> ExitCode {
             return ExitCode::from(crate::EXIT_USAGE);
         }
     };
+    match args.contain.target(&args.target) {
+        Ok(t) => args.target = t,
+        Err(e) => {
+            eprintln!("execkit: {e}");
+            return ExitCode::from(crate::EXIT_USAGE);
+        }
+    }
     let rt = match crate::runtime(false) {
         Ok(rt) => rt,
         Err(code) => return code,

@@ -234,6 +234,39 @@ impl fmt::Display for Containment {
     }
 }
 
+/// `target` held to a server's `floor`: a local target gets its own
+/// parameters [within](Containment::within) the floor, written back into
+/// it; any other target is refused (execkit contains local shells only).
+/// No floor: the target as it is.
+pub fn hold_target(target: &str, floor: &Containment) -> Result<String, String> {
+    if !floor.is_contained() {
+        return Ok(target.to_string());
+    }
+    let (base, query) = target.split_once('?').unwrap_or((target, ""));
+    if !is_local(base) {
+        return Err(format!(
+            "this server contains its sessions ({floor}) and only local targets can be contained"
+        ));
+    }
+    let held = Containment::parse_query(query)?.within(floor)?;
+    Ok(format!("{base}?{held}"))
+}
+
+/// `target` without the containment parameters of a local target (what an
+/// allow-list pattern is matched against: the parameters only restrict).
+pub fn without_params(target: &str) -> &str {
+    match target.split_once('?') {
+        Some((base, _)) if is_local(base) => base,
+        _ => target,
+    }
+}
+
+fn is_local(base: &str) -> bool {
+    base.split(':')
+        .next()
+        .is_some_and(|s| s.eq_ignore_ascii_case("local"))
+}
+
 /// `512M`, `2G`, `1048576`, `64K` (powers of 1024) as bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let bad = || format!("size `{s}`: expected a number with an optional K, M or G suffix");
@@ -325,5 +358,16 @@ mod tests {
                 .unwrap_err();
             assert!(e.contains("looser than this server allows"), "{loose}: {e}");
         }
+        assert_eq!(
+            hold_target("local:/bin/sh", &floor).unwrap(),
+            "local:/bin/sh?sandbox=workspace-write&workspace=/w&memory=1G"
+        );
+        assert!(hold_target("docker:web", &floor).is_err());
+        assert!(hold_target("local?sandbox=off", &floor).is_err());
+        assert_eq!(
+            hold_target("docker:web", &Containment::default()).unwrap(),
+            "docker:web"
+        );
+        assert_eq!(without_params("local?sandbox=off"), "local");
     }
 }

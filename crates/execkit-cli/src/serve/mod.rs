@@ -61,6 +61,10 @@ pub struct ServeArgs {
     pub request_timeout: u64,
     #[command(flatten)]
     pub journal: JournalArgs,
+    /// A floor for every session: a request may ask for more containment,
+    /// never less (`sandbox=off` is refused), and only local targets open.
+    #[command(flatten)]
+    pub contain: crate::contain_args::ContainArgs,
 }
 
 pub fn main(args: ServeArgs) -> ExitCode {
@@ -195,7 +199,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
     config.session = session;
     config.max_sessions = args.max_sessions;
+    config.containment_floor = args.contain.policy()?;
     let host = Host::new(config, observer);
+    host.hold_target(&args.target, None)
+        .map_err(|e| e.to_string())?;
     let limits = Arc::new(Limits {
         in_flight: AtomicUsize::new(0),
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),

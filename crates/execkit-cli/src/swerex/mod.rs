@@ -69,6 +69,10 @@ pub struct SwerexArgs {
     pub idle_timeout: u64,
     #[command(flatten)]
     pub journal: JournalArgs,
+    /// A floor for every session: a request may ask for more containment,
+    /// never less (`sandbox=off` is refused), and only local targets open.
+    #[command(flatten)]
+    pub contain: crate::contain_args::ContainArgs,
 }
 
 /// What every request shares.
@@ -152,6 +156,7 @@ pub fn main(args: SwerexArgs) -> ExitCode {
     let (rt, observer, mut config) = match crate::served_host(
         "swerex",
         &args.journal,
+        &args.contain,
         &args.target,
         &args.allow_target,
         args.output_limit,
@@ -163,9 +168,12 @@ pub fn main(args: SwerexArgs) -> ExitCode {
     let session = config.session.clone();
     let code = rt.block_on(async move {
         let host = Host::new(config, observer.clone());
-        if let Err(e) = host.check_target(&args.target, None) {
-            return usage(e);
-        }
+        // Held to the floor: the pool sessions and native file transfer
+        // use the contained form (a contained local target has none).
+        let target = match host.hold_target(&args.target, None) {
+            Ok(t) => t,
+            Err(e) => return usage(e),
+        };
         let addr = SocketAddr::new(args.host, args.port);
         let listener = match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => l,
@@ -181,9 +189,9 @@ pub fn main(args: SwerexArgs) -> ExitCode {
         exec_config.observer = Some(observer.clone());
         let server = Arc::new(Server {
             sessions: bash::Sessions::new(host.clone()),
-            exec: target::Workers::new(&args.target, exec_config, "execute"),
+            exec: target::Workers::new(&target, exec_config, "execute"),
             // File contents stay out of the journal and the console.
-            files: target::Workers::new(&args.target, session, "files"),
+            files: target::Workers::new(&target, session, "files"),
             replay: http::Replay::default(),
             tasks: Arc::default(),
             token: token.into_bytes(),
@@ -193,7 +201,7 @@ pub fn main(args: SwerexArgs) -> ExitCode {
         eprintln!(
             "execkit swerex: listening on http://{bound} (pid {}), target {}",
             std::process::id(),
-            args.target
+            target
         );
         http::serve(listener, server.clone(), stop).await;
         eprintln!(

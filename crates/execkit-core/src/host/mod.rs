@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
-use crate::{Observer, RunOptions, RunResult, Session, SessionConfig, SessionError};
+use crate::{Containment, Observer, RunOptions, RunResult, Session, SessionConfig, SessionError};
 use actor::{Actor, Reply, Req};
 pub use actor::{SLICE, TICK};
 pub use screen::Attachment;
@@ -144,6 +144,10 @@ pub struct HostConfig {
     /// Most sessions open at once (0: no limit). The default stays well
     /// below Linux's default PTY limit (`/proc/sys/kernel/pty/max`, 4096).
     pub max_sessions: usize,
+    /// The least containment every session gets (`--sandbox …` on a
+    /// server): a request's own parameters may tighten it, never loosen
+    /// it; with a floor, only local targets open. See [`crate::contain::hold_target`].
+    pub containment_floor: Containment,
 }
 
 /// Default [`HostConfig::max_sessions`].
@@ -157,6 +161,7 @@ impl Default for HostConfig {
             idle_timeout: Duration::from_secs(30 * 60),
             session: SessionConfig::default(),
             max_sessions: DEFAULT_MAX_SESSIONS,
+            containment_floor: Containment::default(),
         }
     }
 }
@@ -295,12 +300,30 @@ impl Host {
         // Where the target form names the shell (`local:/bin/dash`), the
         // requested shell replaces it before matching.
         let shell_in_target = crate::registry::info_of(target).is_some_and(|i| i.shell_in_target);
-        crate::allow::check(allow, target, shell, shell_in_target).map_err(|why| {
+        let bare = crate::contain::without_params(target);
+        crate::allow::check(allow, bare, shell, shell_in_target).map_err(|why| {
             HostError::TargetNotAllowed {
                 target: target.to_string(),
                 shell: shell.map(str::to_string),
                 why: why.to_string(),
                 allowed: allow.join(", "),
+            }
+        })
+    }
+
+    /// `target` as this host opens it: allowed, and held to the
+    /// containment floor (see [`HostConfig::containment_floor`]).
+    pub fn hold_target(&self, target: &str, shell: Option<&str>) -> Result<String, HostError> {
+        self.check_target(target, shell)?;
+        crate::contain::hold_target(target, &self.config.containment_floor).map_err(|why| {
+            HostError::TargetNotAllowed {
+                target: target.to_string(),
+                shell: shell.map(str::to_string),
+                why,
+                allowed: match self.config.allow_targets.join(", ") {
+                    a if a.is_empty() => "any target, contained".into(),
+                    a => a,
+                },
             }
         })
     }
@@ -325,7 +348,7 @@ impl Host {
             .target
             .clone()
             .unwrap_or_else(|| self.config.default_target.clone());
-        self.check_target(&target, req.shell.as_deref())?;
+        let target = self.hold_target(&target, req.shell.as_deref())?;
         let name = self.name_for(&req)?;
         let slot = self.reserve()?;
         let config = self.session_config(&name, &req);
