@@ -1,0 +1,143 @@
+//! Contained sessions from the outside (issue 19): the flags of `exec`,
+//! a server's floor, the journal line, and the refusal a user gets when
+//! the machine (here: their privileges) cannot give what they asked for.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use support::{spawn_serve, terminate, Conn};
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "execkit-cli-contained-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn execkit() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_execkit"))
+}
+
+#[test]
+fn exec_flags_contain_and_the_journal_says_how() {
+    let dir = scratch("flags");
+    let journal = dir.join("j.jsonl");
+    let out = execkit()
+        .args([
+            "exec",
+            "--json",
+            "--sandbox",
+            "workspace-write",
+            "--network",
+            "off",
+        ])
+        .args(["--memory", "256M", "--pids", "128", "--journal"])
+        .arg(&journal)
+        .arg("--workspace")
+        .arg(&dir)
+        .arg(format!(
+            "cd {}; echo in > ok; echo out > /etc/execkit-x; echo done",
+            dir.display()
+        ))
+        .env("XDG_STATE_HOME", &dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Permission denied") && text.contains("done"),
+        "{text}"
+    );
+    assert!(dir.join("ok").exists() && !std::path::Path::new("/etc/execkit-x").exists());
+    let j = std::fs::read_to_string(&journal).unwrap();
+    let open = j
+        .lines()
+        .find(|l| l.contains("\"session_open\""))
+        .unwrap_or_else(|| panic!("no open line in {j}"));
+    let want = format!(
+        "\"contained\":\"sandbox=workspace-write&workspace={}&network=off&memory=256M&pids=128\"",
+        dir.canonicalize().unwrap().display()
+    );
+    assert!(open.contains(&want), "{open}");
+    // Bad values and non-local targets are usage errors.
+    for args in [
+        vec!["--sandbox", "tight"],
+        vec!["--memory", "lots"],
+        vec!["--sandbox", "read-only", "--target", "docker:web"],
+    ] {
+        let out = execkit()
+            .arg("exec")
+            .args(&args)
+            .arg("true")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_server_floor_fills_in_and_refuses_loosening() {
+    let dir = scratch("floor");
+    let socket = dir.join("s.sock");
+    let mut serve = spawn_serve(
+        &socket,
+        &dir.join("j.jsonl"),
+        &dir,
+        &["--sandbox", "read-only", "--pids", "64"],
+    );
+    let mut c = Conn::new(&socket).timeout(Duration::from_secs(60));
+    c.call(json!({"op": "open", "name": "plain", "target": "local"}));
+    let r = c.call(json!({"op": "run", "session": "plain", "command": format!("echo x > {}/f", dir.display())}));
+    assert!(
+        r["output"].as_str().unwrap().contains("Permission denied"),
+        "{r}"
+    );
+    for target in ["local?sandbox=off", "local?network=on", "local?pids=1000"] {
+        let e = c.refused(json!({"op": "open", "name": "loose", "target": target}));
+        assert!(
+            e.contains("looser than this server allows"),
+            "{target}: {e}"
+        );
+    }
+    let e = c.refused(json!({"op": "open", "name": "far", "target": "docker:web"}));
+    assert!(e.contains("only local targets can be contained"), "{e}");
+    terminate(&mut serve, Duration::from_secs(30), "execkit serve");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Not root: no cgroup of its own can be made under root's, so the exact
+/// kill cannot be had and the session is refused, saying so (never run
+/// uncontained).
+#[test]
+fn what_the_machine_cannot_give_is_refused_by_name() {
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test drops root to nobody: run it as root (CI does)");
+    }
+    let dir = scratch("refused");
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_execkit"))
+        .args(["exec", "--sandbox", "read-only", "echo ran"])
+        .env("XDG_STATE_HOME", &dir)
+        .env("HOME", &dir)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stdout.contains("ran"), "ran uncontained: {stdout}");
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr.contains("cannot contain the shell") && stderr.contains("cgroup"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
