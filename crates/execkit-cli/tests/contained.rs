@@ -117,6 +117,7 @@ fn a_server_floor_fills_in_and_refuses_loosening() {
 /// uncontained).
 #[test]
 fn what_the_machine_cannot_give_is_refused_by_name() {
+    // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         panic!("this test drops root to nobody: run it as root (CI does)");
     }
