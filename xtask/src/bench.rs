@@ -1,5 +1,5 @@
 //! `cargo xtask bench [--quick] [--transport local|docker|ssh|all]
-//! [--no-python] [--only swerex]`: release builds of the bench and the
+//! [--no-python] [--only swerex|contained]`: release builds of the bench and the
 //! CLI, the release Python wheel in a fresh venv with pexpect and SWE-ReX
 //! (for the Python rows, driven by `crates/execkit-py/bench/bench.py`,
 //! and the SWE-ReX server rows: upstream's `swerex-remote` comes with
@@ -7,7 +7,8 @@
 //! dockerd/sshd provisioning as the tests, one run of `execkit-bench`, and
 //! (for full runs) `docs/BENCHMARKS.md` regenerated. `--only swerex`: the
 //! SWE-ReX server rows alone (no wheel, no dockerd/sshd), reported in
-//! `target/xtask/bench`.
+//! `target/xtask/bench`; `--only contained`: contained local sessions next
+//! to plain ones, alone (no Python, no daemons).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,8 +32,8 @@ pub fn bench(args: &[String]) -> Result<bool> {
         match a.as_str() {
             "--quick" => quick = true,
             "--only" => match it.next().map(String::as_str) {
-                Some("swerex") => only = Some("swerex".into()),
-                other => bail!("--only takes `swerex`, not {other:?}"),
+                Some(o @ ("swerex" | "contained")) => only = Some(o.into()),
+                other => bail!("--only takes `swerex` or `contained`, not {other:?}"),
             },
             "--no-python" => with_python = false,
             "--transport" => which = it.next().context("--transport needs a value")?.clone(),
@@ -76,7 +77,7 @@ pub fn bench(args: &[String]) -> Result<bool> {
         }
         // The Python rows: a missing python3-venv or PyPI is a note in
         // the report, not a failed bench.
-        let py = if with_python {
+        let py = if with_python && only.as_deref() != Some("contained") {
             let venv = if only.is_some() {
                 baselines_venv(&out_dir).map(|py| (py, None))
             } else {

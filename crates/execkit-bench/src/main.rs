@@ -6,6 +6,7 @@
 //! `soak.rs`; run through `cargo xtask soak`).
 
 mod baselines;
+mod contained;
 mod floor;
 mod load;
 mod python;
@@ -131,7 +132,7 @@ struct Args {
     python: Option<PathBuf>,
     py_script: Option<PathBuf>,
     wheel: Option<PathBuf>,
-    /// `swerex`: only the SWE-ReX server rows.
+    /// `swerex` or `contained`: only those rows.
     only: Option<String>,
 }
 
@@ -162,8 +163,8 @@ fn parse_args() -> Result<Args> {
             }
             "--wheel" => a.wheel = Some(it.next().context("--wheel needs a path")?.into()),
             "--only" => match it.next().as_deref() {
-                Some("swerex") => a.only = Some("swerex".into()),
-                other => bail!("--only takes `swerex`, not {other:?}"),
+                Some(o @ ("swerex" | "contained")) => a.only = Some(o.into()),
+                other => bail!("--only takes `swerex` or `contained`, not {other:?}"),
             },
             other => bail!("unknown argument {other}"),
         }
@@ -193,9 +194,17 @@ fn main() -> Result<()> {
 
     // The Python driver, when `cargo xtask bench` made its venv.
     let py = python_driver(&args, &mut r);
-    if args.only.is_some() {
-        swerex_rows(&args, py.as_ref(), &mut r);
-        return finish(&args, &r);
+    let starts = if args.quick { 10 } else { 50 };
+    match args.only.as_deref() {
+        Some("swerex") => {
+            swerex_rows(&args, py.as_ref(), &mut r);
+            return finish(&args, &r);
+        }
+        Some(_) => {
+            rt.block_on(contained::rows(n, starts, &mut r))?;
+            return finish(&args, &r);
+        }
+        None => {}
     }
     let mut served = match &py {
         Some(d) => match d.serve() {
@@ -245,9 +254,11 @@ fn main() -> Result<()> {
     swerex_rows(&args, py.as_ref(), &mut r);
 
     // Session start to first result.
-    let starts = if args.quick { 10 } else { 50 };
     let v = rt.block_on(execkit_starts("local:/bin/bash", starts))?;
     r.start.push(Latency::from("execkit local", v));
+    if let Err(e) = rt.block_on(contained::rows(n, starts, &mut r)) {
+        r.notes.push(format!("contained rows skipped: {e:#}"));
+    }
 
     remote_rows(&rt, &args, n, starts, &mut r);
 

@@ -178,7 +178,32 @@ pub fn ratios(r: &Results) -> Vec<String> {
     }
     python_ratios(r, &mut out);
     swerex_ratios(r, &mut out);
+    contained_ratios(r, &mut out);
     out
+}
+
+/// The targets of contained sessions: next to plain ones in the same run.
+fn contained_ratios(r: &Results, out: &mut Vec<String>) {
+    use crate::contained::{CONTAINED, PLAIN};
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    if let (Some(c), Some(p)) = (find(&r.round_trip, CONTAINED), find(&r.round_trip, PLAIN)) {
+        let x = c.p50_ms / p.p50_ms;
+        out.push(format!(
+            "contained round trip p50 {:.3} ms = {x:.2} × plain {:.3} ms (target ≤ 1.1: {})",
+            c.p50_ms,
+            p.p50_ms,
+            verdict(x <= 1.1)
+        ));
+    }
+    if let (Some(c), Some(p)) = (find(&r.start, CONTAINED), find(&r.start, PLAIN)) {
+        out.push(format!(
+            "contained session start p50 {:.2} ms vs plain {:.2} ms (target ≤ 2 × + 5 ms = {:.2}: {})",
+            c.p50_ms,
+            p.p50_ms,
+            2.0 * p.p50_ms + 5.0,
+            verdict(c.p50_ms <= 2.0 * p.p50_ms + 5.0)
+        ));
+    }
 }
 
 /// The targets of the SWE-ReX server: against upstream's `swerex-remote`,

@@ -354,8 +354,9 @@ pub trait ShellProcess: Send + Sync + fmt::Debug {
         None
     }
 
-    /// After a command: what the containment did to it that its output may
-    /// not say (a process killed at the memory limit).
+    /// After a command that did not succeed: what the containment did to
+    /// it that its output may not say (a process killed at the memory
+    /// limit, forks refused at the process limit) since the last call.
     fn limit_note(&self) -> Option<String> {
         None
     }

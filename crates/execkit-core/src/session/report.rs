@@ -67,7 +67,15 @@ impl Session {
         if let (Some(e), None) = (capped.spool_error, &result.error) {
             result.error = Some(e);
         }
-        if let Some(note) = self.shell.as_deref().and_then(|s| s.limit_note()) {
+        // Asked only of a command that did not succeed: a limit it ran
+        // into shows there, and a success costs no look.
+        let failed = result.exit_code != Some(0);
+        if let Some(note) = self
+            .shell
+            .as_deref()
+            .filter(|_| failed)
+            .and_then(|s| s.limit_note())
+        {
             result.error = Some(match result.error.take() {
                 Some(e) => format!("{note}; {e}"),
                 None => note,

@@ -163,6 +163,9 @@ pub(crate) struct Cgroup {
     v1_dirs: Vec<PathBuf>,
     /// `cgroup.procs` of each, open for the child to join.
     join: Vec<OwnedFd>,
+    /// The v2 `cgroup.procs`, open for reading (re-read from offset 0:
+    /// each read lists the members anew, without an open per command).
+    procs: std::fs::File,
     /// Where the kernel counts OOM kills in this session.
     oom_counter: Option<(PathBuf, &'static str)>,
     /// Where the kernel counts forks refused at the pids limit.
@@ -189,7 +192,10 @@ impl Cgroup {
                 dir.display()
             )
         })?;
+        let procs = fs::File::open(dir.join("cgroup.procs"))
+            .map_err(|e| format!("cannot read {}: {e}", dir.join("cgroup.procs").display()))?;
         let mut cg = Cgroup {
+            procs,
             dir,
             v1_dirs: Vec::new(),
             join: Vec::new(),
@@ -269,10 +275,25 @@ impl Cgroup {
 
     /// The pids in the session's cgroup now.
     pub(crate) fn pids(&self) -> Vec<i32> {
-        fs::read_to_string(self.dir.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 4096];
+        let mut len = 0;
+        loop {
+            match self.procs.read_at(&mut buf[len..], len as u64) {
+                Ok(0) => break,
+                Ok(n) => {
+                    len += n;
+                    if len == buf.len() {
+                        buf.resize(len * 2, 0);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        buf[..len]
+            .split(|&b| b == b'\n')
+            .filter_map(|l| std::str::from_utf8(l).ok()?.trim().parse().ok())
             .collect()
     }
 
