@@ -142,3 +142,72 @@ fn what_the_machine_cannot_give_is_refused_by_name() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The owner of a contained session is SIGKILLed: nothing of it runs its
+/// drop, and a process that shed the marker (`env -u`, `setsid`) would
+/// outlive marker cleanup; `execkit gc` kills the session's cgroup.
+#[test]
+fn gc_kills_what_a_dead_owner_left_in_its_cgroup() {
+    let dir = scratch("gc");
+    let tag = format!("77812{}", std::process::id() % 10_000);
+    let mut owner = execkit()
+        .args(["exec", "--pids", "64", "--no-journal"])
+        .arg(format!(
+            "env -u EXECKIT_SID -u EXECKIT_CMD setsid sleep {tag} & sleep 300"
+        ))
+        .env("XDG_STATE_HOME", &dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while running(&tag).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the escape never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    assert!(!running(&tag).is_empty(), "the escape died with its owner");
+    let out = execkit()
+        .arg("gc")
+        .env("XDG_STATE_HOME", &dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !running(&tag).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "survived gc: {:?}",
+            running(&tag)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Processes whose command line starts with `sleep NEEDLE`.
+fn running(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.starts_with(&format!("sleep {needle}"))
+                .then(|| format!("{} {cmd}", e.file_name().to_string_lossy()))
+        })
+        .collect()
+}

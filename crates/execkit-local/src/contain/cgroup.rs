@@ -378,8 +378,19 @@ impl Drop for Cgroup {
 }
 
 /// Kills and removes the cgroups of session `marker` left by a process
-/// that died (found by name under this process's place in each hierarchy).
+/// that died or exits without dropping its shells (found by name under
+/// this process's place in each hierarchy), and their private temp dirs.
 pub(crate) fn kill_session(marker: &str) {
+    let tmp_prefix = format!("{}{marker}-", super::TMP_PREFIX);
+    for e in fs::read_dir(std::env::temp_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if e.file_name().to_string_lossy().starts_with(&tmp_prefix) {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
     let prefix = format!("{PREFIX}{marker}-");
     let mut v1s: Vec<PathBuf> = ["memory", "pids"]
         .iter()

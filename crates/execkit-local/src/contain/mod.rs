@@ -30,6 +30,10 @@ use execkit_core::{Containment, Sandbox};
 
 pub(crate) use cgroup::Cgroup;
 
+/// Prefix of the private temp dirs' names (then the marker and the shell's
+/// number).
+pub(crate) const TMP_PREFIX: &str = "execkit-sandbox-";
+
 /// Stages a contained child reports through the error pipe.
 pub(crate) const STAGE_CGROUP: u32 = 10;
 pub(crate) const STAGE_MOUNT: u32 = 11;
@@ -131,7 +135,7 @@ impl Prepared {
         // Recorded as in force: the network rule a sandbox implies.
         policy.network = Some(policy.network_allowed());
         let cgroup = Cgroup::create(marker, n, policy.memory, policy.pids)?;
-        let tmp = std::env::temp_dir().join(format!("execkit-sandbox-{marker}-{n}"));
+        let tmp = std::env::temp_dir().join(format!("{TMP_PREFIX}{marker}-{n}"));
         std::fs::create_dir(&tmp)
             .map_err(|e| format!("private temp dir {}: {e}", tmp.display()))?;
         std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o700))
