@@ -200,9 +200,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     config.session = session;
     config.max_sessions = args.max_sessions;
     config.containment_floor = args.contain.policy()?;
+    // A default target the floor cannot contain stops the server at start
+    // (the allow list is for requests; the default is the user's own).
+    execkit_core::contain::hold_target(&args.target, &config.containment_floor)?;
     let host = Host::new(config, observer);
-    host.hold_target(&args.target, None)
-        .map_err(|e| e.to_string())?;
     let limits = Arc::new(Limits {
         in_flight: AtomicUsize::new(0),
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
