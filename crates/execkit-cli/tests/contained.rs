@@ -211,3 +211,70 @@ fn running(needle: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// `execkit sandbox-check` on this machine (root, Landlock, cgroups): every
+/// protection there; as nobody, the missing cgroup is named and the exit
+/// status says so.
+#[test]
+fn sandbox_check_lists_what_the_machine_gives() {
+    let out = execkit().arg("sandbox-check").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for what in [
+        "sandbox (writes)",
+        "network=off",
+        "exact kill",
+        "memory=",
+        "pids=",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok") && l.contains(what)),
+            "{what}: {text}"
+        );
+    }
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_execkit"))
+        .arg("sandbox-check")
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("missing") && l.contains("exact kill") && l.contains("cgroup")),
+        "{text}"
+    );
+}
+
+/// `execkit shell --sandbox`: a person's shell contained the same way.
+#[test]
+fn shell_takes_the_flags_too() {
+    use std::io::Write;
+    let dir = scratch("shell");
+    let target = dir.join("x");
+    let mut child = execkit()
+        .args(["shell", "--sandbox", "read-only", "--no-journal"])
+        .env("XDG_STATE_HOME", &dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(
+        child.stdin.take().unwrap(),
+        "touch {}; echo rc=$?",
+        target.display()
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Permission denied") && text.contains("rc=1"),
+        "{text}"
+    );
+    assert!(!target.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}

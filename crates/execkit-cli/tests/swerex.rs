@@ -287,10 +287,79 @@ fn main() -> ExitCode {
         libtest_mimic_trial("refusals", refusals),
         libtest_mimic_trial("token_from_the_environment", token_from_the_environment),
         libtest_mimic_trial("another_uid_is_refused", another_uid_is_refused),
+        libtest_mimic_trial(
+            "a_sandbox_floor_holds_every_route",
+            a_sandbox_floor_holds_every_route,
+        ),
         testkit::test_with("official_client_on_local", &local, official_client),
         testkit::test_with("official_client_on_docker", &docker, official_client),
         testkit::test_with("official_client_on_ssh", &ssh, official_client),
     ])
+}
+
+/// `POST path` with a JSON body and the key; (status, body).
+fn post(port: u16, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX-API-Key: {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read");
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_string())
+}
+
+/// `--sandbox read-only` on the server: sessions, `execute` and the file
+/// routes all run contained (a native file transfer would write past the
+/// sandbox), and the server refuses to start on a target it cannot
+/// contain.
+fn a_sandbox_floor_holds_every_route() {
+    let dir = std::env::temp_dir().join(format!("execkit-swerex-floor-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = Server::start(&["--no-journal", "--sandbox", "read-only"]);
+    let outside = dir.join("written.txt");
+    let (status, body) = post(
+        server.port,
+        "/write_file",
+        &format!(r#"{{"path": "{}", "content": "x"}}"#, outside.display()),
+    );
+    assert_ne!(status, 200, "{body}");
+    assert!(!outside.exists(), "write_file wrote past the sandbox");
+    let (status, body) = post(
+        server.port,
+        "/execute",
+        &format!(
+            r#"{{"command": "touch {}", "shell": true}}"#,
+            outside.display()
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Permission denied"), "{body}");
+    assert!(!outside.exists(), "execute wrote past the sandbox");
+    server.stop();
+    let out = Command::new(env!("CARGO_BIN_EXE_execkit"))
+        .args(["swerex", "--port", "0", "--auth-token", TOKEN])
+        .args(["--sandbox", "read-only", "--target", "docker:web"])
+        .env("XDG_STATE_HOME", state_dir())
+        .output()
+        .expect("execkit swerex");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("only local targets can be contained"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A test that needs nothing provisioned.
