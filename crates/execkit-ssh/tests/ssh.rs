@@ -933,18 +933,48 @@ fn file_position(pid: u32, fd: &str) -> Option<u64> {
 /// memory while its consumer has taken one chunk (the remote `cat` reaches
 /// the end of the file); and without a clean abort: the remote `cat` lives
 /// on after the consumer went away, or the shared connection breaks.
-async fn a_slow_reader_holds_a_transfer_back_and_dropping_it_ends_it(e: Env) {
-    let kh = e.own_known_hosts("slow-reader");
+/// Size of the file [`big_read`] reads.
+const BIG: u64 = 64 << 20;
+
+/// A read of a [`BIG`] sparse file through the transfer on a connection
+/// of its own, into a channel of one chunk.
+struct BigRead {
+    url: String,
+    dir: PathBuf,
+    path: PathBuf,
+    rx: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    reader: tokio::task::JoinHandle<std::io::Result<u64>>,
+}
+
+fn big_read(e: &Env, name: &str) -> BigRead {
+    let kh = e.own_known_hosts(name);
     let url = e.url_with(&e.key("user_ed25519"), &kh, "");
-    let mut s = open(&url).await.unwrap();
-    let dir = scratch("slow-reader");
+    let dir = scratch(&format!("{name}-data"));
     let path = dir.join("big.bin");
-    const SIZE: u64 = 64 << 20;
-    std::fs::File::create(&path).unwrap().set_len(SIZE).unwrap();
+    std::fs::File::create(&path).unwrap().set_len(BIG).unwrap();
     let files = execkit_core::connect(&url).unwrap().files().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
     let p = path.to_str().unwrap().to_string();
     let reader = tokio::spawn(async move { files.read(&p, tx).await });
+    BigRead {
+        url,
+        dir,
+        path,
+        rx,
+        reader,
+    }
+}
+
+async fn a_slow_reader_holds_a_transfer_back_and_dropping_it_ends_it(e: Env) {
+    const SIZE: u64 = BIG;
+    let BigRead {
+        url,
+        dir,
+        path,
+        mut rx,
+        reader,
+    } = big_read(&e, "slow-reader");
+    let mut s = open(&url).await.unwrap();
     let first = rx.recv().await.expect("a first chunk");
     let (pid, fd) = opener_of(&path).expect("the remote cat has the file open");
     // Let the pipeline fill up: until cat stops moving through the file.
@@ -1040,16 +1070,14 @@ async fn an_idle_connection_survives_its_keepalives(e: Env) {
 /// keepalive's answer queues behind file data the server cannot send, and
 /// the silence is ours, not the server's.
 async fn a_reader_paused_past_the_stall_limit_still_gets_the_file(e: Env) {
-    let kh = e.own_known_hosts("paused-reader");
-    let url = e.url_with(&e.key("user_ed25519"), &kh, "");
-    let dir = scratch("paused-reader-data");
-    let path = dir.join("big.bin");
-    const SIZE: u64 = 64 << 20;
-    std::fs::File::create(&path).unwrap().set_len(SIZE).unwrap();
-    let files = execkit_core::connect(&url).unwrap().files().unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-    let p = path.to_str().unwrap().to_string();
-    let reader = tokio::spawn(async move { files.read(&p, tx).await });
+    const SIZE: u64 = BIG;
+    let BigRead {
+        url,
+        dir,
+        mut rx,
+        reader,
+        ..
+    } = big_read(&e, "paused-reader");
     let Some(first) = rx.recv().await else {
         panic!("no first chunk: {:?}", reader.await.unwrap());
     };
