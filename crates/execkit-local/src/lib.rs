@@ -167,7 +167,7 @@ fn connect(target: &str) -> Result<Arc<dyn Transport>, TransportError> {
 execkit_core::register_transport! {
     scheme: "local",
     summary: "a PTY on this host (bash if installed, else /bin/sh)",
-    example: "local, local:/bin/dash",
+    example: "local, local:/bin/dash, local?sandbox=workspace-write&network=off",
     connect: connect,
     on_this_host: true,
     shell_in_target: true,
