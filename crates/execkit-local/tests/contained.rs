@@ -132,7 +132,8 @@ async fn writes_land_only_in_the_workspace_and_the_temp_dir() {
 #[tokio::test]
 async fn read_only_writes_nothing_but_its_temp_dir() {
     let root = scratch("read-only");
-    let mut s = open("local?sandbox=read-only", &root).await;
+    // Another shell, named in the target with the parameters after it.
+    let mut s = open("local:/bin/sh?sandbox=read-only", &root).await;
     let r = run(&mut s, "echo x > f").await;
     assert!(r.output.contains("Permission denied"), "{r:?}");
     assert!(!root.join("f").exists());
@@ -241,6 +242,26 @@ async fn nothing_escapes_the_kill_after_a_timeout_or_a_close() {
         assert!(left.is_empty(), "escaped the close: {left:?}");
     }
     assert!(running(&format!("sleep {tag}9")).is_empty());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test]
+async fn a_shell_that_dies_takes_its_escapes_along_when_replaced() {
+    let root = scratch("restart");
+    let tag = 7_600_000 + std::process::id() % 10_000;
+    let mut s = open("local?pids=256", &root).await;
+    let r = run(&mut s, &escapes(tag)).await;
+    assert_eq!(r.exit_code, Some(0), "{r:?}");
+    assert!(!running(&format!("sleep {tag}1")).is_empty());
+    // The shell dies; the next command restarts it.
+    let _ = run(&mut s, "kill -9 $$").await;
+    let r = run(&mut s, "echo fresh").await;
+    assert_eq!(r.output, "fresh", "{r:?}");
+    for n in 1..=4 {
+        let left = gone(&format!("sleep {tag}{n}")).await;
+        assert!(left.is_empty(), "outlived the shell's restart: {left:?}");
+    }
+    s.close().await.unwrap();
     let _ = std::fs::remove_dir_all(&root);
 }
 
