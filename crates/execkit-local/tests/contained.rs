@@ -147,6 +147,34 @@ async fn read_only_writes_nothing_but_its_temp_dir() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// Landlock ABI 6+ (this project's CI kernels): a sandboxed session cannot
+/// signal the user's processes outside it.
+#[tokio::test]
+async fn a_sandbox_cannot_signal_processes_outside_it() {
+    let root = scratch("signal");
+    let mut outside = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .unwrap();
+    let mut s = open("local?sandbox=read-only", &root).await;
+    let r = run(&mut s, &format!("kill -TERM {}; echo rc=$?", outside.id())).await;
+    assert!(
+        r.output.contains("Operation not permitted") && r.output.ends_with("rc=1"),
+        "{r:?}"
+    );
+    assert!(
+        outside.try_wait().unwrap().is_none(),
+        "the signal got through"
+    );
+    // Its own processes it still signals.
+    let r = run(&mut s, "sleep 300 & kill -TERM $! && wait $!; echo rc=$?").await;
+    assert_eq!(r.output, "rc=143", "{r:?}");
+    s.close().await.unwrap();
+    outside.kill().unwrap();
+    outside.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 #[tokio::test]
 async fn network_off_refuses_every_socket_but_unix_ones() {
     let root = scratch("network");

@@ -8,7 +8,8 @@
 //!
 //! - writes: Landlock (ABI 3+: reads and execution anywhere, every write
 //!   right only beneath the workspace, the private temp dir and a few
-//!   devices); `.git` and `readonly=` paths inside a writable workspace
+//!   devices; on ABI 6+ also no signal to, and no abstract Unix socket of,
+//!   a process outside the sandbox); `.git` and `readonly=` paths inside a writable workspace
 //!   are bind-mounted read-only in a mount namespace of the shell's own
 //!   (Landlock cannot take back a right below a granted directory);
 //! - network: a seccomp filter failing `socket(2)` for every family but
@@ -291,7 +292,13 @@ pub(crate) fn stage_text(stage: u32) -> Option<&'static str> {
 /// `execkit sandbox-check`): (name, Ok(how) or Err(what is missing)).
 pub fn support() -> Vec<(&'static str, Result<String, String>)> {
     let landlock = match rules::abi() {
-        Some(v) if v >= rules::MIN_ABI => Ok(format!("Landlock ABI {v}")),
+        Some(v) if v >= rules::SCOPE_ABI => Ok(format!(
+            "Landlock ABI {v} (signals and abstract Unix sockets kept inside too)"
+        )),
+        Some(v) if v >= rules::MIN_ABI => Ok(format!(
+            "Landlock ABI {v} (signals to outside processes not scoped: ABI {} needed)",
+            rules::SCOPE_ABI
+        )),
         Some(v) => Err(format!(
             "Landlock ABI {v}; sandbox=read-only|workspace-write need ABI {} (Linux 6.2+)",
             rules::MIN_ABI

@@ -6,12 +6,17 @@ use std::path::{Path, PathBuf};
 
 use landlock::{
     Access, AccessFs, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, ABI,
+    RulesetCreatedAttr, Scope, ABI,
 };
 
 /// The oldest ABI that controls every way to write: 1 lacks `Refer`
 /// (renames across directories) and 2 lacks `Truncate`.
 pub(crate) const MIN_ABI: i32 = 3;
+
+/// From this ABI on, a sandbox also keeps its processes from signalling
+/// processes outside it and from connecting to abstract Unix sockets
+/// bound outside it (Linux 6.12+); below it those stay open (documented).
+pub(crate) const SCOPE_ABI: i32 = 6;
 
 /// Devices a shell writes to wherever it runs (its terminal, the bit
 /// bucket, …).
@@ -52,10 +57,16 @@ pub(crate) fn ruleset(writable: &[PathBuf]) -> Result<OwnedFd, String> {
         )
     };
     let abi = ABI::V3;
-    let mut rs = Ruleset::default()
+    let mut ruleset = Ruleset::default()
         .set_compatibility(CompatLevel::HardRequirement)
         .handle_access(AccessFs::from_all(abi))
-        .map_err(|e| missing(&e))?
+        .map_err(|e| missing(&e))?;
+    if self::abi().is_some_and(|v| v >= SCOPE_ABI) {
+        ruleset = ruleset
+            .scope(Scope::Signal | Scope::AbstractUnixSocket)
+            .map_err(|e| missing(&e))?;
+    }
+    let mut rs = ruleset
         .create()
         .map_err(|e| missing(&e))?
         .add_rule(PathBeneath::new(
