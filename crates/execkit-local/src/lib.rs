@@ -10,8 +10,8 @@
 //! Contained targets (`local?sandbox=workspace-write&network=off&memory=1G&pids=256`,
 //! or [`SessionConfig::containment`](execkit_core::SessionConfig)) run the
 //! shell under Landlock, a seccomp filter and a cgroup of its own; see
-//! [`contain`] for what each parameter does and [`support`] for what this
-//! machine can give.
+//! `docs/containment.md` for what each parameter does and [`support`] for
+//! what this machine can give.
 
 mod contain;
 mod files;
