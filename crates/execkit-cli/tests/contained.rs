@@ -278,3 +278,85 @@ fn shell_takes_the_flags_too() {
     assert!(!target.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The cgroup2 mount point, from mountinfo.
+fn cgroup2_mount() -> PathBuf {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            right.starts_with("cgroup2 ").then(|| PathBuf::from(point))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// No root needed where the kernel allows it: a user (uid 65534) inside a
+/// cgroup v2 subtree delegated to it (as systemd gives each user's
+/// services) gets a sandboxed session with `.git` read-only — through a
+/// user namespace of its own — and the exact kill.
+#[test]
+fn a_user_with_a_delegated_cgroup_needs_no_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this test delegates a cgroup to nobody: run it as root (CI does)");
+    }
+    let nobody =
+        |p: &std::path::Path| std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    let dir = scratch("delegated");
+    nobody(&dir);
+    let ws = dir.join("ws");
+    std::fs::create_dir_all(ws.join(".git")).unwrap();
+    std::fs::write(ws.join(".git/config"), "[core]\n").unwrap();
+    for p in [&ws, &ws.join(".git"), &ws.join(".git/config")] {
+        nobody(p);
+    }
+    let cg = cgroup2_mount().join(format!("execkit-delegated-{}", std::process::id()));
+    std::fs::create_dir(&cg).unwrap();
+    for e in std::iter::once(cg.clone())
+        .chain(std::fs::read_dir(&cg).unwrap().flatten().map(|e| e.path()))
+    {
+        nobody(&e);
+    }
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec setpriv --reuid=65534 --regid=65534 --clear-groups -- \"$0\" \"$@\"",
+        cg.display()
+    );
+    let out = Command::new("sh")
+        .args(["-c", &script, env!("CARGO_BIN_EXE_execkit")])
+        .args(["exec", "--sandbox", "workspace-write", "--workspace"])
+        .arg(&ws)
+        .arg(format!(
+            "cd {}; echo x >> .git/config; echo ok > f; cat f; env -u EXECKIT_SID setsid sleep 7790{} &",
+            ws.display(),
+            std::process::id() % 1000
+        ))
+        .env("XDG_STATE_HOME", &dir)
+        .env("HOME", &dir)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}{err}");
+    assert!(
+        text.contains("Read-only file system") && text.contains("ok"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join(".git/config")).unwrap(),
+        "[core]\n"
+    );
+    assert_eq!(std::fs::read_to_string(ws.join("f")).unwrap(), "ok\n");
+    // Its cgroup went with it, escape and all.
+    let left = running(&format!("7790{}", std::process::id() % 1000));
+    assert!(left.is_empty(), "{left:?}");
+    let children: Vec<_> = std::fs::read_dir(&cg)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .collect();
+    assert!(children.is_empty(), "{children:?}");
+    std::fs::remove_dir(&cg).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

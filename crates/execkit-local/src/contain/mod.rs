@@ -46,6 +46,10 @@ pub(crate) struct Prepared {
     cgroup_fds: Vec<i32>,
     /// Paths to bind read-only onto themselves in a new mount namespace.
     read_only: Vec<CString>,
+    /// For a user without CAP_SYS_ADMIN: the `uid_map` and `gid_map` lines
+    /// of a user namespace of its own (its ids mapped to themselves), made
+    /// with the mount namespace.
+    id_maps: Option<(CString, CString)>,
     landlock: Option<OwnedFd>,
     seccomp: Option<seccompiler::BpfProgram>,
 }
@@ -148,6 +152,7 @@ impl Prepared {
             before_command: Mutex::new(Vec::new()),
         };
         let mut read_only = Vec::new();
+        let mut id_maps = None;
         let landlock = match sandbox {
             Sandbox::Off => None,
             _ => {
@@ -170,6 +175,7 @@ impl Prepared {
                         }
                     }
                     if !read_only.is_empty() {
+                        id_maps = own_user_namespace();
                         if let Some(why) = mount_ns_missing() {
                             return Err(format!(
                                 "keeping {} read-only inside the workspace needs a mount namespace: {why}",
@@ -193,6 +199,7 @@ impl Prepared {
         let prepared = Prepared {
             cgroup_fds: contained.cgroup.join_fds(),
             read_only,
+            id_maps,
             landlock,
             seccomp,
         };
@@ -215,8 +222,23 @@ impl Prepared {
                 }
             }
             if !self.read_only.is_empty() {
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    return Err((STAGE_MOUNT, errno()));
+                match &self.id_maps {
+                    None => {
+                        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                            return Err((STAGE_MOUNT, errno()));
+                        }
+                    }
+                    Some((uid_map, gid_map)) => {
+                        // Its own ids mapped to themselves: nothing gained
+                        // outside, enough to mount inside.
+                        if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0
+                            || !write_all(c"/proc/self/setgroups", c"deny")
+                            || !write_all(c"/proc/self/uid_map", uid_map)
+                            || !write_all(c"/proc/self/gid_map", gid_map)
+                        {
+                            return Err((STAGE_MOUNT, errno()));
+                        }
+                    }
                 }
                 let root = c"/";
                 if libc::mount(
@@ -266,15 +288,63 @@ impl Prepared {
     }
 }
 
-/// Why this process cannot give a shell its own mount namespace, if so.
-fn mount_ns_missing() -> Option<String> {
-    // Root (or CAP_SYS_ADMIN) can; others would need a user namespace,
-    // which execkit does not set up yet.
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+/// Writes all of `text` to the file at `path` (open, write, close: async-
+/// signal-safe); false on any failure, errno set.
+///
+/// # Safety
+/// Raw syscalls on NUL-terminated strings.
+unsafe fn write_all(path: &std::ffi::CStr, text: &std::ffi::CStr) -> bool {
+    // SAFETY: the caller passes valid C strings; the fd is closed here.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return false;
+        }
+        let bytes = text.to_bytes();
+        let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        libc::close(fd);
+        n == bytes.len() as isize
+    }
+}
+
+/// For a user without CAP_SYS_ADMIN, the id maps of a user namespace of
+/// its own; `None` for root (it mounts in a plain mount namespace).
+fn own_user_namespace() -> Option<(CString, CString)> {
+    // SAFETY: getuid, geteuid and getgid cannot fail.
+    let (euid, uid, gid) = unsafe { (libc::geteuid(), libc::getuid(), libc::getgid()) };
+    if euid == 0 {
         return None;
     }
-    Some("it takes CAP_SYS_ADMIN (run as root), or leave .git out of the workspace".into())
+    let line = |id: u32| CString::new(format!("{id} {id} 1")).expect("digits have no NUL");
+    Some((line(uid), line(gid)))
+}
+
+/// Why this process cannot give a shell its own mount namespace, if so:
+/// root can; another user needs unprivileged user namespaces (probed in a
+/// child, which is how a distribution's switch or an LSM rule shows).
+fn mount_ns_missing() -> Option<String> {
+    if own_user_namespace().is_none() {
+        return None;
+    }
+    use std::os::unix::process::CommandExt;
+    let mut probe = std::process::Command::new("/bin/sh");
+    probe.args(["-c", "exit 0"]);
+    // SAFETY: unshare(2) in the forked child, before exec; nothing else.
+    unsafe {
+        probe.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    match probe.status() {
+        Ok(s) if s.success() => None,
+        Ok(s) => Some(format!("the user namespace probe {s}")),
+        Err(e) => Some(format!(
+            "unprivileged user namespaces are not allowed here ({e}); run as root, or leave .git out of the workspace"
+        )),
+    }
 }
 
 /// Text for a stage a contained child failed at.
@@ -314,7 +384,11 @@ pub fn support() -> Vec<(&'static str, Result<String, String>)> {
     };
     let limit = |c: &str| cgroup::controller(c).map(|v| format!("{c} controller (cgroup {v})"));
     let ro = match mount_ns_missing() {
-        None => Ok(".git kept read-only by a bind mount in a private mount namespace".to_string()),
+        None => Ok(match own_user_namespace() {
+            None => ".git kept read-only by a bind mount in a private mount namespace",
+            Some(_) => ".git kept read-only by a bind mount in a private user and mount namespace",
+        }
+        .to_string()),
         Some(why) => Err(why),
     };
     vec![
