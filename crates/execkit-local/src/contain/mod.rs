@@ -323,9 +323,8 @@ fn own_user_namespace() -> Option<(CString, CString)> {
 /// root can; another user needs unprivileged user namespaces (probed in a
 /// child, which is how a distribution's switch or an LSM rule shows).
 fn mount_ns_missing() -> Option<String> {
-    if own_user_namespace().is_none() {
-        return None;
-    }
+    // Root: a plain mount namespace, nothing missing.
+    own_user_namespace()?;
     use std::os::unix::process::CommandExt;
     let mut probe = std::process::Command::new("/bin/sh");
     probe.args(["-c", "exit 0"]);
