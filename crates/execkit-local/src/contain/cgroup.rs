@@ -118,24 +118,21 @@ pub(crate) fn exact_kill_missing() -> Option<String> {
     let Some(h) = v2() else {
         return Some("no cgroup v2 hierarchy is mounted".into());
     };
-    if !h.mount.join("cgroup.kill").exists() && !h.here().join("cgroup.kill").exists() {
-        // The root has no cgroup.kill; look at any child.
-        let probe = h
-            .here()
-            .join(format!("{PREFIX}probe-{}", std::process::id()));
-        let made = fs::create_dir(&probe);
-        let has = probe.join("cgroup.kill").exists();
-        let _ = fs::remove_dir(&probe);
-        return match made {
-            Err(e) => Some(format!(
-                "cannot create a cgroup in {}: {e}",
-                h.here().display()
-            )),
-            Ok(()) if !has => Some("this kernel has no cgroup.kill (Linux 5.14+)".into()),
-            Ok(()) => None,
-        };
+    // What a session does: make a cgroup here, and find cgroup.kill in it.
+    let probe = h
+        .here()
+        .join(format!("{PREFIX}probe-{}", std::process::id()));
+    let made = fs::create_dir(&probe);
+    let has = probe.join("cgroup.kill").exists();
+    let _ = fs::remove_dir(&probe);
+    match made {
+        Err(e) => Some(format!(
+            "cannot create a cgroup in {}: {e}",
+            h.here().display()
+        )),
+        Ok(()) if !has => Some("this kernel has no cgroup.kill (Linux 5.14+)".into()),
+        Ok(()) => None,
     }
-    None
 }
 
 /// Where a controller can be had: `"v2"`, `"v1"`, or why not.
