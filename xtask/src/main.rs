@@ -565,22 +565,12 @@ fn reports(dir: &Path) -> Result<Vec<serde_json::Value>> {
 }
 
 /// A free loopback port for a daemon we start (`sshd`, `dockerd`'s TCP
-/// host), from below the kernel's ephemeral range: ports `bind(…:0)` hands
-/// out (tests' reserved ports, client sockets) come from that range, so
-/// they cannot take the daemon's port between our check and its start.
-/// Candidates start at an offset from our pid; each is checked by binding.
+/// host), below the kernel's ephemeral range (see `execkit_ports`).
 fn daemon_port() -> Result<u16> {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let span = low.saturating_sub(10_000).max(1000);
-    let base = (std::process::id() % u32::from(span)) as u16;
-    for k in 0..span {
-        let port = 10_000 + (base.wrapping_add(k.wrapping_mul(7919)) % span);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free loopback port below {low}")
+    execkit_ports::daemon_port().with_context(|| {
+        format!(
+            "no free loopback port below {}",
+            execkit_ports::ephemeral_low()
+        )
+    })
 }

@@ -349,26 +349,15 @@ fn is_alive(port: u16, token: &str) -> bool {
     })
 }
 
-/// A free loopback port below the kernel's ephemeral range (where ports
-/// handed out by `bind(…:0)` — client sockets — come from, so a server
-/// told to listen on it does not race them for it), checked free by
-/// binding it. The same policy as `execkit_core::testkit::daemon_port`,
-/// which the bench cannot use: turning on core's `testkit` feature here
-/// would turn it on in the `execkit` binary built with it and measured.
+/// A free loopback port for a server, below the ports client sockets
+/// get (see `execkit_ports`).
 fn free_port() -> Result<u16> {
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (start, span) = (10_000u16, low.saturating_sub(10_000).max(1000));
-    let base = (std::process::id() % u32::from(span)) as u16;
-    for k in 0..span {
-        let port = start + (base.wrapping_add(k.wrapping_mul(7919)) % span);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free loopback port below {low}")
+    execkit_ports::daemon_port().with_context(|| {
+        format!(
+            "no free loopback port below {}",
+            execkit_ports::ephemeral_low()
+        )
+    })
 }
 
 /// A fresh API key: 24 random bytes, hex.

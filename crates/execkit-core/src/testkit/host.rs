@@ -182,27 +182,13 @@ impl Drop for Tripwire {
     }
 }
 
-/// A free loopback port for a daemon a test starts (an `sshd`), taken from
-/// below the kernel's ephemeral range: ports handed out by `bind(…:0)` —
-/// [`ReservedPort`]s, client sockets — come from that range, so a daemon
-/// starting on a port it was told cannot race them for it. Candidates
-/// start at an offset from the pid, so concurrent test processes spread
-/// out; each is checked free by binding it.
+/// A free loopback port for a daemon a test starts (an `sshd`), below the
+/// ports [`ReservedPort`]s and client sockets get (see `execkit_ports`).
 pub fn daemon_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (start, span) = (10_000u16, low.saturating_sub(10_000).max(1000));
-    let base = (std::process::id() % u32::from(span)) as u16;
-    for _ in 0..span {
-        let k = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = start + (base.wrapping_add(k.wrapping_mul(7919)) % span);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port below {low}");
+    execkit_ports::daemon_port().unwrap_or_else(|| {
+        panic!(
+            "no free loopback port below {}",
+            execkit_ports::ephemeral_low()
+        )
+    })
 }
