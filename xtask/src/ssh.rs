@@ -83,7 +83,8 @@ fn user_name() -> Result<String> {
     Ok(name)
 }
 
-/// The sshd_config for a test daemon. Key-only auth, loopback only.
+/// The sshd_config for a test daemon. Key-only auth, loopback only; no
+/// forwarding (the jump host's config turns TCP forwarding on).
 /// `SHLVL=1` keeps Debian's bash from sourcing the test user's ~/.bashrc
 /// for every channel (it does so when SSH_CLIENT is set and SHLVL < 2): a
 /// developer's rc file (pyenv init, say) must not make the tests slow or
@@ -245,7 +246,7 @@ fn login_shell_users() -> Result<Vec<(String, String)>> {
 fn authorized_keys(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     use std::os::unix::fs::PermissionsExt;
     let mut authorized = String::new();
-    for k in ["user_ed25519.pub", "user_rsa.pub"] {
+    for k in ["user_ed25519.pub", "user_rsa.pub", "user_enc_ed25519.pub"] {
         authorized.push_str(&std::fs::read_to_string(dir.join(k))?);
     }
     let keys_dir = std::env::temp_dir().join(format!("execkit-sshd-keys-{}", std::process::id()));
@@ -258,11 +259,11 @@ fn authorized_keys(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((keys_dir, path))
 }
 
-/// A `known_hosts` file in `dir` naming the host keys of `dir` for
-/// `[127.0.0.1]:port`.
-fn known_hosts(dir: &Path, port: u16) -> Result<PathBuf> {
+/// `known_hosts` lines naming the public host keys `keys` (files in
+/// `dir`) for `[127.0.0.1]:port`.
+fn known_hosts_lines(dir: &Path, port: u16, keys: &[&str]) -> Result<String> {
     let mut known = String::new();
-    for k in ["host_ed25519.pub", "host_rsa.pub"] {
+    for k in keys {
         let pubkey = std::fs::read_to_string(dir.join(k))?;
         let mut fields = pubkey.split_whitespace();
         let (Some(alg), Some(key)) = (fields.next(), fields.next()) else {
@@ -270,8 +271,63 @@ fn known_hosts(dir: &Path, port: u16) -> Result<PathBuf> {
         };
         known.push_str(&format!("[127.0.0.1]:{port} {alg} {key}\n"));
     }
-    let path = dir.join("known_hosts");
-    std::fs::write(&path, known)?;
+    Ok(known)
+}
+
+/// The passphrase of the encrypted test key (`EXECKIT_TEST_SSH_ENC_PASS`).
+const ENC_PASSPHRASE: &str = "execkit test passphrase";
+
+/// The jump host: a second sshd on its own port with its own host key,
+/// the same authorized keys, and TCP forwarding on (what `ProxyJump`
+/// needs). Its known_hosts line is in a file of its own, so a test can
+/// leave it out.
+fn start_jump_host(dir: &Path, authorized: &Path) -> Result<(Child, u16, PathBuf)> {
+    let port = crate::daemon_port()?;
+    let config = dir.join("jump_sshd_config");
+    let text = sshd_config(dir, port, &dir.join("jump_sshd.pid"), authorized)
+        .replace(
+            &format!(
+                "HostKey {d}/host_ed25519\nHostKey {d}/host_rsa\n",
+                d = dir.display()
+            ),
+            &format!("HostKey {}/jump_host_ed25519\n", dir.display()),
+        )
+        .replace("AllowTcpForwarding no", "AllowTcpForwarding local");
+    std::fs::write(&config, text)?;
+    let child = start_sshd(&config, port, &dir.join("jump_sshd.log"))?;
+    let known = dir.join("jump_known_hosts");
+    std::fs::write(
+        &known,
+        known_hosts_lines(dir, port, &["jump_host_ed25519.pub"])?,
+    )?;
+    Ok((child, port, known))
+}
+
+/// An `ssh_config` naming the test sshd `execkit-target` behind the jump
+/// host `execkit-jump`, the way a user's `~/.ssh/config` names hosts
+/// behind a bastion; the conformance suite runs once more through it.
+fn alias_config(dir: &Path, user: &str, port: u16, jump_port: u16) -> Result<PathBuf> {
+    let d = dir.display();
+    let text = format!(
+        "# written by cargo xtask test\n\
+         Host execkit-jump\n\
+         \x20   HostName 127.0.0.1\n\
+         \x20   Port {jump_port}\n\
+         \n\
+         Host execkit-target\n\
+         \x20   HostName 127.0.0.1\n\
+         \x20   Port {port}\n\
+         \x20   ProxyJump execkit-jump\n\
+         \n\
+         Host execkit-*\n\
+         \x20   User {user}\n\
+         \x20   IdentityFile {d}/user_ed25519\n\
+         \x20   IdentitiesOnly yes\n\
+         \x20   UserKnownHostsFile {d}/known_hosts {d}/jump_known_hosts\n\
+         \x20   StrictHostKeyChecking yes\n"
+    );
+    let path = dir.join("ssh_config");
+    std::fs::write(&path, text)?;
     Ok(path)
 }
 
@@ -296,20 +352,43 @@ pub(crate) fn provision(out_dir: &Path) -> Result<Provision> {
         ("user_ed25519", "ed25519"),
         ("user_rsa", "rsa"),
         ("wrong_ed25519", "ed25519"),
+        ("jump_host_ed25519", "ed25519"),
     ] {
         keygen(&dir.join(name), kind, &format!("execkit-test-{name}"))?;
     }
+    // An encrypted user key: its passphrase reaches the tests in an
+    // environment variable they name with `passphrase_env=`.
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", ENC_PASSPHRASE, "-C"])
+        .arg("execkit-test-encrypted")
+        .arg("-f")
+        .arg(dir.join("user_enc_ed25519")))?;
     let (keys_dir, authorized_path) = authorized_keys(&dir)?;
     let port = crate::daemon_port()?;
     let pidfile = dir.join("sshd.pid");
     let config = dir.join("sshd_config");
     std::fs::write(&config, sshd_config(&dir, port, &pidfile, &authorized_path))?;
-    let known_hosts = known_hosts(&dir, port)?;
+    let known_hosts = dir.join("known_hosts");
+    std::fs::write(
+        &known_hosts,
+        known_hosts_lines(&dir, port, &["host_ed25519.pub", "host_rsa.pub"])?,
+    )?;
 
     let child = start_sshd(&config, port, &dir.join("sshd.log"))?;
     let pid = child.id();
     println!("xtask: sshd (pid {pid}) listening on 127.0.0.1:{port}");
+    let mut child = child;
+    let (jump, jump_port, jump_known) = match start_jump_host(&dir, &authorized_path) {
+        Ok(j) => j,
+        Err(e) => {
+            stop(&mut child);
+            return Err(e.context("starting the jump host's sshd"));
+        }
+    };
+    let jump_pid = jump.id();
+    println!("xtask: jump host sshd (pid {jump_pid}) listening on 127.0.0.1:{jump_port}");
     let user = user_name()?;
+    let ssh_config = alias_config(&dir, &user, port, jump_port)?;
     let url = format!(
         "ssh://{user}@127.0.0.1:{port}?identity={}&known_hosts={}",
         dir.join("user_ed25519").display(),
@@ -333,18 +412,39 @@ pub(crate) fn provision(out_dir: &Path) -> Result<Provision> {
             "EXECKIT_TEST_SSH_CONFIG".to_string(),
             config.display().to_string(),
         ),
+        ("EXECKIT_TEST_SSH_JUMP_PORT".into(), jump_port.to_string()),
+        (
+            "EXECKIT_TEST_SSH_JUMP_KNOWN_HOSTS".into(),
+            jump_known.display().to_string(),
+        ),
+        (
+            "EXECKIT_TEST_SSH_ALIAS_URL".into(),
+            format!("ssh://execkit-target?config={}", ssh_config.display()),
+        ),
+        (
+            "EXECKIT_TEST_SSH_ENC_KEY".into(),
+            dir.join("user_enc_ed25519").display().to_string(),
+        ),
+        ("EXECKIT_TEST_SSH_ENC_PASS".into(), ENC_PASSPHRASE.into()),
     ];
     let mut env = env;
     match login_shell_users() {
         Ok(users) => env.extend(users),
-        Err(e) if ci() => return Err(e.context("creating the login-shell test users")),
+        Err(e) if ci() => {
+            let mut jump = jump;
+            stop(&mut jump);
+            stop(&mut child);
+            return Err(e.context("creating the login-shell test users"));
+        }
         Err(e) => eprintln!("xtask: warning: {e:#}; the login-shell cases will be skipped"),
     }
-    let mut child = child;
+    let mut jump = jump;
     let dir = dir.clone();
     Ok(Provision {
         env,
         teardown: Some(Box::new(move || {
+            stop(&mut jump);
+            println!("xtask: jump host sshd (pid {jump_pid}) stopped");
             stop(&mut child);
             println!("xtask: sshd (pid {pid}) stopped");
             let _ = std::fs::remove_dir_all(&dir);

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use execkit_core::{ErrorKind, TransportError};
 use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, MethodType, Session};
 
-use crate::target::{home, HostKeyPolicy, SshTarget};
+use crate::actor::{Socket, Start, Stream};
+use crate::target::{home, AgentSource, HostKeyPolicy, SshTarget};
 
 /// Host key algorithms in OpenSSH's default order, so the key we verify is
 /// the one OpenSSH would have recorded in known_hosts.
@@ -32,7 +33,7 @@ pub const PASSPHRASE_VAR: &str = "EXECKIT_SSH_PASSPHRASE";
 /// A connected, verified and authenticated session (still blocking).
 pub(crate) struct Established {
     pub session: Session,
-    pub stream: TcpStream,
+    pub socket: Socket,
 }
 
 impl std::fmt::Debug for Established {
@@ -138,7 +139,10 @@ pub(crate) fn establish(t: &SshTarget, target: &str) -> Result<Established, Tran
         }
     }
     let deadline = Deadline::new(t.connect_timeout);
-    let stream = tcp_connect(t, target, &deadline)?;
+    let socket = match t.jump.last() {
+        None => Socket::Tcp(tcp_connect(t, target, &deadline)?),
+        Some(_) => through_jump(t, target)?,
+    };
     let mut session = Session::new().map_err(|e| {
         unreachable(
             target,
@@ -147,8 +151,8 @@ pub(crate) fn establish(t: &SshTarget, target: &str) -> Result<Established, Tran
         )
         .with_source(e)
     })?;
-    // libssh2 uses the same fd; `stream` owns it and outlives the session.
-    session.set_tcp_stream(BorrowedSocket(stream.as_raw_fd()));
+    // libssh2 uses the same fd; `socket` owns it and outlives the session.
+    session.set_tcp_stream(BorrowedSocket(socket.fd()));
     if let Ok(supported) = session.supported_algs(MethodType::HostKey) {
         let prefs: Vec<&str> = HOST_KEY_PREFS
             .iter()
@@ -188,8 +192,61 @@ pub(crate) fn establish(t: &SshTarget, target: &str) -> Result<Established, Tran
     );
     verify_host_key(&session, t, target)?;
     authenticate(&session, t, target, &deadline)?;
-    session.set_keepalive(true, crate::actor::KEEPALIVE_SECS);
-    Ok(Established { session, stream })
+    let keepalive = t.keepalive.unwrap_or(crate::actor::KEEPALIVE);
+    session.set_keepalive(
+        true,
+        keepalive.as_secs().clamp(1, u64::from(u32::MAX)) as u32,
+    );
+    Ok(Established { session, socket })
+}
+
+/// The last jump host's connection (itself reached through the hops
+/// before it), asked to forward a connection to `t`: its channel relayed
+/// to a local socket this connection runs over. Every hop is verified
+/// against its own known_hosts entry, as the final host is.
+fn through_jump(t: &SshTarget, target: &str) -> Result<Socket, TransportError> {
+    let (last, before) = t.jump.split_last().expect("a jump host");
+    let mut hop = last.clone();
+    hop.jump = before.to_vec();
+    let hop_url = format!("ssh://{}@{}", hop.user, hop.addr());
+    let about = |e: TransportError| -> TransportError {
+        let (kind, reason, source) = match e {
+            TransportError::Unreachable {
+                kind,
+                reason,
+                source,
+                ..
+            } => (kind, reason, source),
+            other => (other.kind(), other.to_string(), None),
+        };
+        TransportError::Unreachable {
+            target: target.to_string(),
+            kind,
+            reason: format!("jump host {}: {reason}", hop.describe()),
+            source,
+        }
+    };
+    let conn = crate::pool::get_blocking(&hop, &hop_url).map_err(about)?;
+    let stream = Stream::open_blocking(
+        &conn,
+        Start::Tcp {
+            host: t.host.clone(),
+            port: t.port,
+        },
+    )
+    .map_err(|e| {
+        let (crate::actor::OpenError::Refused(m)
+        | crate::actor::OpenError::Lost(m)
+        | crate::actor::OpenError::Failed(m)) = e;
+        unreachable(
+            target,
+            ErrorKind::ConnectionRefused,
+            format!("through jump host {}: {m}", hop.describe()),
+        )
+    })?;
+    let (end, received) = crate::relay::relay(stream)
+        .map_err(|e| TransportError::io("relaying through a jump host", e))?;
+    Ok(Socket::Relay { end, received })
 }
 
 fn tcp_connect(
@@ -330,7 +387,27 @@ fn verify_host_key(session: &Session, t: &SshTarget, target: &str) -> Result<(),
     if let Some(p) = &path {
         load_known_hosts(&mut kh, p);
     }
-    match kh.check_port(&t.host, t.port, key) {
+    for p in &t.more_known_hosts {
+        load_known_hosts(&mut kh, p);
+    }
+    let shown = if t.more_known_hosts.is_empty() {
+        shown
+    } else {
+        let more: Vec<String> = t
+            .more_known_hosts
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!("{shown} (or {})", more.join(", "))
+    };
+    let check = kh.check_port(&t.host, t.port, key);
+    if t.host_key == HostKeyPolicy::Off && !matches!(check, CheckResult::Match) {
+        tracing::warn!(
+            "host key checks are off for {name} (host_key=no): accepting {kind} key {fp} unverified"
+        );
+        return Ok(());
+    }
+    match check {
         CheckResult::Match => Ok(()),
         CheckResult::Mismatch => Err(unreachable(
             target,
@@ -415,7 +492,8 @@ fn authenticate(
     deadline: &Deadline,
 ) -> Result<(), TransportError> {
     let user = &t.user;
-    let passphrase = std::env::var(PASSPHRASE_VAR).ok().filter(|p| !p.is_empty());
+    let passphrase_var = t.passphrase_env.as_deref().unwrap_or(PASSPHRASE_VAR);
+    let passphrase = std::env::var(passphrase_var).ok().filter(|p| !p.is_empty());
     let mut tried: Vec<String> = Vec::new();
     let late = || deadline.missed(Stage::Auth, t, target);
     let try_key = |path: &Path, tried: &mut Vec<String>| -> Result<bool, TransportError> {
@@ -440,7 +518,8 @@ fn authenticate(
                             if passphrase.is_none() =>
                         {
                             format!(
-                                "cannot read it ({}; if it is encrypted, set {PASSPHRASE_VAR})",
+                                "cannot read it ({}; if it is encrypted, name the variable \
+                                 holding its passphrase with passphrase_env=VAR)",
                                 e.message()
                             )
                         }
@@ -457,17 +536,26 @@ fn authenticate(
             return Ok(());
         }
     }
-    if deadline.expired() {
-        return Err(late());
+    // The config file's identities: as ssh, files that do not exist are
+    // passed over (a `Host *` default need not exist for every user).
+    for id in &t.identities {
+        if id.is_file() && try_key(id, &mut tried)? {
+            return Ok(());
+        }
     }
-    deadline.arm(session);
-    match try_agent(session, user) {
-        Ok(true) => return Ok(()),
-        _ if deadline.expired() => return Err(late()),
-        Ok(false) => tried.push("ssh-agent: no identity accepted".into()),
-        Err(e) => tried.push(format!("ssh-agent: {e}")),
+    if t.agent != AgentSource::None {
+        if deadline.expired() {
+            return Err(late());
+        }
+        deadline.arm(session);
+        match try_agent(session, user, &t.agent) {
+            Ok(true) => return Ok(()),
+            _ if deadline.expired() => return Err(late()),
+            Ok(false) => tried.push("ssh-agent: no identity accepted".into()),
+            Err(e) => tried.push(format!("ssh-agent: {e}")),
+        }
     }
-    if t.identity.is_none() {
+    if t.identity.is_none() && t.identities.is_empty() {
         for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
             let Some(p) = home().map(|h| h.join(".ssh").join(name)) else {
                 break;
@@ -488,19 +576,30 @@ fn authenticate(
     ))
 }
 
-fn try_agent(session: &Session, user: &str) -> Result<bool, String> {
-    if std::env::var_os("SSH_AUTH_SOCK").is_none_or(|s| s.is_empty()) {
-        return Err("not running (SSH_AUTH_SOCK is unset)".into());
-    }
+fn try_agent(session: &Session, user: &str, source: &AgentSource) -> Result<bool, String> {
     let mut agent = session.agent().map_err(|e| e.message().to_string())?;
-    agent.connect().map_err(|e| e.message().to_string())?;
+    let at = match source {
+        AgentSource::Socket(path) => {
+            agent
+                .set_identity_path(path)
+                .map_err(|e| e.message().to_string())?;
+            path.display().to_string()
+        }
+        _ => match std::env::var_os("SSH_AUTH_SOCK").filter(|s| !s.is_empty()) {
+            Some(s) => std::path::PathBuf::from(s).display().to_string(),
+            None => return Err("not running (SSH_AUTH_SOCK is unset)".into()),
+        },
+    };
+    agent
+        .connect()
+        .map_err(|e| format!("cannot reach the agent at {at}: {}", e.message()))?;
     agent
         .list_identities()
         .map_err(|e| e.message().to_string())?;
     let ids = agent.identities().map_err(|e| e.message().to_string())?;
     if ids.is_empty() {
         let _ = agent.disconnect();
-        return Err("no identities".into());
+        return Err(format!("the agent at {at} holds no keys"));
     }
     let mut ok = false;
     for id in &ids {

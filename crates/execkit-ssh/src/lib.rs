@@ -19,9 +19,11 @@
 //! - Cleanup runs the portable marker-kill script on a second channel.
 
 mod actor;
+mod apply;
 mod connect;
 mod files;
 mod pool;
+mod relay;
 mod target;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -39,7 +41,25 @@ use tokio::sync::{mpsc, oneshot};
 use actor::{Conn, OpenError, Req, What, HIGH_WATER};
 pub use connect::PASSPHRASE_VAR;
 pub use pool::live_connections;
-pub use target::{HostKeyPolicy, SshTarget};
+pub use target::{AgentSource, ConfigSource, Given, HostKeyPolicy, SshTarget};
+
+/// A byte stream to the Unix socket `path` on the host `target` names
+/// (`ssh://…`), as `ssh -L /local.sock:/remote.sock` forwards one: the
+/// server connects to it (`direct-streamlocal`) over the pooled
+/// connection, with the target's host-key checks and authentication. A
+/// remote Docker engine is reached this way (`DOCKER_HOST=ssh://…`).
+pub async fn connect_remote_socket(
+    target: &str,
+    path: &str,
+) -> Result<tokio::net::UnixStream, TransportError> {
+    let t = SshTarget::parse(target)?;
+    let stream = pool::forward(&t, target, actor::Start::Unix(path.to_string())).await?;
+    let (end, _) = relay::relay(stream)
+        .map_err(|e| TransportError::io("relaying a forwarded connection", e))?;
+    end.set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(end))
+        .map_err(|e| TransportError::io("relaying a forwarded connection", e))
+}
 
 /// How long marker cleanup may take before `terminate` gives up on it.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);

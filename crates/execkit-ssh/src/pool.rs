@@ -10,7 +10,6 @@
 //! handshake that another host's open could wait on.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -18,30 +17,30 @@ use std::time::Duration;
 use execkit_core::{ErrorKind, ErrorSource, TransportError};
 use tokio::sync::watch;
 
-use crate::actor::{Conn, ExecOutput, OpenError, Stream};
+use crate::actor::{Conn, ExecOutput, OpenError, Start, Stream};
 use crate::connect;
-use crate::target::{HostKeyPolicy, SshTarget};
+use crate::target::SshTarget;
 
+/// What makes two connections interchangeable: the resolved target but
+/// for what only shapes messages or the wait (alias, origin, which parts
+/// were written out, the connect timeout); jump hosts included.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    user: String,
-    host: String,
-    port: u16,
-    identity: Option<PathBuf>,
-    known_hosts: Option<PathBuf>,
-    host_key: HostKeyPolicy,
-}
+struct Key(SshTarget);
 
 impl Key {
     fn of(t: &SshTarget) -> Key {
-        Key {
-            user: t.user.clone(),
-            host: t.host.to_ascii_lowercase(),
-            port: t.port,
-            identity: t.identity.clone(),
-            known_hosts: t.known_hosts.clone(),
-            host_key: t.host_key,
+        fn normal(t: &SshTarget) -> SshTarget {
+            let mut n = t.clone();
+            n.host = n.host.to_ascii_lowercase();
+            n.alias = String::new();
+            n.origin = Vec::new();
+            n.given = Default::default();
+            n.config = Default::default();
+            n.connect_timeout = Duration::ZERO;
+            n.jump = t.jump.iter().map(normal).collect();
+            n
         }
+        Key(normal(t))
     }
 }
 
@@ -163,7 +162,10 @@ fn find_live(key: &Key) -> Option<Arc<Conn>> {
 
 /// How many live connections the pool holds for `t` (for tests and stats).
 pub fn live_connections(t: &SshTarget) -> usize {
-    let key = Key::of(t);
+    let Ok(t) = t.resolved() else {
+        return 0;
+    };
+    let key = Key::of(&t);
     with_pool(|pool| {
         pool.get(&key).map_or(0, |s| {
             s.conns
@@ -179,6 +181,7 @@ pub fn live_connections(t: &SshTarget) -> usize {
 /// joins the attempt in flight for this host (and connect timeout), or
 /// starts one.
 pub(crate) async fn get(t: &SshTarget, target: &str) -> Result<Arc<Conn>, TransportError> {
+    let t = &t.resolved()?;
     let key = Key::of(t);
     // An attempt ends without an outcome only if its thread died before
     // publishing one; the next round starts a fresh attempt.
@@ -286,6 +289,7 @@ fn finish(key: &Key, id: u64, tx: watch::Sender<Outcome>, r: Result<Arc<Conn>, F
 /// Blocking variant of [`get`] for threads outside the runtime; never
 /// waits for another task's handshake.
 pub(crate) fn get_blocking(t: &SshTarget, target: &str) -> Result<Arc<Conn>, TransportError> {
+    let t = &t.resolved()?;
     let key = Key::of(t);
     if let Some(c) = find_live(&key) {
         return Ok(c);
@@ -302,8 +306,13 @@ pub(crate) fn get_blocking(t: &SshTarget, target: &str) -> Result<Arc<Conn>, Tra
 
 /// Starts the thread of a fresh connection.
 fn start(t: &SshTarget, est: connect::Established) -> Result<Arc<Conn>, TransportError> {
-    Conn::start(t.addr(), est.session, est.stream)
-        .map_err(|e| TransportError::io("starting the ssh connection thread", e))
+    Conn::start(
+        t.addr(),
+        est.session,
+        est.socket,
+        t.keepalive.unwrap_or(crate::actor::KEEPALIVE),
+    )
+    .map_err(|e| TransportError::io("starting the ssh connection thread", e))
 }
 
 fn exec_err(target: &str, e: OpenError) -> TransportError {
@@ -406,6 +415,20 @@ pub(crate) async fn stream(
 ) -> Result<Stream, TransportError> {
     on_a_connection(t, target, None, |c| async move {
         Stream::open(&c, command.to_string()).await
+    })
+    .await
+}
+
+/// Opens a forwarded connection (`start` is not a command) on a pooled or
+/// new connection.
+pub(crate) async fn forward(
+    t: &SshTarget,
+    target: &str,
+    start: Start,
+) -> Result<Stream, TransportError> {
+    on_a_connection(t, target, None, |c| {
+        let start = start.clone();
+        async move { Stream::open_to(&c, start).await }
     })
     .await
 }

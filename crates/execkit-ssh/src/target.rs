@@ -1,4 +1,7 @@
-//! Parsing `ssh://user@host[:port][?identity=PATH&known_hosts=PATH&host_key=accept_new&connect_timeout=SECS]`.
+//! Parsing `ssh://[user@]host[:port][?identity=PATH&known_hosts=PATH&host_key=accept_new&connect_timeout=SECS&jump=HOPS&passphrase_env=VAR&config=PATH]`.
+//!
+//! Parsing is pure; what `~/.ssh/config` adds for the host is applied when
+//! the target connects ([`SshTarget::resolved`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,6 +15,46 @@ pub enum HostKeyPolicy {
     Strict,
     /// Unknown keys are recorded and trusted; changed keys are refused.
     AcceptNew,
+    /// Every key is accepted and nothing is recorded (`host_key=no`, only
+    /// ever from the target itself: a config file cannot switch checks off).
+    Off,
+}
+
+/// Which OpenSSH client configuration applies (`config=`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum ConfigSource {
+    /// `~/.ssh/config`, then `/etc/ssh/ssh_config` (as `ssh` reads them).
+    #[default]
+    Default,
+    /// Only this file (`config=PATH`, like `ssh -F PATH`).
+    File(PathBuf),
+    /// None at all (`config=none`).
+    None,
+}
+
+/// Which ssh-agent to ask for keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum AgentSource {
+    /// The one `SSH_AUTH_SOCK` names.
+    #[default]
+    Env,
+    /// The agent listening on this socket (`IdentityAgent PATH`).
+    Socket(PathBuf),
+    /// No agent (`IdentityAgent none`, or `IdentitiesOnly yes`).
+    None,
+}
+
+/// Which settings the target spelled out: those win over the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Given {
+    /// `user@` was written.
+    pub user: bool,
+    /// `:port` was written.
+    pub port: bool,
+    /// `host_key=` was given.
+    pub host_key: bool,
+    /// `connect_timeout=` was given.
+    pub connect_timeout: bool,
 }
 
 /// How long establishing a connection may take when the target does not
@@ -24,7 +67,7 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_CONNECT_TIMEOUT_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
 /// A parsed `ssh://` target.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SshTarget {
     /// Login name.
     pub user: String,
@@ -41,6 +84,33 @@ pub struct SshTarget {
     /// Deadline for establishing a connection, all stages together
     /// (default 10 s).
     pub connect_timeout: Duration,
+    /// The host as the target names it (an alias `~/.ssh/config` may map
+    /// to another `HostName`).
+    pub alias: String,
+    /// What the target spelled out (wins over the config file).
+    pub given: Given,
+    /// Which client configuration applies.
+    pub config: ConfigSource,
+    /// Jump hosts, in the order they are passed (the first is dialled
+    /// directly; each next hop is reached through the one before).
+    pub jump: Vec<SshTarget>,
+    /// More identity files to try after `identity` (from the config file).
+    pub identities: Vec<PathBuf>,
+    /// Which agent to ask.
+    pub agent: AgentSource,
+    /// More known_hosts files to read (after the first; from the config
+    /// file's `UserKnownHostsFile`).
+    pub more_known_hosts: Vec<PathBuf>,
+    /// Keepalive interval (`ServerAliveInterval`; default 15 s).
+    pub keepalive: Option<Duration>,
+    /// Environment variable holding the passphrase of an encrypted
+    /// identity (`passphrase_env=VAR`).
+    pub passphrase_env: Option<String>,
+    /// Where the config file's settings came from, for messages ("Host
+    /// prod-* in /home/u/.ssh/config line 4"); empty when none applied.
+    pub origin: Vec<String>,
+    /// Whether [`SshTarget::resolved`] made this (it is then final).
+    resolved: bool,
 }
 
 impl SshTarget {
@@ -58,7 +128,7 @@ impl SshTarget {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("ssh") => rest,
             _ => {
                 return Err(
-                    "expected ssh://user@host[:port][?identity=PATH&known_hosts=PATH&host_key=accept_new&connect_timeout=SECS]"
+                    "expected ssh://[user@]host[:port][?identity=PATH&known_hosts=PATH&host_key=accept_new&connect_timeout=SECS&jump=HOPS&passphrase_env=VAR&config=PATH]"
                         .into(),
                 )
             }
@@ -74,8 +144,13 @@ impl SshTarget {
         if authority.contains('/') {
             return Err("a path after the host is not supported".into());
         }
-        let (user, hostport) = split_user(authority)?;
-        let (host, port) = split_host_port(hostport)?;
+        let (given_user, hostport) = split_user(authority)?;
+        let (host, given_port) = split_host_port(hostport)?;
+        let user = match given_user.clone() {
+            Some(u) => u,
+            None => local_user().unwrap_or_default(),
+        };
+        let port = given_port.unwrap_or(22);
         if !valid_user(&user) {
             return Err(format!(
                 "`{user}` is not a user name (letters, digits, `.`, `_`, `-`, and `@` written as %40; not starting with `-`)"
@@ -88,12 +163,27 @@ impl SshTarget {
         }
         let mut t = SshTarget {
             user,
+            alias: host.clone(),
             host,
             port,
             identity: None,
             known_hosts: None,
             host_key: HostKeyPolicy::Strict,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            given: Given {
+                user: given_user.is_some(),
+                port: given_port.is_some(),
+                ..Given::default()
+            },
+            config: ConfigSource::Default,
+            jump: Vec::new(),
+            identities: Vec::new(),
+            agent: AgentSource::Env,
+            more_known_hosts: Vec::new(),
+            keepalive: None,
+            passphrase_env: None,
+            origin: Vec::new(),
+            resolved: false,
         };
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -118,20 +208,51 @@ impl SshTarget {
                 self.known_hosts = Some(expand_home(v));
             }
             "host_key" => {
+                self.given.host_key = true;
                 self.host_key = match v {
                     "accept_new" | "accept-new" => HostKeyPolicy::AcceptNew,
                     "strict" | "yes" => HostKeyPolicy::Strict,
+                    "no" | "off" => HostKeyPolicy::Off,
                     other => {
                         return Err(format!(
-                            "host_key={other} is not supported (use host_key=accept_new)"
+                            "host_key={other} is not supported (use host_key=accept_new, or host_key=no to accept any key)"
                         ))
                     }
                 }
             }
-            "connect_timeout" => self.connect_timeout = connect_timeout(v)?,
+            "connect_timeout" => {
+                self.given.connect_timeout = true;
+                self.connect_timeout = connect_timeout(v)?;
+            }
+            "jump" => {
+                if v.is_empty() || v == "none" {
+                    return Err("jump= needs one or more hosts: [user@]host[:port][,…]".into());
+                }
+                self.jump = parse_jumps(v)?;
+            }
+            "passphrase_env" => {
+                if v.is_empty()
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Err(format!(
+                        "passphrase_env={v} is not an environment variable name (letters, digits, `_`)",
+                        v = v.escape_debug()
+                    ));
+                }
+                self.passphrase_env = Some(v.to_string());
+            }
+            "config" => {
+                self.config = match v {
+                    "" => return Err("config= needs a path, or `none`".into()),
+                    "none" => ConfigSource::None,
+                    p => ConfigSource::File(expand_home(p)),
+                };
+            }
             other => {
                 return Err(format!(
-                    "unknown parameter `{other}` (known: identity, known_hosts, host_key, connect_timeout)"
+                    "unknown parameter `{other}` (known: identity, known_hosts, host_key, connect_timeout, jump, passphrase_env, config)"
                 ))
             }
         }
@@ -144,6 +265,58 @@ impl SshTarget {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The target as it connects: the client configuration applied for
+    /// its alias (what the target itself says wins), and each jump host
+    /// resolved the same way. A jump host takes what its own entry in the
+    /// configuration does not say — identities, known_hosts, host-key
+    /// policy, connect timeout, passphrase variable — from this target.
+    /// Reads the configuration files; never touches the network.
+    pub fn resolved(&self) -> Result<SshTarget, TransportError> {
+        let invalid = |reason: String| TransportError::InvalidTarget {
+            target: format!("ssh://{}", self.alias),
+            reason,
+        };
+        if self.resolved {
+            return Ok(self.clone());
+        }
+        let mut t = self.clone();
+        crate::apply::apply(&mut t).map_err(invalid)?;
+        if t.user.is_empty() {
+            return Err(invalid(
+                "no user name (write ssh://USER@HOST, or set User in ~/.ssh/config)".into(),
+            ));
+        }
+        let mut hops = Vec::with_capacity(t.jump.len());
+        for hop in &t.jump {
+            let mut hop = hop.clone();
+            hop.config = t.config.clone();
+            hop.jump.clear();
+            let hop_set = crate::apply::apply(&mut hop).map_err(invalid)?;
+            // The chain is the target's: a hop's own ProxyJump is not
+            // followed (its hops would come before it in the list).
+            hop.jump.clear();
+            hop_set.inherit(&t, &mut hop);
+            if hop.user.is_empty() {
+                return Err(invalid(format!("no user name for jump host {}", hop.alias)));
+            }
+            hop.resolved = true;
+            hops.push(hop);
+        }
+        t.jump = hops;
+        t.resolved = true;
+        Ok(t)
+    }
+
+    /// `user@host:port` for messages, with the alias it came from when
+    /// the config file mapped one.
+    pub fn describe(&self) -> String {
+        if self.alias.eq_ignore_ascii_case(&self.host) {
+            format!("{}@{}", self.user, self.addr())
+        } else {
+            format!("{} ({}@{})", self.alias, self.user, self.addr())
         }
     }
 
@@ -192,9 +365,47 @@ fn expand_home(p: &str) -> PathBuf {
     }
 }
 
-/// `[user@]host[:port]` → the user (percent-decoded; `$USER` when absent)
-/// and the rest.
-fn split_user(authority: &str) -> Result<(String, &str), String> {
+/// `jump=` and `ProxyJump`: `[ssh://][user@]host[:port]` hops, comma
+/// separated, each validated like a target's authority.
+pub(crate) fn parse_jumps(v: &str) -> Result<Vec<SshTarget>, String> {
+    v.split(',')
+        .map(|hop| {
+            let hop = hop.trim();
+            let hop = hop.strip_prefix("ssh://").unwrap_or(hop);
+            if hop.is_empty() || hop.contains(['/', '?', '&']) {
+                return Err(format!("`{hop}` is not a jump host ([user@]host[:port])"));
+            }
+            SshTarget::parse_parts(&format!("ssh://{hop}"))
+                .map_err(|e| format!("jump host `{hop}`: {e}"))
+        })
+        .collect()
+}
+
+/// The name of the user running execkit (`$USER`, else the password
+/// database).
+pub(crate) fn local_user() -> Option<String> {
+    std::env::var("USER")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .or_else(|| {
+            // SAFETY: getpwuid returns a pointer into static storage or null;
+            // the name is copied out at once.
+            unsafe {
+                let pw = libc::getpwuid(libc::geteuid());
+                if pw.is_null() || (*pw).pw_name.is_null() {
+                    return None;
+                }
+                std::ffi::CStr::from_ptr((*pw).pw_name)
+                    .to_str()
+                    .ok()
+                    .map(str::to_string)
+            }
+        })
+}
+
+/// `[user@]host[:port]` → the user if written (percent-decoded) and the
+/// rest.
+fn split_user(authority: &str) -> Result<(Option<String>, &str), String> {
     let (user, hostport) = match authority.split_once('@') {
         // `ssh://deploy@prod.example.com@10.0.0.1` reads as a user at
         // prod.example.com, yet connects to 10.0.0.1: refused.
@@ -209,19 +420,14 @@ fn split_user(authority: &str) -> Result<(String, &str), String> {
         Some((u, h)) => (Some(execkit_core::raw::percent_decode(u)?), h),
         None => (None, authority),
     };
-    let user = match user {
-        Some(u) if u.is_empty() => return Err("empty user name before `@`".into()),
-        Some(u) => u,
-        None => std::env::var("USER")
-            .ok()
-            .filter(|u| !u.is_empty())
-            .ok_or_else(|| "no user name (write ssh://USER@HOST)".to_string())?,
-    };
+    if user.as_deref() == Some("") {
+        return Err("empty user name before `@`".into());
+    }
     Ok((user, hostport))
 }
 
-/// `host[:port]` or `[v6]:port` → host and port (22 when absent).
-fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
+/// `host[:port]` or `[v6]:port` → host and the port if written.
+fn split_host_port(hostport: &str) -> Result<(String, Option<u16>), String> {
     let (host, port) = if let Some(after) = hostport.strip_prefix('[') {
         let (h, tail) = after
             .split_once(']')
@@ -244,9 +450,9 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
         return Err("no host name".into());
     }
     let port = match port {
-        None => 22,
+        None => None,
         Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 => n,
+            Ok(n) if n > 0 => Some(n),
             _ => return Err(format!("`{p}` is not a port number")),
         },
     };

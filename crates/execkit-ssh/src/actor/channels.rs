@@ -5,7 +5,6 @@
 
 use std::collections::VecDeque;
 use std::io::{Read as _, Write as _};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -165,7 +164,7 @@ impl Actor {
         let mut progress = false;
         let mut buf = vec![0u8; READ_CHUNK];
         let mut i = 0;
-        let fd = self.stream.as_raw_fd();
+        let fd = self.stream.fd();
         while i < self.execs.len() {
             let e = &mut self.execs[i];
             let mut finished = None;
@@ -221,7 +220,7 @@ impl Actor {
 
     pub(super) fn service_streams(&mut self) -> Result<bool, Lost> {
         let mut progress = false;
-        let fd = self.stream.as_raw_fd();
+        let fd = self.stream.fd();
         let ids: Vec<u64> = self.streams.keys().copied().collect();
         for id in ids {
             let st = self.streams.get_mut(&id).expect("stream by id");

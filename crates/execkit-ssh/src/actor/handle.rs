@@ -2,10 +2,10 @@
 //! queues for the thread, the state both share, and `Stream`, a streamed
 //! command's handle.
 
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use execkit_core::{
     raw::{ExitStatus, ShellEvent},
@@ -17,7 +17,7 @@ use tokio::sync::{
     oneshot,
 };
 
-use super::sys::Wake;
+use super::sys::{Socket, Wake};
 use super::{Actor, STREAM_HIGH_WATER};
 
 /// Why a channel could not be opened.
@@ -98,12 +98,13 @@ pub(crate) enum What {
         command: String,
         reply: oneshot::Sender<Result<ExecOutput, OpenError>>,
     },
-    /// A command without a terminal (binary-clean) whose stdin is fed by
-    /// `Req::Write`/`Req::Eof` and whose stdout streams to `events`, at most
+    /// A command without a terminal (binary-clean), or a forwarded
+    /// connection, whose input is fed by `Req::Write`/`Req::Eof` and whose
+    /// output streams to `events`, at most
     /// [`STREAM_HIGH_WATER`](super::STREAM_HIGH_WATER) bytes unconsumed.
     Stream {
         id: u64,
-        command: String,
+        start: Start,
         events: UnboundedSender<StreamEvent>,
         inflight: Arc<AtomicUsize>,
         reply: oneshot::Sender<Result<(), OpenError>>,
@@ -122,6 +123,31 @@ impl What {
             What::Stream { reply, .. } => {
                 let _ = reply.send(Err(e));
             }
+        }
+    }
+}
+
+/// What a stream channel carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// A command (stdout is the stream, stderr is kept apart).
+    Command(String),
+    /// A TCP connection the server makes to `host:port` (`direct-tcpip`,
+    /// as `ssh -W` and ProxyJump use).
+    Tcp { host: String, port: u16 },
+    /// A connection the server makes to a Unix socket on its side
+    /// (`direct-streamlocal`, e.g. a remote Docker engine's socket).
+    Unix(String),
+}
+
+impl Start {
+    /// What the channel reaches, for messages.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Start::Command(c) => format!("command `{c}`"),
+            Start::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
+            Start::Tcp { host, port } => format!("{host}:{port}"),
+            Start::Unix(path) => format!("unix socket {path}"),
         }
     }
 }
@@ -189,7 +215,8 @@ impl Conn {
     pub(crate) fn start(
         label: String,
         session: Session,
-        stream: TcpStream,
+        socket: Socket,
+        keepalive: Duration,
     ) -> std::io::Result<Arc<Conn>> {
         let wake = Arc::new(Wake::new()?);
         let shared = Arc::new(Shared::default());
@@ -197,7 +224,8 @@ impl Conn {
         session.set_blocking(false);
         let actor = Actor::new(
             session,
-            stream,
+            socket,
+            keepalive,
             wake.clone(),
             rx,
             shared.clone(),
@@ -290,26 +318,82 @@ pub(crate) struct Stream {
 impl Stream {
     /// Starts `command` on a fresh channel of `conn`.
     pub(crate) async fn open(conn: &Arc<Conn>, command: String) -> Result<Stream, OpenError> {
+        Stream::open_to(conn, Start::Command(command)).await
+    }
+
+    /// Opens a fresh stream channel of `conn` to `start`.
+    pub(crate) async fn open_to(conn: &Arc<Conn>, start: Start) -> Result<Stream, OpenError> {
+        let (stream, rx) = Stream::request(conn, start)?;
+        rx.await
+            .unwrap_or_else(|_| Err(OpenError::Lost(conn.lost_message())))?;
+        Ok(stream)
+    }
+
+    /// [`Stream::open_to`] for threads outside the runtime.
+    pub(crate) fn open_blocking(conn: &Arc<Conn>, start: Start) -> Result<Stream, OpenError> {
+        let (stream, rx) = Stream::request(conn, start)?;
+        rx.blocking_recv()
+            .unwrap_or_else(|_| Err(OpenError::Lost(conn.lost_message())))?;
+        Ok(stream)
+    }
+
+    /// Queues the open; the stream is usable once the reply says so.
+    #[allow(clippy::type_complexity)]
+    fn request(
+        conn: &Arc<Conn>,
+        start: Start,
+    ) -> Result<(Stream, oneshot::Receiver<Result<(), OpenError>>), OpenError> {
         let (events_tx, events) = unbounded_channel();
         let inflight = Arc::new(AtomicUsize::new(0));
         let id = conn.next_id();
         let (reply, rx) = oneshot::channel();
         conn.send(Req::Open(What::Stream {
             id,
-            command,
+            start,
             events: events_tx,
             inflight: inflight.clone(),
             reply,
         }))
         .map_err(OpenError::Lost)?;
-        rx.await
-            .unwrap_or_else(|_| Err(OpenError::Lost(conn.lost_message())))?;
-        Ok(Stream {
-            conn: conn.clone(),
-            id,
-            events,
-            inflight,
-        })
+        // Built before the reply: dropped early, it closes the channel.
+        Ok((
+            Stream {
+                conn: conn.clone(),
+                id,
+                events,
+                inflight,
+            },
+            rx,
+        ))
+    }
+
+    /// A handle that can write to this stream from another thread.
+    pub(crate) fn writer(&self) -> StreamWriter {
+        StreamWriter {
+            conn: self.conn.clone(),
+            id: self.id,
+        }
+    }
+
+    /// [`Stream::next`] for threads outside the runtime.
+    pub(crate) fn next_blocking(&mut self) -> StreamEvent {
+        match self.events.blocking_recv() {
+            Some(StreamEvent::Stdout(b)) => {
+                self.consumed(b.len());
+                StreamEvent::Stdout(b)
+            }
+            Some(end) => end,
+            None => StreamEvent::End(Err(self.conn.lost_message())),
+        }
+    }
+
+    /// `n` bytes of output left the channel's queue: below the high-water
+    /// mark again, the thread resumes reading it.
+    fn consumed(&self, n: usize) {
+        let before = self.inflight.fetch_sub(n, Ordering::Relaxed);
+        if before >= STREAM_HIGH_WATER && before - n < STREAM_HIGH_WATER {
+            self.conn.wake();
+        }
     }
 
     /// Writes `data` to the command's stdin; returns once the channel took
@@ -335,10 +419,7 @@ impl Stream {
     pub(crate) async fn next(&mut self) -> StreamEvent {
         match self.events.recv().await {
             Some(StreamEvent::Stdout(b)) => {
-                let before = self.inflight.fetch_sub(b.len(), Ordering::Relaxed);
-                if before >= STREAM_HIGH_WATER && before - b.len() < STREAM_HIGH_WATER {
-                    self.conn.wake();
-                }
+                self.consumed(b.len());
                 StreamEvent::Stdout(b)
             }
             Some(end) => end,
@@ -349,6 +430,32 @@ impl Stream {
     /// Where the command runs (`host:port`), for messages.
     pub(crate) fn label(&self) -> &str {
         &self.conn.label
+    }
+}
+
+/// The writing side of a [`Stream`], for another thread.
+#[derive(Debug)]
+pub(crate) struct StreamWriter {
+    conn: Arc<Conn>,
+    id: u64,
+}
+
+impl StreamWriter {
+    /// Writes `data`; returns once the channel took all of it.
+    pub(crate) fn write_blocking(&self, data: Vec<u8>) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.conn.send(Req::Write {
+            id: self.id,
+            data,
+            done,
+        })?;
+        rx.blocking_recv()
+            .unwrap_or_else(|_| Err(self.conn.lost_message()))
+    }
+
+    /// Closes the channel (the stream's reader then sees its end).
+    pub(crate) fn close(&self) {
+        let _ = self.conn.send(Req::Close { id: self.id });
     }
 }
 

@@ -16,8 +16,6 @@
 //! is the loop that ties them together.
 
 use std::collections::HashMap;
-use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, OnceLock};
@@ -47,9 +45,12 @@ mod sys;
 
 use channels::{fail_input, ExecChan, Input, ShellChan, StreamChan};
 use handle::{reject, Shared};
-pub(crate) use handle::{Conn, ExecOutput, OpenError, Req, Stream, StreamEnd, StreamEvent, What};
+pub(crate) use handle::{
+    Conn, ExecOutput, OpenError, Req, Start, Stream, StreamEnd, StreamEvent, What,
+};
 use setup::Pending;
-use sys::{bytes_received, code, dead, lost, poll_fd, Lost, Wake, EAGAIN};
+pub(crate) use sys::Socket;
+use sys::{code, dead, lost, poll_fd, Lost, Wake, EAGAIN};
 
 /// Output bytes handed to tokio but not yet consumed, per shell, above which
 /// the thread stops reading that channel (the SSH window then throttles the
@@ -64,8 +65,9 @@ const STREAM_READ: usize = 256 * 1024;
 /// How long to wait for the server's close (carrying the exit status) after EOF.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const IDLE_POLL: Duration = Duration::from_millis(250);
-/// Keepalive interval (sent with want-reply, so the server answers).
-pub(crate) const KEEPALIVE_SECS: u32 = 15;
+/// Keepalive interval (sent with want-reply, so the server answers) when
+/// the target does not set one (`ServerAliveInterval`).
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(15);
 /// How long the server may stay silent while it owes us an answer (to a
 /// keepalive, sent every 15 s, or to a channel set-up) before the
 /// connection counts as stalled and is given up. TCP alone cannot tell: a
@@ -74,7 +76,9 @@ pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(10);
 
 struct Actor {
     sess: Session,
-    stream: TcpStream,
+    stream: Socket,
+    /// How often to send a keepalive.
+    keepalive: Duration,
     wake: Arc<Wake>,
     rx: Receiver<Req>,
     shared: Arc<Shared>,
@@ -97,7 +101,8 @@ struct Actor {
 impl Actor {
     fn new(
         sess: Session,
-        stream: TcpStream,
+        stream: Socket,
+        keepalive: Duration,
         wake: Arc<Wake>,
         rx: Receiver<Req>,
         shared: Arc<Shared>,
@@ -106,6 +111,7 @@ impl Actor {
         Actor {
             sess,
             stream,
+            keepalive,
             wake,
             rx,
             shared,
@@ -117,7 +123,7 @@ impl Actor {
             read_buf: vec![0; STREAM_READ],
             closing: Vec::new(),
             shutdown: None,
-            next_keepalive: Instant::now() + Duration::from_secs(u64::from(KEEPALIVE_SECS)),
+            next_keepalive: Instant::now() + keepalive,
             expect: None,
         }
     }
@@ -137,7 +143,7 @@ impl Actor {
         self.shells.clear();
         self.pending.clear();
         let _ = self.sess.disconnect(None, "execkit session closed", None);
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.stream.shutdown();
     }
 
     fn fail_everything(&mut self, msg: &str) {
@@ -167,11 +173,11 @@ impl Actor {
     }
 
     fn lost(&self, what: &str, detail: &str) -> Lost {
-        lost(&self.label, self.stream.as_raw_fd(), what, detail)
+        lost(&self.label, self.stream.fd(), what, detail)
     }
 
     fn connection_dead(&self) -> bool {
-        dead(self.stream.as_raw_fd())
+        dead(self.stream.fd())
     }
 
     fn main_loop(&mut self) -> Result<(), Lost> {
@@ -239,7 +245,7 @@ impl Actor {
         match req {
             Req::Open(what) => {
                 // Not sent yet: the count now is from before the request.
-                self.expect_answer(bytes_received(self.stream.as_raw_fd()));
+                self.expect_answer(self.stream.received());
                 self.pending.push(Pending::new(what));
             }
             Req::Write { id, data, done } => {
@@ -327,7 +333,7 @@ impl Actor {
                 self.sess.block_directions(),
                 BlockDirections::Outbound | BlockDirections::Both
             )
-            || !poll_fd(self.stream.as_raw_fd(), libc::POLLOUT, 0);
+            || !poll_fd(self.stream.fd(), libc::POLLOUT, 0);
         if busy {
             self.next_keepalive = now + Duration::from_secs(1);
             return Ok(());
@@ -335,14 +341,14 @@ impl Actor {
         // Counted before sending: on a busy machine the woken server can
         // answer before this thread runs again, and an answer inside the
         // baseline would pass for silence.
-        let before = bytes_received(self.stream.as_raw_fd());
+        let before = self.stream.received();
         match self.sess.keepalive_send() {
             Ok(secs) => {
                 self.next_keepalive = now + Duration::from_secs(u64::from(secs.max(1)));
                 // libssh2 sends only when its interval has passed, and then
                 // reports the full interval; sent with want-reply, the
                 // server answers it.
-                if secs >= KEEPALIVE_SECS {
+                if u64::from(secs) >= self.keepalive.as_secs() {
                     self.expect_answer(before);
                 }
                 Ok(())
@@ -372,7 +378,7 @@ impl Actor {
         let Some((since, before)) = self.expect else {
             return Ok(());
         };
-        let Some(now_bytes) = bytes_received(self.stream.as_raw_fd()) else {
+        let Some(now_bytes) = self.stream.received() else {
             self.expect = None;
             return Ok(());
         };
@@ -381,7 +387,7 @@ impl Actor {
             self.expect = (!self.pending.is_empty()).then(|| (Instant::now(), now_bytes));
             return Ok(());
         }
-        if !self.reads_wanted() && poll_fd(self.stream.as_raw_fd(), libc::POLLIN, 0) {
+        if !self.reads_wanted() && poll_fd(self.stream.fd(), libc::POLLIN, 0) {
             // We hold the server back (every channel waits for a slow
             // consumer, so the socket is left unread): once our receive
             // buffer is full its answer queues behind channel data it
@@ -477,7 +483,7 @@ impl Actor {
         }
         let mut fds = [
             libc::pollfd {
-                fd: self.stream.as_raw_fd(),
+                fd: self.stream.fd(),
                 events: if inbound { libc::POLLIN } else { 0 }
                     | if outbound { libc::POLLOUT } else { 0 },
                 revents: 0,

@@ -4,13 +4,12 @@
 //! request's reply fails when a reply for another channel arrives meanwhile.
 
 use std::collections::VecDeque;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 
 use ssh2::{Channel, ExtendedData, PtyModeOpcode, PtyModes};
 
 use super::channels::{ExecChan, ShellChan, StreamChan};
-use super::handle::{OpenError, What};
+use super::handle::{OpenError, Start, What};
 use super::sys::{code, give_up_if_lost, Lost, CHANNEL_FAILURE, EAGAIN};
 use super::Actor;
 
@@ -135,33 +134,68 @@ impl Actor {
     /// One step of the head set-up: the outer error loses the connection,
     /// the inner one fails only this request.
     fn setup_step(&mut self) -> Result<Result<Step, OpenError>, Lost> {
-        let fd = self.stream.as_raw_fd();
+        let fd = self.stream.fd();
         let label = self.label.clone();
         let p = &mut self.pending[0];
         match p.stage {
-            Stage::Open => match self.sess.channel_session() {
-                Ok(mut chan) => {
-                    self.shared.open.fetch_add(1, Ordering::Relaxed);
-                    // A stream keeps stderr apart: its stdout is a file's bytes.
-                    if !matches!(p.what, What::Stream { .. }) {
-                        let _ = chan.handle_extended_data(ExtendedData::Merge);
-                    }
-                    p.chan = Some(chan);
-                    p.stage = match p.what {
-                        What::Shell { .. } => Stage::Pty,
-                        What::Exec { .. } | What::Stream { .. } => Stage::Start,
+            Stage::Open => {
+                let direct = match &p.what {
+                    What::Stream {
+                        start: Start::Tcp { host, port },
+                        ..
+                    } => Some(self.sess.channel_direct_tcpip(host, *port, None)),
+                    What::Stream {
+                        start: Start::Unix(path),
+                        ..
+                    } => Some(self.sess.channel_direct_streamlocal(path, None)),
+                    _ => None,
+                };
+                if let Some(opened) = direct {
+                    // A forwarded connection: open is all there is to it.
+                    return match opened {
+                        Ok(chan) => {
+                            self.shared.open.fetch_add(1, Ordering::Relaxed);
+                            p.chan = Some(chan);
+                            Ok(Ok(Step::Started))
+                        }
+                        Err(e) if code(&e) == EAGAIN => Ok(Ok(Step::Wait)),
+                        Err(e) => {
+                            give_up_if_lost(&e, fd, &label, "opening a forwarded connection")?;
+                            let to = match &p.what {
+                                What::Stream { start, .. } => start.describe(),
+                                _ => String::new(),
+                            };
+                            Ok(Err(OpenError::Failed(format!(
+                                "{label} did not open a connection to {to}: {}",
+                                forward_refusal(&e)
+                            ))))
+                        }
                     };
-                    Ok(Ok(Step::Advanced))
                 }
-                Err(e) if code(&e) == EAGAIN => Ok(Ok(Step::Wait)),
-                Err(e) if code(&e) == CHANNEL_FAILURE => {
-                    Ok(Err(OpenError::Refused(e.message().to_string())))
+                match self.sess.channel_session() {
+                    Ok(mut chan) => {
+                        self.shared.open.fetch_add(1, Ordering::Relaxed);
+                        // A stream keeps stderr apart: its stdout is a file's bytes.
+                        if !matches!(p.what, What::Stream { .. }) {
+                            let _ = chan.handle_extended_data(ExtendedData::Merge);
+                        }
+                        p.chan = Some(chan);
+                        p.stage = match p.what {
+                            What::Shell { .. } => Stage::Pty,
+                            What::Exec { .. } | What::Stream { .. } => Stage::Start,
+                        };
+                        Ok(Ok(Step::Advanced))
+                    }
+                    Err(e) if code(&e) == EAGAIN => Ok(Ok(Step::Wait)),
+                    Err(e) if code(&e) == CHANNEL_FAILURE => {
+                        Ok(Err(OpenError::Refused(e.message().to_string())))
+                    }
+                    Err(e) => {
+                        give_up_if_lost(&e, fd, &label, "opening a channel")?;
+                        Ok(Err(OpenError::Refused(e.message().to_string())))
+                    }
                 }
-                Err(e) => {
-                    give_up_if_lost(&e, fd, &label, "opening a channel")?;
-                    Ok(Err(OpenError::Refused(e.message().to_string())))
-                }
-            },
+            }
             Stage::Pty => {
                 let (chan, size) = match (&mut p.chan, &p.what) {
                     (Some(c), What::Shell { size, .. }) => (c, *size),
@@ -190,7 +224,11 @@ impl Actor {
                 let command = match &p.what {
                     What::Shell { command, .. }
                     | What::Exec { command, .. }
-                    | What::Stream { command, .. } => command,
+                    | What::Stream {
+                        start: Start::Command(command),
+                        ..
+                    } => command,
+                    What::Stream { .. } => unreachable!("a forwarded connection has no command"),
                 };
                 let chan = p.chan.as_mut().expect("channel after open");
                 match chan.exec(command) {
@@ -259,5 +297,20 @@ impl Actor {
                 }
             }
         }
+    }
+}
+
+/// Why the server would not forward a connection: libssh2's message,
+/// which names the server's reason ("administratively prohibited",
+/// "connect failed") where it has one.
+fn forward_refusal(e: &ssh2::Error) -> String {
+    let m = e.message();
+    if code(e) == CHANNEL_FAILURE && !m.contains('(') {
+        format!(
+            "{m} (forwarding disabled by the server's configuration, or the \
+             destination refused the connection)"
+        )
+    } else {
+        m.to_string()
     }
 }

@@ -2,7 +2,11 @@
 //! name, the eventfd that wakes the thread, and socket syscalls (peek for a
 //! dead peer, bytes received for stall detection, poll).
 
-use std::os::fd::RawFd;
+use std::net::TcpStream;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use ssh2::ErrorCode;
 
@@ -24,6 +28,43 @@ pub(super) const SOCKET_RECV: i32 = -43;
 pub(super) const ENCRYPT: i32 = -44;
 pub(super) const BAD_SOCKET: i32 = -45;
 pub(super) const MAC_FAILURE: i32 = -52;
+
+/// The byte stream a connection runs over: a TCP socket, or one end of a
+/// socket pair relayed through a jump host's forwarded channel.
+#[derive(Debug)]
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    Relay {
+        end: UnixStream,
+        /// Bytes the relay has delivered into `end` (the kernel keeps no
+        /// such count for a Unix socket).
+        received: Arc<AtomicU64>,
+    },
+}
+
+impl Socket {
+    pub(crate) fn fd(&self) -> RawFd {
+        match self {
+            Socket::Tcp(s) => s.as_raw_fd(),
+            Socket::Relay { end, .. } => end.as_raw_fd(),
+        }
+    }
+
+    /// Bytes received so far, for the stall check (`None`: unknown).
+    pub(super) fn received(&self) -> Option<u64> {
+        match self {
+            Socket::Tcp(s) => bytes_received(s.as_raw_fd()),
+            Socket::Relay { received, .. } => Some(received.load(Ordering::Relaxed)),
+        }
+    }
+
+    pub(super) fn shutdown(&self) {
+        let _ = match self {
+            Socket::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Socket::Relay { end, .. } => end.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
 
 /// A failure of the whole connection.
 pub(super) struct Lost(pub(super) String);
@@ -153,7 +194,7 @@ pub(super) fn dead(fd: RawFd) -> bool {
 /// or not libssh2 has read them; `None` where that cannot be known (then no
 /// stall is ever declared).
 #[cfg(target_os = "linux")]
-pub(super) fn bytes_received(fd: RawFd) -> Option<u64> {
+fn bytes_received(fd: RawFd) -> Option<u64> {
     // SAFETY: tcp_info is plain old data; getsockopt writes at most `len`
     // bytes into it and reports how many.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
