@@ -19,6 +19,7 @@
 //! - Cleanup runs the portable marker-kill script on a second channel.
 
 mod actor;
+pub mod config;
 mod connect;
 mod files;
 mod pool;
