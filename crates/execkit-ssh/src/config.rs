@@ -20,9 +20,10 @@
 //!   asks for: `Host` then matches the host name, as in ssh; host names
 //!   are never canonicalized); comma lists and `!` on criteria and
 //!   patterns. `exec` is never run, and `localnetwork`, `command`,
-//!   `version`, `sessiontype` or an unknown criterion cannot be decided:
-//!   such a block never applies, negated or not, and the criterion is
-//!   listed in `ignored` when the rest of its line matched.
+//!   `version`, `sessiontype` cannot be decided: such a block never
+//!   applies, negated or not, and the criterion is listed in `ignored`
+//!   when the rest of its line matched. An unknown criterion is an error
+//!   (as in ssh).
 //! - `Include` (several arguments, globs `*` `?` `[...]` in lexical order,
 //!   `~`; relative paths in `~/.ssh`, or `/etc/ssh` for the system file;
 //!   inside `Host`/`Match` it applies only when the block does; nesting
@@ -311,6 +312,7 @@ pub fn resolve_for(
         dest,
         final_pass: false,
         want_final: false,
+        pinned_host: None,
         f: Found::default(),
     };
     if let Some(u) = &dest.user {
@@ -321,6 +323,9 @@ pub fn resolve_for(
     }
     r.read_all(config)?;
     if r.want_final {
+        // As ssh: the host name is fixed before the second pass, whose
+        // HostName lines then change nothing.
+        r.pinned_host = Some(r.current_host()?.to_ascii_lowercase());
         r.final_pass = true;
         r.read_all(config)?;
     }
@@ -382,6 +387,8 @@ struct Resolver<'a> {
     dest: &'a Destination,
     final_pass: bool,
     want_final: bool,
+    /// The host name during the final pass.
+    pinned_host: Option<String>,
     f: Found,
 }
 
@@ -568,7 +575,10 @@ impl Resolver<'_> {
                     self.include(path, n, a, flags, active, depth)?;
                 }
             }
-            "hostname" => first(&mut self.f.host_name, on, one()?.to_string(), here()),
+            "hostname" => {
+                let v = one()?.to_string();
+                first(&mut self.f.host_name, on && !self.final_pass, v, here());
+            }
             "user" => first(&mut self.f.user, on, one()?.to_string(), here()),
             "hostkeyalias" => first(&mut self.f.host_key_alias, on, one()?.to_string(), here()),
             "tag" => {
@@ -722,10 +732,11 @@ impl Resolver<'_> {
                     match_list(tag, arg, false) == ListMatch::Yes
                 }
                 // exec is never run; the others need facts not known here.
-                _ => {
+                "exec" | "localnetwork" | "command" | "version" | "sessiontype" => {
                     undecided.push(format!("Match {lower}"));
                     continue;
                 }
+                _ => return Err(e(format!("Match: unsupported criterion `{attr}`"))),
             };
             if hit == negate {
                 result = false;
@@ -817,6 +828,9 @@ impl Resolver<'_> {
 
     /// `HostName` with `%h` expanded, or the alias (what `Match host` sees).
     fn current_host(&self) -> Result<String, ConfigError> {
+        if let Some(h) = &self.pinned_host {
+            return Ok(h.clone());
+        }
         match &self.f.host_name {
             Some(h) => expand_host_name(&h.value, &self.dest.alias).map_err(|r| {
                 let (file, line) =
@@ -1016,9 +1030,11 @@ fn check_perm(path: &Path, uid: u32) -> Result<(), ConfigError> {
         return Err(ConfigError {
             file: path.to_path_buf(),
             line: None,
-            reason: "bad owner or permissions: a config file must be owned by you or root \
-                     and not writable by group or others (ssh refuses it too)"
-                .into(),
+            reason: format!(
+                "bad owner or permissions: a config file must be owned by you or root and \
+                 not writable by group or others, as OpenSSH requires (chmod go-w {})",
+                path.display()
+            ),
         });
     }
     Ok(())
@@ -1663,6 +1679,22 @@ mod tests {
             c.identity_files,
             vec![fx.home().join(".ssh/web.internal.example")]
         );
+        // The first pass matches the alias as typed; the second the host
+        // name, fixed by then: `HostName` lines change nothing there
+        // (checked against `ssh -G`).
+        let c = fx.resolve("WEB");
+        assert_eq!(c.host_name, None);
+        assert_eq!(c.host(), "web");
+        assert_eq!((c.user.as_deref(), c.port), (None, None));
+        fx.user_config(
+            "Host web\n  HostName h.example\n  Port 1\n\
+             Match final\n  User u\n",
+        );
+        let c = fx.resolve("WEB");
+        assert_eq!(
+            (c.host(), c.port, c.user.as_deref()),
+            ("web".into(), Some(1), Some("u"))
+        );
         // Without `Match final` there is no second pass.
         let fx = Fixture::new();
         fx.user_config(
@@ -1679,7 +1711,7 @@ mod tests {
         let fx = Fixture::new();
         fx.user_config(
             "Include config.d/*.conf\n\
-             Host inc\n  Include hosts/inc\n\
+             Host inc\n  Include hosts/inc\n  ConnectTimeout 5\n\
              Host other\n  Include hosts/other\n\
              Host *\n  Port 22\n",
         );
@@ -1706,6 +1738,8 @@ mod tests {
         let c = fx.resolve("inc");
         assert_eq!(c.user.as_deref(), Some("from-include"));
         assert_eq!(c.port, Some(22));
+        // The included Match ended only its own file's block.
+        assert_eq!(c.connect_timeout, Some(Duration::from_secs(5)));
         assert!(c.identity_files.is_empty(), "{:?}", c.identity_files);
         let texts: Vec<_> = c.sources.iter().map(|s| s.text.as_str()).collect();
         assert_eq!(texts, ["Host inc", "Host *"]);
@@ -1978,6 +2012,7 @@ mod tests {
             ("Match host", "missing argument after `host`"),
             ("Match all host x", "cannot be combined"),
             ("Host \"\"", "empty pattern"),
+            ("Match foo bar\n  User x", "unsupported criterion `foo`"),
         ] {
             let cfg = fx.user_config(&format!("# header\n{text}\n"));
             let e = err_of(resolve("h", None, &fx.ctx()));
