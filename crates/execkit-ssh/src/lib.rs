@@ -20,6 +20,7 @@
 
 mod actor;
 mod apply;
+pub mod config;
 mod connect;
 mod files;
 mod pool;
