@@ -1,22 +1,148 @@
-//! Applying the OpenSSH client configuration to a target: what the
-//! target says wins, the configuration fills in the rest.
+//! Applying the OpenSSH client configuration (`config`) to a target: what
+//! the target says wins, the configuration fills in the rest. Keywords
+//! execkit does not use are named in one debug line, never an error.
 
-use crate::target::SshTarget;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::{self, Ctx, Destination, Proxy, StrictHostKeyChecking};
+use crate::target::{
+    home, local_user, parse_jumps, valid_host, valid_user, AgentSource, ConfigSource,
+    HostKeyPolicy, SshTarget,
+};
 
 /// Which settings the configuration supplied (a jump host takes the rest
 /// from the target it serves).
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Applied {
-    pub identity: bool,
-    pub known_hosts: bool,
-    pub host_key: bool,
-    pub connect_timeout: bool,
-    pub agent: bool,
+    identity: bool,
+    known_hosts: bool,
+    host_key: bool,
+    connect_timeout: bool,
+    agent: bool,
 }
 
-/// Applies the configuration `t.config` names for `t.alias`.
-pub(crate) fn apply(_t: &mut SshTarget) -> Result<Applied, String> {
-    Ok(Applied::default())
+/// Applies the configuration `t.config` names to `t` (found by its
+/// alias). The error is one line naming the file and line at fault.
+pub(crate) fn apply(t: &mut SshTarget) -> Result<Applied, String> {
+    let mut applied = Applied::default();
+    let file = match &t.config {
+        ConfigSource::None => return Ok(applied),
+        ConfigSource::Default => None,
+        ConfigSource::File(p) => Some(p.as_path()),
+    };
+    let ctx = Ctx {
+        local_user: local_user().unwrap_or_default(),
+        home: home().unwrap_or_else(|| PathBuf::from("/")),
+        ..Ctx::from_env().unwrap_or_else(|| Ctx {
+            local_user: String::new(),
+            home: PathBuf::from("/"),
+            uid: 0,
+            local_host: String::new(),
+            system_dir: PathBuf::from("/etc/ssh"),
+        })
+    };
+    let dest = Destination {
+        alias: t.alias.clone(),
+        user: t.given.user.then(|| t.user.clone()),
+        port: t.given.port.then_some(t.port),
+    };
+    let hc = config::resolve_for(&dest, file, &ctx).map_err(|e| e.to_string())?;
+    let at = |key: &str| {
+        hc.origins
+            .get(key)
+            .map_or_else(String::new, |s| format!("{s}: "))
+    };
+    if let Some(h) = &hc.host_name {
+        if !valid_host(h) {
+            return Err(format!(
+                "{}`{h}` is not a host name or address",
+                at("HostName")
+            ));
+        }
+        t.host = h.clone();
+    }
+    if let (false, Some(u)) = (t.given.user, &hc.user) {
+        if !valid_user(u) {
+            return Err(format!("{}`{u}` is not a user name", at("User")));
+        }
+        t.user = u.clone();
+    }
+    if let (false, Some(p)) = (t.given.port, hc.port) {
+        t.port = p;
+    }
+    if t.identity.is_none() && !hc.identity_files.is_empty() {
+        t.identities = hc.identity_files.clone();
+        applied.identity = true;
+    }
+    match hc.identity_agent.as_deref() {
+        Some("none") => t.agent = AgentSource::None,
+        Some("SSH_AUTH_SOCK") => t.agent = AgentSource::Env,
+        Some(path) => t.agent = AgentSource::Socket(PathBuf::from(path)),
+        None => {}
+    }
+    applied.agent = hc.identity_agent.is_some();
+    if hc.identities_only == Some(true) {
+        // Only the files named: an agent could offer any key it holds.
+        t.agent = AgentSource::None;
+        applied.agent = true;
+    }
+    if let (None, Some(files)) = (&t.known_hosts, &hc.user_known_hosts_files) {
+        // `none`: no file at all, so every key is unknown.
+        let mut files = files.iter().cloned();
+        t.known_hosts = Some(files.next().unwrap_or_else(|| PathBuf::from("/dev/null")));
+        t.more_known_hosts = files.collect();
+        applied.known_hosts = true;
+    }
+    if let (false, Some(strict)) = (t.given.host_key, hc.strict_host_key_checking) {
+        t.host_key = match strict {
+            // No terminal to ask on: as `yes`.
+            StrictHostKeyChecking::Yes | StrictHostKeyChecking::Ask => HostKeyPolicy::Strict,
+            StrictHostKeyChecking::AcceptNew => HostKeyPolicy::AcceptNew,
+            StrictHostKeyChecking::No => {
+                return Err(format!(
+                    "{}execkit does not turn host key checks off from a config file; \
+                     write host_key=no in the target to accept any key for this host",
+                    at("StrictHostKeyChecking")
+                ))
+            }
+        };
+        applied.host_key = true;
+    }
+    if let (false, Some(d)) = (t.given.connect_timeout, hc.connect_timeout) {
+        // 0: the system's TCP timeout in ssh; execkit always has a deadline.
+        if d > Duration::ZERO {
+            t.connect_timeout = d;
+            applied.connect_timeout = true;
+        }
+    }
+    if let Some(d) = hc.server_alive_interval.filter(|d| !d.is_zero()) {
+        t.keepalive = Some(d);
+    }
+    let mut ignored = hc.ignored.clone();
+    match &hc.proxy {
+        Some(Proxy::Jump(hops)) if t.jump.is_empty() => {
+            let list: Vec<String> = hops.iter().map(ToString::to_string).collect();
+            t.jump = parse_jumps(&list.join(",")).map_err(|e| format!("{}{e}", at("ProxyJump")))?;
+        }
+        Some(Proxy::Command(_)) => ignored.push("ProxyCommand (write ProxyJump)".into()),
+        _ => {}
+    }
+    if !hc.certificate_files.is_empty() {
+        ignored.push("CertificateFile".into());
+    }
+    if hc.host_key_alias.is_some() {
+        ignored.push("HostKeyAlias".into());
+    }
+    if !ignored.is_empty() {
+        tracing::debug!(
+            "ssh config for {}: not used by execkit: {}",
+            t.alias,
+            ignored.join(", ")
+        );
+    }
+    t.origin = hc.sources.iter().map(ToString::to_string).collect();
+    Ok(applied)
 }
 
 impl Applied {

@@ -243,6 +243,9 @@ pub struct HostConfig {
     pub proxy: Option<Proxy>,
     /// `HostKeyAlias`: the name to look the host key up by.
     pub host_key_alias: Option<String>,
+    /// `IdentityAgent`: the agent's socket, expanded; `none` and
+    /// `SSH_AUTH_SOCK` are kept as written.
+    pub identity_agent: Option<String>,
     /// The `Host`/`Match` lines that applied, in order.
     pub sources: Vec<Source>,
     /// Where each value above was set (by keyword as ssh spells it:
@@ -368,6 +371,7 @@ struct Found {
     server_alive_interval: Option<Located<Duration>>,
     proxy: Option<Located<RawProxy>>,
     host_key_alias: Option<Located<String>>,
+    identity_agent: Option<Located<String>>,
     tag: Option<String>,
     sources: Vec<Source>,
     ignored: Vec<String>,
@@ -409,6 +413,7 @@ const KEYWORDS: &[&str] = &[
     "proxyjump",
     "proxycommand",
     "hostkeyalias",
+    "identityagent",
     "tag",
     "ignoreunknown",
 ];
@@ -581,6 +586,7 @@ impl Resolver<'_> {
             }
             "user" => first(&mut self.f.user, on, one()?.to_string(), here()),
             "hostkeyalias" => first(&mut self.f.host_key_alias, on, one()?.to_string(), here()),
+            "identityagent" => first(&mut self.f.identity_agent, on, one()?.to_string(), here()),
             "tag" => {
                 let v = one()?;
                 if on && self.f.tag.is_none() {
@@ -919,6 +925,11 @@ impl Resolver<'_> {
             .iter()
             .map(|l| path("CertificateFile", l))
             .collect::<Result<Vec<_>, _>>()?;
+        let identity_agent = match &f.identity_agent {
+            None => None,
+            Some(l) if l.value == "none" || l.value == "SSH_AUTH_SOCK" => Some(l.value.clone()),
+            Some(l) => Some(path("IdentityAgent", l)?.to_string_lossy().into_owned()),
+        };
         let user_known_hosts_files = match &f.known_hosts {
             None => None,
             Some(l) if l.value.len() == 1 && l.value[0] == "none" => Some(Vec::new()),
@@ -979,6 +990,10 @@ impl Resolver<'_> {
             "HostKeyAlias",
             f.host_key_alias.as_ref().and_then(|l| l.at.as_ref()),
         );
+        origin(
+            "IdentityAgent",
+            f.identity_agent.as_ref().and_then(|l| l.at.as_ref()),
+        );
         if let Some(p) = &f.proxy {
             let name = match p.at.as_ref().map(|s| s.text.to_ascii_lowercase()) {
                 Some(t) if t.starts_with("proxycommand") => "ProxyCommand",
@@ -1005,6 +1020,7 @@ impl Resolver<'_> {
                 RawProxy::Command(c) => Proxy::Command(c),
             }),
             host_key_alias: f.host_key_alias.map(|l| l.value),
+            identity_agent,
             sources: f.sources,
             origins,
             ignored: f.ignored,

@@ -127,8 +127,28 @@ fn timed_out(e: &ssh2::Error) -> bool {
     e.code() == ssh2::ErrorCode::Session(-9)
 }
 
-/// Connects, verifies the host key and authenticates.
+/// Connects, verifies the host key and authenticates. A failure names
+/// the `Host`/`Match` blocks of the client configuration that applied.
 pub(crate) fn establish(t: &SshTarget, target: &str) -> Result<Established, TransportError> {
+    establish_inner(t, target).map_err(|e| match e {
+        TransportError::Unreachable {
+            target,
+            kind,
+            reason,
+            source,
+        } if !t.origin.is_empty() && !reason.contains(" [ssh config: ") => {
+            TransportError::Unreachable {
+                target,
+                kind,
+                reason: format!("{reason} [ssh config: {}]", t.origin.join("; ")),
+                source,
+            }
+        }
+        e => e,
+    })
+}
+
+fn establish_inner(t: &SshTarget, target: &str) -> Result<Established, TransportError> {
     if let Some(id) = &t.identity {
         if !id.is_file() {
             return Err(unreachable(

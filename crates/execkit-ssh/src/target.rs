@@ -339,7 +339,7 @@ impl SshTarget {
 
 /// `connect_timeout=SECS`: seconds, fractions allowed, more than 0 and at
 /// most one year.
-fn connect_timeout(v: &str) -> Result<Duration, String> {
+pub(crate) fn connect_timeout(v: &str) -> Result<Duration, String> {
     match v.trim().parse::<f64>() {
         Ok(s) if s.is_finite() && s > 0.0 && s <= MAX_CONNECT_TIMEOUT_SECS => {
             Ok(Duration::from_secs_f64(s))
@@ -461,7 +461,7 @@ fn split_host_port(hostport: &str) -> Result<(String, Option<u16>), String> {
 
 /// Login names: portable POSIX names plus `@` (directory accounts). Never
 /// starting with `-`, so no tool could read one as an option.
-fn valid_user(u: &str) -> bool {
+pub(crate) fn valid_user(u: &str) -> bool {
     !u.starts_with('-')
         && u.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
@@ -469,7 +469,7 @@ fn valid_user(u: &str) -> bool {
 
 /// DNS names and IPv4 addresses (letters, digits, `.`, `-`, `_`), or IPv6
 /// addresses as written inside brackets (hex digits, `:`, `.`, `%zone`).
-fn valid_host(h: &str) -> bool {
+pub(crate) fn valid_host(h: &str) -> bool {
     if h.starts_with('-') || h.is_empty() {
         return false;
     }

@@ -268,6 +268,282 @@ async fn an_agent_held_key_logs_in(e: Env) {
     drop(agent);
 }
 
+/// Writes `text` as an ssh_config in a scratch directory of its own.
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let p = scratch(name).join("ssh_config");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Fails when `ssh://ALIAS?config=…` does not take HostName, Port, User,
+/// IdentityFile and UserKnownHostsFile from the file — across a wildcard
+/// block and an `Include` of a glob — or does not go on to the second
+/// identity file when the first is refused.
+async fn an_alias_takes_its_settings_from_ssh_config(e: Env) {
+    let d = scratch("alias-config");
+    let kh = e.known_hosts("alias-config-kh", false);
+    std::fs::create_dir_all(d.join("conf.d")).unwrap();
+    std::fs::write(
+        d.join("conf.d/10-db.conf"),
+        format!(
+            "Host prod-db\n    HostName 127.0.0.1\n    Port {}\n    IdentitiesOnly yes\n",
+            e.port()
+        ),
+    )
+    .unwrap();
+    // A block that must not apply: it would send prod-db to a closed port.
+    std::fs::write(
+        d.join("conf.d/20-other.conf"),
+        "Host prod-other\n    Port 1\n",
+    )
+    .unwrap();
+    let config = d.join("ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "# a user's config\nInclude {}/conf.d/*.conf\n\n\
+             Host prod-* !prod-other\n    ServerAliveInterval 20\n    UnknownKeywordExeckitDoesNotKnow yes\n\n\
+             Host *\n    User {}\n    IdentityFile {}\n    IdentityFile {}\n    UserKnownHostsFile {}\n",
+            d.display(),
+            e.user(),
+            e.key("wrong_ed25519").display(),
+            e.key("user_ed25519").display(),
+            kh.display()
+        ),
+    )
+    .unwrap();
+    let url = format!("ssh://prod-db?config={}", config.display());
+    let t = SshTarget::parse(&url).unwrap().resolved().unwrap();
+    assert_eq!(
+        (t.host.as_str(), t.port, t.user.as_str()),
+        ("127.0.0.1", e.port(), e.user())
+    );
+    assert_eq!(
+        t.identities,
+        [e.key("wrong_ed25519"), e.key("user_ed25519")]
+    );
+    assert_eq!(t.keepalive, Some(Duration::from_secs(20)));
+    let mut s = open(&url).await.unwrap();
+    assert_eq!(run_ok(&mut s, "echo aliased").await, "aliased");
+    s.close().await.unwrap();
+    // What the target says wins: its own (wrong) identity, not the file's.
+    let url = format!(
+        "ssh://prod-db?config={}&identity={}",
+        config.display(),
+        e.key("wrong_ed25519").display()
+    );
+    let (kind, reason) = unreachable(open(&url).await);
+    assert_eq!(kind, ErrorKind::AuthRefused, "{reason}");
+    assert!(!reason.contains("user_ed25519"), "{reason}");
+    // A failure names the blocks that applied.
+    assert!(
+        reason.contains("conf.d/10-db.conf line 1: Host prod-db"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("line 2: Host prod-* !prod-other")
+            || reason.contains("Host prod-* !prod-other"),
+        "{reason}"
+    );
+    // An explicit file that does not exist is an error naming it.
+    let missing = d.join("nope");
+    match open(&format!("ssh://prod-db?config={}", missing.display())).await {
+        Err(SessionError::Transport(TransportError::InvalidTarget { reason, .. })) => {
+            assert!(reason.contains(&missing.display().to_string()), "{reason}")
+        }
+        other => panic!("{:?}", other.err()),
+    }
+}
+
+/// Fails when `StrictHostKeyChecking no` in a config file switches host
+/// key checks off (only the target itself may: `host_key=no`), or when
+/// `accept-new` from the file is not applied.
+async fn host_key_checks_are_not_switched_off_by_a_config_file(e: Env) {
+    let empty = scratch("strict-no").join("known_hosts");
+    std::fs::write(&empty, "").unwrap();
+    let config = write_config(
+        "strict-no-config",
+        &format!(
+            "Host lax\n    HostName 127.0.0.1\n    Port {}\n    User {}\n    IdentityFile {}\n    \
+             UserKnownHostsFile {}\n    StrictHostKeyChecking no\n\
+             Host newcomer\n    HostName 127.0.0.1\n    Port {}\n    User {}\n    IdentityFile {}\n    \
+             UserKnownHostsFile {}\n    StrictHostKeyChecking accept-new\n",
+            e.port(),
+            e.user(),
+            e.key("user_ed25519").display(),
+            empty.display(),
+            e.port(),
+            e.user(),
+            e.key("user_ed25519").display(),
+            empty.display(),
+        ),
+    );
+    match open(&format!("ssh://lax?config={}", config.display())).await {
+        Err(SessionError::Transport(TransportError::InvalidTarget { reason, .. })) => {
+            assert!(reason.contains("StrictHostKeyChecking no"), "{reason}");
+            assert!(reason.contains("host_key=no"), "{reason}");
+            assert!(reason.contains("line 7"), "{reason}");
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    // Said by the target, it is the user's call: any key, nothing recorded.
+    let mut s = open(&format!(
+        "ssh://lax?config={}&host_key=no",
+        config.display()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(run_ok(&mut s, "echo unchecked").await, "unchecked");
+    s.close().await.unwrap();
+    assert_eq!(std::fs::read_to_string(&empty).unwrap(), "");
+    // accept-new from the file records the key.
+    let mut s = open(&format!("ssh://newcomer?config={}", config.display()))
+        .await
+        .unwrap();
+    assert_eq!(run_ok(&mut s, "echo recorded").await, "recorded");
+    s.close().await.unwrap();
+    let recorded = std::fs::read_to_string(&empty).unwrap();
+    assert!(
+        recorded.starts_with(&format!("[127.0.0.1]:{} ", e.port())),
+        "{recorded}"
+    );
+}
+
+/// Fails when `ProxyJump` in the config is not followed — one hop, and a
+/// chain of two (the jump host reached through itself) — or when each
+/// hop is not verified.
+async fn proxy_jump_from_ssh_config_one_hop_and_a_chain(e: Env) {
+    let kh = e.known_hosts("proxyjump-kh", true);
+    let common = format!(
+        "Host *\n    User {}\n    IdentityFile {}\n    UserKnownHostsFile {}\n",
+        e.user(),
+        e.key("user_ed25519").display(),
+        kh.display()
+    );
+    let config = write_config(
+        "proxyjump",
+        &format!(
+            "Host bastion\n    HostName 127.0.0.1\n    Port {jp}\n\
+             Host inner\n    HostName 127.0.0.1\n    Port {p}\n    ProxyJump bastion\n\
+             Host deep\n    HostName 127.0.0.1\n    Port {p}\n    ProxyJump bastion,127.0.0.1:{jp}\n\
+             {common}",
+            jp = e.jump_port,
+            p = e.port(),
+        ),
+    );
+    for alias in ["inner", "deep"] {
+        let url = format!("ssh://{alias}?config={}", config.display());
+        let t = SshTarget::parse(&url).unwrap().resolved().unwrap();
+        assert_eq!(t.jump.len(), if alias == "deep" { 2 } else { 1 }, "{t:?}");
+        let mut s = open(&url).await.unwrap();
+        let from = client_port(&mut s).await;
+        let owner = Command::new("ss")
+            .args(["-Htnp", "state", "established", &format!("sport = :{from}")])
+            .output()
+            .unwrap();
+        let owner = String::from_utf8_lossy(&owner.stdout);
+        assert!(
+            owner.contains("sshd"),
+            "{alias}: the connection came from {owner:?}"
+        );
+        assert_eq!(run_ok(&mut s, "echo hop").await, "hop");
+        s.close().await.unwrap();
+    }
+    // Without the jump host's key: refused at the jump host, named.
+    let kh_only_target = e.known_hosts("proxyjump-unknown", false);
+    let config = write_config(
+        "proxyjump-unknown-config",
+        &format!(
+            "Host bastion\n    HostName 127.0.0.1\n    Port {}\n\
+             Host inner\n    HostName 127.0.0.1\n    Port {}\n    ProxyJump bastion\n\
+             Host *\n    User {}\n    IdentityFile {}\n    UserKnownHostsFile {}\n",
+            e.jump_port,
+            e.port(),
+            e.user(),
+            e.key("user_ed25519").display(),
+            kh_only_target.display()
+        ),
+    );
+    let (kind, reason) =
+        unreachable(open(&format!("ssh://inner?config={}", config.display())).await);
+    assert_eq!(kind, ErrorKind::HostKeyUnknown, "{reason}");
+    assert!(reason.starts_with("jump host bastion ("), "{reason}");
+}
+
+/// Fails when `IdentityAgent` in the config is not used (the key is held
+/// only by an agent no environment variable names), or `IdentityAgent
+/// none` still asks it.
+async fn identity_agent_from_ssh_config(e: Env) {
+    let agent = Agent::start("identity-agent", &[&e.key("user_rsa")]);
+    let kh = e.known_hosts("identity-agent-kh", false);
+    let config = write_config(
+        "identity-agent-config",
+        &format!(
+            "Host with-agent\n    IdentityAgent {}\n\
+             Host no-agent\n    IdentityAgent none\n\
+             Host *\n    HostName 127.0.0.1\n    Port {}\n    User {}\n    UserKnownHostsFile {}\n",
+            agent.socket.display(),
+            e.port(),
+            e.user(),
+            kh.display()
+        ),
+    );
+    let mut s = open(&format!("ssh://with-agent?config={}", config.display()))
+        .await
+        .unwrap();
+    assert_eq!(run_ok(&mut s, "echo agent").await, "agent");
+    s.close().await.unwrap();
+    let (kind, reason) =
+        unreachable(open(&format!("ssh://no-agent?config={}", config.display())).await);
+    assert_eq!(kind, ErrorKind::AuthRefused, "{reason}");
+    drop(agent);
+}
+
+/// Fails when `ssh://ALIAS` without `config=` does not read
+/// `~/.ssh/config`. Runs in a child process whose HOME is a scratch
+/// directory with that file.
+async fn the_default_config_is_home_ssh_config(e: Env) {
+    const ALONE: &str = "EXECKIT_SSH_REACH_HOME";
+    const NAME: &str = "the_default_config_is_home_ssh_config";
+    if std::env::var_os(ALONE).is_some() {
+        let mut s = open("ssh://home-alias").await.unwrap();
+        assert_eq!(run_ok(&mut s, "echo home").await, "home");
+        s.close().await.unwrap();
+        return;
+    }
+    let home = scratch("home");
+    let kh = e.known_hosts("home-kh", false);
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    std::fs::write(
+        home.join(".ssh/config"),
+        format!(
+            "Host home-alias\n    HostName 127.0.0.1\n    Port {}\n    User {}\n    \
+             IdentityFile {}\n    UserKnownHostsFile {}\n",
+            e.port(),
+            e.user(),
+            e.key("user_ed25519").display(),
+            kh.display()
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", NAME, "--test-threads", "1"])
+            .env(ALONE, "1")
+            .env("HOME", &home)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// An `ssh-agent` of the test's own, stopped by PID.
 struct Agent {
     child: Child,
@@ -329,5 +605,10 @@ fn main() -> ExitCode {
         with_sshd!(a_jump_host_with_an_unknown_key_is_refused),
         with_sshd!(an_encrypted_key_opens_with_its_passphrase_from_the_environment),
         with_sshd!(an_agent_held_key_logs_in),
+        with_sshd!(an_alias_takes_its_settings_from_ssh_config),
+        with_sshd!(host_key_checks_are_not_switched_off_by_a_config_file),
+        with_sshd!(proxy_jump_from_ssh_config_one_hop_and_a_chain),
+        with_sshd!(identity_agent_from_ssh_config),
+        with_sshd!(the_default_config_is_home_ssh_config),
     ])
 }
