@@ -48,21 +48,31 @@ async fn main() -> anyhow::Result<()> {
     let close = t2.elapsed();
     s.close().await?;
 
-    // One-shot OpenSSH client, same host, key and known_hosts.
+    // One-shot OpenSSH client, same host, key and known_hosts (or the
+    // same config file and alias, jump hosts included).
     let identity = t.identity.clone().unwrap_or_default();
     let known = t.known_hosts_path().unwrap_or_default();
     let mut oneshot = Vec::new();
     for _ in 0..20 {
         let t0 = Instant::now();
-        let st = std::process::Command::new("ssh")
-            .arg("-i")
-            .arg(&identity)
-            .arg("-p")
-            .arg(t.port.to_string())
-            .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", known.display()))
-            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
-            .arg(format!("{}@{}", t.user, t.host))
+        let mut cmd = std::process::Command::new("ssh");
+        match &t.config {
+            execkit_ssh::ConfigSource::File(f) if t.identity.is_none() => {
+                cmd.arg("-F").arg(f).arg(&t.alias);
+            }
+            _ => {
+                cmd.arg("-i")
+                    .arg(&identity)
+                    .arg("-p")
+                    .arg(t.port.to_string())
+                    .arg("-o")
+                    .arg(format!("UserKnownHostsFile={}", known.display()))
+                    .args(["-o", "StrictHostKeyChecking=yes"])
+                    .arg(format!("{}@{}", t.user, t.host));
+            }
+        }
+        let st = cmd
+            .args(["-o", "BatchMode=yes"])
             .arg("true")
             .stdin(std::process::Stdio::null())
             .status()?;
