@@ -326,6 +326,10 @@ fn read(path: &std::path::Path, what: &str) -> Result<Vec<u8>, SetupError> {
             _ => ErrorKind::Other,
         };
         let why = match e.kind() {
+            io::ErrorKind::NotFound if what == "the CA certificate" => {
+                "no such file (the engine's certificate is verified against this CA only)"
+                    .to_string()
+            }
             io::ErrorKind::NotFound => "no such file".to_string(),
             _ => e.to_string(),
         };

@@ -126,9 +126,12 @@ impl Engine {
                 match tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version()).await {
                     Ok(Ok(d)) => d,
                     Ok(Err(e)) => {
-                        let (kind, why) = match dialer.explain(&e) {
-                            Some(explained) => explained,
-                            None => (chain_kind(&e), format!("does not answer: {}", one_line(&e))),
+                        let (kind, why) = match (dialer.explain(&e), plain_to_tls(&e)) {
+                            (Some(explained), _) => explained,
+                            (None, Some(hint)) => (ErrorKind::Other, hint),
+                            (None, None) => {
+                                (chain_kind(&e), format!("does not answer: {}", one_line(&e)))
+                            }
                         };
                         return Err(unreachable(
                             kind,
@@ -170,6 +173,14 @@ impl Engine {
 
     /// Maps a bollard error of `what` to a transport error.
     fn error(&self, what: &str, e: BollardError) -> TransportError {
+        if let Some(hint) = plain_to_tls(&e) {
+            return TransportError::unreachable(
+                &self.target,
+                ErrorKind::Other,
+                format!("{what}: the Docker engine at {}: {hint}", self.at()),
+            )
+            .with_source(e);
+        }
         match e {
             BollardError::DockerResponseServerError {
                 status_code,
@@ -339,6 +350,22 @@ pub(crate) fn chain_kind(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
         .into_iter()
         .find_map(|c| c.downcast_ref::<io::Error>())
         .map_or(ErrorKind::Other, io_kind)
+}
+
+/// Plain HTTP sent to a TLS port: Go's server answers 400 "Client sent an
+/// HTTP request to an HTTPS server." — say what to set instead.
+fn plain_to_tls(e: &BollardError) -> Option<String> {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code: 400,
+            message,
+        } if message.contains("HTTPS server") => Some(format!(
+            "it takes only TLS (it answered: {}); set DOCKER_TLS_VERIFY=1 with its CA and a client \
+             certificate in DOCKER_CERT_PATH, or use a Docker context that has them",
+            message.trim()
+        )),
+        _ => None,
+    }
 }
 
 /// A reason as it reads after "the Docker engine at X": "does not
