@@ -125,8 +125,8 @@ impl fmt::Debug for DockerTransport {
 }
 
 impl DockerTransport {
-    /// Parses `docker:NAME`, `docker:NAME?context=CTX`,
-    /// `docker://HOST:PORT/NAME` or `docker:///NAME`, and chooses the
+    /// Parses `docker:NAME`, `docker:///NAME`, `docker:///NAME?context=CTX`
+    /// or `docker://HOST:PORT/NAME`, and chooses the
     /// engine as the docker CLI would (see [`Endpoint::from_env`]; a named
     /// context's files are read now). Does not touch the network.
     pub fn new(target: &str) -> Result<Self, TransportError> {
@@ -141,7 +141,7 @@ impl DockerTransport {
             reason,
         };
         let usage =
-            "expected `docker:NAME`, `docker:NAME?context=CONTEXT` or `docker://HOST:PORT/NAME`";
+            "expected `docker:NAME`, `docker:///NAME?context=CONTEXT` or `docker://HOST:PORT/NAME`";
         let rest = match target.split_once(':') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("docker") => rest,
             _ => return Err(invalid(usage.into())),
@@ -150,6 +150,14 @@ impl DockerTransport {
             Some((r, q)) => (r, Some(q)),
             None => (rest, None),
         };
+        // Parameters belong to the URL form, where an allow-list pattern
+        // must name each (`docker:*` must not admit another engine).
+        if let (Some(q), false) = (query, rest.starts_with("//")) {
+            return Err(invalid(format!(
+                "parameters go with the URL form: `docker:///{}?{q}`",
+                rest.trim_start_matches('/')
+            )));
+        }
         let mut context = None;
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
             match pair.split_once('=') {
@@ -160,7 +168,7 @@ impl DockerTransport {
                 Some(("context", _)) => return Err(invalid("`context` given twice".into())),
                 _ => {
                     return Err(invalid(format!(
-                        "unknown parameter `{pair}` (a docker target takes `context=NAME`)"
+                        "unknown parameter `{pair}` (a docker target takes `context=NAME`: `docker:///NAME?context=CONTEXT`)"
                     )))
                 }
             }
@@ -180,7 +188,7 @@ impl DockerTransport {
                     chosen(env).map_err(invalid)?
                 } else if context.is_some() {
                     return Err(invalid(
-                        "both an engine address and a context: give one (`docker://HOST:PORT/NAME` or `docker:NAME?context=CONTEXT`)".into(),
+                        "both an engine address and a context: give one (`docker://HOST:PORT/NAME` or `docker:///NAME?context=CONTEXT`)".into(),
                     ));
                 } else {
                     let addr = endpoint::host_port(host).map_err(invalid)?;
@@ -339,7 +347,7 @@ fn connect(target: &str) -> Result<Arc<dyn Transport>, TransportError> {
 execkit_core::register_transport! {
     scheme: "docker",
     summary: "a shell in a running container (DOCKER_HOST, TLS and Docker contexts honoured)",
-    example: "docker:web, docker:web?context=staging, docker://127.0.0.1:2375/web",
+    example: "docker:web, docker:///web?context=staging, docker://127.0.0.1:2375/web",
     connect: connect,
 }
 
@@ -388,13 +396,15 @@ mod tests {
             "docker://h",
             "dock:x",
             "docker:web?",
-            "docker:web?shell=/bin/sh",
-            "docker:web?context=",
-            "docker:web?context=../x",
-            "docker:web?context=a/b",
-            "docker:web?context=a&context=b",
+            "docker:web?context=staging",
+            "docker:///web?",
+            "docker:///web?shell=/bin/sh",
+            "docker:///web?context=",
+            "docker:///web?context=../x",
+            "docker:///web?context=a/b",
+            "docker:///web?context=a&context=b",
             "docker://h:1/web?context=a",
-            "docker:?context=a",
+            "docker:///?context=a",
         ] {
             let e = bare(bad).unwrap_err();
             assert!(e.is_usage(), "{bad}: {e}");
@@ -422,22 +432,24 @@ mod tests {
             "DOCKER_CONTEXT" => Some("nope".into()),
             _ => None,
         };
-        for target in [
-            "docker:web?context=staging",
-            "docker:///web?context=staging",
-        ] {
-            let t = DockerTransport::new_in(target, &env).unwrap();
-            assert_eq!(t.container(), "web");
-            assert_eq!(
-                t.endpoint(),
-                &Endpoint::Tls(TlsEndpoint {
-                    addr: "10.1.2.3:2376".into(),
-                    ca: tls.join("ca.pem"),
-                    client: None,
-                })
-            );
-        }
-        let e = DockerTransport::new_in("docker:web?context=other", &env).unwrap_err();
+        let t = DockerTransport::new_in("docker:///web?context=staging", &env).unwrap();
+        assert_eq!(t.container(), "web");
+        assert_eq!(
+            t.endpoint(),
+            &Endpoint::Tls(TlsEndpoint {
+                addr: "10.1.2.3:2376".into(),
+                ca: tls.join("ca.pem"),
+                client: None,
+            })
+        );
+        // The opaque form takes no parameters: an allow-list pattern
+        // `docker:*` would admit them unseen.
+        let e = DockerTransport::new_in("docker:web?context=staging", &env).unwrap_err();
+        assert!(
+            e.to_string().contains("docker:///web?context=staging"),
+            "{e}"
+        );
+        let e = DockerTransport::new_in("docker:///web?context=other", &env).unwrap_err();
         assert!(e.is_usage() && e.to_string().contains("`other`"), "{e}");
         // Without it, DOCKER_HOST decides.
         let t = DockerTransport::new_in("docker:web", &env).unwrap();

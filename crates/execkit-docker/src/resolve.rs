@@ -11,7 +11,7 @@
 //!    `~/.docker/config.json`).
 //! 4. else the `default` context: `/var/run/docker.sock`.
 //!
-//! `docker:NAME?context=CTX` names the context itself (`docker --context
+//! `docker:///NAME?context=CTX` names the context itself (`docker --context
 //! CTX`: it wins over all of the above); `docker://HOST:PORT/NAME` names
 //! the engine (`docker -H tcp://HOST:PORT`: TLS when `DOCKER_TLS_VERIFY`
 //! is set, with `DOCKER_CERT_PATH`).

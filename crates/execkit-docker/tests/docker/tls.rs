@@ -509,7 +509,7 @@ pub(crate) async fn contexts_select_the_tls_engine(env: Env) -> anyhow::Result<(
     let r = child(&target, with_cfg, &[], &cfg.0).await?;
     expect_ok("currentContext in config.json", r)?;
 
-    let explicit = format!("docker:{}?context={}", t.container, TLS_CONTEXT.0);
+    let explicit = format!("docker:///{}?context={}", t.container, TLS_CONTEXT.0);
     if !plain_host.is_empty() {
         let r = child(&target, with_cfg, &[("DOCKER_HOST", &plain_host)], &cfg.0).await?;
         let e = expect_err("DOCKER_HOST over currentContext", r)?;
@@ -531,7 +531,7 @@ pub(crate) async fn contexts_select_the_tls_engine(env: Env) -> anyhow::Result<(
     }
     std::fs::remove_file(cfg.0.join("config.json"))?;
     let r = child(&explicit, with_cfg, &[], &cfg.0).await?;
-    expect_ok("docker:NAME?context=CTX", r)?;
+    expect_ok("docker:///NAME?context=CTX", r)?;
 
     let r = child(
         &target,
