@@ -120,8 +120,10 @@ pub type ConnectFuture<'a> =
 /// session's shell: the connector must allow many at once.
 pub trait EngineConnector: Send + Sync {
     /// A fresh stream to the engine's API socket. Its error is shown to
-    /// the user after "cannot connect to the Docker engine at NAME:", so
-    /// it should say what failed.
+    /// the user after the tunnel's name ("the Docker engine at NAME does
+    /// not answer: …"), so it should say what failed; its
+    /// [`io::ErrorKind`] becomes the error's kind (`ConnectionRefused`,
+    /// `PermissionDenied`, `TimedOut`).
     fn connect(&self) -> ConnectFuture<'_>;
 }
 

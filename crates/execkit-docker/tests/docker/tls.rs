@@ -578,3 +578,93 @@ pub(crate) async fn contexts_select_the_tls_engine(env: Env) -> anyhow::Result<(
     );
     Ok(())
 }
+
+/// Opens each connection to the plain engine's Unix socket itself and
+/// counts them: the hook an `ssh://` engine will use.
+struct CountingConnector {
+    socket: PathBuf,
+    opened: std::sync::atomic::AtomicUsize,
+}
+
+impl execkit_docker::EngineConnector for CountingConnector {
+    fn connect(&self) -> execkit_docker::ConnectFuture<'_> {
+        Box::pin(async move {
+            self.opened
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let s = tokio::net::UnixStream::connect(&self.socket).await?;
+            Ok(Box::new(s) as Box<dyn execkit_docker::EngineStream>)
+        })
+    }
+}
+
+/// An engine behind a connector of the caller's ([`Endpoint::Tunnel`]):
+/// the API calls, the shell's stream and a file transfer all go through
+/// it, and a connector that fails is reported with its name.
+pub(crate) async fn a_tunnel_carries_every_connection(env: Env) -> anyhow::Result<()> {
+    let socket = match std::env::var("DOCKER_HOST") {
+        Ok(h) if h.starts_with("unix://") => PathBuf::from(&h["unix://".len()..]),
+        _ => PathBuf::from("/var/run/docker.sock"),
+    };
+    let connector = Arc::new(CountingConnector {
+        socket,
+        opened: 0.into(),
+    });
+    let tunnel = |connector: Arc<dyn execkit_docker::EngineConnector>| {
+        Endpoint::Tunnel(execkit_docker::Tunnel {
+            name: "ssh://tester@engine-host (test tunnel)".into(),
+            connector,
+        })
+    };
+    let transport: Arc<dyn Transport> = Arc::new(DockerTransport::with_endpoint(
+        &format!("docker:{}", env.container),
+        &env.container,
+        tunnel(connector.clone()),
+    )?);
+    let mut s = Session::open_with(transport.clone(), config()).await?;
+    ok(&mut s, "cd /tmp").await?;
+    let out = ok(&mut s, "pwd").await?;
+    ensure!(out == "/tmp", "{out:?}");
+    s.close().await?;
+    let files = transport.files().context("no native files")?;
+    let path = format!("/tmp/execkit-tunnel-{}.txt", std::process::id());
+    execkit_core::raw::write_file(&*files, &path, b"through the tunnel").await?;
+    ensure!(execkit_core::raw::read_file(&*files, &path).await? == b"through the tunnel");
+    let opened = connector.opened.load(std::sync::atomic::Ordering::SeqCst);
+    // Inspect, exec create, start, resize, … — at least the shell's stream
+    // and the transfer's.
+    ensure!(
+        opened >= 4,
+        "only {opened} connections went through the tunnel"
+    );
+
+    struct Failing;
+    impl execkit_docker::EngineConnector for Failing {
+        fn connect(&self) -> execkit_docker::ConnectFuture<'_> {
+            Box::pin(async {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "the SSH server said no",
+                ))
+            })
+        }
+    }
+    let failing: Arc<dyn Transport> = Arc::new(DockerTransport::with_endpoint(
+        &format!("docker:{}", env.container),
+        &env.container,
+        Endpoint::Tunnel(execkit_docker::Tunnel {
+            name: "ssh://tester@nowhere".into(),
+            connector: Arc::new(Failing),
+        }),
+    )?);
+    let (msg, e) = refused(failing).await?;
+    ensure!(
+        msg.contains("ssh://tester@nowhere") && msg.contains("the SSH server said no"),
+        "{msg}"
+    );
+    ensure!(
+        e.kind() == ErrorKind::ConnectionRefused,
+        "{:?}: {msg}",
+        e.kind()
+    );
+    Ok(())
+}
