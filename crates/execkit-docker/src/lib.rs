@@ -1,11 +1,22 @@
 //! execkit transport `docker`: a shell inside a running container.
 //!
-//! Targets: `docker:NAME_OR_ID` (the engine named by `DOCKER_HOST`, else
-//! `/var/run/docker.sock`) and `docker://HOST:PORT/NAME` (a remote engine
-//! over plain HTTP). The container is inspected and the exec created,
-//! resized and inspected through `bollard`; the exec's terminal stream is a
-//! raw HTTP upgrade written here (module `engine`), because bollard's TTY
-//! attach decoder mangles chunks that start with bytes 0x00–0x02.
+//! Targets: `docker:NAME_OR_ID` on the engine the docker CLI would use
+//! (`DOCKER_HOST`, with TLS per `DOCKER_TLS_VERIFY` and
+//! `DOCKER_CERT_PATH`; else the Docker context of `DOCKER_CONTEXT` or of
+//! `currentContext` in `~/.docker/config.json`; else
+//! `/var/run/docker.sock`), `docker:///NAME?context=CTX` on the engine of a
+//! named context, and `docker://HOST:PORT/NAME` (plain HTTP, or TLS when
+//! `DOCKER_TLS_VERIFY` is set). A library picks an engine itself with
+//! [`DockerTransport::with_endpoint`]: an [`Endpoint::Tls`] with files of
+//! its own, or an [`Endpoint::Tunnel`] whose [`EngineConnector`] opens each
+//! connection (how an engine behind SSH will be reached).
+//!
+//! Every connection to the engine is opened in one place (module
+//! `engine::dial`); the container is inspected and the exec created,
+//! resized and inspected through `bollard` over those connections; the
+//! exec's terminal stream is a raw HTTP upgrade written here (module
+//! `engine`), because bollard's TTY attach decoder mangles chunks that
+//! start with bytes 0x00–0x02.
 //!
 //! Dropping the attach does not stop a process in a container, so every
 //! cleanup (close, drop, timeout escalation, restart, dead-owner gc) runs a

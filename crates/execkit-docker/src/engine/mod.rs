@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, ResizeExecOptions};
-use bollard::ClientVersion;
-use bollard::Docker;
+use bollard::{ClientVersion, Docker};
 use execkit_core::{ErrorKind, Size, TransportError};
 
 use crate::resolve::Resolved;
