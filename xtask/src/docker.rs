@@ -2,8 +2,11 @@
 //! one answers, else a `dockerd` of our own with vfs storage, no iptables,
 //! no bridge, on a Unix socket plus a loopback TCP port), a tiny busybox
 //! image made by `docker import` (no registry is reachable), and a test
-//! container. Teardown removes the container and stops, by PID, only the
-//! daemon we started.
+//! container; then a second `dockerd` whose TCP port takes only TLS with a
+//! client certificate (`--tlsverify`; certificates made here with the
+//! `openssl` CLI, a wrong CA's too), with its own image and test container.
+//! Teardown removes the containers and stops, by PID, only the daemons we
+//! started.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -17,56 +20,71 @@ use crate::Provision;
 /// Tag of the test image.
 const IMAGE: &str = "execkit-test-busybox:1";
 
+/// A `dockerd` we started.
+struct Daemon {
+    child: Child,
+    /// Its data, exec root, sockets and log: removed at teardown.
+    dir: PathBuf,
+}
+
 /// What we started, to be undone in reverse.
 #[derive(Default)]
 struct Started {
+    /// The engine the plain-socket tests use.
     host: String,
-    daemon: Option<Child>,
-    dir: Option<PathBuf>,
-    containers: Vec<String>,
+    /// In start order; stopped in reverse (the TLS daemon may use the
+    /// first one's containerd).
+    daemons: Vec<Daemon>,
+    /// Containers as `(engine host, name)`.
+    containers: Vec<(String, String)>,
+    /// Scratch directories of ours (certificates).
+    dirs: Vec<PathBuf>,
 }
 
 impl Started {
     fn teardown(mut self) {
-        for c in &self.containers {
-            let _ = docker(&self.host, &["rm", "-f", "-v", c]);
+        for (host, c) in &self.containers {
+            let _ = docker(host, &["rm", "-f", "-v", c]);
         }
-        if let Some(mut d) = self.daemon.take() {
-            let pid = d.id();
+        while let Some(mut d) = self.daemons.pop() {
+            let pid = d.child.id();
             println!("xtask: stopping dockerd (pid {pid})");
             let _ = Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
                 .status();
-            if !wait_exit(&mut d, Duration::from_secs(20)) {
-                let _ = d.kill();
-                let _ = d.wait();
+            if !wait_exit(&mut d.child, Duration::from_secs(20)) {
+                let _ = d.child.kill();
+                let _ = d.child.wait();
             }
             // dockerd stops the containerd it started; if it could not
             // (killed), stop that one by its PID file.
-            if let Some(dir) = &self.dir {
-                let pidfile = dir.join("exec/containerd/containerd.pid");
-                if let Some(pid) = std::fs::read_to_string(&pidfile)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u32>().ok())
+            let pidfile = d.dir.join("exec/containerd/containerd.pid");
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+            {
+                if Path::new(&format!("/proc/{pid}")).exists()
+                    && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim() == "containerd")
                 {
-                    if Path::new(&format!("/proc/{pid}")).exists()
-                        && std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                            .is_ok_and(|c| c.trim() == "containerd")
-                    {
-                        let _ = Command::new("kill")
-                            .args(["-KILL", &pid.to_string()])
-                            .status();
-                    }
+                    let _ = Command::new("kill")
+                        .args(["-KILL", &pid.to_string()])
+                        .status();
                 }
             }
+            remove_tree(&d.dir);
         }
-        if let Some(dir) = self.dir.take() {
-            if std::fs::remove_dir_all(&dir).is_err() {
-                // vfs layers hold read-only dirs; a second pass after chmod.
-                let _ = Command::new("chmod").args(["-R", "u+w"]).arg(&dir).status();
-                let _ = std::fs::remove_dir_all(&dir);
-            }
+        for dir in self.dirs.drain(..) {
+            remove_tree(&dir);
         }
+    }
+}
+
+fn remove_tree(dir: &Path) {
+    if std::fs::remove_dir_all(dir).is_err() {
+        // vfs layers hold read-only dirs; a second pass after chmod.
+        let _ = Command::new("chmod").args(["-R", "u+w"]).arg(dir).status();
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
@@ -155,19 +173,21 @@ fn ensure_packages() -> Result<()> {
     Ok(())
 }
 
-/// Starts our own dockerd; returns its Unix and TCP hosts.
-fn start_daemon(started: &mut Started) -> Result<String> {
-    let dir = std::env::temp_dir().join(format!("execkit-dockerd-{}", std::process::id()));
+/// Starts a dockerd of ours (vfs, no iptables, no bridge) in a fresh
+/// directory named `tag`, on a Unix socket there plus `extra` arguments
+/// (its TCP listener); returns its Unix host and directory.
+fn start_daemon(started: &mut Started, tag: &str, extra: &[String]) -> Result<(String, PathBuf)> {
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    started.dir = Some(dir.clone());
     let sock = dir.join("docker.sock");
-    let port = crate::daemon_port()?;
     let host = format!("unix://{}", sock.display());
-    let tcp = format!("127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join("dockerd.log"))?;
-    println!("xtask: starting dockerd (vfs, no iptables, no bridge) on {host} and tcp://{tcp}");
-    let child = Command::new("dockerd")
+    println!(
+        "xtask: starting dockerd (vfs, no iptables, no bridge) on {host} {}",
+        extra.join(" ")
+    );
+    let spawned = Command::new("dockerd")
         .args([
             "--storage-driver=vfs",
             "--iptables=false",
@@ -180,15 +200,22 @@ fn start_daemon(started: &mut Started) -> Result<String> {
         .arg(format!("--pidfile={}", dir.join("dockerd.pid").display()))
         .arg("-H")
         .arg(&host)
-        .arg("-H")
-        .arg(format!("tcp://{tcp}"))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
-        .spawn()
-        .context("starting dockerd")?;
-    started.daemon = Some(child);
-    started.host = host.clone();
+        .spawn();
+    let child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            remove_tree(&dir);
+            return Err(e).context("starting dockerd");
+        }
+    };
+    started.daemons.push(Daemon {
+        child,
+        dir: dir.clone(),
+    });
     let t = Instant::now();
     loop {
         if answers(&host) {
@@ -196,12 +223,12 @@ fn start_daemon(started: &mut Started) -> Result<String> {
                 "xtask: dockerd answers after {:.1} s",
                 t.elapsed().as_secs_f64()
             );
-            return Ok(tcp);
+            return Ok((host, dir));
         }
         let exited = started
-            .daemon
-            .as_mut()
-            .and_then(|d| d.try_wait().ok().flatten());
+            .daemons
+            .last_mut()
+            .and_then(|d| d.child.try_wait().ok().flatten());
         if exited.is_some() || t.elapsed() > Duration::from_secs(90) {
             let log = std::fs::read_to_string(dir.join("dockerd.log")).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(15).collect();
@@ -217,6 +244,247 @@ fn start_daemon(started: &mut Started) -> Result<String> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Runs `openssl ARGS` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running openssl (is it installed?)")?;
+    if !out.status.success() {
+        bail!(
+            "`openssl {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A P-256 key and a certificate signing request for `cn` in `dir`.
+fn key_and_csr(dir: &Path, name: &str, cn: &str) -> Result<()> {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}-key.pem"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    )
+}
+
+/// A CA (`NAME-ca.pem`, `NAME-ca-key.pem`) in `dir`.
+fn make_ca(dir: &Path, name: &str) -> Result<()> {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "7",
+            "-keyout",
+            &format!("{name}-ca-key.pem"),
+            "-out",
+            &format!("{name}-ca.pem"),
+            "-subj",
+            &format!("/CN=execkit test CA {name}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    )
+}
+
+/// Signs `NAME.csr` with CA `ca` and the extensions `ext` into `NAME-cert.pem`.
+fn sign(dir: &Path, name: &str, ca: &str, ext: &str, serial: u32) -> Result<()> {
+    let ext_file = format!("{name}.ext");
+    std::fs::write(dir.join(&ext_file), ext)?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}-ca.pem"),
+            "-CAkey",
+            &format!("{ca}-ca-key.pem"),
+            "-set_serial",
+            &serial.to_string(),
+            "-days",
+            "7",
+            "-extfile",
+            &ext_file,
+            "-out",
+            &format!("{name}-cert.pem"),
+        ],
+    )
+}
+
+/// Certificates for the TLS engine, made with the `openssl` CLI in `dir`:
+/// `server/` (for dockerd: its CA, a certificate for 127.0.0.1 with an IP
+/// SAN, its key), `client/` (the docker CLI's layout: `ca.pem`,
+/// `cert.pem`, `key.pem`, a client certificate the engine trusts) and
+/// `wrong/` (the same layout from another CA: the engine is not trusted
+/// with its `ca.pem`, nor is its client certificate by the engine).
+fn make_certs(dir: &Path) -> Result<()> {
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work)?;
+    make_ca(&work, "right")?;
+    make_ca(&work, "wrong")?;
+    key_and_csr(&work, "server", "127.0.0.1")?;
+    sign(
+        &work,
+        "server",
+        "right",
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n",
+        1,
+    )?;
+    for (name, ca, serial) in [("client", "right", 2), ("stranger", "wrong", 3)] {
+        key_and_csr(&work, name, &format!("execkit {name}"))?;
+        sign(
+            &work,
+            name,
+            ca,
+            "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n",
+            serial,
+        )?;
+    }
+    let place = |sub: &str, files: &[(&str, &str)]| -> Result<()> {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d)?;
+        for (from, to) in files {
+            std::fs::copy(work.join(from), d.join(to))
+                .with_context(|| format!("copying {from}"))?;
+        }
+        Ok(())
+    };
+    place(
+        "server",
+        &[
+            ("right-ca.pem", "ca.pem"),
+            ("server-cert.pem", "cert.pem"),
+            ("server-key.pem", "key.pem"),
+        ],
+    )?;
+    place(
+        "client",
+        &[
+            ("right-ca.pem", "ca.pem"),
+            ("client-cert.pem", "cert.pem"),
+            ("client-key.pem", "key.pem"),
+        ],
+    )?;
+    place(
+        "wrong",
+        &[
+            ("wrong-ca.pem", "ca.pem"),
+            ("stranger-cert.pem", "cert.pem"),
+            ("stranger-key.pem", "key.pem"),
+        ],
+    )?;
+    std::fs::remove_dir_all(&work)?;
+    Ok(())
+}
+
+/// The second engine: a dockerd that listens on a loopback TCP port with
+/// `--tlsverify` (only clients with a certificate of its CA get in), its
+/// busybox image and a test container. It shares the first dockerd's
+/// containerd (a namespace of its own) when we started that one.
+fn provision_tls(
+    out_dir: &Path,
+    started: &mut Started,
+    containerd: Option<PathBuf>,
+) -> Result<Vec<(String, String)>> {
+    let certs = std::env::temp_dir().join(format!("execkit-docker-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&certs);
+    std::fs::create_dir_all(&certs)?;
+    started.dirs.push(certs.clone());
+    make_certs(&certs)?;
+    let port = crate::daemon_port()?;
+    let server = certs.join("server");
+    let mut extra = vec![
+        "-H".to_string(),
+        format!("tcp://127.0.0.1:{port}"),
+        "--tlsverify".to_string(),
+        format!("--tlscacert={}", server.join("ca.pem").display()),
+        format!("--tlscert={}", server.join("cert.pem").display()),
+        format!("--tlskey={}", server.join("key.pem").display()),
+    ];
+    if let Some(sock) = containerd {
+        extra.push(format!("--containerd={}", sock.display()));
+        extra.push("--containerd-namespace=execkit-tls".into());
+        extra.push("--containerd-plugins-namespace=execkit-tls-plugins".into());
+    }
+    let (host, _) = start_daemon(started, "execkit-dockerd-tls", &extra)?;
+    build_image(&host, out_dir)?;
+    let name = format!("execkit-test-tls-{}", std::process::id());
+    start_container(started, &host, &name)?;
+    Ok(vec![
+        (
+            "EXECKIT_TEST_DOCKER_TLS_HOST".into(),
+            format!("tcp://127.0.0.1:{port}"),
+        ),
+        (
+            "EXECKIT_TEST_DOCKER_TLS_CERTS".into(),
+            certs.join("client").display().to_string(),
+        ),
+        (
+            "EXECKIT_TEST_DOCKER_TLS_WRONG".into(),
+            certs.join("wrong").display().to_string(),
+        ),
+        ("EXECKIT_TEST_DOCKER_TLS_CONTAINER".into(), name),
+        ("EXECKIT_TEST_DOCKER_TLS_SOCKET".into(), host),
+    ])
+}
+
+/// Runs the test container `name` (busybox, `--init`, no network) on
+/// `host` and checks that it runs commands.
+fn start_container(started: &mut Started, host: &str, name: &str) -> Result<()> {
+    let _ = docker(host, &["rm", "-f", name]);
+    docker(
+        host,
+        &[
+            "run",
+            "-d",
+            "--init",
+            "--network",
+            "none",
+            "--name",
+            name,
+            IMAGE,
+            "sleep",
+            "infinity",
+        ],
+    )?;
+    started
+        .containers
+        .push((host.to_string(), name.to_string()));
+    let probe = docker(host, &["exec", name, "sh", "-c", "echo ok"])?;
+    if probe != "ok" {
+        bail!("the test container {name} does not run commands (got {probe:?})");
+    }
+    Ok(())
 }
 
 /// Builds the busybox image from the host's static busybox.
@@ -294,38 +562,35 @@ fn provision_inner(out_dir: &Path, started: &mut Started) -> Result<Vec<(String,
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unix:///var/run/docker.sock".into());
     let mut env = Vec::new();
+    let mut containerd = None;
     if answers(&existing) {
         println!("xtask: reusing the Docker engine at {existing}");
         started.host = existing;
         // Its TCP side (if any) is unknown: the remote-engine test is skipped.
     } else {
-        let tcp = start_daemon(started)?;
+        let port = crate::daemon_port()?;
+        let tcp = format!("127.0.0.1:{port}");
+        let (host, dir) = start_daemon(
+            started,
+            "execkit-dockerd",
+            &["-H".to_string(), format!("tcp://{tcp}")],
+        )?;
+        started.host = host;
+        containerd = Some(dir.join("exec/containerd/containerd.sock")).filter(|s| s.exists());
         env.push(("EXECKIT_TEST_DOCKER_TCP".to_string(), tcp));
     }
     let host = started.host.clone();
     std::fs::create_dir_all(out_dir)?;
     build_image(&host, out_dir)?;
     let name = format!("execkit-test-{}", std::process::id());
-    let _ = docker(&host, &["rm", "-f", &name]);
-    docker(
-        &host,
-        &[
-            "run",
-            "-d",
-            "--init",
-            "--network",
-            "none",
-            "--name",
-            &name,
-            IMAGE,
-            "sleep",
-            "infinity",
-        ],
-    )?;
-    started.containers.push(name.clone());
-    let probe = docker(&host, &["exec", &name, "sh", "-c", "echo ok"])?;
-    if probe != "ok" {
-        bail!("the test container does not run commands (got {probe:?})");
+    start_container(started, &host, &name)?;
+    // The TLS engine: required under CI=true, else its tests are skipped.
+    match provision_tls(out_dir, started, containerd) {
+        Ok(tls) => env.extend(tls),
+        Err(e) if !crate::ci() => {
+            eprintln!("xtask: warning: no TLS Docker engine (its tests are skipped): {e:#}")
+        }
+        Err(e) => return Err(e.context("provisioning the TLS Docker engine")),
     }
     let _ = std::io::stdout().flush();
     env.push(("DOCKER_HOST".to_string(), host));

@@ -1,11 +1,22 @@
 //! execkit transport `docker`: a shell inside a running container.
 //!
-//! Targets: `docker:NAME_OR_ID` (the engine named by `DOCKER_HOST`, else
-//! `/var/run/docker.sock`) and `docker://HOST:PORT/NAME` (a remote engine
-//! over plain HTTP). The container is inspected and the exec created,
-//! resized and inspected through `bollard`; the exec's terminal stream is a
-//! raw HTTP upgrade written here (module `engine`), because bollard's TTY
-//! attach decoder mangles chunks that start with bytes 0x00–0x02.
+//! Targets: `docker:NAME_OR_ID` on the engine the docker CLI would use
+//! (`DOCKER_HOST`, with TLS per `DOCKER_TLS_VERIFY` and
+//! `DOCKER_CERT_PATH`; else the Docker context of `DOCKER_CONTEXT` or of
+//! `currentContext` in `~/.docker/config.json`; else
+//! `/var/run/docker.sock`), `docker:///NAME?context=CTX` on the engine of a
+//! named context, and `docker://HOST:PORT/NAME` (plain HTTP, or TLS when
+//! `DOCKER_TLS_VERIFY` is set). A library picks an engine itself with
+//! [`DockerTransport::with_endpoint`]: an [`Endpoint::Tls`] with files of
+//! its own, or an [`Endpoint::Tunnel`] whose [`EngineConnector`] opens each
+//! connection (how an engine behind SSH will be reached).
+//!
+//! Every connection to the engine is opened in one place (module
+//! `engine::dial`); the container is inspected and the exec created,
+//! resized and inspected through `bollard` over those connections; the
+//! exec's terminal stream is a raw HTTP upgrade written here (module
+//! `engine`), because bollard's TTY attach decoder mangles chunks that
+//! start with bytes 0x00–0x02.
 //!
 //! Dropping the attach does not stop a process in a container, so every
 //! cleanup (close, drop, timeout escalation, restart, dead-owner gc) runs a
@@ -23,12 +34,13 @@
 //! shells have (the engine's archive API would act as root on the root
 //! filesystem, blind to a tmpfs mounted in the container).
 
+mod endpoint;
 mod engine;
 mod files;
+mod resolve;
 mod shell;
 
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -38,103 +50,28 @@ use execkit_core::{
 };
 use tokio::sync::OnceCell;
 
+pub use crate::endpoint::{
+    ClientCert, ConnectFuture, Endpoint, EngineConnector, EngineStream, TlsEndpoint, Tunnel,
+    DEFAULT_PORT, DEFAULT_SOCKET,
+};
 use crate::engine::{ContainerState, Engine};
-
-/// Where the Docker engine listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    /// A Unix socket (the local daemon).
-    Unix(PathBuf),
-    /// `host:port` over plain HTTP.
-    Tcp(String),
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Endpoint::Unix(p) => write!(f, "unix://{}", p.display()),
-            Endpoint::Tcp(a) => write!(f, "tcp://{a}"),
-        }
-    }
-}
-
-/// Default socket of the local engine.
-pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
-/// Default port of a remote engine (`docker://HOST/NAME`).
-pub const DEFAULT_PORT: u16 = 2375;
+use crate::resolve::Resolved;
 
 impl Endpoint {
-    /// The engine `DOCKER_HOST` names, else the default socket.
+    /// The engine `docker:NAME` uses, chosen as the docker CLI chooses:
+    /// `DOCKER_HOST` (TLS per `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`),
+    /// else the context `DOCKER_CONTEXT` names, else the `currentContext`
+    /// of `$DOCKER_CONFIG/config.json`, else the default socket.
     pub fn from_env() -> Result<Endpoint, String> {
-        match std::env::var("DOCKER_HOST") {
-            Ok(v) if !v.trim().is_empty() => Endpoint::parse_host(v.trim()),
-            _ => Ok(Endpoint::Unix(PathBuf::from(DEFAULT_SOCKET))),
-        }
+        resolve::current(&resolve::process_env).map(|r| r.endpoint)
     }
 
-    /// Parses a `DOCKER_HOST` value: `unix:///path`, `tcp://host:port`,
+    /// Parses a `DOCKER_HOST` value: `unix:///path`, `tcp://host:port`
+    /// (TLS when `DOCKER_TLS_VERIFY` is set, with `DOCKER_CERT_PATH`),
     /// `http://host:port`.
     pub fn parse_host(host: &str) -> Result<Endpoint, String> {
-        if let Some(path) = host.strip_prefix("unix://") {
-            if path.is_empty() {
-                return Err(format!("DOCKER_HOST={host} names no socket path"));
-            }
-            return Ok(Endpoint::Unix(PathBuf::from(path)));
-        }
-        for prefix in ["tcp://", "http://"] {
-            if let Some(rest) = host.strip_prefix(prefix) {
-                if std::env::var("DOCKER_TLS_VERIFY").is_ok_and(|v| !v.is_empty() && v != "0") {
-                    return Err(format!(
-                        "DOCKER_HOST={host} with DOCKER_TLS_VERIFY: TLS engines are not supported"
-                    ));
-                }
-                let rest = rest.trim_end_matches('/');
-                return host_port(rest).map(Endpoint::Tcp);
-            }
-        }
-        Err(format!(
-            "DOCKER_HOST={host} is not supported (use unix:///PATH or tcp://HOST:PORT)"
-        ))
+        resolve::host_endpoint(host, &resolve::process_env)
     }
-}
-
-/// `host[:port]` → `host:port`, validated.
-fn host_port(s: &str) -> Result<String, String> {
-    if s.is_empty() {
-        return Err("no engine host".into());
-    }
-    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (h, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("unclosed `[` in `{s}`"))?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return Err(format!("unexpected `{after}` after the host")),
-        };
-        (format!("[{h}]"), port)
-    } else {
-        match s.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (s.to_string(), None),
-        }
-    };
-    let valid_host = !host.is_empty()
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b));
-    if !valid_host {
-        return Err(format!("invalid engine host `{host}`"));
-    }
-    let port: u16 = match port {
-        None => DEFAULT_PORT,
-        Some(p) => p
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("invalid port `{p}`"))?,
-    };
-    Ok(format!("{host}:{port}"))
 }
 
 /// Checks a container name or id as Docker spells them: a letter or digit,
@@ -163,7 +100,7 @@ fn valid_container(name: &str) -> Result<(), String> {
 /// transport and its file transfer.
 #[derive(Clone)]
 pub(crate) struct EngineCell {
-    endpoint: Endpoint,
+    resolved: Resolved,
     target: String,
     cell: Arc<OnceCell<Arc<Engine>>>,
 }
@@ -172,7 +109,7 @@ impl EngineCell {
     pub(crate) async fn get(&self) -> Result<Arc<Engine>, TransportError> {
         self.cell
             .get_or_try_init(|| async {
-                Engine::connect(self.endpoint.clone(), &self.target)
+                Engine::connect(self.resolved.clone(), &self.target)
                     .await
                     .map(Arc::new)
             })
@@ -185,7 +122,6 @@ impl EngineCell {
 pub struct DockerTransport {
     target: String,
     container: String,
-    endpoint: Endpoint,
     engine: EngineCell,
 }
 
@@ -194,42 +130,84 @@ impl fmt::Debug for DockerTransport {
         f.debug_struct("DockerTransport")
             .field("target", &self.target)
             .field("container", &self.container)
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.engine.resolved.endpoint)
             .finish_non_exhaustive()
     }
 }
 
 impl DockerTransport {
-    /// Parses `docker:NAME`, `docker://HOST:PORT/NAME` or `docker:///NAME`.
-    /// Does not touch the network.
+    /// Parses `docker:NAME`, `docker:///NAME`, `docker:///NAME?context=CTX`
+    /// or `docker://HOST:PORT/NAME`, and chooses the
+    /// engine as the docker CLI would (see [`Endpoint::from_env`]; a named
+    /// context's files are read now). Does not touch the network.
     pub fn new(target: &str) -> Result<Self, TransportError> {
+        Self::new_in(target, &resolve::process_env)
+    }
+
+    /// [`DockerTransport::new`] with the environment `env` instead of the
+    /// process's.
+    pub(crate) fn new_in(target: &str, env: resolve::Lookup<'_>) -> Result<Self, TransportError> {
         let invalid = |reason: String| TransportError::InvalidTarget {
             target: target.to_string(),
             reason,
         };
+        let usage =
+            "expected `docker:NAME`, `docker:///NAME?context=CONTEXT` or `docker://HOST:PORT/NAME`";
         let rest = match target.split_once(':') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("docker") => rest,
-            _ => {
-                return Err(invalid(
-                    "expected `docker:NAME` or `docker://HOST:PORT/NAME`".into(),
-                ))
-            }
+            _ => return Err(invalid(usage.into())),
         };
-        let (endpoint, name) = match rest.strip_prefix("//") {
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        // Parameters belong to the URL form, where an allow-list pattern
+        // must name each (`docker:*` must not admit another engine).
+        if let (Some(q), false) = (query, rest.starts_with("//")) {
+            return Err(invalid(format!(
+                "parameters go with the URL form: `docker:///{}?{q}`",
+                rest.trim_start_matches('/')
+            )));
+        }
+        let mut context = None;
+        for pair in query.into_iter().flat_map(|q| q.split('&')) {
+            match pair.split_once('=') {
+                Some(("context", v)) if context.is_none() => {
+                    resolve::valid_context_name(v).map_err(invalid)?;
+                    context = Some(v);
+                }
+                Some(("context", _)) => return Err(invalid("`context` given twice".into())),
+                _ => {
+                    return Err(invalid(format!(
+                        "unknown parameter `{pair}` (a docker target takes `context=NAME`: `docker:///NAME?context=CONTEXT`)"
+                    )))
+                }
+            }
+        }
+        let chosen = |env| match context {
+            Some(c) => resolve::context(c, env, "named by the target"),
+            None => resolve::current(env),
+        };
+        let (resolved, name) = match rest.strip_prefix("//") {
             Some(url) => {
                 let (host, name) = url.split_once('/').ok_or_else(|| {
                     invalid(
                         "no container after the engine address (`docker://HOST:PORT/NAME`)".into(),
                     )
                 })?;
-                let endpoint = if host.is_empty() {
-                    Endpoint::from_env().map_err(invalid)?
+                let resolved = if host.is_empty() {
+                    chosen(env).map_err(invalid)?
+                } else if context.is_some() {
+                    return Err(invalid(
+                        "both an engine address and a context: give one (`docker://HOST:PORT/NAME` or `docker:///NAME?context=CONTEXT`)".into(),
+                    ));
                 } else {
-                    Endpoint::Tcp(host_port(host).map_err(invalid)?)
+                    let addr = endpoint::host_port(host).map_err(invalid)?;
+                    resolve::explicit_tcp(&addr, env).map_err(invalid)?
                 };
-                (endpoint, name)
+                (resolved, name)
             }
-            None => (Endpoint::from_env().map_err(invalid)?, rest),
+            None => (chosen(env).map_err(invalid)?, rest),
         };
         // Docker shows names as `/name`; accept one leading slash there only.
         let name = name
@@ -237,16 +215,45 @@ impl DockerTransport {
             .filter(|_| !rest.starts_with("//"))
             .unwrap_or(name);
         valid_container(name).map_err(invalid)?;
-        Ok(DockerTransport {
+        Ok(Self::build(target, name, resolved))
+    }
+
+    /// A transport for `container` on an engine the caller chose: a TLS
+    /// engine with files of its own, an engine behind an
+    /// [`EngineConnector`] ([`Endpoint::Tunnel`]). `target` names it in
+    /// messages and in the session's record on disk; `execkit gc`
+    /// reconnects a record through [`DockerTransport::new`] of that
+    /// target, so only a target that names the same engine lets gc clean
+    /// up after a crash.
+    pub fn with_endpoint(
+        target: &str,
+        container: &str,
+        endpoint: Endpoint,
+    ) -> Result<Self, TransportError> {
+        valid_container(container).map_err(|reason| TransportError::InvalidTarget {
             target: target.to_string(),
-            container: name.to_string(),
+            reason,
+        })?;
+        Ok(Self::build(
+            target,
+            container,
+            Resolved {
+                endpoint,
+                via: None,
+            },
+        ))
+    }
+
+    fn build(target: &str, container: &str, resolved: Resolved) -> Self {
+        DockerTransport {
+            target: target.to_string(),
+            container: container.to_string(),
             engine: EngineCell {
-                endpoint: endpoint.clone(),
+                resolved,
                 target: target.to_string(),
                 cell: Arc::new(OnceCell::new()),
             },
-            endpoint,
-        })
+        }
     }
 
     /// The container name or id as given.
@@ -256,7 +263,7 @@ impl DockerTransport {
 
     /// The engine this target uses.
     pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
+        &self.engine.resolved.endpoint
     }
 
     async fn engine(&self) -> Result<Arc<Engine>, TransportError> {
@@ -298,7 +305,8 @@ impl Transport for DockerTransport {
                     ErrorKind::NotFound,
                     format!(
                         "no such container {} on the Docker engine at {}",
-                        self.container, self.endpoint
+                        self.container,
+                        engine::describe(self.endpoint(), self.engine.resolved.via.as_deref())
                     ),
                 ))
             }
@@ -349,8 +357,8 @@ fn connect(target: &str) -> Result<Arc<dyn Transport>, TransportError> {
 
 execkit_core::register_transport! {
     scheme: "docker",
-    summary: "a shell in a running container (DOCKER_HOST honoured)",
-    example: "docker:web, docker://127.0.0.1:2375/web",
+    summary: "a shell in a running container (DOCKER_HOST, TLS and Docker contexts honoured)",
+    example: "docker:web, docker:///web?context=staging, docker://127.0.0.1:2375/web",
     connect: connect,
 }
 
@@ -358,18 +366,26 @@ execkit_core::register_transport! {
 mod tests {
     use super::*;
 
+    /// An empty environment: no DOCKER_*, no HOME.
+    fn bare(target: &str) -> Result<DockerTransport, TransportError> {
+        DockerTransport::new_in(target, &|_| None)
+    }
+
     #[test]
     fn parses_targets() {
-        let t = DockerTransport::new("docker:web").unwrap();
+        let t = bare("docker:web").unwrap();
         assert_eq!(t.container(), "web");
-        let t = DockerTransport::new("docker:/web").unwrap();
+        assert_eq!(t.endpoint(), &Endpoint::Unix(DEFAULT_SOCKET.into()));
+        let t = bare("docker:/web").unwrap();
         assert_eq!(t.container(), "web");
-        let t = DockerTransport::new("docker://127.0.0.1:2376/web-1").unwrap();
+        let t = bare("docker:///web").unwrap();
+        assert_eq!(t.endpoint(), &Endpoint::Unix(DEFAULT_SOCKET.into()));
+        let t = bare("docker://127.0.0.1:2376/web-1").unwrap();
         assert_eq!(t.container(), "web-1");
         assert_eq!(t.endpoint(), &Endpoint::Tcp("127.0.0.1:2376".into()));
-        let t = DockerTransport::new("docker://engine/abc123").unwrap();
+        let t = bare("docker://engine/abc123").unwrap();
         assert_eq!(t.endpoint(), &Endpoint::Tcp("engine:2375".into()));
-        let t = DockerTransport::new("docker://[::1]:99/x").unwrap();
+        let t = bare("docker://[::1]:99/x").unwrap();
         assert_eq!(t.endpoint(), &Endpoint::Tcp("[::1]:99".into()));
     }
 
@@ -390,23 +406,80 @@ mod tests {
             "docker://h:0/y",
             "docker://h",
             "dock:x",
+            "docker:web?",
+            "docker:web?context=staging",
+            "docker:///web?",
+            "docker:///web?shell=/bin/sh",
+            "docker:///web?context=",
+            "docker:///web?context=../x",
+            "docker:///web?context=a/b",
+            "docker:///web?context=a&context=b",
+            "docker://h:1/web?context=a",
+            "docker:///?context=a",
         ] {
-            let e = DockerTransport::new(bad).unwrap_err();
+            let e = bare(bad).unwrap_err();
             assert!(e.is_usage(), "{bad}: {e}");
         }
     }
 
     #[test]
-    fn docker_host_forms() {
+    fn a_context_in_the_target_wins_over_the_environment() {
+        let cfg = std::env::temp_dir().join(format!("execkit-target-ctx-{}", std::process::id()));
+        let id = resolve::sha256_hex(b"staging");
+        let meta = cfg.join("contexts/meta").join(&id);
+        std::fs::create_dir_all(&meta).unwrap();
+        std::fs::write(
+            meta.join("meta.json"),
+            r#"{"Name":"staging","Endpoints":{"docker":{"Host":"tcp://10.1.2.3:2376","SkipTLSVerify":false}}}"#,
+        )
+        .unwrap();
+        let tls = cfg.join("contexts/tls").join(&id).join("docker");
+        std::fs::create_dir_all(&tls).unwrap();
+        let c = cfg.to_string_lossy().to_string();
+        let env = move |k: &str| match k {
+            "DOCKER_CONFIG" => Some(c.clone()),
+            // Both lose to the target's own context.
+            "DOCKER_HOST" => Some("unix:///elsewhere.sock".into()),
+            "DOCKER_CONTEXT" => Some("nope".into()),
+            _ => None,
+        };
+        let t = DockerTransport::new_in("docker:///web?context=staging", &env).unwrap();
+        assert_eq!(t.container(), "web");
         assert_eq!(
-            Endpoint::parse_host("unix:///run/d.sock").unwrap(),
-            Endpoint::Unix("/run/d.sock".into())
+            t.endpoint(),
+            &Endpoint::Tls(TlsEndpoint {
+                addr: "10.1.2.3:2376".into(),
+                ca: tls.join("ca.pem"),
+                client: None,
+            })
         );
-        assert_eq!(
-            Endpoint::parse_host("tcp://127.0.0.1:2375").unwrap(),
-            Endpoint::Tcp("127.0.0.1:2375".into())
+        // The opaque form takes no parameters: an allow-list pattern
+        // `docker:*` would admit them unseen.
+        let e = DockerTransport::new_in("docker:web?context=staging", &env).unwrap_err();
+        assert!(
+            e.to_string().contains("docker:///web?context=staging"),
+            "{e}"
         );
-        assert!(Endpoint::parse_host("ssh://u@h").is_err());
-        assert!(Endpoint::parse_host("unix://").is_err());
+        let e = DockerTransport::new_in("docker:///web?context=other", &env).unwrap_err();
+        assert!(e.is_usage() && e.to_string().contains("`other`"), "{e}");
+        // Without it, DOCKER_HOST decides.
+        let t = DockerTransport::new_in("docker:web", &env).unwrap();
+        assert_eq!(t.endpoint(), &Endpoint::Unix("/elsewhere.sock".into()));
+        std::fs::remove_dir_all(&cfg).unwrap();
+    }
+
+    #[test]
+    fn an_explicit_engine_uses_tls_when_the_environment_says_so() {
+        let env = |k: &str| match k {
+            "DOCKER_TLS_VERIFY" => Some("1".to_string()),
+            "DOCKER_CERT_PATH" => Some("/certs".to_string()),
+            _ => None,
+        };
+        let t = DockerTransport::new_in("docker://127.0.0.1:2376/web", &env).unwrap();
+        assert!(
+            matches!(t.endpoint(), Endpoint::Tls(tls) if tls.addr == "127.0.0.1:2376" && tls.ca == std::path::Path::new("/certs/ca.pem")),
+            "{:?}",
+            t.endpoint()
+        );
     }
 }

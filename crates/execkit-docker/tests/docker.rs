@@ -3,7 +3,8 @@
 //!
 //! Docker-only cases, against the engine and container `cargo xtask test`
 //! provisions (`DOCKER_HOST`, `EXECKIT_TEST_DOCKER_CONTAINER`,
-//! `EXECKIT_TEST_DOCKER_IMAGE`, `EXECKIT_TEST_DOCKER_TCP`).
+//! `EXECKIT_TEST_DOCKER_IMAGE`, `EXECKIT_TEST_DOCKER_TCP`), and its TLS
+//! engine (`EXECKIT_TEST_DOCKER_TLS_*`, module `tls`).
 //!
 //! On testkit's runner (`harness = false`): without a test container every
 //! case is reported as ignored — or failed under `CI=true` — never passed.
@@ -27,11 +28,21 @@ use execkit_core::{
 use execkit_docker as _;
 use execkit_docker::DockerTransport;
 
+#[path = "docker/tls.rs"]
+mod tls;
+use tls::{
+    a_tunnel_carries_every_connection, contexts_select_the_tls_engine,
+    tls_engine_not_trusted_by_a_wrong_ca, tls_engine_refuses_a_client_certificate_of_another_ca,
+    tls_engine_refuses_no_client_certificate, tls_engine_with_a_trusted_client_certificate,
+    tls_files_that_are_missing_are_named, tls_from_docker_host_and_cert_path,
+};
+
 #[derive(Debug, Clone)]
 struct Env {
     container: String,
     image: Option<String>,
     tcp: Option<String>,
+    tls: Option<tls::TlsEnv>,
 }
 
 impl Env {
@@ -96,10 +107,28 @@ fn cases() -> Vec<Case> {
         case!(files_over_tcp, |e: &Env| e.tcp.is_none().then_some(
             "EXECKIT_TEST_DOCKER_TCP (an engine on a loopback TCP port)"
         )),
+        case!(tls_engine_with_a_trusted_client_certificate, tls::needs_tls),
+        case!(tls_engine_not_trusted_by_a_wrong_ca, tls::needs_tls),
+        case!(tls_engine_refuses_no_client_certificate, tls::needs_tls),
+        case!(
+            tls_engine_refuses_a_client_certificate_of_another_ca,
+            tls::needs_tls
+        ),
+        case!(tls_files_that_are_missing_are_named, tls::needs_tls),
+        case!(tls_from_docker_host_and_cert_path, tls::needs_tls),
+        case!(contexts_select_the_tls_engine, tls::needs_tls),
+        case!(a_tunnel_carries_every_connection),
     ]
 }
 
 fn main() -> ExitCode {
+    // A child of `tls::child`: one session in the environment it was given.
+    if let Some(target) = std::env::var("EXECKIT_DOCKER_TEST_CHILD")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        return tls::child_main(&target);
+    }
     let env = std::env::var("EXECKIT_TEST_DOCKER_CONTAINER")
         .ok()
         .filter(|c| !c.is_empty())
@@ -111,6 +140,7 @@ fn main() -> ExitCode {
             tcp: std::env::var("EXECKIT_TEST_DOCKER_TCP")
                 .ok()
                 .filter(|v| !v.is_empty()),
+            tls: tls::TlsEnv::from_env(),
         });
     let trials = cases()
         .into_iter()

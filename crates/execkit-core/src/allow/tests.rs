@@ -137,6 +137,18 @@ fn docker_forms_are_distinct() {
     ));
     assert!(admits("docker*", "docker://10.0.0.1:2375/web"));
     assert!(!admits("docker*", "docker://h/web?x=1"));
+    // A Docker context is another engine: only a pattern naming it admits it.
+    assert!(!admits("docker:*", "docker:///web?context=prod"));
+    assert!(!admits("docker*", "docker:///web?context=prod"));
+    assert!(!admits("docker:///*", "docker:///web?context=prod"));
+    assert!(admits(
+        "docker:///*?context=staging",
+        "docker:///web?context=staging"
+    ));
+    assert!(!admits(
+        "docker:///*?context=staging",
+        "docker:///web?context=prod"
+    ));
 }
 
 #[test]

@@ -12,22 +12,18 @@ use std::io;
 use std::time::Duration;
 
 use execkit_core::{ErrorKind, TransportError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{conflict_kind, io_kind, Engine};
-use crate::Endpoint;
+use super::{conflict_kind, io_kind, why_after_at, Engine};
+use crate::endpoint::EngineStream;
 
 /// Largest HTTP response head we accept before the raw stream starts.
 const MAX_HEAD: usize = 64 * 1024;
 
-/// A byte stream to the engine (Unix socket or TCP).
-pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
-
 /// Boxed stream halves of an upgraded exec connection.
-pub(crate) type ReadHalf = tokio::io::ReadHalf<Box<dyn Stream>>;
+pub(crate) type ReadHalf = tokio::io::ReadHalf<Box<dyn EngineStream>>;
 /// The writing half.
-pub(crate) type WriteHalf = tokio::io::WriteHalf<Box<dyn Stream>>;
+pub(crate) type WriteHalf = tokio::io::WriteHalf<Box<dyn EngineStream>>;
 
 /// A started exec's terminal: bytes the engine sent along with the
 /// response head, then the stream halves.
@@ -38,17 +34,6 @@ pub(crate) struct Attached {
 }
 
 impl Engine {
-    async fn open(&self) -> io::Result<Box<dyn Stream>> {
-        match &self.endpoint {
-            Endpoint::Unix(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
-            Endpoint::Tcp(addr) => {
-                let s = tokio::net::TcpStream::connect(addr.as_str()).await?;
-                s.set_nodelay(true)?;
-                Ok(Box::new(s))
-            }
-        }
-    }
-
     /// Starts an exec and takes over its connection as a raw byte stream.
     pub async fn start_raw(&self, exec_id: &str, tty: bool) -> Result<Attached, TransportError> {
         let body = format!("{{\"Detach\":false,\"Tty\":{tty}}}");
@@ -150,17 +135,18 @@ impl Engine {
 
     /// The `Host` header for requests written by hand.
     fn host(&self) -> &str {
-        match &self.endpoint {
-            Endpoint::Unix(_) => "docker",
-            Endpoint::Tcp(a) => a.as_str(),
-        }
+        self.dialer.http_host()
     }
 
     fn io_err(&self, what: &str, e: io::Error) -> TransportError {
+        let (kind, why) = match self.dialer.explain(&e) {
+            Some((kind, why)) => (kind, why_after_at(&why)),
+            None => (io_kind(&e), format!(": {e}")),
+        };
         TransportError::unreachable(
             &self.target,
-            io_kind(&e),
-            format!("{what} the Docker engine at {}: {e}", self.endpoint),
+            kind,
+            format!("{what} the Docker engine at {}{why}", self.at()),
         )
         .with_source(e)
     }
@@ -172,8 +158,9 @@ impl Engine {
         &self,
         request: &str,
         eof_what: &str,
-    ) -> Result<(Box<dyn Stream>, String, Vec<u8>), TransportError> {
+    ) -> Result<(Box<dyn EngineStream>, String, Vec<u8>), TransportError> {
         let mut stream = self
+            .dialer
             .open()
             .await
             .map_err(|e| self.io_err("cannot connect to", e))?;

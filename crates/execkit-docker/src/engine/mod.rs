@@ -1,13 +1,16 @@
 //! Talking to the Docker engine: `bollard` for the JSON API (inspect,
-//! exec create / resize / inspect) here; the exec's terminal stream and
-//! the event stream over hand-written HTTP (`http`); one-shot execs for
-//! cleanup and scripts, and waiting out a pause (`oneshot`).
+//! exec create / resize / inspect) here; every connection opened in one
+//! place (`dial`: Unix socket, TCP, TLS, a caller's tunnel); the exec's
+//! terminal stream and the event stream over hand-written HTTP (`http`);
+//! one-shot execs for cleanup and scripts, and waiting out a pause
+//! (`oneshot`).
 
+mod dial;
 mod http;
 mod oneshot;
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
@@ -15,13 +18,12 @@ use bollard::exec::{CreateExecOptions, ResizeExecOptions};
 use bollard::{ClientVersion, Docker};
 use execkit_core::{ErrorKind, Size, TransportError};
 
+use crate::resolve::Resolved;
 use crate::Endpoint;
 
 pub(crate) use http::{ReadHalf, WriteHalf};
 pub(crate) use oneshot::{paused_error, Killed};
 
-/// Seconds bollard waits for any one API request.
-const API_TIMEOUT: u64 = 30;
 /// How long the engine may take to answer the version handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -54,7 +56,10 @@ pub(crate) struct ExecState {
 /// One engine endpoint with a negotiated API version.
 pub(crate) struct Engine {
     endpoint: Endpoint,
+    /// How the endpoint was chosen (`resolve::Resolved::via`).
+    via: Option<String>,
     target: String,
+    dialer: Arc<dial::Dialer>,
     docker: Docker,
     /// `v1.41`, as negotiated.
     api: String,
@@ -69,9 +74,25 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// `tcp://H:P (TLS; context `x` from …)`: the engine and how it was chosen.
+pub(crate) fn describe(endpoint: &Endpoint, via: Option<&str>) -> String {
+    let (base, mut notes) = match endpoint {
+        Endpoint::Tls(t) => (format!("tcp://{}", t.addr), vec!["TLS"]),
+        e => (e.to_string(), Vec::new()),
+    };
+    notes.extend(via);
+    if notes.is_empty() {
+        base
+    } else {
+        format!("{base} ({})", notes.join("; "))
+    }
+}
+
 impl Engine {
-    /// Builds a client for `endpoint` and negotiates the API version.
-    pub async fn connect(endpoint: Endpoint, target: &str) -> Result<Engine, TransportError> {
+    /// Builds a client for `resolved` and negotiates the API version.
+    pub async fn connect(resolved: Resolved, target: &str) -> Result<Engine, TransportError> {
+        let Resolved { endpoint, via } = resolved;
+        let at = describe(&endpoint, via.as_deref());
         let unreachable = |kind, reason: String| TransportError::unreachable(target, kind, reason);
         let known = NEGOTIATED
             .lock()
@@ -80,23 +101,20 @@ impl Engine {
             .find(|(e, _)| *e == endpoint)
             .map(|(_, v)| *v);
         let version = known.as_ref().unwrap_or(bollard::API_DEFAULT_VERSION);
-        let docker = match &endpoint {
-            Endpoint::Unix(path) => {
-                if !path.exists() {
-                    return Err(unreachable(ErrorKind::ConnectionRefused, format!(
-                        "no Docker engine at {endpoint} (socket not found; is dockerd running? DOCKER_HOST selects another engine)"
-                    )));
-                }
-                Docker::connect_with_unix(&path.to_string_lossy(), API_TIMEOUT, version)
-            }
-            Endpoint::Tcp(addr) => {
-                Docker::connect_with_http(&format!("http://{addr}"), API_TIMEOUT, version)
+        if let Endpoint::Unix(path) = &endpoint {
+            if !path.exists() {
+                return Err(unreachable(ErrorKind::ConnectionRefused, format!(
+                    "no Docker engine at {at} (socket not found; is dockerd running? DOCKER_HOST or a Docker context selects another engine)"
+                )));
             }
         }
-        .map_err(|e| {
+        let dialer = Arc::new(dial::Dialer::new(&endpoint).map_err(|(kind, why)| {
+            unreachable(kind, format!("cannot use the Docker engine at {at}: {why}"))
+        })?);
+        let docker = dialer.client(version).map_err(|e| {
             unreachable(
                 ErrorKind::Other,
-                format!("cannot use the Docker engine at {endpoint}: {e}"),
+                format!("cannot use the Docker engine at {at}: {e}"),
             )
             .with_source(e)
         })?;
@@ -107,20 +125,24 @@ impl Engine {
                 match tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version()).await {
                     Ok(Ok(d)) => d,
                     Ok(Err(e)) => {
+                        let (kind, why) = match (dialer.explain(&e), plain_to_tls(&e)) {
+                            (Some(explained), _) => explained,
+                            (None, Some(hint)) => (ErrorKind::Other, hint),
+                            (None, None) => {
+                                (chain_kind(&e), format!("does not answer: {}", one_line(&e)))
+                            }
+                        };
                         return Err(unreachable(
-                            chain_kind(&e),
-                            format!(
-                                "the Docker engine at {endpoint} does not answer: {}",
-                                one_line(&e)
-                            ),
+                            kind,
+                            format!("the Docker engine at {at}{}", why_after_at(&why)),
                         )
-                        .with_source(e))
+                        .with_source(e));
                     }
                     Err(_) => {
                         return Err(unreachable(
                             ErrorKind::Timeout,
                             format!(
-                                "the Docker engine at {endpoint} did not answer within {} s",
+                                "the Docker engine at {at} did not answer within {} s",
                                 CONNECT_TIMEOUT.as_secs()
                             ),
                         ))
@@ -136,13 +158,28 @@ impl Engine {
         Ok(Engine {
             api: format!("v{}.{}", v.major_version, v.minor_version),
             endpoint,
+            via,
             target: target.to_string(),
+            dialer,
             docker,
         })
     }
 
+    /// The engine and how it was chosen, for messages.
+    fn at(&self) -> String {
+        describe(&self.endpoint, self.via.as_deref())
+    }
+
     /// Maps a bollard error of `what` to a transport error.
     fn error(&self, what: &str, e: BollardError) -> TransportError {
+        if let Some(hint) = plain_to_tls(&e) {
+            return TransportError::unreachable(
+                &self.target,
+                ErrorKind::Other,
+                format!("{what}: the Docker engine at {}: {hint}", self.at()),
+            )
+            .with_source(e);
+        }
         match e {
             BollardError::DockerResponseServerError {
                 status_code,
@@ -154,16 +191,25 @@ impl Engine {
                     message.trim()
                 ),
             },
-            other => TransportError::unreachable(
-                &self.target,
-                chain_kind(&other),
-                format!(
-                    "{what}: the Docker engine at {} does not answer: {}",
-                    self.endpoint,
-                    one_line(&other)
-                ),
-            )
-            .with_source(other),
+            other => {
+                let (kind, why) = match self.dialer.explain(&other) {
+                    Some(explained) => explained,
+                    None => (
+                        chain_kind(&other),
+                        format!("does not answer: {}", one_line(&other)),
+                    ),
+                };
+                TransportError::unreachable(
+                    &self.target,
+                    kind,
+                    format!(
+                        "{what}: the Docker engine at {}{}",
+                        self.at(),
+                        why_after_at(&why)
+                    ),
+                )
+                .with_source(other)
+            }
         }
     }
 
@@ -299,14 +345,36 @@ fn io_kind(e: &io::Error) -> ErrorKind {
 /// The kind of a client error, from the first I/O error in its chain
 /// (hyper and bollard wrap the connect error).
 pub(crate) fn chain_kind(e: &(dyn std::error::Error + 'static)) -> ErrorKind {
-    let mut cur = Some(e);
-    while let Some(c) = cur {
-        if let Some(io) = c.downcast_ref::<io::Error>() {
-            return io_kind(io);
-        }
-        cur = c.source();
+    dial::causes(e)
+        .into_iter()
+        .find_map(|c| c.downcast_ref::<io::Error>())
+        .map_or(ErrorKind::Other, io_kind)
+}
+
+/// Plain HTTP sent to a TLS port: Go's server answers 400 "Client sent an
+/// HTTP request to an HTTPS server." — say what to set instead.
+fn plain_to_tls(e: &BollardError) -> Option<String> {
+    match e {
+        BollardError::DockerResponseServerError {
+            status_code: 400,
+            message,
+        } if message.contains("HTTPS server") => Some(format!(
+            "it takes only TLS (it answered: {}); set DOCKER_TLS_VERIFY=1 with its CA and a client \
+             certificate in DOCKER_CERT_PATH, or use a Docker context that has them",
+            message.trim()
+        )),
+        _ => None,
     }
-    ErrorKind::Other
+}
+
+/// A reason as it reads after "the Docker engine at X": "does not
+/// answer: …" after a space, a TLS diagnosis after a colon.
+fn why_after_at(why: &str) -> String {
+    if why.starts_with("does not") || why.starts_with("did not") {
+        format!(" {why}")
+    } else {
+        format!(": {why}")
+    }
 }
 
 /// An error as one line (hyper errors chain their causes).
