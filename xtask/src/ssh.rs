@@ -83,8 +83,10 @@ fn user_name() -> Result<String> {
     Ok(name)
 }
 
-/// The sshd_config for a test daemon. Key-only auth, loopback only; no
-/// forwarding (the jump host's config turns TCP forwarding on).
+/// The sshd_config for a test daemon. Key-only auth, loopback only.
+/// Forwarding is local only (`-L`, `-W`, streamlocal): what a jump host
+/// and a Docker engine reached over SSH need — OpenSSH's sshd refuses
+/// forwarded Unix sockets, too, under `AllowTcpForwarding no`.
 /// `SHLVL=1` keeps Debian's bash from sourcing the test user's ~/.bashrc
 /// for every channel (it does so when SSH_CLIENT is set and SHLVL < 2): a
 /// developer's rc file (pyenv init, say) must not make the tests slow or
@@ -106,7 +108,8 @@ pub(crate) fn sshd_config(dir: &Path, port: u16, pidfile: &Path, authorized: &Pa
          PermitRootLogin prohibit-password\n\
          X11Forwarding no\n\
          AllowAgentForwarding no\n\
-         AllowTcpForwarding no\n\
+         AllowTcpForwarding local\n\
+         AllowStreamLocalForwarding local\n\
          PrintMotd no\n\
          PrintLastLog no\n\
          UseDNS no\n\
@@ -277,22 +280,20 @@ fn known_hosts_lines(dir: &Path, port: u16, keys: &[&str]) -> Result<String> {
 /// The passphrase of the encrypted test key (`EXECKIT_TEST_SSH_ENC_PASS`).
 const ENC_PASSPHRASE: &str = "execkit test passphrase";
 
-/// The jump host: a second sshd on its own port with its own host key,
-/// the same authorized keys, and TCP forwarding on (what `ProxyJump`
-/// needs). Its known_hosts line is in a file of its own, so a test can
+/// The jump host: a second sshd on its own port with its own host key and
+/// the same authorized keys (local forwarding, what `ProxyJump` needs, is
+/// on in both). Its known_hosts line is in a file of its own, so a test can
 /// leave it out.
 fn start_jump_host(dir: &Path, authorized: &Path) -> Result<(Child, u16, PathBuf)> {
     let port = crate::daemon_port()?;
     let config = dir.join("jump_sshd_config");
-    let text = sshd_config(dir, port, &dir.join("jump_sshd.pid"), authorized)
-        .replace(
-            &format!(
-                "HostKey {d}/host_ed25519\nHostKey {d}/host_rsa\n",
-                d = dir.display()
-            ),
-            &format!("HostKey {}/jump_host_ed25519\n", dir.display()),
-        )
-        .replace("AllowTcpForwarding no", "AllowTcpForwarding local");
+    let text = sshd_config(dir, port, &dir.join("jump_sshd.pid"), authorized).replace(
+        &format!(
+            "HostKey {d}/host_ed25519\nHostKey {d}/host_rsa\n",
+            d = dir.display()
+        ),
+        &format!("HostKey {}/jump_host_ed25519\n", dir.display()),
+    );
     std::fs::write(&config, text)?;
     let child = start_sshd(&config, port, &dir.join("jump_sshd.log"))?;
     let known = dir.join("jump_known_hosts");

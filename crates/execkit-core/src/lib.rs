@@ -111,7 +111,10 @@ pub use error::{ErrorKind, ErrorSource, SessionError, TransportError};
 pub use host::{Host, HostConfig, HostError, OpenRequest};
 pub use observer::Observer;
 pub use outcome::RunOutcome;
-pub use registry::{connect, on_this_host, transports, TransportInfo};
+pub use registry::{
+    connect, on_this_host, socket_forwarder, transports, ForwardFuture, SocketForwarder,
+    TransportInfo,
+};
 pub use session::{InputWait, PersonTerminal, RunOptions, RunResult, Session, SessionConfig};
 pub use transport::Size;
 

@@ -145,3 +145,31 @@ mod tests {
         assert!(e.to_string().contains("nosuch"));
     }
 }
+
+/// A transport's way to reach a Unix socket on the host its targets name,
+/// offered to other crates: a Docker engine over SSH
+/// (`DOCKER_HOST=ssh://…`) is `execkit-docker` asking the `ssh` entry for
+/// a stream to the remote `/var/run/docker.sock`. Registered with
+/// `inventory::submit!` like [`TransportInfo`]; linking the crate that
+/// submits it is the whole registration.
+#[derive(Debug)]
+pub struct SocketForwarder {
+    /// URL scheme of the targets it takes (`ssh`).
+    pub scheme: &'static str,
+    /// A fresh stream to the socket at `path` on `target`'s host.
+    pub connect: fn(target: String, path: String) -> ForwardFuture,
+}
+
+/// What [`SocketForwarder::connect`] returns.
+pub type ForwardFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<tokio::net::UnixStream, TransportError>> + Send>,
+>;
+
+inventory::collect!(SocketForwarder);
+
+/// The forwarder for targets of `scheme`, if a linked crate offers one.
+pub fn socket_forwarder(scheme: &str) -> Option<&'static SocketForwarder> {
+    inventory::iter::<SocketForwarder>
+        .into_iter()
+        .find(|f| f.scheme == scheme)
+}

@@ -26,7 +26,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::endpoint::{host_port, Endpoint, TlsEndpoint, DEFAULT_SOCKET};
+use std::sync::Arc;
+
+use crate::endpoint::{
+    host_port, ConnectFuture, Endpoint, EngineConnector, EngineStream, TlsEndpoint, Tunnel,
+    DEFAULT_SOCKET,
+};
 
 /// Reads an environment variable (the process's, or a test's).
 pub(crate) type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -193,15 +198,78 @@ fn tcp_endpoint(addr: &str, env: Lookup<'_>) -> Result<Endpoint, String> {
     Ok(Endpoint::Tcp(addr.to_string()))
 }
 
-/// **The hook for `ssh://` engines** (`DOCKER_HOST=ssh://user@host`, a
-/// context whose host is one): not yet. What it will return is an
-/// [`Endpoint::Tunnel`] whose connector opens a channel to the remote
-/// `/var/run/docker.sock` over execkit's own SSH transport.
+/// An engine over SSH (`DOCKER_HOST=ssh://[user@]host[:port][/SOCKET][?PARAMS]`,
+/// or a context whose host is one): each connection is a fresh channel to
+/// the engine's socket on that host (`/var/run/docker.sock` unless a path
+/// follows the host), forwarded by the linked `ssh` transport — the same
+/// connection pool, `~/.ssh/config`, jump hosts and host-key checks as an
+/// `ssh://` target; `PARAMS` are that target's (`identity=`, …).
 fn ssh_endpoint(host: &str) -> Result<Endpoint, String> {
-    Err(format!(
-        "{host}: Docker engines over SSH are not supported yet; meanwhile forward the engine's socket \
-         (ssh -nNT -L /tmp/docker.sock:/var/run/docker.sock HOST) and use DOCKER_HOST=unix:///tmp/docker.sock"
-    ))
+    let rest = &host["ssh://".len()..];
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, socket) = match before_query.find('/') {
+        Some(i) if i + 1 < before_query.len() => (&before_query[..i], &before_query[i..]),
+        Some(i) => (&before_query[..i], DEFAULT_SOCKET),
+        None => (before_query, DEFAULT_SOCKET),
+    };
+    if authority.is_empty() {
+        return Err(format!("{host}: no host after ssh://"));
+    }
+    let target = match query {
+        Some(q) => format!("ssh://{authority}?{q}"),
+        None => format!("ssh://{authority}"),
+    };
+    let forwarder = execkit_core::socket_forwarder("ssh").ok_or_else(|| {
+        format!(
+            "{host}: a Docker engine over SSH needs the ssh transport, which this program does not link \
+             (execkit-ssh)"
+        )
+    })?;
+    Ok(Endpoint::Tunnel(Tunnel {
+        name: format!("{target} ({socket})"),
+        connector: Arc::new(SshSocket {
+            target,
+            socket: socket.to_string(),
+            connect: forwarder.connect,
+        }),
+    }))
+}
+
+/// Connections to an engine's socket on an SSH host, through the linked
+/// `ssh` transport's forwarder.
+struct SshSocket {
+    target: String,
+    socket: String,
+    connect: fn(String, String) -> execkit_core::ForwardFuture,
+}
+
+impl EngineConnector for SshSocket {
+    fn connect(&self) -> ConnectFuture<'_> {
+        Box::pin(async move {
+            match (self.connect)(self.target.clone(), self.socket.clone()).await {
+                Ok(s) => Ok(Box::new(s) as Box<dyn EngineStream>),
+                Err(e) => {
+                    use execkit_core::ErrorKind as K;
+                    let kind = match e.kind() {
+                        K::ConnectionRefused | K::NotFound => std::io::ErrorKind::ConnectionRefused,
+                        K::AuthRefused | K::HostKeyMismatch | K::HostKeyUnknown => {
+                            std::io::ErrorKind::PermissionDenied
+                        }
+                        K::Timeout => std::io::ErrorKind::TimedOut,
+                        _ => std::io::ErrorKind::Other,
+                    };
+                    let why = match &e {
+                        execkit_core::TransportError::Unreachable { reason, .. } => reason.clone(),
+                        other => other.to_string(),
+                    };
+                    Err(std::io::Error::new(kind, format!("over SSH: {why}")))
+                }
+            }
+        })
+    }
 }
 
 /// The docker CLI's configuration directory: `DOCKER_CONFIG`, else
@@ -374,8 +442,9 @@ mod tests {
         assert_eq!(r.endpoint, Endpoint::Tcp("engine:2375".into()));
         assert!(resolve(&[("DOCKER_HOST", "unix://")]).is_err());
         assert!(resolve(&[("DOCKER_HOST", "fd://")]).is_err());
+        // The unit tests do not link the ssh transport.
         let e = resolve(&[("DOCKER_HOST", "ssh://u@h")]).unwrap_err();
-        assert!(e.contains("not supported yet"), "{e}");
+        assert!(e.contains("needs the ssh transport"), "{e}");
     }
 
     #[test]
@@ -509,7 +578,7 @@ mod tests {
         write_context(&cfg.0, "viassh", "ssh://u@h", false, false);
         let e = resolve(&[("DOCKER_CONFIG", &c), ("DOCKER_CONTEXT", "viassh")]).unwrap_err();
         assert!(
-            e.contains("not supported yet") && e.contains("`viassh`"),
+            e.contains("needs the ssh transport") && e.contains("`viassh`"),
             "{e}"
         );
         std::fs::write(cfg.0.join("config.json"), "{").unwrap();

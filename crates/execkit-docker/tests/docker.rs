@@ -27,11 +27,13 @@ use execkit_core::{
 };
 use execkit_docker as _;
 use execkit_docker::DockerTransport;
+// Links the ssh transport: its socket forwarder carries DOCKER_HOST=ssh://….
+use execkit_ssh as _;
 
 #[path = "docker/tls.rs"]
 mod tls;
 use tls::{
-    a_tunnel_carries_every_connection, contexts_select_the_tls_engine,
+    a_tunnel_carries_every_connection, an_engine_over_ssh, contexts_select_the_tls_engine,
     tls_engine_not_trusted_by_a_wrong_ca, tls_engine_refuses_a_client_certificate_of_another_ca,
     tls_engine_refuses_no_client_certificate, tls_engine_with_a_trusted_client_certificate,
     tls_files_that_are_missing_are_named, tls_from_docker_host_and_cert_path,
@@ -118,6 +120,7 @@ fn cases() -> Vec<Case> {
         case!(tls_from_docker_host_and_cert_path, tls::needs_tls),
         case!(contexts_select_the_tls_engine, tls::needs_tls),
         case!(a_tunnel_carries_every_connection),
+        case!(an_engine_over_ssh, tls::needs_sshd),
     ]
 }
 

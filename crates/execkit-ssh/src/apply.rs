@@ -141,8 +141,45 @@ pub(crate) fn apply(t: &mut SshTarget) -> Result<Applied, String> {
             ignored.join(", ")
         );
     }
-    t.origin = hc.sources.iter().map(ToString::to_string).collect();
+    t.origin = blocks_used(&hc);
     Ok(applied)
+}
+
+/// The `Host`/`Match` lines of the blocks that set a value execkit used
+/// (each value's line, under the nearest block line above it in its
+/// file), for messages; a block that applied but set nothing used (a
+/// system `Host *` with `SendEnv`) is left out.
+fn blocks_used(hc: &config::HostConfig) -> Vec<String> {
+    const USED: &[&str] = &[
+        "HostName",
+        "User",
+        "Port",
+        "IdentityFile",
+        "IdentitiesOnly",
+        "IdentityAgent",
+        "UserKnownHostsFile",
+        "StrictHostKeyChecking",
+        "ConnectTimeout",
+        "ServerAliveInterval",
+        "ProxyJump",
+    ];
+    let mut out: Vec<String> = Vec::new();
+    for key in USED {
+        let Some(at) = hc.origins.get(key) else {
+            continue;
+        };
+        let block = hc
+            .sources
+            .iter()
+            .filter(|s| s.file == at.file && s.line <= at.line)
+            .max_by_key(|s| s.line)
+            .unwrap_or(at)
+            .to_string();
+        if !out.contains(&block) {
+            out.push(block);
+        }
+    }
+    out
 }
 
 impl Applied {

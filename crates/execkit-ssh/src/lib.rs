@@ -62,6 +62,13 @@ pub async fn connect_remote_socket(
         .map_err(|e| TransportError::io("relaying a forwarded connection", e))
 }
 
+execkit_core::inventory::submit! {
+    execkit_core::SocketForwarder {
+        scheme: "ssh",
+        connect: |target, path| Box::pin(async move { connect_remote_socket(&target, &path).await }),
+    }
+}
+
 /// How long marker cleanup may take before `terminate` gives up on it.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -668,3 +668,110 @@ pub(crate) async fn a_tunnel_carries_every_connection(env: Env) -> anyhow::Resul
     );
     Ok(())
 }
+
+/// The test sshd (`EXECKIT_TEST_SSH_URL`) and the socket of the plain
+/// engine (`DOCKER_HOST`), for an engine reached over SSH.
+fn ssh_and_socket() -> Option<(String, String)> {
+    let url = std::env::var("EXECKIT_TEST_SSH_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let socket = match std::env::var("DOCKER_HOST") {
+        Ok(h) if h.starts_with("unix://") => h["unix://".len()..].to_string(),
+        Ok(h) if !h.is_empty() => return None,
+        _ => "/var/run/docker.sock".to_string(),
+    };
+    Some((url, socket))
+}
+
+/// Why the SSH case cannot run.
+pub(crate) fn needs_sshd(_: &Env) -> Option<&'static str> {
+    ssh_and_socket()
+        .is_none()
+        .then_some("EXECKIT_TEST_SSH_URL and a plain engine on a Unix socket (cargo xtask test --transport all)")
+}
+
+/// `ssh://user@host:port/SOCKET?PARAMS` for the test sshd's `url`
+/// (`ssh://user@host:port?PARAMS`).
+fn over_ssh(url: &str, socket: &str) -> String {
+    match url.split_once('?') {
+        Some((a, q)) => format!("{a}{socket}?{q}"),
+        None => format!("{url}{socket}"),
+    }
+}
+
+/// Fails when `DOCKER_HOST=ssh://…` (old code: "not supported") does not
+/// reach the engine through the test sshd — the API calls, the shell's
+/// stream and the marker cleanup all over forwarded channels — or when
+/// the sshd's host key is not checked; and the same through a Docker
+/// context whose host is `ssh://…`, and through an `ssh_config` alias
+/// behind the jump host.
+pub(crate) async fn an_engine_over_ssh(env: Env) -> anyhow::Result<()> {
+    let (url, socket) = ssh_and_socket().context("no sshd")?;
+    let empty = Dir::new("over-ssh")?;
+    let target = env.target();
+    let host = over_ssh(&url, &socket);
+    let r = child(&target, &[], &[("DOCKER_HOST", &host)], &empty.0).await?;
+    expect_ok("DOCKER_HOST=ssh://…", r)?;
+
+    // The sshd's key unknown: refused, and said why.
+    let unknown = empty.0.join("no_known_hosts");
+    std::fs::write(&unknown, "")?;
+    let strict = format!(
+        "{}&known_hosts={}",
+        host.split("&known_hosts=").next().unwrap_or(&host),
+        unknown.display()
+    );
+    let r = child(&target, &[], &[("DOCKER_HOST", &strict)], &empty.0).await?;
+    let e = expect_err("an unknown sshd", r)?;
+    ensure!(
+        e.contains("is not in"),
+        "the host key check must refuse: {e}"
+    );
+    ensure!(e.contains(&socket), "the error must name the engine: {e}");
+
+    // A Docker context whose host is ssh://… (docker context create
+    // NAME --docker host=ssh://…).
+    let name = "execkit-over-ssh";
+    let id = {
+        let out = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write as _;
+                c.stdin.take().expect("stdin").write_all(name.as_bytes())?;
+                c.wait_with_output()
+            })?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .context("sha256sum")?
+            .to_string()
+    };
+    let cfg = Dir::new("over-ssh-context")?;
+    write_context(&cfg.0, (name, &id), &host, false, None)?;
+    let r = child(
+        &target,
+        &[("DOCKER_CONFIG", &cfg.0)],
+        &[("DOCKER_CONTEXT", name)],
+        &cfg.0,
+    )
+    .await?;
+    expect_ok("a context with an ssh:// host", r)?;
+
+    // Through the jump host, by an ssh_config alias.
+    if let Some(alias) = std::env::var("EXECKIT_TEST_SSH_ALIAS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    {
+        let r = child(
+            &target,
+            &[],
+            &[("DOCKER_HOST", &over_ssh(&alias, &socket))],
+            &empty.0,
+        )
+        .await?;
+        expect_ok("DOCKER_HOST=ssh://ALIAS behind a jump host", r)?;
+    }
+    Ok(())
+}
