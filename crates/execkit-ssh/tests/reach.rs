@@ -9,9 +9,12 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use execkit_core::testkit;
-use execkit_core::{ErrorKind, RunOptions, Session, SessionConfig, SessionError, TransportError};
+use execkit_core::{ErrorKind, RunOptions, Session, SessionError, TransportError};
 use execkit_ssh as _;
 use execkit_ssh::SshTarget;
+
+mod common;
+use common::{open, run_alone, run_ok};
 
 #[derive(Clone)]
 struct Env {
@@ -70,25 +73,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn config() -> SessionConfig {
-    let mut c = SessionConfig::default();
-    c.spool_dir = std::env::temp_dir().join("execkit-ssh-test-spool");
-    c
-}
-
-async fn open(url: &str) -> Result<Session, SessionError> {
-    Session::open(url, config()).await
-}
-
-async fn run_ok(s: &mut Session, cmd: &str) -> String {
-    let r = s
-        .run(cmd, RunOptions::timeout(Duration::from_secs(60)))
-        .await
-        .unwrap();
-    assert_eq!(r.exit_code, Some(0), "{r:?}");
-    r.output
 }
 
 /// The kind and reason of an Unreachable error.
@@ -248,23 +232,8 @@ async fn an_agent_held_key_logs_in(e: Env) {
     assert_eq!(kind, ErrorKind::AuthRefused, "{reason}");
     assert!(reason.contains("ssh-agent"), "{reason}");
     let agent = Agent::start("agent-env", &[&e.key("user_rsa")]);
-    let socket = agent.socket.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", NAME, "--test-threads", "1"])
-            .env(ALONE, "1")
-            .env("SSH_AUTH_SOCK", socket)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let socket = agent.socket.display().to_string();
+    run_alone(NAME, ALONE, vec![("SSH_AUTH_SOCK", socket)]).await;
     drop(agent);
 }
 
@@ -526,22 +495,7 @@ async fn the_default_config_is_home_ssh_config(e: Env) {
         ),
     )
     .unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", NAME, "--test-threads", "1"])
-            .env(ALONE, "1")
-            .env("HOME", &home)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_alone(NAME, ALONE, vec![("HOME", home.display().to_string())]).await;
 }
 
 /// An `ssh-agent` of the test's own, stopped by PID.

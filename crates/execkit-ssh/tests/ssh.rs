@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 
 use execkit_core::testkit::libtest_mimic::{Completion, Failed};
 use execkit_core::testkit::{self, marked_here, Tmpfs};
-use execkit_core::{ErrorKind, RunOptions, Session, SessionConfig, SessionError, TransportError};
+use execkit_core::{ErrorKind, RunOptions, Session, SessionError, TransportError};
 use execkit_ssh as _;
 use execkit_ssh::SshTarget;
+
+mod common;
+use common::{open, run_alone, run_ok};
 
 #[derive(Clone)]
 struct Env {
@@ -66,16 +69,6 @@ fn scratch(name: &str) -> PathBuf {
     d
 }
 
-fn config() -> SessionConfig {
-    let mut c = SessionConfig::default();
-    c.spool_dir = std::env::temp_dir().join("execkit-ssh-test-spool");
-    c
-}
-
-async fn open(url: &str) -> Result<Session, SessionError> {
-    Session::open(url, config()).await
-}
-
 fn unreachable_reason(r: Result<Session, SessionError>) -> String {
     unreachable_error(r).1
 }
@@ -115,15 +108,6 @@ fn fingerprint(pubkey: &Path) -> String {
         .find(|w| w.starts_with("SHA256:"))
         .unwrap_or_else(|| panic!("no fingerprint in {text:?}"))
         .to_string()
-}
-
-async fn run_ok(s: &mut Session, cmd: &str) -> String {
-    let r = s
-        .run(cmd, RunOptions::timeout(Duration::from_secs(60)))
-        .await
-        .unwrap();
-    assert_eq!(r.exit_code, Some(0), "{r:?}");
-    r.output
 }
 
 async fn ed25519_and_rsa_keys_work(e: Env) {
@@ -1035,21 +1019,7 @@ async fn an_idle_connection_survives_its_keepalives(e: Env) {
     if std::env::var_os(ALONE).is_some() {
         return idle_connection_on_a_busy_cpu(e).await;
     }
-    let out = tokio::task::spawn_blocking(|| {
-        Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", NAME, "--test-threads", "1"])
-            .env(ALONE, "1")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_alone(NAME, ALONE, Vec::new()).await;
 }
 
 async fn idle_connection_on_a_busy_cpu(e: Env) {

@@ -400,12 +400,7 @@ impl Stream {
     /// all of it (the SSH window is the backpressure). An error says the
     /// command or the connection ended first ([`Stream::next`] says how).
     pub(crate) async fn write(&self, data: Vec<u8>) -> Result<(), String> {
-        let (done, rx) = oneshot::channel();
-        self.conn.send(Req::Write {
-            id: self.id,
-            data,
-            done,
-        })?;
+        let rx = queue_write(&self.conn, self.id, data)?;
         rx.await.unwrap_or_else(|_| Err(self.conn.lost_message()))
     }
 
@@ -433,6 +428,18 @@ impl Stream {
     }
 }
 
+/// Queues `data` for stream `id`; the receiver answers once the channel
+/// took all of it.
+fn queue_write(
+    conn: &Conn,
+    id: u64,
+    data: Vec<u8>,
+) -> Result<oneshot::Receiver<Result<(), String>>, String> {
+    let (done, rx) = oneshot::channel();
+    conn.send(Req::Write { id, data, done })?;
+    Ok(rx)
+}
+
 /// The writing side of a [`Stream`], for another thread.
 #[derive(Debug)]
 pub(crate) struct StreamWriter {
@@ -443,12 +450,7 @@ pub(crate) struct StreamWriter {
 impl StreamWriter {
     /// Writes `data`; returns once the channel took all of it.
     pub(crate) fn write_blocking(&self, data: Vec<u8>) -> Result<(), String> {
-        let (done, rx) = oneshot::channel();
-        self.conn.send(Req::Write {
-            id: self.id,
-            data,
-            done,
-        })?;
+        let rx = queue_write(&self.conn, self.id, data)?;
         rx.blocking_recv()
             .unwrap_or_else(|_| Err(self.conn.lost_message()))
     }
