@@ -31,17 +31,10 @@ pub(crate) fn apply(t: &mut SshTarget) -> Result<Applied, String> {
         ConfigSource::Default => None,
         ConfigSource::File(p) => Some(p.as_path()),
     };
-    let ctx = Ctx {
-        local_user: local_user().unwrap_or_default(),
-        home: home().unwrap_or_else(|| PathBuf::from("/")),
-        ..Ctx::from_env().unwrap_or_else(|| Ctx {
-            local_user: String::new(),
-            home: PathBuf::from("/"),
-            uid: 0,
-            local_host: String::new(),
-            system_dir: PathBuf::from("/etc/ssh"),
-        })
-    };
+    let ctx = Ctx::for_user(
+        local_user().unwrap_or_default(),
+        home().unwrap_or_else(|| PathBuf::from("/")),
+    );
     let dest = Destination {
         alias: t.alias.clone(),
         user: t.given.user.then(|| t.user.clone()),

@@ -80,13 +80,18 @@ impl Ctx {
         let local_user = ["USER", "LOGNAME"]
             .iter()
             .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))?;
-        Some(Ctx {
+        Some(Ctx::for_user(local_user, home))
+    }
+
+    /// For `local_user` at `home`, with this process's uid and host name.
+    pub fn for_user(local_user: String, home: PathBuf) -> Ctx {
+        Ctx {
             local_user,
             home,
             uid: current_uid(),
             local_host: local_hostname(),
             system_dir: PathBuf::from("/etc/ssh"),
-        })
+        }
     }
 
     /// `~/.ssh/config`.
