@@ -34,6 +34,9 @@ pub const PASSPHRASE_VAR: &str = "EXECKIT_SSH_PASSPHRASE";
 pub(crate) struct Established {
     pub session: Session,
     pub socket: Socket,
+    /// The keepalive interval libssh2 was set to (the connection thread
+    /// sends them at this pace).
+    pub keepalive: std::time::Duration,
 }
 
 impl std::fmt::Debug for Established {
@@ -217,7 +220,11 @@ fn establish_inner(t: &SshTarget, target: &str) -> Result<Established, Transport
         true,
         keepalive.as_secs().clamp(1, u64::from(u32::MAX)) as u32,
     );
-    Ok(Established { session, socket })
+    Ok(Established {
+        session,
+        socket,
+        keepalive,
+    })
 }
 
 /// The last jump host's connection (itself reached through the hops

@@ -306,13 +306,8 @@ pub(crate) fn get_blocking(t: &SshTarget, target: &str) -> Result<Arc<Conn>, Tra
 
 /// Starts the thread of a fresh connection.
 fn start(t: &SshTarget, est: connect::Established) -> Result<Arc<Conn>, TransportError> {
-    Conn::start(
-        t.addr(),
-        est.session,
-        est.socket,
-        t.keepalive.unwrap_or(crate::actor::KEEPALIVE),
-    )
-    .map_err(|e| TransportError::io("starting the ssh connection thread", e))
+    Conn::start(t.addr(), est.session, est.socket, est.keepalive)
+        .map_err(|e| TransportError::io("starting the ssh connection thread", e))
 }
 
 fn exec_err(target: &str, e: OpenError) -> TransportError {
